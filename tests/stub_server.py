@@ -1,0 +1,112 @@
+"""A tiny OpenAI-compatible HTTP server for fault injection only (timeouts, 500s, dropped streams).
+
+The real path is always tested against llama-server; this stub exists because a real server cannot
+be told to fail on cue.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+
+Mode = Literal["ok", "500", "500-then-ok", "400", "hang", "drop-stream", "drop-before-stream"]
+
+
+class StubState:
+    def __init__(self, mode: Mode, text: str = "stub answer") -> None:
+        self.mode = mode
+        self.text = text
+        self.calls = 0
+        self.bodies: list[dict[str, object]] = []
+
+
+def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, code: int, body: dict[str, object]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._send(200, {"status": "ok"})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            state.calls += 1
+            state.bodies.append(body)
+            mode = state.mode
+            if mode == "500-then-ok":
+                mode = "500" if state.calls == 1 else "ok"
+            if mode == "500":
+                return self._send(500, {"error": {"message": "injected failure"}})
+            if mode == "400":
+                return self._send(400, {"error": {"message": "bad request injected"}})
+            if mode == "hang":
+                time.sleep(5)
+                return self._send(200, _completion(state.text))
+            if mode == "drop-before-stream":
+                self.connection.close()
+                return None
+            if body.get("stream"):
+                return self._stream(drop=mode == "drop-stream")
+            return self._send(200, _completion(state.text))
+
+        def _stream(self, drop: bool) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            words = state.text.split(" ")
+            for i, word in enumerate(words):
+                delta = word if i == 0 else " " + word
+                chunk = {"model": "stub", "choices": [{"index": 0, "delta": {"content": delta}}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                if drop and i == 0:
+                    self.connection.shutdown(2)
+                    return
+            usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
+            self.wfile.write(
+                f"data: {json.dumps({'model': 'stub', 'choices': [], 'usage': usage})}\n\n".encode()
+            )
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            self.close_connection = True
+
+    return Handler
+
+
+def _completion(text: str) -> dict[str, object]:
+    return {
+        "id": "stub-1",
+        "object": "chat.completion",
+        "model": "stub",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+
+@contextmanager
+def stub_server(mode: Mode, text: str = "stub answer") -> Iterator[tuple[str, StubState]]:
+    state = StubState(mode, text)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
+    finally:
+        server.shutdown()
+        server.server_close()
