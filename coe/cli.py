@@ -236,12 +236,12 @@ def experts_status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False)
 
 
 def _show_decision(d: dict[str, Any]) -> None:
-    table = Table(
-        "category", "p", "cosine", title=f"route -> [bold]{d['experts'][0]}[/bold]", title_justify="left"
-    )
-    for cat, p in d.get("scores", {}).items():
-        table.add_row(cat, f"{p:.3f}", f"{d.get('similarities', {}).get(cat, 0):.3f}")
-    out.print(table)
+    out.print(f"route -> [bold]{d['experts'][0]}[/bold] (router: {d['router']})", highlight=False)
+    if d.get("scores"):  # plug-in routers may decide without per-category scores
+        table = Table("category", "p", "cosine")
+        for cat, p in d["scores"].items():
+            table.add_row(cat, f"{p:.3f}", f"{d.get('similarities', {}).get(cat, 0):.3f}")
+        out.print(table)
     out.print(f"reason: {d.get('reason', '')}", highlight=False)
     if len(d["experts"]) > 1:
         out.print(f"candidates in order: {' -> '.join(d['experts'])}", highlight=False)

@@ -117,7 +117,10 @@ class ChatClient:
 
 
 async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parse SSE. A stream that ends with neither ``[DONE]`` nor a finish_reason was cut off: over
+    HTTP/1.1 without chunking a dropped connection looks like a normal end of body."""
     data: list[str] = []
+    finished = False
     async for line in resp.aiter_lines():
         if line.startswith("data:"):
             data.append(line[5:].lstrip())
@@ -128,9 +131,12 @@ async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
             event = json.loads(payload)
             if isinstance(event, dict) and "error" in event:
                 raise httpx.RemoteProtocolError(f"error event in stream: {event['error']}")
+            finished = finished or any(c.get("finish_reason") for c in event.get("choices") or [])
             yield event
     if data and data != ["[DONE]"]:
         yield json.loads("\n".join(data))
+    elif not finished:
+        raise httpx.RemoteProtocolError("stream ended without [DONE] or a finish_reason")
 
 
 async def provider_chat(

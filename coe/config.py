@@ -34,6 +34,9 @@ class EmbedderConfig(_Strict):
     path: str | None = None
     device: str = "cpu"
     batch_size: int = Field(64, ge=1)
+    threads: int | None = Field(
+        None, ge=1, description="torch threads for encoding; 1 avoids contention with local experts"
+    )
 
 
 class GenerationParams(_Strict):

@@ -64,17 +64,19 @@ class Embedder:
         device: str = "cpu",
         batch_size: int = 64,
         base_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
         self.name = model
         self.folder = resolve_encoder_dir(model, path, base_dir)
         self.device = device
         self.batch_size = batch_size
+        self.threads = threads
         self._model: Any = None
         self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, cfg: EmbedderConfig, base_dir: Path | None = None) -> Embedder:
-        return cls(cfg.model, cfg.path, cfg.device, cfg.batch_size, base_dir)
+        return cls(cfg.model, cfg.path, cfg.device, cfg.batch_size, base_dir, cfg.threads)
 
     def _load(self) -> Any:
         with self._lock:
@@ -86,6 +88,10 @@ class Embedder:
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()  # "Loading weights" bars would pollute `coe route --json`
+                if self.threads:
+                    import torch
+
+                    torch.set_num_threads(self.threads)
                 self._model = SentenceTransformer(str(self.folder), device=self.device)
         return self._model
 

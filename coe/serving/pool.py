@@ -12,11 +12,11 @@ A per-expert lock makes concurrent first requests start one process, not several
 from __future__ import annotations
 
 import asyncio
-import atexit
 import hashlib
 import json
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,7 +50,8 @@ class ExpertPool:
         self._state: dict[str, State] = {}
         self._errors: dict[str, str] = {}
         self._guard = threading.Lock()
-        atexit.register(self.stop_all)
+        # Stop our processes at interpreter exit without keeping every pool alive until then.
+        weakref.finalize(self, _stop_servers, self._servers)
 
     # ------------------------------------------------------------------ where things are recorded
 
@@ -83,18 +84,21 @@ class ExpertPool:
             raise ExpertError(name, "provider experts have no URL")
         if name in self._adopted:
             return self._adopted[name]
-        server = self._servers.get(name)
-        if server is not None and server.proc is not None and server.proc.poll() is None:
-            return server.url
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            server = self._servers.get(name)
-            if server is not None and server.proc is not None and server.proc.poll() is None:
-                return server.url
+        if url := self._ready_url(name):
+            return url
+        # Whoever holds the lock is starting the server; the others wait here, not at a 503.
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if url := self._ready_url(name):
+                return url
             adopted = await self._adopt(name, expert.serve)
             if adopted:
                 return adopted
             return await self._start(name, expert.serve)
+
+    def _ready_url(self, name: str) -> str | None:
+        server = self._servers.get(name)
+        alive = server is not None and server.proc is not None and server.proc.poll() is None
+        return server.url if alive and self._state.get(name) == "ready" else None  # type: ignore[union-attr]
 
     async def _start(self, name: str, spec: LlamaCppServe, detach: bool = False) -> str:
         self._state[name] = "starting"
@@ -219,10 +223,9 @@ class ExpertPool:
     def stop_all(self) -> None:
         """Stop every process this pool started (not the detached ones of `coe experts up`)."""
         with self._guard:
-            servers, self._servers = list(self._servers.items()), {}
-        for name, server in servers:
-            self._state[name] = "stopping"
-            server.stop()
+            names = list(self._servers)
+            _stop_servers(self._servers)
+        for name in names:
             self._state[name] = "cold"
 
     @property
@@ -241,3 +244,9 @@ async def _healthy(url: str) -> bool:
     except httpx.TransportError:
         return False
     return False
+
+
+def _stop_servers(servers: dict[str, LlamaServer]) -> None:
+    """Stop and forget the given servers (also run by the pool's finalizer at exit)."""
+    for name in list(servers):
+        servers.pop(name).stop()
