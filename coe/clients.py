@@ -140,7 +140,12 @@ async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
 
 
 async def provider_chat(
-    expert: str, provider: str, payload: dict[str, Any], api_key: str | None, timeout_s: float
+    expert: str,
+    provider: str,
+    payload: dict[str, Any],
+    api_key: str | None,
+    timeout_s: float,
+    api_base: str | None = None,
 ) -> dict[str, Any]:
     """Call a hosted model through litellm (imported here, on first use only)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # otherwise it fetches at import
@@ -150,7 +155,9 @@ async def provider_chat(
         raise ExpertError(expert, "provider experts need litellm: pip install litellm==1.106.2") from None
     params = {k: v for k, v in payload.items() if k not in {"model", "stream"}}
     try:
-        resp = await litellm.acompletion(model=provider, api_key=api_key, timeout=timeout_s, **params)
+        resp = await litellm.acompletion(
+            model=provider, api_key=api_key, api_base=api_base, timeout=timeout_s, num_retries=0, **params
+        )
     except Exception as exc:  # litellm wraps every provider error in its own hierarchy
         raise ExpertError(expert, f"{provider}: {type(exc).__name__}: {exc}") from None
     return resp.model_dump()

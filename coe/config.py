@@ -82,7 +82,10 @@ class ExpertConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_location(self) -> ExpertConfig:
+        # `endpoint` next to `provider` is that provider's API base (litellm's api_base).
         given = [k for k in ("serve", "endpoint", "provider") if getattr(self, k) is not None]
+        if given == ["endpoint", "provider"]:
+            return self
         if len(given) != 1:
             found = ", ".join(given) if given else "none"
             raise ValueError(f"exactly one of serve, endpoint, provider is required (found: {found})")
@@ -92,7 +95,7 @@ class ExpertConfig(_Strict):
     def kind(self) -> Literal["serve", "endpoint", "provider"]:
         if self.serve is not None:
             return "serve"
-        return "endpoint" if self.endpoint is not None else "provider"
+        return "provider" if self.provider is not None else "endpoint"
 
 
 class CategoryConfig(_Strict):

@@ -189,7 +189,7 @@ class CoE:
         payload = self._payload(name, request)
         key = expert.api_key.get_secret_value() if expert.api_key else None
         if expert.provider is not None:
-            return await provider_chat(name, expert.provider, payload, key, expert.timeout_s)
+            return await provider_chat(name, expert.provider, payload, key, expert.timeout_s, expert.endpoint)
         url = await self._locate(name, trace)
         return await self._client.chat(
             name, url, payload, api_key=key, timeout_s=expert.timeout_s, retries=expert.retries

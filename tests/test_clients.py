@@ -4,9 +4,11 @@ the real path is covered by test_e2e against llama-server)."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
+from coe import AllExpertsFailed, CoE
 from coe.clients import ChatClient
 from coe.errors import ExpertError
 from tests.stub_server import stub_server
@@ -106,3 +108,37 @@ async def test_stream_dropped_before_first_byte_is_retried_then_reported() -> No
             pass
     await client.aclose()
     assert state.calls == 3 and "cannot reach" in info.value.reason
+
+
+# ---------------------------------------------------------------- provider experts via litellm
+
+
+def provider_registry(tmp_path, endpoint: str) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path / "experts.yaml"
+    path.write_text(
+        "version: 1\nexperts:\n  hosted:\n    provider: openai/stub-model\n"
+        f"    endpoint: {endpoint}\n    api_key: sk-test\n    retries: 0\n    timeout_s: 5\n"
+        "router:\n  categories:\n    any: {expert: hosted, examples: ['hello']}\n"
+    )
+    return path
+
+
+def test_provider_expert_goes_through_litellm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with (
+        stub_server("ok", "from litellm") as (url, state),
+        CoE.from_yaml(provider_registry(tmp_path, url)) as coe,
+    ):
+        answer = coe.ask("hello", expert="hosted", max_tokens=5)
+    assert answer.text == "from litellm" and answer.expert == "hosted"
+    assert state.bodies[0]["messages"] == [{"role": "user", "content": "hello"}]
+    assert state.bodies[0]["max_tokens"] == 5
+
+
+def test_failing_provider_expert_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with (
+        stub_server("400") as (url, _),
+        CoE.from_yaml(provider_registry(tmp_path, url)) as coe,
+        pytest.raises(AllExpertsFailed) as info,
+    ):
+        coe.ask("hello", expert="hosted")
+    assert "hosted" in info.value.errors and "openai/stub-model" in info.value.errors["hosted"]

