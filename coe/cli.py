@@ -273,6 +273,15 @@ def _show_status(statuses: list[Any]) -> None:
     out.print(table)
 
 
+def _register_command_modules() -> None:
+    from coe.commands import register_all
+
+    register_all(app)
+
+
+_register_command_modules()
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m coe`
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
