@@ -221,11 +221,11 @@ class CoE:
             yield chunk
 
     async def _locate(self, name: str, trace: Trace | None) -> str:
-        """The expert's URL; a cold start shows up in the trace as ``start:<expert>``."""
-        t = time.perf_counter()
+        """The expert's URL; waiting for a cold start shows up in the trace as ``start:<expert>``."""
+        t, starts = time.perf_counter(), self.pool.starts.get(name, 0)
         url = await self.pool.url_for(name)
-        if trace is not None and (waited := _ms(t)) >= 50:
-            trace.timings_ms[f"start:{name}"] = waited
+        if trace is not None and self.pool.starts.get(name, 0) > starts:
+            trace.timings_ms[f"start:{name}"] = _ms(t)
         return url
 
     def _payload(self, name: str, request: Request) -> dict[str, Any]:

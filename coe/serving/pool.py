@@ -49,6 +49,7 @@ class ExpertPool:
         self._locks: dict[str, asyncio.Lock] = {}
         self._state: dict[str, State] = {}
         self._errors: dict[str, str] = {}
+        self.starts: dict[str, int] = {}  # processes started per expert, for traces and metrics
         self._guard = threading.Lock()
         # Stop our processes at interpreter exit without keeping every pool alive until then.
         weakref.finalize(self, _stop_servers, self._servers)
@@ -117,6 +118,7 @@ class ExpertPool:
             self._state[name], self._errors[name] = "failed", exc.reason
             raise
         self._state[name] = "ready"
+        self.starts[name] = self.starts.get(name, 0) + 1
         return server.url
 
     def _command(self, name: str, spec: LlamaCppServe) -> tuple[list[str], int]:
