@@ -221,31 +221,24 @@ def test_cli_route_starts_no_expert() -> None:
     assert llama_server_pids() - before == set()
 
 
-def test_ctrl_c_during_ask_leaves_no_process() -> None:
+def ask_in_background(*extra: str) -> tuple[subprocess.Popen[bytes], set[int]]:
+    """Start a long `coe ask` and return it with the llama-server pids it started."""
     before = llama_server_pids()
-    env = {**os.environ}
+    args = ["ask", "Write a long Python program", "--max-tokens", "2000", *extra]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "coe",
-            "ask",
-            "Write a long Python program",
-            "--max-tokens",
-            "2000",
-            "--stream",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        [sys.executable, "-m", "coe", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (llama_server_pids() - before):
         time.sleep(0.2)
     started = llama_server_pids() - before
     assert started, "the expert never started"
-    time.sleep(1.0)
+    return proc, started
+
+
+def test_ctrl_c_during_ask_leaves_no_process() -> None:
+    proc, started = ask_in_background("--stream")
+    time.sleep(1.0)  # let generation begin
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     assert not wait_gone(started, timeout_s=15)
@@ -253,18 +246,7 @@ def test_ctrl_c_during_ask_leaves_no_process() -> None:
 
 def test_sigkill_of_coe_still_stops_its_experts() -> None:
     """PR_SET_PDEATHSIG: even a CoE killed with SIGKILL leaves no llama-server behind."""
-    before = llama_server_pids()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coe", "ask", "Write a long Python program", "--max-tokens", "2000"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (llama_server_pids() - before):
-        time.sleep(0.2)
-    started = llama_server_pids() - before
-    assert started
+    proc, started = ask_in_background()
     proc.kill()
     proc.wait(timeout=10)
     assert not wait_gone(started, timeout_s=15)
