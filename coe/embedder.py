@@ -62,7 +62,7 @@ class Embedder:
         model: str = "all-MiniLM-L6-v2",
         path: str | None = None,
         device: str = "cpu",
-        batch_size: int = 64,
+        batch_size: int = 16,
         base_dir: Path | None = None,
         threads: int | None = None,
     ) -> None:
