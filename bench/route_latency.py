@@ -36,6 +36,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from _report import emit  # bench/ is on sys.path when a bench runs as a script
+
 REPO = Path(__file__).resolve().parent.parent
 IMPORT_RUNS = 5
 WARMUP = 5
@@ -230,14 +232,7 @@ def show(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        show(result)
-        print(f"written to {args.out}")
+    emit(run(args), args.out, args.json, show)
     return 0
 
 

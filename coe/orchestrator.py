@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from coe import registry
 from coe.clients import ChatClient, provider_chat
@@ -31,6 +32,10 @@ from coe.types import (
     Usage,
 )
 
+if TYPE_CHECKING:
+    from coe.batch import BatchReport
+    from coe.retrieval import Retriever
+
 T = TypeVar("T")
 Prompt = str | list[Message] | list[dict[str, str]]
 
@@ -41,8 +46,12 @@ class CoE:
         self.pool = ExpertPool(config)
         self._router: Router | None = None
         self._aggregator: Aggregator | None = None
+        self._retriever: Retriever | None = None
         self._client = ChatClient()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Entered around each call to one expert (the server's per-expert concurrency limit); an
+        # exception other than ExpertError raised on entry ends the request instead of falling back.
+        self.gate: Callable[[str], AbstractAsyncContextManager[object]] | None = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str] = "experts.yaml") -> CoE:
@@ -61,7 +70,10 @@ class CoE:
     def aggregator(self) -> Aggregator:
         if self._aggregator is None:
             factory = registry.load("aggregators", self.config.aggregator.type)
-            self._aggregator = factory.from_options(self.config.aggregator.options)
+            # Built-ins read the typed block (expert, max_tokens, ...); plug-ins get the options dict.
+            build = getattr(factory, "from_config", None)
+            cfg = self.config.aggregator
+            self._aggregator = build(cfg) if build is not None else factory.from_options(cfg.options)
         return self._aggregator
 
     # ------------------------------------------------------------------------------- routing only
@@ -95,23 +107,43 @@ class CoE:
                 decisions[i] = decision
         return [d for d in decisions if d is not None]
 
+    @property
+    def retriever(self) -> Retriever | None:
+        """The retrieval gate and index (coe/retrieval.py); None without a ``retrieval`` block."""
+        if self._retriever is None and self.config.retrieval is not None:
+            from coe.retrieval import Retriever
+
+            self._retriever = Retriever(self.config)
+        return self._retriever
+
+    async def _retrieve(self, request: Request, decision: RouteDecision, trace: Trace) -> Request:
+        """After routing, before answering: the gate decides, and kept documents go into the prompt.
+        Never raises for a failed retrieval: the request goes on without documents, the trace says why."""
+        if self.retriever is None:
+            return request
+        t = time.perf_counter()
+        # Embedding and search are CPU-bound: off the loop, like routing.
+        request, trace.retrieval = await asyncio.to_thread(self.retriever.run, request, decision)
+        trace.timings_ms["retrieve"] = _ms(t)
+        return request
+
     # ------------------------------------------------------------------------------ answering
 
-    async def aask(self, prompt: Prompt, *, expert: str | None = None, **params: Any) -> Answer:
+    async def aask(
+        self,
+        prompt: Prompt,
+        *,
+        expert: str | None = None,
+        decision: RouteDecision | None = None,
+        **params: Any,
+    ) -> Answer:
+        """Answer one prompt. ``decision`` skips the router (the server's ``coe/category/NAME``)."""
         started = time.perf_counter()
         request = Request.from_input(prompt, expert=expert, params=params)
         trace = Trace()
-        decision = await self._route_one(request, trace)
-        errors: dict[str, str] = {}
-        answers: list[ExpertAnswer] = []
-        for name in decision.experts:
-            answer = await self.call_expert(name, request, trace)
-            if answer.ok:
-                answers.append(answer)
-                break
-            errors[name] = answer.error or "unknown error"
-        if not answers:
-            raise AllExpertsFailed(errors)
+        decision = await self._route_one(request, trace, decision)
+        request = await self._retrieve(request, decision, trace)
+        answers = await self._answers(request, decision, trace)
         ctx = Context(decision=decision, trace=trace, call_expert=self.call_expert)
         t = time.perf_counter()
         result = await self.aggregator.combine(request, answers, ctx)
@@ -119,8 +151,31 @@ class CoE:
         self._finish(trace, decision, result.expert, result.usage, started)
         return result
 
+    async def _answers(self, request: Request, decision: RouteDecision, trace: Trace) -> list[ExpertAnswer]:
+        """The recruited experts answer concurrently, each within its timeout; only if none of them
+        could answer are the remaining candidates tried, one at a time, in order. Failed answers stay
+        in the list (``error`` set) so the aggregator and the trace can say who did not answer."""
+        recruited = decision.recruited
+        timeout = self.config.aggregator.timeout_s if len(recruited) > 1 else None
+        answers = list(
+            await asyncio.gather(*(self.call_expert(n, request, trace, timeout_s=timeout) for n in recruited))
+        )
+        if any(a.ok for a in answers):
+            return answers
+        for name in decision.experts[decision.fanout :]:
+            answer = await self.call_expert(name, request, trace)
+            answers.append(answer)
+            if answer.ok:
+                return answers
+        raise AllExpertsFailed({a.expert: a.error or "unknown error" for a in answers})
+
     async def astream(
-        self, prompt: Prompt, *, expert: str | None = None, **params: Any
+        self,
+        prompt: Prompt,
+        *,
+        expert: str | None = None,
+        decision: RouteDecision | None = None,
+        **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Yield text deltas, then one ``done`` event with the full Answer and trace.
 
@@ -130,7 +185,16 @@ class CoE:
         started = time.perf_counter()
         request = Request.from_input(prompt, expert=expert, params=params)
         trace = Trace()
-        decision = await self._route_one(request, trace)
+        decision = await self._route_one(request, trace, decision)
+        request = await self._retrieve(request, decision, trace)
+        stream = self._stream_aggregate if decision.fanout > 1 else self._stream_candidates
+        async for event in stream(request, decision, trace, started):
+            yield event
+
+    async def _stream_candidates(
+        self, request: Request, decision: RouteDecision, trace: Trace, started: float
+    ) -> AsyncIterator[StreamEvent]:
+        """One answering expert: candidates in order until one streams its first token."""
         errors: dict[str, str] = {}
         for name in decision.experts:
             t = time.perf_counter()
@@ -138,15 +202,16 @@ class CoE:
             usage = Usage()
             model: str | None = None
             try:
-                async for chunk in self._stream_expert(name, request, trace):
-                    model = chunk.get("model", model)
-                    if chunk.get("usage"):
-                        usage = Usage(**_usage_fields(chunk["usage"]))
-                    for choice in chunk.get("choices") or []:
-                        delta = (choice.get("delta") or {}).get("content")
-                        if delta:
-                            parts.append(delta)
-                            yield StreamEvent(type="delta", text=delta)
+                async with self._gate(name):
+                    async for chunk in self._stream_expert(name, request, trace):
+                        model = chunk.get("model", model)
+                        if chunk.get("usage"):
+                            usage = Usage(**_usage_fields(chunk["usage"]))
+                        for choice in chunk.get("choices") or []:
+                            delta = (choice.get("delta") or {}).get("content")
+                            if delta:
+                                parts.append(delta)
+                                yield StreamEvent(type="delta", text=delta)
             except ExpertError as exc:
                 trace.attempts.append(Attempt(expert=name, ok=False, error=exc.reason, latency_ms=_ms(t)))
                 if parts:
@@ -161,11 +226,45 @@ class CoE:
             return
         raise AllExpertsFailed(errors)
 
-    async def call_expert(self, name: str, request: Request, trace: Trace | None = None) -> ExpertAnswer:
-        """Ask one expert; failures come back as an ExpertAnswer with ``error`` set, never raised."""
+    async def _stream_aggregate(
+        self, request: Request, decision: RouteDecision, trace: Trace, started: float
+    ) -> AsyncIterator[StreamEvent]:
+        """Several experts: their answers are collected whole, then the aggregator's answer streams
+        (token by token when it can, e.g. an LLM synthesis; otherwise as one delta)."""
+        answers = await self._answers(request, decision, trace)
+        ctx = Context(
+            decision=decision, trace=trace, call_expert=self.call_expert, stream_expert=self._stream_pinned
+        )
+        t = time.perf_counter()
+        stream = getattr(self.aggregator, "stream", None)
+        events = stream(request, answers, ctx) if stream is not None else None
+        if events is None:
+            result = await self.aggregator.combine(request, answers, ctx)
+            events = _whole(result)
+        async for event in events:
+            if event.type == "done" and event.answer is not None:
+                trace.timings_ms["aggregate"] = _ms(t)
+                self._finish(trace, decision, event.answer.expert, event.answer.usage, started)
+            yield event
+
+    def _stream_pinned(self, name: str, request: Request) -> AsyncIterator[StreamEvent]:
+        """One expert's answer, streamed: an aggregator's synthesis in ``astream``. No routing and no
+        retrieval: the request it gets was already routed and holds any documents."""
+        decision = RouteDecision(router="pinned", experts=[name], reason="called by the aggregator")
+        return self._stream_candidates(request, decision, Trace(decision=decision), time.perf_counter())
+
+    async def call_expert(
+        self, name: str, request: Request, trace: Trace | None = None, timeout_s: float | None = None
+    ) -> ExpertAnswer:
+        """Ask one expert; failures come back as an ExpertAnswer with ``error`` set, never raised.
+
+        ``timeout_s`` bounds the whole call, a cold start included (the expert's own ``timeout_s``
+        bounds each HTTP request)."""
         t = time.perf_counter()
         try:
-            data = await self._complete(name, request, trace)
+            async with self._gate(name):
+                call = self._complete(name, request, trace)
+                data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
             choice = (data.get("choices") or [{}])[0]
             answer = ExpertAnswer(
                 expert=name,
@@ -174,9 +273,12 @@ class CoE:
                 usage=Usage(**_usage_fields(data.get("usage") or {})),
                 finish_reason=choice.get("finish_reason"),
                 latency_ms=_ms(t),
+                logprobs=(choice.get("logprobs") or {}).get("content"),
             )
         except ExpertError as exc:
             answer = ExpertAnswer(expert=name, error=exc.reason, latency_ms=_ms(t))
+        except TimeoutError:
+            answer = ExpertAnswer(expert=name, error=f"no answer within {timeout_s:g}s", latency_ms=_ms(t))
         if trace is not None:
             trace.attempts.append(
                 Attempt(expert=name, ok=answer.ok, error=answer.error, latency_ms=answer.latency_ms)
@@ -184,16 +286,19 @@ class CoE:
             trace.timings_ms[f"expert:{name}"] = answer.latency_ms
         return answer
 
+    def _gate(self, name: str) -> AbstractAsyncContextManager[object]:
+        return self.gate(name) if self.gate is not None else nullcontext()
+
     async def _complete(self, name: str, request: Request, trace: Trace | None = None) -> dict[str, Any]:
         expert = self.config.experts[name]
         payload = self._payload(name, request)
         key = expert.api_key.get_secret_value() if expert.api_key else None
         if expert.provider is not None:
             return await provider_chat(name, expert.provider, payload, key, expert.timeout_s, expert.endpoint)
-        url = await self._locate(name, trace)
-        return await self._client.chat(
-            name, url, payload, api_key=key, timeout_s=expert.timeout_s, retries=expert.retries
-        )
+        async with self._lease(name, trace) as url:
+            return await self._client.chat(
+                name, url, payload, api_key=key, timeout_s=expert.timeout_s, retries=expert.retries
+            )
 
     async def _stream_expert(
         self, name: str, request: Request, trace: Trace
@@ -208,25 +313,27 @@ class CoE:
                 "usage": data.get("usage"),
             }
             return
-        url = await self._locate(name, trace)
         key = expert.api_key.get_secret_value() if expert.api_key else None
-        async for chunk in self._client.stream(
-            name,
-            url,
-            self._payload(name, request),
-            api_key=key,
-            timeout_s=expert.timeout_s,
-            retries=expert.retries,
-        ):
-            yield chunk
+        async with self._lease(name, trace) as url:
+            async for chunk in self._client.stream(
+                name,
+                url,
+                self._payload(name, request),
+                api_key=key,
+                timeout_s=expert.timeout_s,
+                retries=expert.retries,
+            ):
+                yield chunk
 
-    async def _locate(self, name: str, trace: Trace | None) -> str:
-        """The expert's URL; waiting for a cold start shows up in the trace as ``start:<expert>``."""
-        t, starts = time.perf_counter(), self.pool.starts.get(name, 0)
-        url = await self.pool.url_for(name)
-        if trace is not None and self.pool.starts.get(name, 0) > starts:
-            trace.timings_ms[f"start:{name}"] = _ms(t)
-        return url
+    @asynccontextmanager
+    async def _lease(self, name: str, trace: Trace | None) -> AsyncIterator[str]:
+        """Hold the expert for one call; waiting for a load (a cold start or a wake from sleep) shows in
+        the trace as ``start:NAME``."""
+        t, loads = time.perf_counter(), self.pool.loads.get(name, 0)
+        async with self.pool.lease(name) as url:
+            if trace is not None and self.pool.loads.get(name, 0) > loads:
+                trace.timings_ms[f"start:{name}"] = _ms(t)
+            yield url
 
     def _payload(self, name: str, request: Request) -> dict[str, Any]:
         expert = self.config.experts[name]
@@ -242,16 +349,29 @@ class CoE:
             **request.params,
         }
 
-    async def _route_one(self, request: Request, trace: Trace) -> RouteDecision:
+    async def _route_one(
+        self, request: Request, trace: Trace, decision: RouteDecision | None = None
+    ) -> RouteDecision:
         t = time.perf_counter()
-        # The encoder is CPU-bound; off the loop so a server keeps serving while it runs.
-        decision = (await asyncio.to_thread(self._decide, [request]))[0]
+        if decision is None and request.expert is not None:
+            decision = self._decide([request])[0]  # pinned: nothing to compute
+        if decision is None:
+            # Built off the loop the first time: constructing a router loads the encoder (seconds).
+            router = self._router or await asyncio.to_thread(lambda: self.router)
+            aroute = getattr(router, "aroute", None)
+            if aroute is not None:  # a router that calls experts while routing (skills annotator)
+                decision = (await aroute([request], self.call_expert))[0]
+            else:
+                # The encoder is CPU-bound; off the loop so a server keeps serving while it runs.
+                decision = (await asyncio.to_thread(self._decide, [request]))[0]
         trace.timings_ms["route"] = _ms(t)
         trace.decision = decision
         return decision
 
     def _finish(self, trace: Trace, decision: RouteDecision, used: str, usage: Usage, started: float) -> None:
-        trace.fallback_used = used != decision.experts[0]
+        # A synthesised answer is "by" the aggregator expert: what counts is whether a recruited one answered.
+        recruited = set(decision.recruited)
+        trace.fallback_used = not any(a.ok and a.expert in recruited for a in trace.attempts)
         trace.usage = usage
         trace.active_params_b = self.config.experts[used].params_b
         trace.timings_ms["total"] = _ms(started)
@@ -260,6 +380,19 @@ class CoE:
 
     def ask(self, prompt: Prompt, *, expert: str | None = None, **params: Any) -> Answer:
         return self._run(self.aask(prompt, expert=expert, **params))
+
+    def batch(
+        self, items: Iterable[Any], *, out: str | os.PathLike[str] | None = None, **options: Any
+    ) -> BatchReport:
+        """Answer many prompts, loading each expert once (see coe/batch.py): returns a BatchReport.
+
+        ``items``: prompts, or dicts / ``BatchItem`` with ``id``, ``prompt`` or ``messages`` and an
+        optional ``expert`` (pinned, not routed). With ``out``, each result is appended to that JSONL
+        file as it finishes and a rerun skips the ids already there. ``options``: ``params``,
+        ``concurrency``, ``observer``. In async code: ``await run_batch(coe, items, ...)`` (coe/batch.py)."""
+        from coe.batch import run_batch
+
+        return self._run(run_batch(self, items, out=out, **options))
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._loop is None or self._loop.is_closed():
@@ -287,6 +420,11 @@ class CoE:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _whole(answer: Answer) -> AsyncIterator[StreamEvent]:
+    yield StreamEvent(type="delta", text=answer.text)
+    yield StreamEvent(type="done", answer=answer)
 
 
 def _ms(since: float) -> float:

@@ -6,11 +6,11 @@ before it loads any expert, and one encoder call over N prompts is far cheaper t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from coe.types import Answer, ExpertAnswer, Request, RouteDecision, Trace
+from coe.types import Answer, ExpertAnswer, Request, RouteDecision, StreamEvent, Trace
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig
@@ -26,12 +26,14 @@ class Router(Protocol):
 @dataclass
 class Context:
     """What an aggregator may use besides the answers: the decision, the trace to append to, and
-    a way to call any expert (for synthesis or judging)."""
+    a way to call any expert (for synthesis or judging), whole or streamed (``stream_expert`` yields
+    text deltas then one ``done`` event; None where the caller cannot stream)."""
 
     decision: RouteDecision
     trace: Trace
     call_expert: Callable[[str, Request], Awaitable[ExpertAnswer]]
     options: dict[str, object] = field(default_factory=dict)
+    stream_expert: Callable[[str, Request], AsyncIterator[StreamEvent]] | None = None
 
 
 @runtime_checkable
@@ -39,6 +41,19 @@ class Aggregator(Protocol):
     name: str
 
     async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer: ...
+
+
+@runtime_checkable
+class AsyncRouter(Protocol):
+    """A router that may call experts while routing (the skills router's keyword annotator).
+    ``CoE.aask`` uses ``aroute`` when a router has it; ``route`` stays the path that calls no expert
+    (``coe route``, batch routing)."""
+
+    name: str
+
+    async def aroute(
+        self, requests: Sequence[Request], call_expert: Callable[[str, Request], Awaitable[ExpertAnswer]]
+    ) -> list[RouteDecision]: ...
 
 
 class RouterFactory(Protocol):

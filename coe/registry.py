@@ -16,8 +16,17 @@ from coe.errors import ConfigError
 Kind = Literal["routers", "aggregators"]
 
 BUILTINS: dict[Kind, dict[str, str]] = {
-    "routers": {"category": "routers.category:CategoryRouter"},
-    "aggregators": {"first": "aggregators.first:FirstAggregator"},
+    "routers": {
+        "category": "routers.category:CategoryRouter",
+        "cost": "routers.cost:CostRouter",
+        "skills": "routers.skills:SkillsRouter",
+    },
+    "aggregators": {
+        "first": "aggregators.first:FirstAggregator",
+        "vote": "aggregators.vote:VoteAggregator",
+        "synthesize": "aggregators.synthesize:SynthesizeAggregator",
+        "rank": "aggregators.rank:RankAggregator",
+    },
 }
 
 

@@ -7,7 +7,7 @@ trace alone.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,20 +43,32 @@ class Request(BaseModel):
 
 
 class RouteDecision(BaseModel):
-    """What the router chose and why; ``experts`` is the ordered list of candidates to try."""
+    """What the router chose and why.
+
+    ``experts`` is the ordered list of candidates. The first ``fanout`` of them answer concurrently
+    and an aggregator merges their answers (skill-based recruitment); the rest are fallbacks, tried
+    in order only when every recruited expert failed. A two-step router recruits one (``fanout=1``).
+    """
 
     router: str
     experts: list[str]
+    fanout: int = Field(1, ge=1)
+    weights: dict[str, float] = Field(default_factory=dict, description="router weight per recruited expert")
     category: str | None = None
     confidence: float | None = None
     scores: dict[str, float] = Field(default_factory=dict)
     similarities: dict[str, float] = Field(default_factory=dict)
     fallback: bool = False
     reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict, description="router-specific evidence")
 
     @property
     def expert(self) -> str:
         return self.experts[0]
+
+    @property
+    def recruited(self) -> list[str]:
+        return self.experts[: self.fanout]
 
 
 class Usage(BaseModel):
@@ -75,6 +87,9 @@ class ExpertAnswer(BaseModel):
     latency_ms: float = 0.0
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: list[dict[str, Any]] | None = Field(
+        None, description="per generated token, OpenAI-style {token, logprob, top_logprobs}, when requested"
+    )
 
     @property
     def ok(self) -> bool:
@@ -88,12 +103,38 @@ class Attempt(BaseModel):
     latency_ms: float = 0.0
 
 
+class RetrievalTrace(BaseModel):
+    """What the retrieval gate decided for one request, and which documents went into the prompt."""
+
+    gate: str
+    retrieve: bool
+    reason: str = ""
+    score: float | None = None
+    documents: list[str] = Field(default_factory=list, description="ids of the chunks injected")
+    scores: list[float] = Field(default_factory=list)
+    searched: bool = Field(False, description="the index was searched (the similarity gate always does)")
+    error: str | None = None
+    latency_ms: float = 0.0
+
+
+class AggregationTrace(BaseModel):
+    """How several answers became one: who answered, who did not and why, and what decided."""
+
+    aggregator: str
+    answered: list[str] = Field(default_factory=list)
+    missing: dict[str, str] = Field(default_factory=dict, description="expert -> why no answer")
+    chosen: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
 class Trace(BaseModel):
     """Everything that happened to one request, stage by stage."""
 
     model_config = ConfigDict(extra="allow")
 
     decision: RouteDecision | None = None
+    retrieval: RetrievalTrace | None = None
+    aggregation: AggregationTrace | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     fallback_used: bool = False
     timings_ms: dict[str, float] = Field(default_factory=dict)

@@ -1,104 +1,63 @@
 """Two-step routing (Composition of Experts, arXiv 2412.01868): p(category | prompt), then a
 category -> expert map, with a generalist fallback when the router is unsure.
 
-The classifier here is the no-training one: each category is the centroid of its example prompts
-(and description) in the encoder's space; cosine similarities become probabilities through a softmax
-whose temperature is calibrated on the examples themselves by leave-one-out, so that a confidence of
-0.8 means roughly what it says without any labelled data beyond the YAML.
+Where p(category | prompt) comes from (``router.classifier``):
+
+* ``centroid`` / ``knn`` / ``logreg`` on sentence embeddings, or ``tfidf`` on character n-grams,
+  fitted on the YAML's examples at start-up;
+* ``llm``: an expert picks the category (``routers.llm_classifier``); routing without generation
+  (``coe route``, the batch planner) calls no expert and uses the centroid on the examples instead,
+  and says so in the reason;
+* ``router.model``: an artefact written by ``coe train-router`` (any of the above but llm, or the
+  tfidf -> kNN ``cascade``), trained on thousands of labelled prompts.
+
+Every classifier returns calibrated probabilities, so ``min_confidence`` means what it says.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from coe.embedder import Embedder
+from coe.embedder import Embedder, shared_embedder
+from coe.errors import ModelNotFoundError
 from coe.types import Request, RouteDecision
+from routers.classifiers import CentroidClassifier, fit_classifier
+from routers.routing_model import EmbeddingModel, Prediction, RoutingModel, TextModel
+from routers.text_classifier import TfidfClassifier
+
+__all__ = ["CategoryRouter", "CentroidClassifier"]
 
 if TYPE_CHECKING:
-    from coe.config import CoEConfig, RouterConfig
-
-DEFAULT_TEMPERATURE = 0.05
-_TEMPERATURE_GRID = np.geomspace(0.005, 1.0, 60)
-
-
-class CentroidClassifier:
-    """Nearest centroid in a *centred* embedding space.
-
-    Sentence embeddings share a large common component, so a category with diverse examples
-    ("general") gets a centroid close to that component and wins prompts it should not. Subtracting
-    the mean of the category means before comparing removes it (measured on router_mix: 0.537 ->
-    0.581 accuracy, general recall 0.37 -> 0.44, code and math unchanged within 3 points).
-    """
-
-    def __init__(
-        self, labels: list[str], centroids: np.ndarray, center: np.ndarray, temperature: float
-    ) -> None:
-        self.labels = labels
-        self.centroids = centroids
-        self.center = center
-        self.temperature = temperature
-
-    @classmethod
-    def fit(
-        cls, vectors: np.ndarray, y: Sequence[int], labels: list[str], temperature: float | None = None
-    ) -> CentroidClassifier:
-        y = np.asarray(y)
-        center = np.stack([vectors[y == k].mean(axis=0) for k in range(len(labels))]).mean(axis=0)
-        z = _normalise(vectors - center)
-        sums = np.stack([z[y == k].sum(axis=0) for k in range(len(labels))])
-        counts = np.bincount(y, minlength=len(labels)).astype(np.float32)
-        centroids = _normalise(sums / counts[:, None])
-        if temperature is None:
-            temperature = _calibrate(z, y, sums, counts)
-        return cls(labels, centroids, center, temperature)
-
-    def similarities(self, vectors: np.ndarray) -> np.ndarray:
-        return _normalise(vectors - self.center) @ self.centroids.T
-
-    def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sims = self.similarities(vectors)
-        return _softmax(sims / self.temperature), sims
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _calibrate(vectors: np.ndarray, y: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> float:
-    """Pick the softmax temperature that minimises leave-one-out log loss on the examples."""
-    if len(y) < 2 * len(counts) or np.any(counts < 2):
-        return DEFAULT_TEMPERATURE
-    sims = np.empty((len(y), len(counts)), dtype=np.float64)
-    for i, (vec, label) in enumerate(zip(vectors, y, strict=True)):
-        loo = sums.copy()
-        loo[label] -= vec
-        sims[i] = _normalise(loo) @ vec
-    best, best_loss = DEFAULT_TEMPERATURE, np.inf
-    for t in _TEMPERATURE_GRID:
-        p = _softmax(sims / t)[np.arange(len(y)), y]
-        loss = -np.mean(np.log(np.maximum(p, 1e-12)))
-        if loss < best_loss:
-            best, best_loss = float(t), loss
-    return best
+    from coe.config import CoEConfig, EmbedderConfig, RouterConfig
+    from routers.llm_classifier import CallExpert, LLMClassifier
 
 
 class CategoryRouter:
-    """``route`` embeds the whole batch in one encoder call."""
+    """``route`` classifies the whole batch in one call (one encoder pass when one is needed)."""
 
     name = "category"
 
-    def __init__(self, cfg: RouterConfig, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        cfg: RouterConfig,
+        embedder: Embedder | None,
+        model_path: Path | None = None,
+        embedder_cfg: EmbedderConfig | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
         self.cfg = cfg
-        self.embedder = embedder
+        self._embedder = embedder
+        self._embedder_cfg = embedder_cfg
+        self._base_dir = base_dir
+        self.llm: LLMClassifier | None = None
+        if model_path is not None:
+            self.model, self.labels = self._load_artefact(model_path)
+            return
         self.labels = list(cfg.categories)
         texts: list[str] = []
         y: list[int] = []
@@ -106,19 +65,106 @@ class CategoryRouter:
             for text in ([spec.description] if spec.description else []) + spec.examples:
                 texts.append(text)
                 y.append(k)
-        self.classifier = CentroidClassifier.fit(embedder.encode(texts), y, self.labels, cfg.temperature)
+        kind = cfg.classifier
+        if kind == "llm":
+            from routers.llm_classifier import LLMClassifier
+
+            assert cfg.llm is not None  # checked by the config loader
+            self.llm = LLMClassifier(cfg.llm, cfg.categories, cfg.temperature)
+            kind = "centroid"  # what `route` (no generation) uses
+        self.model: RoutingModel
+        if kind == "tfidf":
+            self.model = TextModel(TfidfClassifier.fit(texts, y, self.labels))
+        else:
+            vectors = self.embedder.encode(texts)
+            self.model = EmbeddingModel(fit_classifier(kind, vectors, y, self.labels, cfg.temperature))
+
+    @property
+    def embedder(self) -> Embedder:
+        """Resolved on first need: a tfidf router never loads (or even resolves) an encoder."""
+        if self._embedder is None:
+            if self._embedder_cfg is None:
+                raise ModelNotFoundError("this router needs a sentence encoder; none was configured")
+            self._embedder = shared_embedder(self._embedder_cfg, self._base_dir)
+        return self._embedder
+
+    @property
+    def classifier(self) -> Any:
+        """The fitted classifier behind the model (its temperature, centroids... for inspection)."""
+        return getattr(self.model, "classifier", self.model)
+
+    def _load_artefact(self, path: Path) -> tuple[RoutingModel, list[str]]:
+        from routers import artefact
+
+        try:
+            header, model = artefact.load(path)
+        except ValueError as exc:
+            raise ModelNotFoundError(str(exc)) from exc
+        if header.encoder is not None and header.encoder != self.embedder.space:
+            raise ModelNotFoundError(
+                f"{path}: trained on {header.encoder!r} embeddings, but embedder is "
+                f"{self.embedder.name!r} with backend {self.embedder.backend!r} ({self.embedder.space!r}); "
+                + (
+                    f"set embedder.path to the fine-tuned encoder {header.encoder_path}"
+                    if header.encoder_path
+                    else "set embedder.model/backend to match"
+                )
+                + " or retrain with `coe train-router`"
+            )
+        missing = [label for label in header.labels if label not in self.cfg.categories]
+        if missing:
+            raise ModelNotFoundError(f"{path}: labels {missing} have no entry in router.categories")
+        return model, list(header.labels)
 
     @classmethod
     def from_config(cls, config: CoEConfig) -> CategoryRouter:
-        return cls(config.router, Embedder.from_config(config.embedder, config.base_dir))
+        model = config.resolve_path(config.router.model) if config.router.model else None
+        return cls(config.router, None, model, config.embedder, config.base_dir)
+
+    def _predict(self, texts: list[str]) -> Prediction:
+        embedder = self.embedder if self.model.needs_embedder else None
+        return self.model.predict(texts, embedder)
 
     def route(self, requests: Sequence[Request]) -> list[RouteDecision]:
         if not requests:
             return []
-        probs, sims = self.classifier.predict_proba(self.embedder.encode([r.text for r in requests]))
-        return [self._decide(p, s) for p, s in zip(probs, sims, strict=True)]
+        pred = self._predict([r.text for r in requests])
+        note = None
+        if self.llm is not None:
+            note = "no generation, so no llm call: centroid on the examples"
+        return [
+            self._decide(p, s, {"classifier": stage}, note)
+            for p, s, stage in zip(pred.probs, pred.scores, pred.stages, strict=True)
+        ]
 
-    def _decide(self, probs: np.ndarray, sims: np.ndarray) -> RouteDecision:
+    async def aroute(self, requests: Sequence[Request], call_expert: CallExpert) -> list[RouteDecision]:
+        """With ``classifier: llm``, ask the classifying expert; if it fails, route without it."""
+        if self.llm is None or not requests:
+            return await asyncio.to_thread(self.route, requests)
+        from routers.llm_classifier import LLMClassifierError
+
+        try:
+            probs, logprobs, from_model = await self.llm.predict([r.text for r in requests], call_expert)
+        except (LLMClassifierError, TimeoutError) as exc:
+            decisions = await asyncio.to_thread(self.route, requests)
+            for d in decisions:
+                d.reason = f"llm classifier failed ({exc}); {d.reason}"
+                d.details["llm_error"] = str(exc)
+            return decisions
+        details = self.llm.describe()
+        return [
+            self._decide(
+                p,
+                z,
+                {**details, "classifier": "llm", "logprobs": bool(ok)},
+                None if ok else f"expert {self.llm.cfg.expert!r} gave no log-probabilities: a smoothed vote",
+            )
+            for p, z, ok in zip(probs, logprobs, from_model, strict=True)
+        ]
+
+    def _decide(
+        self, probs: np.ndarray, sims: np.ndarray, details: dict[str, Any], note: str | None
+    ) -> RouteDecision:
         order = np.argsort(-probs)
         top = self.labels[order[0]]
         confidence = float(probs[order[0]])
@@ -127,6 +173,7 @@ class CategoryRouter:
         fallback = self.cfg.fallback
         scores = {self.labels[i]: round(float(probs[i]), 4) for i in order}
         similarities = {self.labels[i]: round(float(sims[i]), 4) for i in order}
+        suffix = f" ({note})" if note else ""
         if fallback is not None and confidence < fallback.min_confidence:
             return RouteDecision(
                 router=self.name,
@@ -138,8 +185,9 @@ class CategoryRouter:
                 fallback=True,
                 reason=(
                     f"top category {top!r} has p={confidence:.2f} < min_confidence "
-                    f"{fallback.min_confidence:.2f}: fallback expert {fallback.expert!r}"
+                    f"{fallback.min_confidence:.2f}: fallback expert {fallback.expert!r}{suffix}"
                 ),
+                details=details,
             )
         threshold = f" >= min_confidence {fallback.min_confidence:.2f}" if fallback else ""
         return RouteDecision(
@@ -149,7 +197,8 @@ class CategoryRouter:
             confidence=confidence,
             scores=scores,
             similarities=similarities,
-            reason=f"category {top!r} (p={confidence:.2f}{threshold}) maps to expert {expert!r}",
+            reason=f"category {top!r} (p={confidence:.2f}{threshold}) maps to expert {expert!r}{suffix}",
+            details=details,
         )
 
 

@@ -1,22 +1,44 @@
-"""Process inspection for the no-orphan checks (Linux /proc, no extra dependency)."""
+"""Process inspection for the no-orphan checks (Linux /proc, no extra dependency).
+
+Every llama-server a test starts inherits the test's environment, so a marker variable set for the
+session (and one per CLI call) tells our processes from any other llama-server on the machine: a
+second test run or a developer's own servers cannot make these checks pass or fail.
+"""
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from pathlib import Path
 
+SESSION_MARK = "COE_TEST_SESSION"
+CALL_MARK = "COE_TEST_CALL"
+os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
 
-def llama_server_pids() -> set[int]:
+
+def new_call_mark() -> dict[str, str]:
+    """Environment entries that tag the processes of one subprocess call."""
+    return {CALL_MARK: uuid.uuid4().hex}
+
+
+def llama_server_pids(mark: dict[str, str] | None = None) -> set[int]:
+    """Live llama-server pids started under this test session (or under ``mark``, when given)."""
+    wanted = mark or {SESSION_MARK: os.environ[SESSION_MARK]}
+    needles = [f"{k}={v}".encode() for k, v in wanted.items()]
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            if not cmd.endswith(b"llama-server"):
+                continue
             state = (entry / "stat").read_text().rsplit(") ", 1)[-1][:1]
+            env = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmd.endswith(b"llama-server") and state != "Z":
+        if state != "Z" and all(n in env for n in needles):
             pids.add(int(entry.name))
     return pids
 

@@ -15,7 +15,7 @@ import pytest
 
 from coe import AllExpertsFailed, CoE, ExpertError, load_config
 from tests.conftest import DEFAULT_REGISTRY, ROOT
-from tests.procs import llama_server_pids, wait_gone
+from tests.procs import llama_server_pids, new_call_mark, wait_gone
 from tests.stub_server import stub_server
 
 pytestmark = pytest.mark.e2e
@@ -181,8 +181,10 @@ def test_unknown_pinned_expert() -> None:
 # ------------------------------------------------------------------------- the CLI, processes
 
 
-def run_coe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+def run_coe(
+    *args: str, timeout: float = 300, mark: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", **(mark or {})}
     return subprocess.run(
         [sys.executable, "-m", "coe", *args],
         capture_output=True,
@@ -194,14 +196,16 @@ def run_coe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 
 
 def test_cli_ask_json_and_no_process_left_behind() -> None:
-    before = llama_server_pids()
-    result = run_coe("ask", "Write a Python function that reverses a string", "--json", "--max-tokens", "32")
+    mark = new_call_mark()
+    args = ("ask", "Write a Python function that reverses a string", "--json", "--max-tokens", "32")
+    result = run_coe(*args, mark=mark)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"answer", "expert", "category", "confidence", "trace"} <= set(data)
     assert data["expert"] == "coder" and data["category"] == "code" and data["answer"].strip()
     assert data["trace"]["decision"]["reason"]
-    assert not wait_gone(llama_server_pids() - before, timeout_s=5)
+    assert "start:coder" in data["trace"]["timings_ms"]  # it did start a server of its own...
+    assert not wait_gone(llama_server_pids(mark), timeout_s=5)  # ...and stopped it on exit
 
 
 def test_cli_ask_prints_answer_and_trace() -> None:
@@ -212,26 +216,30 @@ def test_cli_ask_prints_answer_and_trace() -> None:
 
 
 def test_cli_route_starts_no_expert() -> None:
-    before = llama_server_pids()
-    result = run_coe("route", "Write a Python function that reverses a string", "--json")
+    # Any attempt to start an expert would fail loudly: the server binary it points at does not exist.
+    no_server = {"COE_LLAMA_SERVER": "/nonexistent/llama-server"}
+    result = run_coe("route", "Write a Python function that reverses a string", "--json", mark=no_server)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"expert", "category", "confidence", "scores"} <= set(data)
     assert data["expert"] == "coder"
-    assert llama_server_pids() - before == set()
 
 
 def ask_in_background(*extra: str) -> tuple[subprocess.Popen[bytes], set[int]]:
     """Start a long `coe ask` and return it with the llama-server pids it started."""
-    before = llama_server_pids()
+    mark = new_call_mark()
     args = ["ask", "Write a long Python program", "--max-tokens", "2000", *extra]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coe", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "coe", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **mark},
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (llama_server_pids() - before):
+    while time.monotonic() < deadline and not llama_server_pids(mark):
         time.sleep(0.2)
-    started = llama_server_pids() - before
+    started = llama_server_pids(mark)
     assert started, "the expert never started"
     return proc, started
 

@@ -90,3 +90,81 @@ def test_centroid_classifier_on_separable_data() -> None:
     clf = CentroidClassifier.fit(x, [0] * 10 + [1] * 10, ["a", "b"])
     probs, _ = clf.predict_proba(np.array([[1, 0.05, 0], [0.05, 1, 0]], dtype=np.float32))
     assert probs[0, 0] > 0.9 and probs[1, 1] > 0.9
+
+
+# ----------------------------------------------------------------------------- classifier: llm
+
+
+def _llm_registry(tmp_path, expert_block: str = "") -> object:  # type: ignore[no-untyped-def]
+    text = DEFAULT_REGISTRY.read_text().replace(
+        "  classifier: centroid", "  classifier: llm\n  llm: {expert: coder}"
+    )
+    if expert_block:
+        text = text.replace("experts:\n", f"experts:\n{expert_block}", 1)
+        text = text.replace("llm: {expert: coder}", "llm: {expert: down}")
+    path = tmp_path / "experts.yaml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_llm_letter_logprobs_are_renormalised_over_the_categories(default_config) -> None:  # type: ignore[no-untyped-def]
+    from coe.config import LLMClassifierConfig
+    from coe.types import ExpertAnswer
+    from routers.llm_classifier import LLMClassifier, LLMClassifierError
+
+    clf = LLMClassifier(LLMClassifierConfig(expert="coder"), default_config.router.categories, 1.0)
+    # The shape llama-server returns: the sampled token and the unconstrained top alternatives.
+    raw = [{"token": "B", "logprob": -1.2, "top_logprobs": [
+        {"token": "Once", "logprob": -0.5}, {"token": "B", "logprob": -1.2}, {"token": " A", "logprob": -2.0},
+    ]}]  # fmt: skip
+    z, from_model = clf.letter_logprobs(ExpertAnswer(expert="coder", text="B", logprobs=raw))
+    p = np.exp(z)
+    assert from_model and p.sum() == pytest.approx(1.0)
+    assert p[1] > p[0] > p[2]  # B (math) > A (code) > C (general: absent, put below the least likely seen)
+    z, from_model = clf.letter_logprobs(ExpertAnswer(expert="coder", text="C"))
+    assert not from_model and np.argmax(z) == 2  # no log-probabilities: a smoothed vote for the answer
+    with pytest.raises(LLMClassifierError, match="not one of A, B, C"):
+        clf.letter_logprobs(ExpertAnswer(expert="coder", text="Sure!"))
+
+
+def test_llm_classifier_without_expert_block_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from coe.errors import ConfigError
+
+    path = tmp_path / "experts.yaml"
+    path.write_text(DEFAULT_REGISTRY.read_text().replace("classifier: centroid", "classifier: llm"))
+    with pytest.raises(ConfigError, match=r"router\.classifier: classifier llm needs a router\.llm block"):
+        load_config(path)
+
+
+async def test_llm_classifier_failure_falls_back_to_the_examples(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = _llm_registry(
+        tmp_path, "  down: {endpoint: 'http://127.0.0.1:9/v1', retries: 0, timeout_s: 5}\n"
+    )
+    coe = CoE(config)
+    try:
+        [decision] = await coe.router.aroute(
+            [Request.from_input("Write a Python function that reverses a string")], coe.call_expert
+        )
+    finally:
+        await coe.aclose()
+    assert decision.expert == "coder" and decision.category == "code"  # the centroid still routes
+    assert decision.reason.startswith("llm classifier failed (expert 'down' failed")
+    assert "llm_error" in decision.details
+
+
+@pytest.mark.e2e
+async def test_llm_classifier_asks_a_real_expert_for_calibrated_probabilities(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    coe = CoE(_llm_registry(tmp_path))
+    prompts = ["Write a Python function that reverses a string", "What is 15% of 240?", "Tell me a story"]
+    try:
+        decisions = await coe.router.aroute([Request.from_input(p) for p in prompts], coe.call_expert)
+        [dry] = coe.route(prompts[0])  # no generation: no llm call, and the reason says so
+    finally:
+        await coe.aclose()
+    for d in decisions:
+        assert d.details["classifier"] == "llm" and d.details["logprobs"] is True
+        assert set(d.scores) == {"code", "math", "general"}
+        assert sum(d.scores.values()) == pytest.approx(1.0, abs=1e-3)
+    # The temperature was fitted on the categories' examples: within the grid, and the same for all.
+    assert 0.1 <= decisions[0].details["temperature"] <= 10.0
+    assert dry.details["classifier"] == "centroid" and "no llm call" in dry.reason

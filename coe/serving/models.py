@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from coe.config import LlamaCppServe, VllmServe
 from coe.errors import ModelNotFoundError
 
 
@@ -76,6 +77,16 @@ def check_reference(ref: str, base_dir: Path) -> str | None:
         return None if path.is_file() else f"model file not found: {path}"
     except ModelNotFoundError as exc:
         return str(exc)
+
+
+def check_serve(spec: LlamaCppServe | VllmServe, base_dir: Path) -> tuple[str, str] | None:
+    """For ``coe validate``: (key, problem) when the expert's model cannot be found, else None."""
+    if isinstance(spec, LlamaCppServe):
+        why = check_reference(spec.gguf, base_dir)
+        return ("gguf", why) if why else None
+    local = spec.model.startswith((".", "/", "~"))  # otherwise a name vLLM resolves (offline cache)
+    path = _as_path(spec.model, base_dir)
+    return ("model", f"model folder not found: {path}") if local and not path.exists() else None
 
 
 def resolve_model(ref: str, base_dir: Path, sha256: str | None = None) -> Path:

@@ -1,0 +1,47 @@
+"""Majority vote over the final answers of the recruited experts (option letters or numbers).
+
+Each answer's final answer is extracted (``coe.skills.answers``); the most common one wins, a tie goes
+to the answer backed by more router weight. The winning answer is returned as its highest-weighted
+voter wrote it, unchanged. When nothing can be extracted (free text, code), the highest-weighted
+expert's answer stands. No extra LLM call, so voting costs only the experts' answers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aggregators.support import Configured, finish, prepare
+from coe.config import AggregatorConfig
+from coe.protocols import Context
+from coe.skills.answers import extract_for_prompt, majority
+from coe.types import Answer, ExpertAnswer, Request
+
+
+class VoteAggregator(Configured):
+    name = "vote"
+
+    def __init__(self, answer: Literal["auto", "choice", "number"] = "auto") -> None:
+        self.answer = answer
+
+    @classmethod
+    def from_config(cls, cfg: AggregatorConfig) -> VoteAggregator:
+        return cls(cfg.answer)
+
+    async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer:
+        _, missing, ranked = prepare(answers, ctx)
+        extracted = [(a.expert, extract_for_prompt(request.text, a.text, self.answer)) for a in ranked]
+        winner, votes = majority(extracted, ctx.decision.weights)
+        detail: dict[str, object] = {
+            "extracted": [{"expert": name, "answer": value} for name, value in extracted],
+            "votes": {answer: len(voters) for answer, voters in votes.items()},
+            "winner": winner,
+        }
+        if winner is None:
+            chosen = ranked[0]
+            detail["rule"] = "no final answer could be extracted: the highest-weighted expert's answer stands"
+        else:
+            chosen = next(a for a, (_, value) in zip(ranked, extracted, strict=True) if value == winner)
+            tied = sorted(len(v) for v in votes.values())[-2:]
+            close = len(tied) == 2 and tied[0] == tied[1]
+            detail["rule"] = "tie broken by router weight" if close else "majority"
+        return finish(ctx, self.name, chosen, answers, missing, detail)

@@ -1,0 +1,180 @@
+"""Where an expert lives and how it is served: llama.cpp or vLLM processes, endpoints, providers,
+and its replicas and resources on a cluster."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from coe.config.base import Strict
+
+
+class GenerationParams(Strict):
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: list[str] | None = None
+    seed: int | None = None
+    repeat_penalty: float | None = Field(None, gt=0, description="llama.cpp and vLLM sampling extension")
+    extra: dict[str, Any] = Field(default_factory=dict, description="engine-specific request fields")
+
+
+class LlamaCppServe(Strict):
+    """Run llama.cpp's ``llama-server`` for this expert, one process per expert on a loopback port."""
+
+    engine: Literal["llamacpp"]
+    gguf: str = Field(description="pkg:MODULE/FILE, pkg:MODULE (assembling package) or a path")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    ctx: int = Field(2048, ge=128)
+    threads: int | None = Field(None, ge=1)
+    parallel: int = Field(2, ge=1, description="concurrent slots; each gets ctx/parallel tokens")
+    chat_template: str | None = None
+    gpu_layers: int = Field(0, ge=-1)
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: float = Field(120.0, gt=0)
+
+    @property
+    def where(self) -> str:
+        return self.gguf
+
+
+class VllmServe(Strict):
+    """Run ``vllm serve`` for this expert (GPU only) with sleep mode on, so that the pool can park it
+    (weights to host RAM, level 1) instead of stopping it, and wake it in about a second."""
+
+    engine: Literal["vllm"]
+    model: str = Field(description="a local model folder (or a name vLLM can resolve offline)")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="share of the GPU this expert may take while awake"
+    )
+    max_model_len: int | None = Field(None, ge=128, description="context length; None: the model's own")
+    max_num_seqs: int = Field(16, ge=1, description="concurrent sequences; the batch runner's concurrency")
+    dtype: str | None = Field(None, description="e.g. bfloat16, float16; None: vLLM's auto")
+    executable: str = Field("vllm", description="the vllm command (a path, or a name on PATH)")
+    extra_args: list[str] = Field(default_factory=list, description="passed to `vllm serve` as is")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the process")
+    startup_timeout_s: float = Field(900.0, gt=0)
+
+    @property
+    def parallel(self) -> int:
+        """Concurrent requests it serves well (llama.cpp's ``parallel`` slots, vLLM's max_num_seqs)."""
+        return self.max_num_seqs
+
+    @property
+    def where(self) -> str:
+        return self.model
+
+
+ServeSpec = Annotated[LlamaCppServe | VllmServe, Field(discriminator="engine")]
+
+
+class RayAutoscaling(Strict):
+    """Ray Serve autoscaling bounds: replicas follow the number of requests in flight."""
+
+    min_replicas: int = Field(1, ge=0, description="0 lets an idle expert scale to zero (cold start)")
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float | None = Field(
+        None, gt=0, description="per replica; default: the expert's slots (serve.parallel or max_num_seqs)"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RayAutoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
+class RayDeployment(Strict):
+    """How one deployment runs on a Ray cluster (``coe deploy ray``); resources are per replica."""
+
+    replicas: int | None = Field(None, ge=1, description="a fixed number of replicas (default 1)")
+    autoscaling: RayAutoscaling | None = Field(None, description="instead of replicas")
+    num_cpus: float | None = Field(None, ge=0, description="default 1; llama.cpp: serve.threads if set")
+    num_gpus: float | None = Field(
+        None, ge=0, description="fractions share a GPU (0.5: two replicas per GPU); default 0, vLLM 1"
+    )
+    memory_gb: float | None = Field(None, gt=0, description="RAM reserved per replica")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per replica")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. A100, L4")
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="requests one replica takes at once (default: its slots); more wait in Ray"
+    )
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> RayDeployment:
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError("give replicas or autoscaling, not both")
+        return self
+
+
+class ExpertRayDeployment(RayDeployment):
+    vllm: Literal["auto", "ray_llm", "process"] = Field(
+        "auto",
+        description="vLLM experts: Ray Serve LLM's deployment (ray_llm), a replica that runs `vllm serve` "
+        "(process), or ray_llm when ray.serve.llm imports (auto)",
+    )
+
+
+class ExpertDeploy(Strict):
+    """Where this expert runs when the registry is deployed on a cluster."""
+
+    ray: ExpertRayDeployment | None = None
+
+
+class IngressRayDeployment(RayDeployment):
+    """The ingress (router, gate, aggregator, the OpenAI API); experts go under /NAME/experts/EXPERT."""
+
+    name: str = Field("coe", pattern=r"^[A-Za-z0-9_-]+$", description="the Serve application name")
+    host: str = Field("127.0.0.1", description="where Ray Serve's HTTP proxies listen (0.0.0.0: all)")
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/", pattern=r"^/", description="the ingress's route")
+
+
+class DeployConfig(Strict):
+    ray: IngressRayDeployment | None = None
+
+
+class ExpertConfig(Strict):
+    """One expert. Exactly one of ``serve`` (CoE runs it), ``endpoint`` (already running) or
+    ``provider`` (a litellm model string) says where it lives."""
+
+    model: str | None = None
+    description: str = ""
+    serve: ServeSpec | None = None
+    endpoint: str | None = Field(None, pattern=r"^https?://")
+    provider: str | None = None
+    api_key: SecretStr | None = None
+    system: str | None = None
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    params_b: float | None = Field(None, gt=0, description="size in billions, for active-parameter reports")
+    timeout_s: float = Field(120.0, gt=0)
+    retries: int = Field(2, ge=0)
+    memory_gb: float | None = Field(
+        None, gt=0, description="memory it takes while loaded; None: estimated (GGUF size + KV cache)"
+    )
+
+    deploy: ExpertDeploy | None = Field(None, description="replicas and resources on a cluster (coe deploy)")
+
+    @model_validator(mode="after")
+    def _deploy_needs_serve(self) -> ExpertConfig:
+        if self.deploy is not None and self.deploy.ray is not None and self.serve is None:
+            raise ValueError("deploy.ray needs a serve: block (endpoint and provider experts run elsewhere)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_location(self) -> ExpertConfig:
+        # `endpoint` next to `provider` is that provider's API base (litellm's api_base).
+        given = [k for k in ("serve", "endpoint", "provider") if getattr(self, k) is not None]
+        if given == ["endpoint", "provider"]:
+            return self
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(f"exactly one of serve, endpoint, provider is required (found: {found})")
+        return self
+
+    @property
+    def kind(self) -> Literal["serve", "endpoint", "provider"]:
+        if self.serve is not None:
+            return "serve"
+        return "provider" if self.provider is not None else "endpoint"

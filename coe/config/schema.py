@@ -1,0 +1,129 @@
+"""The registry file as one model: the encoder, experts, routing, retrieval, serving and server blocks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from coe.config.base import CONFIG_VERSION, Strict
+from coe.config.experts import DeployConfig, ExpertConfig
+from coe.config.routing import AggregatorConfig, RouterConfig
+
+
+class EmbedderConfig(Strict):
+    """The sentence encoder. ``model`` names an offline package (see coe.embedder); ``path`` wins."""
+
+    model: str = "all-MiniLM-L6-v2"
+    path: str | None = None
+    device: str = "cpu"
+    batch_size: int = Field(16, ge=1, description="measured best on 2 cores: 8-16 (padding grows with batch)")
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="encoder threads per prompt. 1: on 2 cores next to llama.cpp experts a 2-thread "
+        "encoder spins against them (routing p50 165-176 ms vs 22-25 ms with 1, measured here); "
+        "null: the library's default (all cores), for a machine with cores to spare",
+    )
+    backend: Literal["torch", "onnx", "static"] = Field(
+        "torch",
+        description="torch: sentence-transformers; onnx: int8 ONNX export (same vectors, several times "
+        "faster); static: a model2vec-style encoder distilled offline by `coe distil-encoder`",
+    )
+    max_tokens: int | None = Field(
+        None, ge=8, description="encode only the first N tokens of a prompt (speed); None: the model's limit"
+    )
+
+
+class ServingConfig(Strict):
+    """How many experts are loaded at once. See coe/serving/pool.py for the admission policy."""
+
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="memory for loaded experts together; None: no limit (load all on use)"
+    )
+    eviction: Literal["lru", "lookahead"] = Field(
+        "lru", description="lru, or lookahead: evict the expert whose next known use is furthest away"
+    )
+    max_wait_s: float = Field(
+        30.0, gt=0, description="longest a request waits for busy experts before one is drained for it"
+    )
+    admission_window_s: float = Field(
+        0.05, ge=0, description="an expert idle for less than this is not evicted (its next request may come)"
+    )
+    state_dir: str | None = Field(None, description="where running experts and logs are recorded")
+
+
+class ServerConfig(Strict):
+    """``coe serve`` settings; a flag on the command line wins over the file."""
+
+    host: str = Field("127.0.0.1", description="loopback unless you mean to expose it")
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="bearer keys, e.g. ${COE_API_KEY}; COE_API_KEYS adds more"
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_tokens: int = Field(4096, ge=1, description="largest max_tokens a request may ask for")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="concurrent calls per expert; default: its llama.cpp slots, or 8"
+    )
+    max_queue: int = Field(64, ge=0, description="requests waiting per expert before 429")
+
+
+DEFAULT_RAG_PROMPT = (
+    "Documents:\n{documents}\n\nAnswer the question below. Use the documents above if they help and cite "
+    "the ids of those you use in brackets, e.g. [{first_id}].\n\nQuestion: {question}"
+)
+
+
+class RetrievalConfig(Strict):
+    """Retrieval gating (coe/retrieval.py): per prompt, decide whether to fetch documents from an
+    index built by `coe index build`, and put the chunks kept into the chosen expert's prompt."""
+
+    gate: Literal["never", "always", "category", "similarity", "classifier"] = Field(
+        "similarity",
+        description="never | always | category (router.categories.*.retrieve) | similarity (keep the "
+        "documents if the best cosine passes threshold) | classifier (model from `coe train-gate`)",
+    )
+    index: str | None = Field(None, description="index folder from `coe index build` (relative to this file)")
+    model: str | None = Field(
+        None, description="gate file from `coe train-gate` (relative to this file); required by classifier"
+    )
+    threshold: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="similarity: min best cosine (default: the model's, else 0.5); classifier: min "
+        "probability (default: the one tuned in the model)",
+    )
+    top_k: int = Field(3, ge=1, le=50, description="chunks fetched per prompt")
+    max_context_chars: int = Field(
+        3000, ge=100, description="documents beyond this many characters are dropped"
+    )
+    prompt: str = Field(
+        DEFAULT_RAG_PROMPT,
+        description="the user turn with documents: {documents} and {question} are replaced, {first_id} too",
+    )
+
+
+class CoEConfig(Strict):
+    version: Literal[1] = CONFIG_VERSION
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    experts: dict[str, ExpertConfig]
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="cluster settings (coe deploy)")
+    retrieval: RetrievalConfig | None = Field(None, description="retrieval gating; absent: never retrieve")
+    # Not part of the file: where it was read from, so relative paths resolve against it.
+    source: Path | None = Field(None, exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(os.path.expanduser(value))
+        return path if path.is_absolute() else (self.base_dir / path)

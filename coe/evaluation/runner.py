@@ -1,0 +1,68 @@
+"""Shared set-up of the evaluation commands: load artefact, encoder and data, failing with a message."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+@dataclass
+class Loaded:
+    header: Any  # routers.artefact.ArtefactHeader
+    model: Any  # routers.routing_model.RoutingModel
+    embedder: Any  # coe.embedder.Embedder | None (None: the model needs no encoder)
+    prompts: Any  # coe.evaluation.data.LabelledPrompts
+    load_ms: float  # reading the artefact, numpy import excluded
+
+
+def load_for_eval(
+    data: Path,
+    model: Path,
+    text_field: str,
+    label_field: str,
+    fail: Callable[[str], typer.Exit],
+    backend: str | None = None,
+) -> Loaded:
+    """``backend`` overrides the one the artefact was trained with (torch and onnx share vectors)."""
+    import numpy  # noqa: F401  (imported before timing: the load time is the artefact's own)
+
+    from coe.embedder import Embedder
+    from coe.encoders import encoder_space
+    from coe.errors import CoEError
+    from coe.evaluation.data import read_labelled
+    from routers import artefact
+
+    started = time.perf_counter()
+    try:
+        header, clf = artefact.load(model)
+        load_ms = (time.perf_counter() - started) * 1000
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    try:
+        prompts = read_labelled(data, text_field, label_field, known_labels=header.labels)
+        embedder = None
+        chosen = backend or header.backend or "torch"
+        if header.encoder is not None and header.encoder_path:  # fine-tuned: the folder names its space
+            embedder = Embedder(
+                header.encoder, path=header.encoder_path, backend=chosen, max_tokens=header.max_tokens
+            )
+            if embedder.space != header.encoder:
+                raise CoEError(
+                    f"{model}: trained on {header.encoder!r} vectors, but the encoder at "
+                    f"{header.encoder_path} is now {embedder.space!r}; retrain with `coe train-router`"
+                )
+        elif header.encoder is not None:
+            name = header.encoder.removesuffix("+static")
+            if encoder_space(name, chosen) != header.encoder:
+                raise CoEError(
+                    f"{model}: trained on {header.encoder!r} vectors; backend {chosen!r} gives others"
+                )
+            embedder = Embedder(name, backend=chosen, max_tokens=header.max_tokens)
+    except CoEError as exc:
+        raise fail(str(exc)) from None
+    return Loaded(header, clf, embedder, prompts, load_ms)

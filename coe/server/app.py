@@ -1,0 +1,201 @@
+"""The FastAPI app: routes, authentication, body limits and the CoE's lifetime.
+
+``create_app(config)`` builds a CoE whose per-expert calls pass through an ExpertLimiter, starts the
+router and the managed experts in the background (so /readyz turns 200 once they are up), and stops
+every expert process it started when the server shuts down, after in-flight requests finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coe.config import CoEConfig
+from coe.orchestrator import CoE
+from coe.server.chat import ChatHandler, attempted, model_ids
+from coe.server.errors import APIError, install_error_handlers
+from coe.server.limits import ExpertLimiter
+from coe.server.metrics import Metrics
+from coe.server.schemas import parse_chat_request
+from coe.server.settings import ServerSettings
+
+log = logging.getLogger("coe.server")
+
+
+def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+    coe = CoE(config)
+    metrics = Metrics(coe.pool)
+    limiter = ExpertLimiter(
+        _concurrency(config, settings),
+        settings.max_queue,
+        on_reject=lambda name: metrics.rejected.labels(expert=name).inc(),
+    )
+
+    def gate(name: str) -> AbstractAsyncContextManager[None]:
+        if (tried := attempted.get()) is not None:
+            tried.append(name)
+        return limiter.slot(name)
+
+    coe.gate = gate
+    chat = ChatHandler(coe, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        warm = asyncio.create_task(_warm(coe)) if settings.warm else None
+        try:
+            yield
+        finally:
+            if warm is not None:
+                warm.cancel()
+                await asyncio.gather(warm, return_exceptions=True)
+            await coe.aclose()  # stops the llama-server processes this server started
+
+    app = FastAPI(title="CoE", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.coe = coe
+    app.state.metrics = metrics
+    app.state.limiter = limiter
+    install_error_handlers(app)
+
+    def authorize(request: Request) -> None:
+        if not settings.api_keys:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        ok = scheme.lower() == "bearer" and any(
+            hmac.compare_digest(token.strip().encode(), key.encode()) for key in settings.api_keys
+        )
+        if not ok:  # the offered key is never echoed or logged
+            raise APIError(401, "missing or invalid API key", code="invalid_api_key")
+
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        authorize(request)
+        raw = await _read_body(request, settings.max_body_bytes)
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise APIError(400, "the request body is not valid JSON") from None
+        req = parse_chat_request(data, settings.max_tokens_limit)
+        wanted = request.headers.get("x-coe-trace", "").lower() in ("1", "true", "yes")
+        return await chat.handle(req, wanted or bool(req.coe and req.coe.trace))
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> JSONResponse:
+        authorize(request)
+        created = int(time.time())
+        data = [
+            {"id": mid, "object": "model", "created": created, "owned_by": "coe"} for mid in model_ids(coe)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        # Under a memory budget an evicted (cold) or sleeping expert is loadable on demand, not down.
+        loadable = {"ready", "asleep", "cold"} if coe.pool.budget_gb is not None else {"ready"}
+        not_ready = {}
+        for s in await coe.pool.status():
+            ready = (s.state in loadable and not (s.state == "cold" and s.detail)) or (
+                s.state == "external" and s.detail in ("reachable", "hosted")
+            )
+            if not ready:
+                not_ready[s.name] = s.detail or s.state
+        if not_ready:
+            return JSONResponse({"status": "not ready", "not_ready": not_ready}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics_endpoint(request: Request) -> Response:
+        authorize(request)
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class _MetricsMiddleware:
+    """Counts requests by endpoint and status, and their latency to the end of the body.
+
+    Plain ASGI rather than ``@app.middleware("http")``: that wrapper re-streams every response
+    through an extra task and costs milliseconds per request on a small machine."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception that escapes every handler becomes a 500 in ServerErrorMiddleware
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.inflight.dec()
+            endpoint = scope["path"] if scope["path"] in _KNOWN else "other"
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+
+
+_KNOWN = {"/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics"}
+
+
+def _concurrency(config: CoEConfig, settings: ServerSettings) -> dict[str, int]:
+    """Per expert: the flag if given, else the llama.cpp slots CoE starts it with, else 8."""
+    out = {}
+    for name, expert in config.experts.items():
+        default = expert.serve.parallel if expert.serve is not None else 8
+        out[name] = settings.max_concurrency or default
+    return out
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; a lying or absent Content-Length cannot get past it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body larger than {limit} bytes", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body larger than {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _warm(coe: CoE) -> None:
+    """Load the router's encoder and start managed experts now rather than on the first request."""
+    try:
+        await asyncio.to_thread(lambda: coe.router)
+        loaded = set(await coe.pool.warm())  # as many as the memory budget holds together
+        for name, expert in coe.config.experts.items():
+            if expert.serve is not None and name not in loaded and (why := coe.pool.error(name)):
+                log.warning("expert %s did not start: %s", name, why)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # readiness reports it; the server keeps serving what it can
+        log.warning("warm-up failed: %s", exc)

@@ -1,0 +1,99 @@
+"""Prometheus metrics, on a registry of their own so that several apps (tests) do not collide."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from coe.types import Answer
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from coe.serving.pool import ExpertPool
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self, pool: ExpertPool | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        if pool is not None:
+            r.register(_PoolCollector(pool))
+        self.requests = Counter("coe_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
+        self.latency = Histogram(
+            "coe_request_latency_seconds",
+            "end-to-end request latency",
+            ["endpoint"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "coe_stage_latency_seconds",
+            "latency per stage of the trace (route, start, expert, aggregate)",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("coe_tokens", "tokens per expert", ["expert", "kind"], registry=r)
+        self.fallbacks = Counter(
+            "coe_fallbacks",
+            "answers given by another candidate than the first",
+            ["routed_to", "answered_by"],
+            registry=r,
+        )
+        self.decisions = Counter("coe_decisions", "routing decisions per category", ["category"], registry=r)
+        self.rejected = Counter(
+            "coe_queue_rejections", "429s because an expert was full", ["expert"], registry=r
+        )
+        self.stream_errors = Counter(
+            "coe_stream_errors", "streams ended by an error after the first token", ["expert"], registry=r
+        )
+        self.inflight = Gauge("coe_inflight_requests", "requests in progress", registry=r)
+
+    def observe_answer(self, answer: Answer) -> None:
+        trace = answer.trace
+        for key, ms in trace.timings_ms.items():
+            self.stage.labels(stage=key.split(":", 1)[0]).observe(ms / 1000)
+        self.tokens.labels(expert=answer.expert, kind="prompt").inc(answer.usage.prompt_tokens)
+        self.tokens.labels(expert=answer.expert, kind="completion").inc(answer.usage.completion_tokens)
+        decision = trace.decision
+        if decision is not None:
+            self.decisions.labels(category=decision.category or "none").inc()
+            if trace.fallback_used:
+                self.fallbacks.labels(routed_to=decision.expert, answered_by=answer.expert).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _PoolCollector(Collector):
+    """The pool's own counters, read at scrape time: loads (starts + wakes) and evictions are the
+    swaps that make a composition slow, so they are what an operator watches."""
+
+    _COUNTERS = (
+        ("loads", "expert loads: process starts plus wakes from sleep"),
+        ("evictions", "experts stopped or put to sleep to make room"),
+        ("starts", "expert processes started"),
+        ("wakes", "experts woken from sleep"),
+        ("crashes", "expert processes found dead"),
+    )
+
+    def __init__(self, pool: ExpertPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.pool.stats()
+        for field, help_text in self._COUNTERS:
+            family = CounterMetricFamily(f"coe_pool_{field}", help_text, labels=["expert"])
+            for expert, count in getattr(stats, field).items():
+                family.add_metric([expert], count)
+            yield family
+        yield GaugeMetricFamily("coe_pool_resident_gb", "memory held by loaded experts", stats.resident_gb)
+        if stats.budget_gb is not None:
+            yield GaugeMetricFamily("coe_pool_budget_gb", "serving.memory_budget_gb", stats.budget_gb)

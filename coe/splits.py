@@ -1,0 +1,29 @@
+"""Deterministic facts about a labelled training set: its held-out share and its hash.
+
+Why one shared function: ``coe finetune-encoder`` picks its epoch on this share and never trains on
+it, and ``coe train-router`` tunes the cascade on the same share. Because both use the same rows, the
+cascade's tuning sees honest predictions from an encoder that never saw those prompts' labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+DEV_SHARE = 0.15
+
+
+def held_out(texts: Sequence[str], share: float = DEV_SHARE) -> list[bool]:
+    """True for the texts in the held-out share (stable across runs, machines and row order)."""
+    cut = share * 1000
+    return [int(hashlib.sha1(t.encode()).hexdigest()[:8], 16) % 1000 < cut for t in texts]
+
+
+def dataset_hash(texts: Sequence[str], labels: Sequence[str]) -> str:
+    """sha256 of the (label, text) pairs in order: what a trained artefact says it was trained on."""
+    h = hashlib.sha256()
+    for text, label in zip(texts, labels, strict=True):
+        h.update(json.dumps([label, text], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()

@@ -1,0 +1,71 @@
+"""A trained router classifier on disk: one ``.npz`` of plain arrays plus a JSON header inside it.
+
+Why this format: loading must be fast (no re-encoding of the training set) and safe (``np.load`` with
+``allow_pickle=False`` never runs code), and the header says what produced the arrays, so a router
+refuses an artefact made for another encoder or label set instead of routing nonsense.
+
+Layout (format version 2): ``__header__`` is a 0-d unicode array holding ``ArtefactHeader`` as JSON;
+every other key is an array of the model (see ``routers.routing_model``; a cascade prefixes its two
+members' arrays with ``fast.`` and ``slow.``). Version 1 (no backend, character truncation) is refused
+with a message to retrain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from coe.npz import read_npz, write_npz
+
+FORMAT_VERSION = 2
+
+
+class ArtefactHeader(BaseModel):
+    format: str = "coe-router-classifier"
+    format_version: int = FORMAT_VERSION
+    encoder: str | None = Field(
+        description="embedding space the vectors came from (coe.encoders.encoder_space); None: no encoder"
+    )
+    backend: str | None = Field(None, description="embedder.backend used for training (torch and onnx agree)")
+    encoder_path: str | None = Field(
+        None, description="folder of a fine-tuned encoder (coe finetune-encoder) it was trained with"
+    )
+    max_tokens: int | None = Field(None, description="prompts were encoded from their first N tokens")
+    labels: list[str]
+    classifier: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    train_size: int
+    train_sha256: str = Field(description="hash of the (label, text) pairs trained on")
+    created_with: str = Field("", description="coe version that wrote it")
+
+
+def save(path: Path, header: ArtefactHeader, classifier: Any) -> None:
+    write_npz(path, header.model_dump_json(), classifier.arrays())
+
+
+def load(path: Path) -> tuple[ArtefactHeader, Any]:
+    """Return the header and the routing model; raise ValueError naming the file when it is not one."""
+    from pydantic import ValidationError
+
+    from routers.routing_model import MODEL_KINDS, model_from_arrays
+
+    raw, arrays = read_npz(path, "router artefact")
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: router artefact format version {version}, this coe reads {FORMAT_VERSION}; "
+            "retrain it with `coe train-router`"
+        )
+    try:
+        header = ArtefactHeader.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: damaged router artefact header ({exc.error_count()} problems)") from None
+    if header.classifier not in MODEL_KINDS:
+        raise ValueError(f"{path}: unknown classifier {header.classifier!r}")
+    try:
+        model = model_from_arrays(header.classifier, header.labels, header.params, arrays, header.max_tokens)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: damaged router artefact (missing {exc})") from None
+    return header, model

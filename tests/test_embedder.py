@@ -1,0 +1,74 @@
+"""The encoder backends: same vectors from torch and int8 ONNX, truncation, and clear errors offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coe.config import ConfigError, parse_config
+from coe.embedder import Embedder
+from coe.errors import ModelNotFoundError
+
+TEXTS = [
+    "Write a Python function that reverses a string",
+    "What is the derivative of x^3 sin(x)?",
+    "Tell me a short story about a fox and a crow",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx() -> Embedder:
+    return Embedder(backend="onnx")
+
+
+def test_onnx_int8_gives_the_vectors_of_torch(onnx: Embedder) -> None:
+    a, b = onnx.encode(TEXTS), Embedder(backend="torch").encode(TEXTS)
+    assert a.shape == b.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(axis=1).min() > 0.99
+    assert onnx.space == Embedder(backend="torch").space  # so one trained router serves both
+
+
+def test_max_tokens_reads_only_the_head_of_a_prompt(onnx: Embedder) -> None:
+    head = "Write a Python function that reverses a string"
+    long = head + " and then" + " tell me about the history of Rome" * 40
+    truncated = onnx.encode([long], max_tokens=11)  # [CLS] + the 9 tokens of `head` + [SEP]
+    assert float(truncated[0] @ onnx.encode([head])[0]) > 0.999
+    assert float(onnx.encode([long])[0] @ onnx.encode([head])[0]) < 0.9
+
+
+def test_batch_order_is_kept_when_lengths_differ(onnx: Embedder) -> None:
+    texts = ["short", "a much longer prompt about sorting algorithms in C++", "mid length text"]
+    batch = onnx.encode(texts)
+    for i, text in enumerate(texts):
+        np.testing.assert_allclose(batch[i], onnx.encode([text])[0], atol=1e-4)
+
+
+def test_a_missing_static_encoder_names_the_command_that_builds_it(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"coe distil-encoder"):
+        Embedder(backend="static", path=str(tmp_path))
+
+
+def test_unknown_backend_in_yaml_lists_the_choices() -> None:
+    text = "version: 1\nembedder: {backend: gpu}\nexperts:\n  a: {endpoint: http://127.0.0.1:9/v1}\n"
+    with pytest.raises(ConfigError, match=r"embedder\.backend.*'torch', 'onnx' or 'static'"):
+        parse_config(text)
+
+
+def test_static_backend_from_a_distilled_folder(tmp_path: Path) -> None:
+    """A tiny static table in the distilled format: the backend averages the rows of the tokens."""
+    import shutil
+
+    from coe.encoders import resolve_encoder_dir
+
+    table = np.zeros((30522, 4), dtype=np.float16)
+    table[:, 0] = 1.0
+    with (tmp_path / "static.npz").open("wb") as f:
+        np.savez(f, embeddings=table)
+    shutil.copyfile(resolve_encoder_dir("all-MiniLM-L6-v2") / "tokenizer.json", tmp_path / "tokenizer.json")
+    emb = Embedder(backend="static", path=str(tmp_path))
+    out = emb.encode(["hello world", ""])
+    np.testing.assert_allclose(out[0], [1, 0, 0, 0], atol=1e-6)
+    assert emb.space == "all-MiniLM-L6-v2+static" and emb.space != Embedder().space

@@ -1,0 +1,319 @@
+"""Training a router on labelled prompts, evaluating it and routing through the artefact (real MiniLM)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from coe import Request
+from coe.cli import app
+from coe.config import load_config
+from routers import artefact
+from routers.category import CategoryRouter
+
+CODE = [
+    "Write a Python function that reverses a linked list",
+    "How do I read a CSV file with pandas?",
+    "Fix this JavaScript TypeError: undefined is not a function",
+    "Implement binary search in C++",
+    "What does the yield keyword do in Python?",
+    "Write a SQL query that joins two tables on user_id",
+    "How do I create a REST API endpoint in Flask?",
+    "Explain the difference between a list and a tuple in Python",
+    "Write a bash script that renames all .txt files in a folder",
+    "How can I sort an array of objects by a property in JavaScript?",
+    "Implement a stack class in Java with push and pop methods",
+    "Why does my Rust code fail with a borrow checker error?",
+    "Write a Go function that reads a file line by line",
+    "How do I merge two dictionaries in Python?",
+]
+MATH = [
+    "Solve 3x + 7 = 22 for x",
+    "What is the derivative of x^3 sin(x)?",
+    "Compute the integral of 1/(1+x^2) from 0 to 1",
+    "What is 15% of 360?",
+    "Find the roots of x^2 - 5x + 6 = 0",
+    "Prove that the square root of 2 is irrational",
+    "What is the probability of rolling two sixes with two dice?",
+    "Calculate the area of a circle with radius 4",
+    "What is the sum of the first 100 positive integers?",
+    "Simplify (2x^2 * 3x^3) / 6x",
+    "Find the determinant of the matrix [[1, 2], [3, 4]]",
+    "How many ways can 5 people sit in a row?",
+    "What is the least common multiple of 12 and 18?",
+    "Convert 0.375 to a fraction in lowest terms",
+]
+GENERAL = [
+    "Tell me a short story about a fox and a crow",
+    "What is the capital of Australia?",
+    "Write a haiku about autumn rain",
+    "Give me tips for a job interview",
+    "Who painted the Mona Lisa?",
+    "Suggest a vegetarian dinner recipe",
+    "What are good places to visit in Japan in spring?",
+    "Write a birthday message for my grandmother",
+    "Why is the sky blue?",
+    "Recommend three classic novels to read",
+    "How do I get better sleep at night?",
+    "Summarise the plot of Romeo and Juliet",
+    "What should I pack for a weekend camping trip?",
+    "Write a polite email declining a meeting invitation",
+]
+HELD_OUT = [
+    ("Write a Python class for a binary tree with an insert method", "code"),
+    ("How do I fix a segmentation fault in my C program?", "code"),
+    ("Solve the system 2x + y = 5 and x - y = 1", "math"),
+    ("What is the integral of e^(2x)?", "math"),
+    ("Write a poem about the sea at night", "general"),
+    ("What is the tallest mountain in Africa?", "general"),
+]
+CLASSIFIERS = ["knn", "logreg", "centroid", "tfidf", "cascade"]
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [
+        {"text": t, "domain": d}
+        for d, ts in (("code", CODE), ("math", MATH), ("general", GENERAL))
+        for t in ts
+    ]
+    return _write(tmp_path_factory.mktemp("data") / "train.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def test_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write(
+        tmp_path_factory.mktemp("data") / "test.jsonl", [{"text": t, "domain": d} for t, d in HELD_OUT]
+    )
+
+
+@pytest.fixture(scope="module")
+def artefacts(train_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out_dir = tmp_path_factory.mktemp("models")
+    paths = {}
+    for kind in CLASSIFIERS:
+        out = out_dir / f"{kind}.npz"
+        result = CliRunner().invoke(
+            app, ["train-router", str(train_file), "--classifier", kind, "--out", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        paths[kind] = out
+    return paths
+
+
+@pytest.mark.parametrize("kind", CLASSIFIERS)
+def test_trained_artefact_loads_and_predicts_held_out_prompts(artefacts: dict[str, Path], kind: str) -> None:
+    from coe.embedder import Embedder
+
+    header, model = artefact.load(artefacts[kind])
+    assert header.classifier == kind and header.labels == ["code", "general", "math"]
+    assert header.train_size == 42 and len(header.train_sha256) == 64
+    assert header.format_version == artefact.FORMAT_VERSION
+    # tfidf needs no encoder: the artefact says so, and predicting works without one
+    assert (header.encoder is None) == (kind == "tfidf")
+    embedder = None if kind == "tfidf" else Embedder(backend="onnx", max_tokens=header.max_tokens)
+    pred = model.predict([t for t, _ in HELD_OUT], embedder)
+    assert pred.probs.shape == pred.scores.shape == (len(HELD_OUT), 3)
+    np.testing.assert_allclose(pred.probs.sum(axis=1), 1.0, atol=1e-5)
+    assert [header.labels[i] for i in pred.probs.argmax(axis=1)] == [d for _, d in HELD_OUT]
+
+
+def test_torch_and_onnx_backends_share_a_trained_knn(artefacts: dict[str, Path]) -> None:
+    from coe.embedder import Embedder
+
+    header, model = artefact.load(artefacts["knn"])
+    texts = [t for t, _ in HELD_OUT]
+    onnx = model.predict(texts, Embedder(backend="onnx", max_tokens=header.max_tokens)).probs
+    torch = model.predict(texts, Embedder(backend="torch", max_tokens=header.max_tokens)).probs
+    assert (onnx.argmax(axis=1) == torch.argmax(axis=1)).all()
+    np.testing.assert_allclose(onnx, torch, atol=0.05)
+
+
+def test_cascade_skips_the_encoder_when_tfidf_is_sure(artefacts: dict[str, Path]) -> None:
+    from coe.embedder import Embedder
+
+    _, model = artefact.load(artefacts["cascade"])
+    texts = [t for t, _ in HELD_OUT]
+    model.threshold = 0.0  # every prompt is "sure": no prompt may reach the encoder
+    assert set(model.predict(texts, None).stages) == {"tfidf"}
+    model.threshold = 1.01  # nothing is sure: every prompt is embedded and the two are combined
+    pred = model.predict(texts, Embedder(backend="onnx"))
+    assert set(pred.stages) == {"tfidf+knn"}
+    np.testing.assert_allclose(pred.probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_eval_router_json_reports_quality_and_latency(
+    artefacts: dict[str, Path], test_file: Path, tmp_path: Path
+) -> None:
+    plot = tmp_path / "confusion.png"
+    args = ["eval", "router", str(test_file), "--model", str(artefacts["knn"]), "--json", "--plot", str(plot)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["accuracy"] == 1.0 and report["macro_f1"] == 1.0
+    assert report["fallback_rate"] == 0.0
+    assert 0 < report["latency_ms_p50"] <= report["latency_ms_p99"]
+    assert report["classifier"] == "knn" and report["artefact_load_ms"] > 0
+    assert sum(map(sum, report["confusion"])) == len(HELD_OUT)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ({"domain": "code"}, "missing field 'text'"),
+        ({"text": "   ", "domain": "code"}, "'text' is empty"),
+        ({"text": "Sort a list", "domain": ""}, "'domain' must be a non-empty string"),
+    ],
+)
+def test_bad_rows_name_file_and_line(tmp_path: Path, line: dict[str, str], expected: str) -> None:
+    rows = [{"text": "Solve x + 1 = 2", "domain": "math"}, line, {"text": "Write a loop", "domain": "code"}]
+    path = _write(tmp_path / "bad.jsonl", rows)
+    result = CliRunner().invoke(app, ["train-router", str(path), "--out", str(tmp_path / "m.npz")])
+    assert result.exit_code == 1
+    assert f"{path}:2: {expected}" in result.output
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_eval_rejects_labels_the_artefact_does_not_know(artefacts: dict[str, Path], tmp_path: Path) -> None:
+    path = _write(tmp_path / "x.jsonl", [{"text": "Bake a cake", "domain": "cooking"}])
+    result = CliRunner().invoke(app, ["eval", "router", str(path), "--model", str(artefacts["knn"])])
+    assert result.exit_code == 1
+    assert f"{path}:1: unknown label 'cooking'" in result.output
+
+
+def test_yaml_router_model_routes_through_the_artefact(artefacts: dict[str, Path], tmp_path: Path) -> None:
+    model = tmp_path / "models" / "router.npz"
+    model.parent.mkdir()
+    model.write_bytes(artefacts["logreg"].read_bytes())
+    yaml = tmp_path / "experts.yaml"
+    yaml.write_text(
+        "version: 1\n"
+        "experts:\n  a: {endpoint: http://127.0.0.1:9/v1}\n  b: {endpoint: http://127.0.0.1:9/v1}\n"
+        "router:\n  model: models/router.npz\n"
+        "  categories:\n    code: {expert: a}\n    math: {expert: a}\n    general: {expert: b}\n"
+        "  fallback: {expert: b, min_confidence: 0.0}\n"
+    )
+    router = CategoryRouter.from_config(load_config(yaml))
+    decisions = router.route([Request.from_input(t) for t, _ in HELD_OUT])
+    assert [d.category for d in decisions] == [d for _, d in HELD_OUT]
+    assert [d.expert for d in decisions] == ["a", "a", "a", "a", "b", "b"]
+
+
+def test_yaml_router_model_must_exist(tmp_path: Path) -> None:
+    from coe.errors import ConfigError
+
+    yaml = tmp_path / "experts.yaml"
+    yaml.write_text(
+        "version: 1\nexperts:\n  a: {endpoint: http://127.0.0.1:9/v1}\n"
+        "router:\n  model: nowhere.npz\n  categories:\n    code: {expert: a}\n"
+    )
+    with pytest.raises(ConfigError, match=r"router\.model"):
+        load_config(yaml)
+
+
+def test_calibrate_meets_the_target_fallback_rate(artefacts: dict[str, Path], train_file: Path) -> None:
+    args = ["calibrate", str(train_file), "--model", str(artefacts["centroid"]), "--json"]
+    result = CliRunner().invoke(app, [*args, "--target-fallback-rate", "0.2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["before"]["fallback_rate"] == 0.0
+    assert 0 < report["after"]["fallback_rate"] <= 0.2
+    assert report["after"]["accuracy"] >= report["before"]["accuracy"]
+
+
+def test_calibrate_meets_the_target_accuracy(artefacts: dict[str, Path], train_file: Path) -> None:
+    args = ["calibrate", str(train_file), "--model", str(artefacts["centroid"]), "--json"]
+    result = CliRunner().invoke(app, [*args, "--target-accuracy", "1.0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["after"]["accuracy"] == 1.0
+    assert report["after"]["fallback_rate"] < 1.0
+
+
+def test_calibrate_needs_exactly_one_target(artefacts: dict[str, Path], train_file: Path) -> None:
+    result = CliRunner().invoke(app, ["calibrate", str(train_file), "--model", str(artefacts["knn"])])
+    assert result.exit_code == 1
+    assert "exactly one of" in result.output
+
+
+def test_a_line_that_is_not_json_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"text": "Solve x", "domain": "math"}\n{"text": "oops"\n')
+    result = CliRunner().invoke(app, ["train-router", str(path), "--out", str(tmp_path / "m.npz")])
+    assert result.exit_code == 1
+    assert f"{path}:2: not JSON" in result.output
+
+
+def test_unknown_classifier_and_backend_are_refused(train_file: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "m.npz")
+    result = CliRunner().invoke(app, ["train-router", str(train_file), "--out", out, "--classifier", "svm"])
+    assert result.exit_code == 1 and "unknown classifier 'svm'" in result.output
+    result = CliRunner().invoke(app, ["train-router", str(train_file), "--out", out, "--backend", "tpu"])
+    assert result.exit_code == 1 and "unknown backend 'tpu'" in result.output
+
+
+def _registry(tmp_path: Path, model: str) -> Path:
+    yaml = tmp_path / "experts.yaml"
+    yaml.write_text(
+        "version: 1\n"
+        "experts:\n  a: {endpoint: http://127.0.0.1:9/v1}\n  b: {endpoint: http://127.0.0.1:9/v1}\n"
+        f"router:\n  model: {model}\n"
+        "  categories:\n    code: {expert: a}\n    math: {expert: a}\n    general: {expert: b}\n"
+    )
+    return yaml
+
+
+def test_an_artefact_from_another_encoder_is_refused(artefacts: dict[str, Path], tmp_path: Path) -> None:
+    from coe.errors import ModelNotFoundError
+
+    header, model = artefact.load(artefacts["knn"])
+    artefact.save(tmp_path / "other.npz", header.model_copy(update={"encoder": "bge-small"}), model)
+    with pytest.raises(ModelNotFoundError, match=r"trained on 'bge-small' embeddings.*retrain"):
+        CategoryRouter.from_config(load_config(_registry(tmp_path, "other.npz")))
+
+
+def test_an_old_or_foreign_file_is_refused_with_advice(tmp_path: Path) -> None:
+    old = tmp_path / "old.npz"
+    header = json.dumps({"format_version": 1, "encoder": "all-MiniLM-L6-v2", "labels": ["a"]})
+    with old.open("wb") as f:
+        np.savez(f, __header__=np.array(header), centroids=np.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"format version 1.*retrain it with `coe train-router`"):
+        artefact.load(old)
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not a zip")
+    with pytest.raises(ValueError, match=r"junk.npz: not a router artefact"):
+        artefact.load(junk)
+
+
+def test_tfidf_router_from_yaml_examples_never_loads_an_encoder(tmp_path: Path) -> None:
+    from tests.conftest import DEFAULT_REGISTRY
+
+    path = tmp_path / "experts.yaml"
+    path.write_text(DEFAULT_REGISTRY.read_text().replace("classifier: centroid", "classifier: tfidf"))
+    config = load_config(path)
+    router = CategoryRouter.from_config(config)
+    prompts = ["Write a Python function that reverses a string", "Tell me a short story about a fox"]
+    decisions = router.route([Request.from_input(p) for p in prompts])
+    assert [d.expert for d in decisions] == ["coder", "general"]
+    assert all(d.details["classifier"] == "tfidf" for d in decisions)
+    assert router._embedder is None
+
+
+def test_unicode_line_separators_inside_a_text_do_not_split_the_row(tmp_path: Path) -> None:
+    from coe.evaluation.data import read_labelled
+
+    rows = [{"text": "first\u0085part\u2028second", "domain": "general"}, {"text": "x + 1", "domain": "math"}]
+    path = tmp_path / "u.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    data = read_labelled(path)
+    assert data.texts == [r["text"] for r in rows] and data.labels == ["general", "math"]
