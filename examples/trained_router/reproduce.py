@@ -20,8 +20,9 @@
    fine-tuned vectors, the artefact ``experts.yaml`` here references), then ``coe eval router``
    prints accuracy and latency on the validation side.
 
-Time on a shared, loaded 2-core machine: see the README section of this example (fine-tuning is
-most of it). Everything goes under ``build/`` and the artefact beside this file, both git-ignored.
+Time on a 2-core machine: about 15 minutes for the fine-tuning (4 epochs of 12,000 prompts), then
+about a minute to train and evaluate; a rerun with unchanged data reuses ``build/encoder`` and the
+embedding cache. Everything goes under ``build/`` and the artefact beside this file, both git-ignored.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ REPO = HERE.parent.parent
 SCIENCE = {"physics", "chemistry", "biology", "computer science", "engineering"}
 # Chosen on the 15% of the training side the encoder never sees: held-out accuracy 0.939 after 3
 # epochs of a 3-epoch run, 0.945 after 4 of a 4-epoch run (the validation side played no part).
+# Result on the validation side with this setting: cascade 0.948, knn 0.951 (see the README).
 EPOCHS = 4
 CAPS = {"medmcqa": 600, "gsm8k": 500, "math_prealgebra": 300}  # easy domains: a sample is enough
 
