@@ -65,10 +65,14 @@ def _print_json(data: Any) -> None:
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="Registry to check.")] = DEFAULT_CONFIG,
+    file: Annotated[
+        Path | None, typer.Argument(help="Registry to check (or --config/-c, or COE_CONFIG).")
+    ] = None,
+    config_file: ConfigOpt = DEFAULT_CONFIG,
     check_models: Annotated[bool, typer.Option(help="Also check that model files resolve.")] = True,
 ) -> None:
     """Check a registry: exit 0, or print each problem with file, line and key path and exit 1."""
+    file = file or config_file  # the positional form came first; -c works as for every other command
     config = _load(file)
     problems: list[str] = []
     if check_models:

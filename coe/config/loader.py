@@ -96,7 +96,8 @@ def _check_references(config: CoEConfig) -> list[tuple[tuple[Any, ...], str]]:
         why = "classifier llm needs a router.llm block naming the expert"
         problems.append((("router", "classifier"), why))
     if config.router.model and not config.resolve_path(config.router.model).is_file():
-        problems.append((("router", "model"), f"no such file: {config.resolve_path(config.router.model)}"))
+        missing = config.resolve_path(config.router.model)
+        problems.append((("router", "model"), f"no such file: {missing}; write it with `coe train-router`"))
     if config.aggregator.expert is not None:
         need(("aggregator", "expert"), config.aggregator.expert)
     skills = config.router.skills
