@@ -87,3 +87,13 @@ def test_a_gold_answer_that_is_not_a_number_is_named(tmp_path: Path) -> None:
         app, ["profile", str(data), "--grader", "number", "-c", str(DEFAULT_REGISTRY)]
     )
     assert result.exit_code == 1 and f"{data}:1: 'answer' is not a number answer: 'many'" in result.output
+
+
+def test_items_are_graded_with_the_grader_asked_for(tmp_path: Path) -> None:
+    from coe.skills.qa import grade, read_items
+
+    data = write_jsonl(tmp_path / "val.jsonl", [{"question": "What is 9 + 9?", "answer": "#### 18"}])
+    [item] = read_items([data], "number")
+    assert item.grader == "number"
+    assert grade(item.grader, "9 + 9 = 18, so the answer is 18.", item.gold)
+    assert not grade(item.grader, "The answer is 17.", item.gold)

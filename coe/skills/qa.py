@@ -42,7 +42,7 @@ class QAItem(BaseModel):
     gold: str
     category: str
     prompt: str  # what experts are asked: the question, its options, the answer-format instruction
-    grader: Grader = "mc"
+    grader: Grader  # how its answers are graded; no default, so no reader can forget it
 
 
 def gold_value(grader: Grader, raw: object) -> str | None:
@@ -127,4 +127,5 @@ def _item(
         gold=gold,
         category=category,
         prompt=prompt,
+        grader=grader,
     )
