@@ -31,7 +31,6 @@ from pydantic import BaseModel, Field
 
 from coe.batch_io import BatchInputError, BatchItem, BatchResult, ResultLog, as_item
 from coe.errors import AllExpertsFailed, CoEError
-from coe.protocols import Context
 from coe.serving.planner import order_groups
 from coe.types import ExpertAnswer, Request, RetrievalTrace, RouteDecision, Trace
 
@@ -230,8 +229,7 @@ class _Runner:
 
     async def _drain(self, name: str) -> None:
         queue = self.queues[name]
-        spec = self.coe.config.experts[name].serve
-        width = self.concurrency or (spec.parallel if spec is not None else 8)
+        width = self.concurrency or self.coe.config.experts[name].slots
 
         async def worker() -> None:
             while queue:
@@ -290,15 +288,11 @@ class _Runner:
     async def _finish(self, job: _Job) -> None:
         coe, item = self.coe, job.item
         if any(a.ok for a in job.answers):
-            ctx = Context(decision=job.decision, trace=job.trace, call_expert=coe.call_expert)
-            t = time.perf_counter()
             try:
-                answer = await coe.aggregator.combine(job.request, job.answers, ctx)
+                answer = await coe._combine(job.request, job.answers, job.decision, job.trace, job.started)
             except CoEError as exc:
                 result = BatchResult(id=item.id, expert=job.group, error=str(exc), trace=job.trace)
             else:
-                job.trace.timings_ms["aggregate"] = round((time.perf_counter() - t) * 1000, 2)
-                coe._finish(job.trace, job.decision, answer.expert, answer.usage, job.started)
                 result = BatchResult(id=item.id, expert=answer.expert, answer=answer.text, trace=job.trace)
         else:
             errors = {a.expert: a.error or "unknown error" for a in job.answers}

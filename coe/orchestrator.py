@@ -144,6 +144,18 @@ class CoE:
         decision = await self._route_one(request, trace, decision)
         request = await self._retrieve(request, decision, trace)
         answers = await self._answers(request, decision, trace)
+        return await self._combine(request, answers, decision, trace, started)
+
+    async def _combine(
+        self,
+        request: Request,
+        answers: list[ExpertAnswer],
+        decision: RouteDecision,
+        trace: Trace,
+        started: float,
+    ) -> Answer:
+        """The aggregator merges the answers; the trace gets its time and the totals. (``aask`` and
+        the batch runner, which collects the answers its own way.)"""
         ctx = Context(decision=decision, trace=trace, call_expert=self.call_expert)
         t = time.perf_counter()
         result = await self.aggregator.combine(request, answers, ctx)
@@ -237,10 +249,10 @@ class CoE:
         )
         t = time.perf_counter()
         stream = getattr(self.aggregator, "stream", None)
-        events = stream(request, answers, ctx) if stream is not None else None
-        if events is None:
-            result = await self.aggregator.combine(request, answers, ctx)
-            events = _whole(result)
+        if stream is not None:
+            events = stream(request, answers, ctx)
+        else:
+            events = _whole(await self.aggregator.combine(request, answers, ctx))
         async for event in events:
             if event.type == "done" and event.answer is not None:
                 trace.timings_ms["aggregate"] = _ms(t)

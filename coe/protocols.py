@@ -15,6 +15,9 @@ from coe.types import Answer, ExpertAnswer, Request, RouteDecision, StreamEvent,
 if TYPE_CHECKING:
     from coe.config import CoEConfig
 
+# Ask one expert (``CoE.call_expert``): given to aggregators and to routers that call experts.
+CallExpert = Callable[[str, Request], Awaitable[ExpertAnswer]]
+
 
 @runtime_checkable
 class Router(Protocol):
@@ -31,7 +34,7 @@ class Context:
 
     decision: RouteDecision
     trace: Trace
-    call_expert: Callable[[str, Request], Awaitable[ExpertAnswer]]
+    call_expert: CallExpert
     options: dict[str, object] = field(default_factory=dict)
     stream_expert: Callable[[str, Request], AsyncIterator[StreamEvent]] | None = None
 
@@ -51,9 +54,7 @@ class AsyncRouter(Protocol):
 
     name: str
 
-    async def aroute(
-        self, requests: Sequence[Request], call_expert: Callable[[str, Request], Awaitable[ExpertAnswer]]
-    ) -> list[RouteDecision]: ...
+    async def aroute(self, requests: Sequence[Request], call_expert: CallExpert) -> list[RouteDecision]: ...
 
 
 class RouterFactory(Protocol):

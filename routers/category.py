@@ -34,7 +34,8 @@ __all__ = ["CategoryRouter", "CentroidClassifier"]
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig, EmbedderConfig, RouterConfig
-    from routers.llm_classifier import CallExpert, LLMClassifier
+    from coe.protocols import CallExpert
+    from routers.llm_classifier import LLMClassifier
 
 
 class CategoryRouter:

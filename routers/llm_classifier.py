@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import string
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,8 +23,7 @@ from coe.types import ExpertAnswer, Message, Request
 
 if TYPE_CHECKING:
     from coe.config import CategoryConfig, LLMClassifierConfig
-
-CallExpert = Callable[[str, Request], Awaitable[ExpertAnswer]]
+    from coe.protocols import CallExpert
 LETTERS = string.ascii_uppercase
 _UNSURE = 0.1  # probability mass spread over the other letters when only the answer text is known
 _MISSING_BELOW = 1.0  # a valid letter absent from top_logprobs: this far below the least likely one seen

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from coe.embedder import Embedder, shared_embedder
@@ -32,12 +32,11 @@ from coe.skills.keywords import (
 from coe.skills.profile import check_profile, load_profile
 from coe.skills.recruit import Recruiter
 from coe.skills.text import strip_demonstrations
-from coe.types import ExpertAnswer, Message, Request, RouteDecision
+from coe.types import Message, Request, RouteDecision
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig
-
-CallExpert = Callable[[str, Request], Awaitable[ExpertAnswer]]
+    from coe.protocols import CallExpert
 MAX_QUESTION_CHARS = 2000
 
 

@@ -25,7 +25,7 @@ import pytest
 from coe.config import CoEConfig, DeployConfig, IngressRayDeployment, load_config, parse_config
 from coe.deploy.plan import DeployPlan, ingress_config, missing_resources, plan, ray_llm_config
 from coe.errors import ConfigError
-from coe.serving.llamacpp import free_port
+from coe.serving.process import free_port
 from tests.procs import llama_server_pids, wait_gone
 
 pytestmark = pytest.mark.ray

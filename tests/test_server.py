@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from coe.server import ServerSettings, create_app
-from coe.serving.llamacpp import free_port
+from coe.serving.process import free_port
 from tests.procs import llama_server_pids, wait_gone
 
 pytestmark = pytest.mark.e2e

@@ -174,6 +174,12 @@ class ExpertConfig(Strict):
         return self
 
     @property
+    def slots(self) -> int:
+        """Concurrent calls to send it: the slots of the server CoE runs, else 8 for a server we do
+        not know (an endpoint or provider queues the rest itself)."""
+        return self.serve.parallel if self.serve is not None else 8
+
+    @property
     def kind(self) -> Literal["serve", "endpoint", "provider"]:
         if self.serve is not None:
             return "serve"

@@ -165,12 +165,8 @@ _KNOWN = {"/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics
 
 
 def _concurrency(config: CoEConfig, settings: ServerSettings) -> dict[str, int]:
-    """Per expert: the flag if given, else the llama.cpp slots CoE starts it with, else 8."""
-    out = {}
-    for name, expert in config.experts.items():
-        default = expert.serve.parallel if expert.serve is not None else 8
-        out[name] = settings.max_concurrency or default
-    return out
+    """Per expert: the flag if given, else the expert's slots (``ExpertConfig.slots``)."""
+    return {name: settings.max_concurrency or expert.slots for name, expert in config.experts.items()}
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -19,17 +19,9 @@ from pathlib import Path
 
 from coe.config import CoEConfig, LlamaCppServe
 from coe.serving.models import known_model, resolve_model
-from coe.serving.process import ServerProcess, free_port, pid_alive, stop_pid, tail
+from coe.serving.process import ServerProcess, free_port, tail
 
-__all__ = [
-    "LlamaServer",
-    "build_command",
-    "find_llama_server",
-    "free_port",
-    "llamacpp_server",
-    "pid_alive",
-    "stop_pid",
-]
+__all__ = ["LlamaServer", "build_command", "find_llama_server", "llamacpp_server"]
 
 
 def find_llama_server() -> Path:

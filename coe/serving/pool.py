@@ -357,8 +357,6 @@ class ExpertPool:
             await server.wake()  # it was asleep: the process is there, only the weights move
             self.wakes[name] = self.wakes.get(name, 0) + 1
         else:
-            spec = self.config.experts[name].serve
-            assert spec is not None
             adopted = await self._adopt(name)
             if adopted is not None:
                 return adopted

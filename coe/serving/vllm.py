@@ -80,7 +80,10 @@ class VllmServer(ServerProcess):
 
     async def is_sleeping(self) -> bool:
         async with httpx.AsyncClient(trust_env=False) as client:
-            resp = await client.get(f"{self.root}/is_sleeping", timeout=10.0)
+            return await self._is_sleeping(client)
+
+    async def _is_sleeping(self, client: httpx.AsyncClient) -> bool:
+        resp = await client.get(f"{self.root}/is_sleeping", timeout=10.0)
         self._check(resp, "/is_sleeping")
         return bool(resp.json()["is_sleeping"])
 
@@ -88,14 +91,14 @@ class VllmServer(ServerProcess):
         self, path: str, params: dict[str, str], *, sleeping: bool, timeout_s: float = 120.0
     ) -> None:
         try:
-            async with httpx.AsyncClient(trust_env=False) as client:
+            async with httpx.AsyncClient(trust_env=False) as client:  # one connection for the polls too
                 resp = await client.post(f"{self.root}{path}", params=params, timeout=timeout_s)
-            self._check(resp, path)
-            deadline = time.monotonic() + timeout_s
-            while await self.is_sleeping() != sleeping:
-                if time.monotonic() > deadline:
-                    raise ExpertError(self.expert, f"{path} answered but the server did not change state")
-                await asyncio.sleep(0.05)
+                self._check(resp, path)
+                deadline = time.monotonic() + timeout_s
+                while await self._is_sleeping(client) != sleeping:
+                    if time.monotonic() > deadline:
+                        raise ExpertError(self.expert, f"{path} answered but the server did not change state")
+                    await asyncio.sleep(0.05)
         except httpx.TransportError as exc:
             raise ExpertError(self.expert, f"{path} failed: cannot reach {self.root}: {exc}") from None
 
