@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,24 @@ __all__ = ["PACKAGED_ENCODERS", "Embedder", "resolve_encoder_dir", "shared_embed
 # A token is at least ~1 character; cutting the text at this many characters per wanted token before
 # tokenising keeps a 20 kB prompt from costing milliseconds of tokeniser time for tokens we drop.
 _CHARS_PER_TOKEN_CAP = 8
+
+# The vectors of one request, shared by the stages that embed its prompt: the router, then the
+# retrieval gate. Scoped to one request (``request_scope``), never a process-wide cache: a prompt
+# sent twice is embedded twice, so routing latency is what it is for new prompts.
+_REQUEST_VECTORS: ContextVar[dict[tuple[Any, ...], np.ndarray] | None] = ContextVar(
+    "coe_request_vectors", default=None
+)
+
+
+@contextmanager
+def request_scope() -> Iterator[None]:
+    """Within it, encoding the same texts again with the same embedder returns the first result.
+    Threads started with ``asyncio.to_thread`` inside it share the scope (they copy the context)."""
+    token = _REQUEST_VECTORS.set({})
+    try:
+        yield
+    finally:
+        _REQUEST_VECTORS.reset(token)
 
 
 class Embedder:
@@ -121,9 +141,17 @@ class Embedder:
             texts = [t[: limit * _CHARS_PER_TOKEN_CAP] for t in texts]
         if not texts:
             return np.zeros((0, impl.dim), dtype=np.float32)
+        scope = _REQUEST_VECTORS.get()
+        key = (id(self), limit, *texts)
+        if scope is not None and key in scope:
+            return scope[key]
         vectors = impl.encode(texts, self.batch_size, limit)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+        out = np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+        if scope is not None:
+            out.flags.writeable = False  # shared by the stages: none may change it under another
+            scope[key] = out
+        return out
 
 
 _SHARED: dict[tuple[str, ...], Embedder] = {}

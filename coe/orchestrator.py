@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from coe import registry
 from coe.clients import ChatClient, provider_chat
 from coe.config import CoEConfig, load_config
+from coe.embedder import request_scope
 from coe.errors import AllExpertsFailed, ExpertError
 from coe.protocols import Aggregator, Context, Router
 from coe.serving.pool import ExpertPool
@@ -141,8 +142,9 @@ class CoE:
         started = time.perf_counter()
         request = Request.from_input(prompt, expert=expert, params=params)
         trace = Trace()
-        decision = await self._route_one(request, trace, decision)
-        request = await self._retrieve(request, decision, trace)
+        with request_scope():  # the router and the retrieval gate embed the prompt once
+            decision = await self._route_one(request, trace, decision)
+            request = await self._retrieve(request, decision, trace)
         answers = await self._answers(request, decision, trace)
         return await self._combine(request, answers, decision, trace, started)
 
@@ -197,8 +199,9 @@ class CoE:
         started = time.perf_counter()
         request = Request.from_input(prompt, expert=expert, params=params)
         trace = Trace()
-        decision = await self._route_one(request, trace, decision)
-        request = await self._retrieve(request, decision, trace)
+        with request_scope():  # the router and the retrieval gate embed the prompt once
+            decision = await self._route_one(request, trace, decision)
+            request = await self._retrieve(request, decision, trace)
         stream = self._stream_aggregate if decision.fanout > 1 else self._stream_candidates
         async for event in stream(request, decision, trace, started):
             yield event

@@ -235,6 +235,27 @@ def test_ask_puts_documents_into_the_experts_prompt(coe_rag: CoE) -> None:
 
 
 @pytest.mark.e2e
+def test_routing_and_retrieval_embed_the_prompt_once_per_request(
+    coe_rag: CoE, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    impl = coe_rag.retriever.embedder._load()  # the shared encoder: the router's too
+    real = impl.encode
+    encoded: list[list[str]] = []
+
+    def counting(texts: list[str], *args: object) -> object:
+        encoded.append(list(texts))
+        return real(texts, *args)
+
+    monkeypatch.setattr(impl, "encode", counting)
+    prompt = "Who designed the Kelvor bridge?"
+    for _ in range(2):
+        answer = coe_rag.ask(prompt, **SHORT)
+        assert answer.trace.retrieval is not None and answer.trace.retrieval.retrieve
+    # Once per request, for the router and the gate and the search together; never cached across requests.
+    assert encoded == [[prompt], [prompt]]
+
+
+@pytest.mark.e2e
 def test_stream_gets_the_same_documents(coe_rag: CoE) -> None:
     async def collect() -> list[StreamEvent]:
         return [e async for e in coe_rag.astream("When is the Zorblax festival held?", **SHORT)]
