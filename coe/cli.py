@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from coe.commands._util import DEFAULT_CONFIG, ConfigOpt, JsonOpt
 from coe.config import CoEConfig, load_config
 from coe.errors import CoEError, ConfigError
 
@@ -28,13 +29,6 @@ app.add_typer(experts_app, name="experts")
 
 out = Console()
 err = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Path,
-    typer.Option("--config", "-c", envvar="COE_CONFIG", help="Registry file (experts.yaml)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
-DEFAULT_CONFIG = Path("experts.yaml")
 
 
 def _load(path: Path) -> CoEConfig:

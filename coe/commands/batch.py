@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from coe.commands._util import DEFAULT_CONFIG, ConfigOpt
+
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
@@ -30,9 +32,7 @@ def batch(
     output_file: Annotated[
         Path, typer.Argument(metavar="OUT.jsonl", help="Results, appended as they finish; rerun to resume.")
     ],
-    config: Annotated[
-        Path, typer.Option("--config", "-c", envvar="COE_CONFIG", help="Registry file (experts.yaml).")
-    ] = Path("experts.yaml"),
+    config: ConfigOpt = DEFAULT_CONFIG,
     max_tokens: Annotated[int | None, typer.Option(help="Limit each answer's length.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
     concurrency: Annotated[

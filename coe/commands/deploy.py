@@ -7,10 +7,15 @@ import json
 import logging
 import signal
 import time
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from coe.commands._util import DEFAULT_CONFIG, ConfigOpt
+
+if TYPE_CHECKING:
+    from coe.config import CoEConfig
+    from coe.deploy.plan import DeployPlan
 
 deploy_app = typer.Typer(help="Deploy the registry on a cluster.", no_args_is_help=True)
 
@@ -21,9 +26,7 @@ def register(app: typer.Typer) -> None:
 
 @deploy_app.command("ray")
 def deploy_ray(
-    config: Annotated[
-        Path, typer.Option("--config", "-c", envvar="COE_CONFIG", help="Registry file (experts.yaml).")
-    ] = Path("experts.yaml"),
+    config: ConfigOpt = DEFAULT_CONFIG,
     address: Annotated[
         str,
         typer.Option(
@@ -49,15 +52,9 @@ def deploy_ray(
 
     cfg = _load(config)
     if dry_run:
-        from coe.deploy.plan import plan
+        from coe.deploy.plan import plan, ray_llm_available
 
-        try:
-            from coe.deploy.ray import ray_llm_available
-
-            ray_llm = ray_llm_available()
-        except ImportError:  # no Ray here: the plan for a cluster without Ray Serve LLM
-            ray_llm = False
-        typer.echo(json.dumps(plan(cfg, ray_llm).model_dump(), indent=2))
+        typer.echo(json.dumps(plan(cfg, ray_llm_available()).model_dump(), indent=2))
         return
     try:
         from coe.deploy import ray as coe_ray
@@ -86,16 +83,14 @@ def deploy_ray(
             coe_ray.delete(cfg)
 
 
-def _local_cluster(cfg: object) -> dict[str, object]:
+def _local_cluster(cfg: CoEConfig) -> dict[str, object]:
     """A cluster on this machine only: logical CPUs enough for every replica at its maximum (each
     llama.cpp replica then runs one thread per CPU it was given), and a small object store."""
     import math
     import os
 
-    from coe.config import CoEConfig
     from coe.deploy.plan import plan
 
-    assert isinstance(cfg, CoEConfig)
     need = sum(p.max_replicas * p.per_replica.get("CPU", 0) for p in plan(cfg).deployments)
     return {
         "num_cpus": max(os.cpu_count() or 1, math.ceil(need)),
@@ -104,13 +99,11 @@ def _local_cluster(cfg: object) -> dict[str, object]:
     }
 
 
-def _print_plan(deployed: object) -> None:
+def _print_plan(deployed: DeployPlan) -> None:
     from rich.table import Table
 
     from coe.cli import out
-    from coe.deploy.plan import DeployPlan
 
-    assert isinstance(deployed, DeployPlan)
     table = Table("application", "route", "replicas", "per replica")
     for p in deployed.deployments:
         replicas = (

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from coe.commands._util import fail
+from coe.commands.router_tools import DataArg, LabelField, ModelOpt, TextField
 
 eval_app = typer.Typer(help="Measure routers on labelled data.", no_args_is_help=True)
 
@@ -21,10 +22,10 @@ def register(app: typer.Typer) -> None:
 
 @eval_app.command("router")
 def eval_router(
-    data: Annotated[Path, typer.Argument(help="JSONL file, one labelled prompt per line")],
-    model: Annotated[Path, typer.Option("--model", help="artefact written by `coe train-router`")],
-    text_field: Annotated[str, typer.Option("--text-field")] = "text",
-    label_field: Annotated[str, typer.Option("--label-field")] = "domain",
+    data: DataArg,
+    model: ModelOpt,
+    text_field: TextField = "text",
+    label_field: LabelField = "domain",
     min_confidence: Annotated[float, typer.Option("--min-confidence", help="fallback threshold")] = 0.0,
     latency_prompts: Annotated[int, typer.Option("--latency-prompts", help="prompts timed one by one")] = 200,
     backend: Annotated[

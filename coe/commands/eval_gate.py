@@ -6,15 +6,24 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from coe.commands._util import fail
 from coe.commands.eval import eval_app
-from coe.commands.index import ConfigOpt, fail, load_registry, registry_embedder
-from coe.commands.train_gate import LabelFieldOpt, PositiveOpt, SplitOpt, TestPercentOpt, TextFieldOpt
+from coe.commands.index import ConfigOpt, load_registry, registry_embedder, to_json
+from coe.commands.train_gate import (
+    LabelFieldOpt,
+    PositiveOpt,
+    SplitOpt,
+    TestPercentOpt,
+    TextFieldOpt,
+    parse_split,
+)
 
 if TYPE_CHECKING:
+    from coe.config import CoEConfig
     from coe.embedder import Embedder
     from coe.gate_data import GateExample
     from coe.index import DocIndex
@@ -57,14 +66,14 @@ def eval_gate(
     from coe.index import DocIndex
     from coe.retrieval import gate_from_spec
 
-    if split not in ("all", "train", "test"):
-        raise fail(f"--split must be all, train or test (got {split!r})")
-    embedder = registry_embedder(config)
+    chosen_split = parse_split(split)
+    registry = load_registry(config)
+    embedder = registry_embedder(registry)
     try:
         rows = read_gate_data(
-            data, text_field, label_field, positive, source_field, cast(Any, split), test_percent
+            data, text_field, label_field, positive, source_field, chosen_split, test_percent
         )
-        flags, categories = _categories(gate, config, [r.text for r in rows])
+        flags, categories = _categories(gate, registry, [r.text for r in rows])
         chosen = gate_from_spec(gate, embedder, flags, threshold)
         opened = DocIndex.open(index, embedder)
         result = _evaluate(chosen, rows, categories, embedder, opened, top_k)
@@ -74,18 +83,17 @@ def eval_gate(
     result = {"gate": chosen.kind, "spec": gate, "threshold": getattr(chosen, "threshold", None), **result}
     result.update({"data": [str(d) for d in data], "split": split, "index": str(index), "top_k": top_k})
     if as_json:
-        from coe.commands.index import to_json
-
         sys.stdout.write(to_json(result) + "\n")
         return
     _print_table(result)
 
 
-def _categories(gate: str, config: Path | None, texts: list[str]) -> tuple[dict[str, bool], list[str | None]]:
+def _categories(
+    gate: str, registry: CoEConfig | None, texts: list[str]
+) -> tuple[dict[str, bool], list[str | None]]:
     """For the category gate: route every question with the registry's router, and its flags."""
     if gate != "category":
         return {}, [None] * len(texts)
-    registry = load_registry(config)
     if registry is None:
         raise fail("--gate category needs --config: a registry whose categories have retrieve flags")
     from coe.orchestrator import CoE

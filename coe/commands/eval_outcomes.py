@@ -12,12 +12,12 @@ from typer.core import TyperCommand
 
 from coe.commands._util import fail
 from coe.commands.eval import eval_app
+from coe.commands.router_tools import EncoderOpt
 
 _GREEDY = ("--train", "--test")
 
 # Options shared by the outcome commands (eval outcomes, fit-map, train-cost-router).
 FormatOpt = Annotated[str, typer.Option("--format", help="routerbench | routerdc | routellm | coe")]
-EncoderOpt = Annotated[str, typer.Option("--encoder", help="embedder.model to encode with")]
 MaxCharsOpt = Annotated[int, typer.Option("--max-chars", help="characters of a prompt encoded (0: all)")]
 TestFractionOpt = Annotated[
     float,

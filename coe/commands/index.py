@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from coe.commands._util import fail
+
 if TYPE_CHECKING:
     from coe.config import CoEConfig
     from coe.embedder import Embedder
@@ -30,11 +32,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(index_app, name="index")
 
 
-def fail(message: str) -> typer.Exit:
-    typer.echo(f"error {message}", err=True)
-    return typer.Exit(1)
-
-
 def load_registry(config: Path | None) -> CoEConfig | None:
     """The registry named by --config, experts.yaml when it exists, else None (default embedder)."""
     from coe.config import load_config
@@ -49,12 +46,12 @@ def load_registry(config: Path | None) -> CoEConfig | None:
         raise fail("\n".join(exc.issues)) from None
 
 
-def registry_embedder(config: Path | None) -> Embedder:
+def registry_embedder(registry: CoEConfig | None) -> Embedder:
+    """The registry's encoder (from ``load_registry``), or the default one without a registry."""
     from coe.config import EmbedderConfig
     from coe.embedder import shared_embedder
     from coe.errors import CoEError
 
-    registry = load_registry(config)
     try:
         if registry is None:
             return shared_embedder(EmbedderConfig())
@@ -92,7 +89,7 @@ def build(
         raise fail(str(exc)) from None
     for why in corpus.skipped[:10]:
         typer.echo(f"skipped {why}", err=True)
-    embedder = registry_embedder(config)
+    embedder = registry_embedder(load_registry(config))
 
     def progress(done: int, total: int) -> None:
         if not as_json and sys.stderr.isatty():
@@ -141,7 +138,7 @@ def search(
     from coe.errors import CoEError
     from coe.index import DocIndex
 
-    embedder = registry_embedder(config)
+    embedder = registry_embedder(load_registry(config))
     try:
         opened = DocIndex.open(index, embedder)  # also warms the encoder (probe check)
         started = time.perf_counter()

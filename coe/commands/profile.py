@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from coe.commands._util import fail
+from coe.commands._util import DEFAULT_CONFIG, ConfigOpt, fail
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig
@@ -24,9 +24,7 @@ def register(app: typer.Typer) -> None:
 def profile(
     data: Annotated[list[Path], typer.Argument(help="validation JSONL file(s) with gold answers")],
     grader: Annotated[str, typer.Option("--grader", help="mc | number | exact")] = "mc",
-    config: Annotated[
-        Path, typer.Option("--config", "-c", envvar="COE_CONFIG", help="Registry file (experts.yaml).")
-    ] = Path("experts.yaml"),
+    config: ConfigOpt = DEFAULT_CONFIG,
     out: Annotated[Path, typer.Option("--out", "-o", help="where to write the profile")] = Path(
         "profile.json"
     ),

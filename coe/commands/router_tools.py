@@ -17,6 +17,7 @@ DataArg = Annotated[Path, typer.Argument(help="JSONL file, one labelled prompt p
 TextField = Annotated[str, typer.Option("--text-field", help="JSON key holding the prompt")]
 LabelField = Annotated[str, typer.Option("--label-field", help="JSON key holding the category")]
 ModelOpt = Annotated[Path, typer.Option("--model", help="artefact written by `coe train-router`")]
+EncoderOpt = Annotated[str, typer.Option("--encoder", help="embedder.model to encode with")]
 CLASSIFIER_HELP = (
     "knn | logreg | centroid (embeddings), tfidf (no encoder), cascade (tfidf, then knn when unsure)"
 )
@@ -34,9 +35,7 @@ def train_router(
     text_field: TextField = "text",
     label_field: LabelField = "domain",
     classifier: Annotated[str, typer.Option("--classifier", help=CLASSIFIER_HELP)] = "knn",
-    encoder: Annotated[
-        str, typer.Option("--encoder", help="embedder.model to encode with")
-    ] = "all-MiniLM-L6-v2",
+    encoder: EncoderOpt = "all-MiniLM-L6-v2",
     backend: Annotated[str, typer.Option("--backend", help="torch | onnx | static")] = "onnx",
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="encode the first N tokens (0: all)")] = 128,
     encoder_path: Annotated[

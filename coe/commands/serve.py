@@ -3,10 +3,11 @@ inside the command so that ``coe --help`` and ``import coe`` stay light."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from coe.commands._util import DEFAULT_CONFIG, ConfigOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -14,9 +15,7 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    config: Annotated[
-        Path, typer.Option("--config", "-c", envvar="COE_CONFIG", help="Registry file (experts.yaml).")
-    ] = Path("experts.yaml"),
+    config: ConfigOpt = DEFAULT_CONFIG,
     host: Annotated[
         str | None, typer.Option(help="Address to bind [server.host, default 127.0.0.1: loopback].")
     ] = None,

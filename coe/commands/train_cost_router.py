@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from coe.commands._util import fail
-from coe.commands.eval_outcomes import EncoderOpt, FormatOpt, MaxCharsOpt
+from coe.commands.eval_outcomes import FormatOpt, MaxCharsOpt
+from coe.commands.router_tools import EncoderOpt
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from coe.commands.index import ConfigOpt, fail, registry_embedder
+from coe.commands._util import fail
+from coe.commands.index import ConfigOpt, load_registry, registry_embedder
 
 if TYPE_CHECKING:
     from coe.embedder import Embedder
@@ -26,6 +27,13 @@ TextFieldOpt = Annotated[str, typer.Option("--text-field", help="Field holding t
 PositiveOpt = Annotated[
     str | None, typer.Option("--positive", help="Label value meaning 'retrieve' (string labels).")
 ]
+
+
+def parse_split(split: str) -> Split:
+    """The --split value, checked (train-gate and eval gate)."""
+    if split not in ("all", "train", "test"):
+        raise fail(f"--split must be all, train or test (got {split!r})")
+    return cast("Split", split)
 
 
 def register(app: typer.Typer) -> None:
@@ -59,13 +67,11 @@ def train_gate(
 
     if kind not in ("classifier", "similarity"):
         raise fail(f"--kind must be classifier or similarity (got {kind!r})")
-    if split not in ("all", "train", "test"):
-        raise fail(f"--split must be all, train or test (got {split!r})")
+    chosen = parse_split(split)
     if kind == "similarity" and index is None:
         raise fail("--kind similarity needs --index DIR (the threshold is tuned on its search scores)")
-    embedder = registry_embedder(config)
+    embedder = registry_embedder(load_registry(config))
     try:
-        chosen = cast("Split", split)
         rows = read_gate_data(
             data, text_field, label_field, positive, split=chosen, test_percent=test_percent
         )

@@ -17,6 +17,17 @@ from pydantic import BaseModel, Field
 from coe.config import CoEConfig, ExpertConfig, ExpertRayDeployment, IngressRayDeployment, RayDeployment
 from coe.errors import CoEError
 
+
+def ray_llm_available() -> bool:
+    """Ray Serve LLM needs ``ray[llm]`` (vLLM, pyarrow, ...); ``ray[serve]`` alone does not import it.
+    Here, not in coe.deploy.ray, so ``--dry-run`` can plan without importing Ray Serve."""
+    try:
+        import ray.serve.llm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 INGRESS = "(ingress)"
 GiB = 1024**3
 

@@ -40,6 +40,7 @@ from coe.deploy.plan import (
     ingress_config,
     missing_resources,
     plan,
+    ray_llm_available,
     ray_llm_config,
     replica_config,
 )
@@ -49,15 +50,6 @@ from coe.server import ServerSettings
 __all__ = ["DeployError", "build_app", "connect", "delete", "deploy", "ray_llm_available"]
 
 HEALTH_CHECK_PERIOD_S = 2.0  # a dead expert process is noticed (and its replica replaced) this fast
-
-
-def ray_llm_available() -> bool:
-    """Ray Serve LLM needs ``ray[llm]`` (vLLM, pyarrow, ...); ``ray[serve]`` alone does not import it."""
-    try:
-        import ray.serve.llm  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def build_app(
