@@ -42,7 +42,7 @@ __all__ = ["PACKAGED_ENCODERS", "Embedder", "resolve_encoder_dir", "shared_embed
 
 # A token is at least ~1 character; cutting the text at this many characters per wanted token before
 # tokenising keeps a 20 kB prompt from costing milliseconds of tokeniser time for tokens we drop.
-_CHARS_PER_TOKEN_CAP = 8
+CHARS_PER_TOKEN_CAP = 8
 
 # The vectors of one request, shared by the stages that embed its prompt: the router, then the
 # retrieval gate. Scoped to one request (``request_scope``), never a process-wide cache: a prompt
@@ -138,7 +138,7 @@ class Embedder:
         limit = max_tokens or self.max_tokens
         texts = list(texts)
         if limit:
-            texts = [t[: limit * _CHARS_PER_TOKEN_CAP] for t in texts]
+            texts = [t[: limit * CHARS_PER_TOKEN_CAP] for t in texts]
         if not texts:
             return np.zeros((0, impl.dim), dtype=np.float32)
         scope = _REQUEST_VECTORS.get()

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from coe.embedder import CHARS_PER_TOKEN_CAP  # never tokenise text that truncation drops anyway
 from coe.encoder_header import (
     HEADER_FILE,
     EpochStats,
@@ -50,7 +51,7 @@ from coe.splits import dataset_hash, held_out
 if TYPE_CHECKING:
     import torch
 
-_CHARS_PER_TOKEN_CAP = 8  # as coe.embedder: never tokenise text that truncation drops anyway
+
 _INIT_PER_LABEL = 32
 _WARMUP_SHARE = 0.06
 _BUCKET_BATCHES = 50
@@ -111,7 +112,7 @@ class _Run:
         self.precision: Literal["fp32", "bf16"] = "bf16" if bf16 else "fp32"
 
     def features(self, texts: list[str]) -> dict[str, Any]:
-        cut = self.settings.max_tokens * _CHARS_PER_TOKEN_CAP
+        cut = self.settings.max_tokens * CHARS_PER_TOKEN_CAP
         feats = self.model.preprocess([t[:cut] for t in texts])
         return {k: v for k, v in feats.items() if isinstance(v, self.torch.Tensor)}
 
@@ -138,7 +139,7 @@ class _Run:
 
 def _token_lengths(run: _Run, texts: list[str]) -> list[int]:
     tokenizer = run.model.tokenizer
-    cut = run.settings.max_tokens * _CHARS_PER_TOKEN_CAP
+    cut = run.settings.max_tokens * CHARS_PER_TOKEN_CAP
     ids = tokenizer([t[:cut] for t in texts], truncation=True, max_length=run.settings.max_tokens)[
         "input_ids"
     ]

@@ -9,7 +9,6 @@ trained on one encoder is refused by another.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,13 +44,6 @@ class GateHeader(BaseModel):
     train_sha256: str
     params: dict[str, Any] = Field(default_factory=dict)
     validation: GateMetrics | None = Field(None, description="out-of-fold metrics at the threshold")
-
-
-def dataset_hash(texts: Sequence[str], labels: Sequence[bool]) -> str:
-    h = hashlib.sha256()
-    for text, label in zip(texts, labels, strict=True):
-        h.update(json.dumps([int(label), text], ensure_ascii=False).encode() + b"\n")
-    return h.hexdigest()
 
 
 def save_gate(path: Path, header: GateHeader, arrays: dict[str, np.ndarray] | None = None) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 DEV_SHARE = 0.15
 
@@ -20,10 +21,15 @@ def held_out(texts: Sequence[str], share: float = DEV_SHARE) -> list[bool]:
     return [int(hashlib.sha1(t.encode()).hexdigest()[:8], 16) % 1000 < cut for t in texts]
 
 
-def dataset_hash(texts: Sequence[str], labels: Sequence[str]) -> str:
-    """sha256 of the (label, text) pairs in order: what a trained artefact says it was trained on."""
+def rows_sha256(rows: Iterable[list[Any]]) -> str:
+    """sha256 of the rows as JSON lines, in order: what a trained artefact says it was trained on."""
     h = hashlib.sha256()
-    for text, label in zip(texts, labels, strict=True):
-        h.update(json.dumps([label, text], ensure_ascii=False).encode())
+    for row in rows:
+        h.update(json.dumps(row, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def dataset_hash(texts: Sequence[str], labels: Sequence[str] | Sequence[int]) -> str:
+    """The hash of the (label, text) pairs of labelled prompts (routers, encoders, gates)."""
+    return rows_sha256([label, text] for text, label in zip(texts, labels, strict=True))

@@ -44,7 +44,7 @@ class CostRouter:
             self.header, model = cost_model.load(path)
         except ValueError as exc:
             raise ModelNotFoundError(str(exc)) from exc
-        space = getattr(embedder, "space", embedder.name)
+        space = embedder.space
         if self.header.space != space:
             raise ModelNotFoundError(
                 f"{path}: trained on vectors of encoder {self.header.encoder!r} ({self.header.space}), "
@@ -59,9 +59,9 @@ class CostRouter:
                 ]
             )
         self.lam = float(lam)
-        self.model = model.with_params(
-            model.params.model_copy(update={"k": cfg.k}) if cfg.k is not None else model.params
-        )
+        if cfg.k is not None:
+            model = model.with_params(model.params.model_copy(update={"k": cfg.k}))
+        self.model = model
         self.embedder = embedder
         self.cfg = cfg
         self.candidates, self.columns = self._candidates(cfg, experts, path)

@@ -19,8 +19,6 @@ Only numpy and faiss (at search time) are needed; the state is plain arrays, sav
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from coe.npz import read_npz, write_npz
+from coe.splits import rows_sha256
 
 FORMAT = "coe-cost-router"
 FORMAT_VERSION = 1
@@ -151,11 +150,8 @@ def baseline(model: KNNQualityModel, k: int = 10) -> KNNQualityModel:
 
 
 def table_hash(prompts: Sequence[str], quality: np.ndarray, cost: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for text, q, c in zip(prompts, quality.tolist(), cost.tolist(), strict=True):
-        h.update(json.dumps([text, q, c], ensure_ascii=False).encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    rows = zip(prompts, quality.tolist(), cost.tolist(), strict=True)
+    return rows_sha256([text, q, c] for text, q, c in rows)
 
 
 def save(path: Path, header: CostModelHeader, model: KNNQualityModel) -> None:

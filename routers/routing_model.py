@@ -40,13 +40,18 @@ def _need(embedder: Embedder | None) -> Embedder:
     return embedder
 
 
+def combine(p_fast: np.ndarray, p_slow: np.ndarray, weight: float) -> np.ndarray:
+    """The cascade's two distributions as one: a weighted geometric mean, renormalised."""
+    z = (1 - weight) * np.log(p_fast + 1e-9) + weight * np.log(p_slow + 1e-9)
+    return softmax(z)
+
+
 class EmbeddingModel:
     needs_embedder: ClassVar[bool] = True
 
     def __init__(self, classifier: Classifier, max_tokens: int | None = None) -> None:
         self.classifier = classifier
         self.kind = classifier.kind
-        self.labels = classifier.labels
         self.max_tokens = max_tokens
 
     def predict(self, texts: Sequence[str], embedder: Embedder | None) -> Prediction:
@@ -63,11 +68,9 @@ class EmbeddingModel:
 class TextModel:
     kind: ClassVar[str] = "tfidf"
     needs_embedder: ClassVar[bool] = False
-    max_tokens: int | None = None
 
     def __init__(self, classifier: TfidfClassifier) -> None:
         self.classifier = classifier
-        self.labels = classifier.labels
 
     def predict(self, texts: Sequence[str], embedder: Embedder | None = None) -> Prediction:
         probs, logits = self.classifier.predict_proba_texts(texts)
@@ -87,14 +90,11 @@ class CascadeModel:
     def __init__(self, fast: TextModel, slow: EmbeddingModel, weight: float, threshold: float) -> None:
         self.fast = fast
         self.slow = slow
-        self.labels = fast.labels
         self.weight = weight  # of the embedding model in the combination
         self.threshold = threshold  # fast top probability at or above which the encoder is skipped
-        self.max_tokens = slow.max_tokens
 
     def combine(self, p_fast: np.ndarray, p_slow: np.ndarray) -> np.ndarray:
-        z = (1 - self.weight) * np.log(p_fast + 1e-9) + self.weight * np.log(p_slow + 1e-9)
-        return softmax(z)
+        return combine(p_fast, p_slow, self.weight)
 
     def predict(self, texts: Sequence[str], embedder: Embedder | None) -> Prediction:
         first = self.fast.predict(texts)

@@ -22,7 +22,7 @@ import numpy as np
 from coe.splits import dataset_hash, held_out
 from routers.artefact import ArtefactHeader, save
 from routers.classifiers import fit_classifier
-from routers.routing_model import CascadeModel, EmbeddingModel, RoutingModel, TextModel
+from routers.routing_model import CascadeModel, EmbeddingModel, RoutingModel, TextModel, combine
 from routers.text_classifier import TfidfClassifier
 
 if TYPE_CHECKING:
@@ -51,15 +51,12 @@ def tune_cascade(
     p_fast: np.ndarray, p_slow: np.ndarray, y: np.ndarray
 ) -> tuple[float, float, dict[str, float]]:
     """Weight and threshold from held-out probabilities of both members; returns them and the evidence."""
-    probe = CascadeModel.__new__(CascadeModel)
     best_w, best_acc = _WEIGHTS[0], -1.0
     for w in _WEIGHTS:
-        probe.weight = w
-        acc = float((probe.combine(p_fast, p_slow).argmax(1) == y).mean())
+        acc = float((combine(p_fast, p_slow, w).argmax(1) == y).mean())
         if acc > best_acc:
             best_w, best_acc = w, acc
-    probe.weight = best_w
-    both = probe.combine(p_fast, p_slow).argmax(1)
+    both = combine(p_fast, p_slow, best_w).argmax(1)
     chosen, chosen_acc, skip = 1.01, best_acc, 0.0
     for t in _THRESHOLDS:
         sure = p_fast.max(1) >= t

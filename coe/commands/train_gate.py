@@ -96,8 +96,9 @@ def _fit(
 ) -> GateHeader:
     from coe.evaluation.embedding_cache import EmbeddingCache
     from coe.gate_data import best_threshold, binary_metrics
-    from coe.gate_model import GateHeader, dataset_hash, fit_classifier, save_gate
+    from coe.gate_model import GateHeader, fit_classifier, save_gate
     from coe.index import DocIndex
+    from coe.splits import dataset_hash
 
     texts = [r.text for r in rows]
     labels = [r.label for r in rows]
@@ -107,7 +108,7 @@ def _fit(
         "label_field": label_field,
         "train_size": len(rows),
         "positives": sum(labels),
-        "train_sha256": dataset_hash(texts, labels),
+        "train_sha256": dataset_hash(texts, [int(label) for label in labels]),
     }
     if kind == "classifier":
         arrays, threshold, params, validation = fit_classifier(vectors, labels)
