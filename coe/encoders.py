@@ -18,8 +18,6 @@ Every failure is a ModelNotFoundError that names the missing package, file or co
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -136,18 +134,9 @@ def _checked_onnx(model: str) -> Path:
     file = _package_dir(spec.module, spec.distribution, f"embedder.backend onnx for {model!r}") / spec.file
     if not file.is_file() or file.stat().st_size != spec.size:
         raise ModelNotFoundError(f"{file}: missing or truncated; reinstall {spec.distribution}")
-    from coe.serving.models import cache_dir
+    from coe.serving.models import verify_sha256
 
-    # Hash once per installed file, not per process: a marker in the CoE cache names the file's
-    # pinned hash, size and modification time.
-    marker = cache_dir() / "verified" / f"{spec.sha256}-{file.stat().st_size}-{int(file.stat().st_mtime)}"
-    if not marker.is_file():
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
-        if digest != spec.sha256:
-            raise ModelNotFoundError(f"{file}: sha256 {digest} does not match the pinned {spec.sha256}")
-        with contextlib.suppress(OSError):  # an unwritable cache only means hashing again next time
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(str(file))
+    verify_sha256(file, spec.sha256)  # hashed once per installed file, as the GGUF files are
     return file
 
 

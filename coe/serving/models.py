@@ -14,6 +14,7 @@ Known packages carry pinned hashes (``KNOWN``); a mismatch is an error, not a wa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -103,7 +104,7 @@ def resolve_model(ref: str, base_dir: Path, sha256: str | None = None) -> Path:
         if not path.is_file():
             raise ModelNotFoundError(f"model file not found: {path} (from serve.gguf {ref!r})")
     if expected:
-        _verify(path, expected)
+        verify_sha256(path, expected)
     return path
 
 
@@ -139,7 +140,8 @@ def _assemble(module: str, expected: str | None) -> Path:
         raise ModelNotFoundError(f"could not assemble the model from {module}: {exc}") from exc
 
 
-def _verify(path: Path, expected: str) -> None:
+def verify_sha256(path: Path, expected: str) -> None:
+    """Raise unless the file has the pinned hash (remembered by path, size and mtime)."""
     actual = _digest_cached(path)
     if actual != expected:
         raise ModelNotFoundError(
@@ -163,7 +165,9 @@ def _digest_cached(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     stamps[key] = digest.hexdigest()
-    tmp = stamp_file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stamps, indent=0))
-    tmp.replace(stamp_file)
+    with contextlib.suppress(OSError):  # an unwritable cache only means hashing again next time
+        stamp_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stamps, indent=0))
+        tmp.replace(stamp_file)
     return stamps[key]
