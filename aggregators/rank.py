@@ -54,7 +54,7 @@ class RankAggregator(Configured):
         )
 
     async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer:
-        ok, missing, ranked = prepare(answers, ctx)
+        missing, ranked = prepare(answers, ctx)
         judge, why = writer(self.expert, ctx, ranked)
         detail: dict[str, object] = {
             "judge": judge,
@@ -65,7 +65,7 @@ class RankAggregator(Configured):
             detail.update(rule="one answer arrived: returned unchanged, no judge call", calls=0)
             return finish(ctx, self.name, ranked[0], answers, missing, detail)
         verdict = await ctx.call_expert(judge, self.judge_request(request, ranked))
-        usage = total_usage(ok, verdict.usage)
+        usage = total_usage(ranked, verdict.usage)
         pick = parse_choice(verdict.text, len(ranked)) if verdict.ok else None
         detail.update(calls=1, judge_reply=verdict.text.strip()[:80] if verdict.ok else None)
         if pick is None:

@@ -33,14 +33,12 @@ def arrived(answers: list[ExpertAnswer]) -> tuple[list[ExpertAnswer], dict[str, 
     return ok, missing
 
 
-def prepare(
-    answers: list[ExpertAnswer], ctx: Context
-) -> tuple[list[ExpertAnswer], dict[str, str], list[ExpertAnswer]]:
-    """(answers that arrived, why the others did not, arrived answers by router weight)."""
+def prepare(answers: list[ExpertAnswer], ctx: Context) -> tuple[dict[str, str], list[ExpertAnswer]]:
+    """(why the experts that did not answer did not, the answers that arrived by router weight)."""
     ok, missing = arrived(answers)
     if not ok:
         raise AllExpertsFailed(missing)
-    return ok, missing, by_weight(ok, ctx)
+    return missing, by_weight(ok, ctx)
 
 
 def by_weight(answers: list[ExpertAnswer], ctx: Context) -> list[ExpertAnswer]:
@@ -67,7 +65,7 @@ def total_usage(answers: list[ExpertAnswer], *extra: Usage) -> Usage:
     )
 
 
-def writer(configured: str | None, ctx: Context, ok: list[ExpertAnswer]) -> tuple[str, str]:
+def writer(configured: str | None, ctx: Context, ranked: list[ExpertAnswer]) -> tuple[str, str]:
     """The expert that synthesises or judges, and why it was chosen: the configured one, else the
     aggregator the profile picked (``decision.details['aggregator']``), else the top-weighted answerer."""
     if configured:
@@ -75,7 +73,7 @@ def writer(configured: str | None, ctx: Context, ok: list[ExpertAnswer]) -> tupl
     picked = ctx.decision.details.get("aggregator")
     if isinstance(picked, str) and picked:
         return picked, "the profile's best aggregator"
-    return by_weight(ok, ctx)[0].expert, "highest router weight (no aggregator configured or profiled)"
+    return ranked[0].expert, "highest router weight (no aggregator configured or profiled)"
 
 
 def finish(

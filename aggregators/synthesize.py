@@ -31,7 +31,6 @@ MAX_CHARS_PER_ANSWER = 2000
 
 @dataclass
 class _Plan:
-    ok: list[ExpertAnswer]
     missing: dict[str, str]
     ranked: list[ExpertAnswer]
     writer: str
@@ -50,9 +49,9 @@ class SynthesizeAggregator(Configured):
         return cls(cfg.expert, cfg.max_tokens)
 
     def _plan(self, answers: list[ExpertAnswer], ctx: Context) -> _Plan:
-        ok, missing, ranked = prepare(answers, ctx)
+        missing, ranked = prepare(answers, ctx)
         name, why = writer(self.expert, ctx, ranked)
-        return _Plan(ok, missing, ranked, name, why)
+        return _Plan(missing, ranked, name, why)
 
     def synthesis_request(self, request: Request, candidates: list[ExpertAnswer]) -> Request:
         conversation = [m for m in request.messages if m.role != "system"]
@@ -79,14 +78,14 @@ class SynthesizeAggregator(Configured):
 
     async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer:
         plan = self._plan(answers, ctx)
-        if len(plan.ok) == 1:
+        if len(plan.ranked) == 1:
             rule = "one answer arrived: returned unchanged, no synthesis"
             return self._unchanged(plan, ctx, answers, rule, calls=0)
         result = await ctx.call_expert(plan.writer, self.synthesis_request(request, plan.ranked))
         if not result.ok or not result.text.strip():
             why = result.error or "empty synthesis"
             return self._unchanged(plan, ctx, answers, f"synthesis by {plan.writer!r} failed ({why})")
-        usage = total_usage(plan.ok, result.usage)
+        usage = total_usage(plan.ranked, result.usage)
         detail = self._detail(plan, rule="synthesised", calls=1)
         return finish(ctx, self.name, result, answers, plan.missing, detail, usage=usage)
 
@@ -94,7 +93,7 @@ class SynthesizeAggregator(Configured):
         self, request: Request, answers: list[ExpertAnswer], ctx: Context
     ) -> AsyncIterator[StreamEvent]:
         plan = self._plan(answers, ctx)
-        if len(plan.ok) == 1 or ctx.stream_expert is None:
+        if len(plan.ranked) == 1 or ctx.stream_expert is None:
             answer = await self.combine(request, answers, ctx)
             yield StreamEvent(type="delta", text=answer.text)
             yield StreamEvent(type="done", answer=answer)
@@ -122,6 +121,6 @@ class SynthesizeAggregator(Configured):
         result = ExpertAnswer(expert=plan.writer, model=model, text="".join(parts), usage=usage)
         detail = self._detail(plan, rule="synthesised (streamed)", calls=1)
         answer = finish(
-            ctx, self.name, result, answers, plan.missing, detail, usage=total_usage(plan.ok, usage)
+            ctx, self.name, result, answers, plan.missing, detail, usage=total_usage(plan.ranked, usage)
         )
         yield StreamEvent(type="done", answer=answer)

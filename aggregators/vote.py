@@ -28,7 +28,7 @@ class VoteAggregator(Configured):
         return cls(cfg.answer)
 
     async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer:
-        _, missing, ranked = prepare(answers, ctx)
+        missing, ranked = prepare(answers, ctx)
         extracted = [(a.expert, extract_for_prompt(request.text, a.text, self.answer)) for a in ranked]
         winner, votes = majority(extracted, ctx.decision.weights)
         detail: dict[str, object] = {

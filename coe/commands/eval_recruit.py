@@ -91,13 +91,10 @@ def _run(
     from coe.config import EmbedderConfig
     from coe.embedder import shared_embedder
     from coe.evaluation.embedding_cache import EmbeddingCache
-    from coe.evaluation.recruit import evaluate, split_tables
+    from coe.evaluation.outcomes import split_sides
+    from coe.evaluation.recruit import evaluate
 
-    train_table, test_table = split_tables(
-        fmt, [str(p) for p in train], [str(p) for p in test], test_fraction
-    )
-    if not len(train_table) or not len(test_table):
-        raise fail(f"empty split: {len(train_table)} training and {len(test_table)} test prompts")
+    train_table, test_table = split_sides(fmt, train, test, test_fraction)
     cache = EmbeddingCache(shared_embedder(EmbedderConfig(threads=1)))
     return evaluate(
         train_table,

@@ -45,13 +45,15 @@ class SweepPoint(CostQuality):
     knob: float
 
 
-def outcome_of(table: OutcomeTable, choice: np.ndarray) -> CostQuality:
-    """Mean true quality and cost when prompt i goes to expert ``choice[i]``."""
+def outcome_of(table: OutcomeTable, choice: np.ndarray, cost: np.ndarray | None = None) -> CostQuality:
+    """Mean true quality and cost (``cost``: another scale than the table's) when prompt i goes to
+    expert ``choice[i]``."""
     import numpy as np
 
+    cost = table.cost if cost is None else cost
     rows = np.arange(len(table))
     return CostQuality(
-        quality=float(table.quality[rows, choice].mean()), cost=float(table.cost[rows, choice].mean())
+        quality=float(table.quality[rows, choice].mean()), cost=float(cost[rows, choice].mean())
     )
 
 
@@ -168,7 +170,7 @@ def thin(points: Sequence[SweepPoint], keep: int = 60) -> list[SweepPoint]:
 
     if len(points) <= keep:
         return list(points)
-    corners = {(p.cost, p.quality) for p in _hull(points)}
+    corners = {(p.cost, p.quality) for p in envelope(points)}
     chosen = [i for i, p in enumerate(points) if (p.cost, p.quality) in corners]
     costs = np.array([p.cost for p in points])
     room = max(keep - len(chosen), 2)
@@ -180,7 +182,7 @@ def thin(points: Sequence[SweepPoint], keep: int = 60) -> list[SweepPoint]:
 # ---------------------------------------------------------------------------- AIQ and APGR
 
 
-def _hull(points: Sequence[CostQuality]) -> list[CostQuality]:
+def envelope(points: Sequence[CostQuality]) -> list[CostQuality]:
     """Upper convex hull from the cheapest point to the best one (so it is non-decreasing)."""
     pts = sorted({(p.cost, p.quality) for p in points})
     # Keep, per cost, the best quality only.
@@ -201,18 +203,13 @@ def _hull(points: Sequence[CostQuality]) -> list[CostQuality]:
     return [CostQuality(cost=x, quality=y) for x, y in hull[: top + 1]]
 
 
-def envelope(points: Sequence[CostQuality]) -> list[CostQuality]:
-    """The non-decreasing upper convex hull of the points (corners only, sorted by cost)."""
-    return _hull(points)
-
-
 def area(points: Sequence[CostQuality], lo: float, hi: float) -> float:
     """Mean of the envelope over [lo, hi]: 0 left of its cheapest point, flat right of its last."""
     import numpy as np
 
     if hi <= lo:
         raise ValueError(f"empty cost range [{lo}, {hi}]")
-    hull = _hull(points)
+    hull = envelope(points)
     xs = np.array([p.cost for p in hull])
     ys = np.array([p.quality for p in hull])
     a = max(lo, float(xs[0]))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from coe.evaluation.curves import CostQuality, NamedPoint
+from coe.evaluation.curves import CostQuality, NamedPoint, outcome_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -158,14 +158,9 @@ def evaluate_map(table: OutcomeTable, mapping: dict[str, str], cost: np.ndarray 
     most common expert (what a deployment does: the fallback)."""
     import numpy as np
 
-    cost = table.cost if cost is None else cost
     default = Counter(mapping.values()).most_common(1)[0][0]
     col = {m: j for j, m in enumerate(table.models)}
-    choice = np.array([col[mapping.get(t, default)] for t in table.tasks])
-    rows = np.arange(len(table))
-    return CostQuality(
-        quality=float(table.quality[rows, choice].mean()), cost=float(cost[rows, choice].mean())
-    )
+    return outcome_of(table, np.array([col[mapping.get(t, default)] for t in table.tasks]), cost)
 
 
 class Budget(BaseModel):

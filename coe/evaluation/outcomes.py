@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from coe.evaluation.data import DataError
-from coe.jsonl import read_jsonl
+from coe.jsonl import raise_problems, read_jsonl
 
 if TYPE_CHECKING:
     import numpy as np
@@ -341,9 +341,7 @@ def _read_coe(path: Path) -> OutcomeTable:
         lacking = [e for e in experts if (key, e) not in cells]
         if lacking:
             problems.append(f"{path}:{n}: prompt {key[:60]!r} has no row for expert(s) {', '.join(lacking)}")
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise DataError("\n".join(shown))
+    raise_problems(problems, DataError)
     models = sorted(experts)
     ids = list(prompts)
     return OutcomeTable(

@@ -130,14 +130,14 @@ def evaluate(
         chosen = choice.recruitment.chosen
         responses = test.responses[i] if test.responses is not None else {}
         weights = {models[j]: float(choice.weights[j]) for j in chosen}
-        extracted = [(models[j], extract_for_prompt(prompt, responses.get(models[j], ""))) for j in chosen]
-        winner, _ = majority(extracted, weights)
+        extracted = {models[j]: extract_for_prompt(prompt, responses.get(models[j], "")) for j in chosen}
+        winner, _ = majority(list(extracted.items()), weights)
         if winner is None:
             correct.append(bool(right[i, chosen[0]]))
         else:
             voted += 1
-            good = {
-                extract_for_prompt(prompt, responses.get(m, ""))
+            good = {  # the right models' answers; the recruited ones are extracted already
+                extracted[m] if m in extracted else extract_for_prompt(prompt, responses.get(m, ""))
                 for m, r in zip(models, right[i], strict=True)
                 if r
             }
@@ -190,29 +190,3 @@ def _per_task(
             best_single=Named(name=models[best], accuracy=round(float(acc[best]), 4)),
         )
     return out
-
-
-def split_tables(
-    fmt: str, train_files: Sequence[str], test_files: Sequence[str], test_fraction: float = 0.25
-) -> tuple[OutcomeTable, OutcomeTable]:
-    """Load both sides. A file named on both sides is split by a deterministic hash of each prompt
-    (``OutcomeTable.split``); a prompt found on both sides is dropped from training."""
-    from pathlib import Path
-
-    from coe.evaluation.outcomes import concat, load_outcomes
-
-    shared = [f for f in train_files if f in set(test_files)]
-    train_parts, test_parts = [], []
-    for f in dict.fromkeys([*train_files, *test_files]):
-        table = load_outcomes(fmt, [Path(f)])
-        if f in shared:
-            tr, te = table.split(test_fraction)
-            train_parts.append(tr)
-            test_parts.append(te)
-        elif f in train_files:
-            train_parts.append(table)
-        else:
-            test_parts.append(table)
-    train, test = concat(train_parts), concat(test_parts)
-    seen = set(test.prompts)
-    return train.subset([i for i, p in enumerate(train.prompts) if p not in seen]), test

@@ -54,11 +54,6 @@ def option_letters(prompt: str) -> str:
     return "".join(sorted(found))
 
 
-def detect_kind(prompt: str) -> Kind | None:
-    """``choice`` when the prompt lists options; ``None`` otherwise (numbers need explicit markers)."""
-    return "choice" if option_letters(prompt) else None
-
-
 def extract_choice(text: str, letters: str = "ABCD") -> str | None:
     """The option letter a reply commits to, or None. Only letters in ``letters`` count."""
     clean = text.replace("*", "").strip()

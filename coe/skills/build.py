@@ -56,10 +56,8 @@ async def ask_all(coe: CoE, jobs: Sequence[tuple[str, Request]]) -> list[ExpertA
     return out
 
 
-async def annotate(
-    coe: CoE, annotator: str, questions: Sequence[str], samples: int
-) -> tuple[list[list[str]], list[list[list[str]]]]:
-    """Recurring keywords per question from ``samples`` sampled annotator replies (and the raw samples)."""
+async def annotate(coe: CoE, annotator: str, questions: Sequence[str], samples: int) -> list[list[str]]:
+    """Recurring keywords per question from ``samples`` sampled annotator replies."""
     ask = [
         Request.from_input(ANNOTATOR_PROMPT.format(question=q), params=dict(ANNOTATOR_PARAMS))
         for q in questions
@@ -69,7 +67,7 @@ async def annotate(
         [parse_keywords(a.text) for a in replies[i * samples : (i + 1) * samples] if a.ok]
         for i in range(len(ask))
     ]
-    return [recurring(s) for s in raw], raw
+    return [recurring(s) for s in raw]
 
 
 def keywords_by_embedding(
@@ -197,7 +195,7 @@ async def build_profile(
     vocab, chosen = await asyncio.to_thread(keywords_by_embedding, items, encode, keywords)
     keywords_from = "embedding"
     if annotator is not None:
-        kept, _ = await annotate(coe, annotator, [i.question for i in items], samples)
+        kept = await annotate(coe, annotator, [i.question for i in items], samples)
         vocab, chosen, fell_back = keywords_by_annotator(kept, chosen, vocab, encode)
         keywords_from = f"annotator:{annotator}"
         say(f"annotator {annotator}: {fell_back} of {len(items)} questions kept no keyword (embedding used)")
