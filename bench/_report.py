@@ -18,3 +18,11 @@ def emit(result: dict[str, Any], out: Path, as_json: bool, show: Callable[[dict[
     else:
         show(result)
         print(f"written to {out}")
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank, rounded to 0.1); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)

@@ -40,6 +40,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _report import emit  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
+
 from coe import CoE  # noqa: E402
 from coe.config import CoEConfig, parse_config  # noqa: E402
 from coe.types import Message, Request  # noqa: E402
@@ -122,10 +124,10 @@ def summary(coe: CoE, wall_s: float, n: int) -> dict[str, Any]:
     }
 
 
-def run_planned(items: list[dict[str, Any]], max_tokens: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_planned(items: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     with CoE(registry("lookahead", args.parallel, args.threads)) as coe:
         t = time.perf_counter()
-        report = coe.batch(items, params={"max_tokens": max_tokens})
+        report = coe.batch(items, params={"max_tokens": args.max_tokens})
         wall = time.perf_counter() - t
         return {**summary(coe, wall, len(items)), "failed": len(report.failed), "groups": report.groups}
 
@@ -158,10 +160,10 @@ async def _fcfs(coe: CoE, items: list[dict[str, Any]], max_tokens: int, width: i
     await asyncio.gather(*tasks)
 
 
-def run_fcfs(items: list[dict[str, Any]], max_tokens: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_fcfs(items: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     with CoE(registry("lru", args.parallel, args.threads)) as coe:
         t = time.perf_counter()
-        coe._run(_fcfs(coe, items, max_tokens, width=args.parallel))
+        coe._run(_fcfs(coe, items, args.max_tokens, width=args.parallel))
         return summary(coe, time.perf_counter() - t, len(items))
 
 
@@ -178,21 +180,19 @@ async def _online(coe: CoE, items: list[dict[str, Any]], max_tokens: int, client
     await asyncio.gather(*(client() for _ in range(clients)))
 
 
-def run_online(
-    items: list[dict[str, Any]], max_tokens: int, clients: int, args: argparse.Namespace
-) -> dict[str, Any]:
+def run_online(items: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     with CoE(registry("lookahead", args.parallel, args.threads)) as coe:
         t = time.perf_counter()
-        coe._run(_online(coe, items, max_tokens, clients))
-        return {**summary(coe, time.perf_counter() - t, len(items)), "clients": clients}
+        coe._run(_online(coe, items, args.max_tokens, args.clients))
+        return {**summary(coe, time.perf_counter() - t, len(items)), "clients": args.clients}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     items = load_items(args.data, args.items)
-    planned = run_planned(items, args.max_tokens, args)
-    fcfs = run_fcfs(items, args.max_tokens, args)
-    online = run_online(items, args.max_tokens, args.clients, args)
+    planned = run_planned(items, args)
+    fcfs = run_fcfs(items, args)
+    online = run_online(items, args)
     result = {
         "distinct_experts": len({i["expert"] for i in items}),
         "items": len(items),
@@ -203,17 +203,16 @@ def main(argv: list[str] | None = None) -> None:
         "planned": planned,
         "fcfs_lru": fcfs,
         "speedup": round(planned["items_per_s"] / fcfs["items_per_s"], 2),
-        "online_16_clients" if args.clients == 16 else f"online_{args.clients}_clients": online,
+        f"online_{args.clients}_clients": online,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(result))
-        return
+    emit(result, args.out, args.json, show)
+
+
+def show(result: dict[str, Any]) -> None:
     print(f"{result['items']} interleaved items, {result['distinct_experts']} experts, budget for one")
     print(f"{'mode':<20}{'loads':>7}{'evictions':>11}{'wall s':>9}{'items/s':>9}")
-    for name in ("planned", "fcfs_lru", next(k for k in result if k.startswith("online"))):
+    for name in ("planned", "fcfs_lru", *(k for k in result if k.startswith("online_"))):
         row = result[name]
         print(f"{name:<20}{row['loads']:>7}{row['evictions']:>11}{row['wall_s']:>9}{row['items_per_s']:>9}")
     print(f"planned / fcfs_lru throughput: {result['speedup']}x")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _report import emit, pct  # bench/ is on sys.path when a bench runs as a script
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "ray_scale.json"
@@ -57,11 +57,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ray-cpus", type=int, default=6, help="logical CPUs of the local Ray cluster")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return p.parse_args()
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else float("nan")
 
 
 async def wait_ready(base: str, timeout_s: float = 300) -> None:
@@ -308,9 +303,4 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    outcome = main()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(outcome, indent=2))
-    if "--json" in sys.argv:
-        print(json.dumps(outcome, indent=2))
-    print_table(outcome)
+    emit(main(), RESULTS, "--json" in sys.argv, print_table)

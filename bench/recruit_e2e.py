@@ -31,7 +31,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import asyncio
-import json
 import platform
 import random
 import sys
@@ -41,6 +40,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _report import emit  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
 
 from coe import CoE  # noqa: E402
 from coe.config import AggregatorConfig, CoEConfig, RouterConfig, SkillsConfig, load_config  # noqa: E402
@@ -242,14 +243,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    result = asyncio.run(main_async(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(table(result))
-        print(f"\nwritten to {args.out}")
+    emit(asyncio.run(main_async(args)), args.out, args.json, lambda result: print(table(result)))
 
 
 if __name__ == "__main__":

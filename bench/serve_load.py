@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _report import emit  # bench/ is on sys.path when a bench runs as a script
+from _report import emit, pct  # bench/ is on sys.path when a bench runs as a script
+
+from coe.serving.process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = {
@@ -102,12 +103,6 @@ def write_registry(tmp: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def llama_children(pid: int) -> dict[str, tuple[int, int]]:
     """alias -> (pid, port) of the llama-server processes whose parent is ``pid``."""
     out = {}
@@ -122,13 +117,6 @@ def llama_children(pid: int) -> dict[str, tuple[int, int]]:
         if ppid == pid and args and args[0].endswith("llama-server"):
             out[args[args.index("--alias") + 1]] = (int(entry.name), int(args[args.index("--port") + 1]))
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
 async def wait_ready(client: httpx.AsyncClient, base: str, proc: subprocess.Popen[bytes]) -> None:
