@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, Field
 
 from coe.batch_io import BatchInputError, BatchItem, BatchResult, ResultLog, as_item
+from coe.embedder import request_scope
 from coe.errors import AllExpertsFailed, CoEError
 from coe.serving.planner import order_groups
 from coe.types import ExpertAnswer, Request, RetrievalTrace, RouteDecision, Trace
@@ -170,16 +171,15 @@ class _Runner:
             if i.expert is not None and i.expert not in known
         ]  # fmt: skip
         requests = [i.request(self.params) for i in ready]
-        t = time.perf_counter()
-        decisions = await asyncio.to_thread(self.coe._decide, requests) if requests else []
-        share = round((time.perf_counter() - t) * 1000 / max(1, len(requests)), 2)
         retrievals: list[RetrievalTrace | None] = [None] * len(requests)
-        if (retriever := self.coe.retriever) is not None and requests:
-            # Same gate and injection as `ask`: a failed retrieval leaves the request as it was.
-            done = await asyncio.to_thread(
-                lambda: [retriever.run(r, d) for r, d in zip(requests, decisions, strict=True)]
-            )
-            requests, retrievals = [r for r, _ in done], [t for _, t in done]
+        with request_scope():  # the router and the retrieval gate embed the prompts once
+            t = time.perf_counter()
+            decisions = await asyncio.to_thread(self.coe._decide, requests) if requests else []
+            share = round((time.perf_counter() - t) * 1000 / max(1, len(requests)), 2)
+            if (retriever := self.coe.retriever) is not None and requests:
+                # Same gate and injection as `ask`: a failed retrieval leaves the requests as they were.
+                done = await asyncio.to_thread(retriever.run_many, requests, decisions)
+                requests, retrievals = [r for r, _ in done], [t for _, t in done]
         for item, request, decision, retrieval in zip(ready, requests, decisions, retrievals, strict=True):
             trace = Trace(decision=decision, retrieval=retrieval, timings_ms={"route": share})
             job = _Job(item, request, decision, trace, next_candidate=decision.fanout)

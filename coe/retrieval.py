@@ -272,31 +272,47 @@ class Retriever:
 
     def run(self, request: Request, decision: RouteDecision | None) -> tuple[Request, RetrievalTrace]:
         """Gate, search and inject for one request (blocking: call it in a thread)."""
+        return self.run_many([request], [decision])[0]
+
+    def run_many(
+        self, requests: Sequence[Request], decisions: Sequence[RouteDecision | None]
+    ) -> list[tuple[Request, RetrievalTrace]]:
+        """The same for many requests (``coe batch``): one encoder call and one gate pass for all of
+        them; each trace gets its share of the time. A failure answers them all without documents."""
         started = time.perf_counter()
         try:
-            verdict = self.decide([request.text], [decision.category if decision else None])[0]
+            texts = [r.text for r in requests]
+            verdicts = self.decide(texts, [d.category if d else None for d in decisions])
         except RETRIEVAL_FAILURES as exc:
             log.warning("retrieval failed, answering without documents: %s", exc)
-            trace = RetrievalTrace(
+            failed = RetrievalTrace(
                 gate=self.cfg.gate,
                 retrieve=False,
                 reason="retrieval failed: answering without documents",
                 error=str(exc),
-                latency_ms=_ms(started),
+                latency_ms=_share(started, len(requests)),
             )
-            return request, trace
-        hits = _within_budget(verdict.hits, self.cfg.max_context_chars)
-        trace = RetrievalTrace(
-            gate=self.cfg.gate,
-            retrieve=verdict.retrieve and bool(hits),
-            reason=verdict.reason,
-            score=verdict.score,
-            documents=[h.id for h in hits],
-            scores=[h.score for h in hits],
-            searched=verdict.searched,
-            latency_ms=_ms(started),
-        )
-        return (inject(request, hits, self.cfg.prompt) if hits else request), trace
+            return [(request, failed.model_copy()) for request in requests]
+        share = _share(started, len(requests))
+        out = []
+        for request, verdict in zip(requests, verdicts, strict=True):
+            hits = _within_budget(verdict.hits, self.cfg.max_context_chars)
+            trace = RetrievalTrace(
+                gate=self.cfg.gate,
+                retrieve=verdict.retrieve and bool(hits),
+                reason=verdict.reason,
+                score=verdict.score,
+                documents=[h.id for h in hits],
+                scores=[h.score for h in hits],
+                searched=verdict.searched,
+                latency_ms=share,
+            )
+            out.append(((inject(request, hits, self.cfg.prompt) if hits else request), trace))
+        return out
+
+
+def _share(started: float, n: int) -> float:
+    return round(_ms(started) / max(1, n), 2)
 
 
 def _within_budget(hits: Sequence[Hit], budget: int) -> list[Hit]:

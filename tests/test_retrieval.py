@@ -282,7 +282,16 @@ def test_failing_retrieval_still_answers_and_the_trace_says_why(coe_rag: CoE, tm
 
 
 @pytest.mark.e2e
-def test_batch_applies_the_same_gate_as_ask(coe_rag: CoE) -> None:
+def test_batch_applies_the_same_gate_as_ask(coe_rag: CoE, monkeypatch: pytest.MonkeyPatch) -> None:
+    impl = coe_rag.retriever.embedder._load()
+    real = impl.encode
+    encoded: list[list[str]] = []
+
+    def counting(texts: list[str], *args: object) -> object:
+        encoded.append(list(texts))
+        return real(texts, *args)
+
+    monkeypatch.setattr(impl, "encode", counting)
     report = coe_rag.batch(
         [
             {"id": "fact", "prompt": "Who designed the Kelvor bridge?"},
@@ -295,3 +304,7 @@ def test_batch_applies_the_same_gate_as_ask(coe_rag: CoE) -> None:
     assert by_id["fact"].answer and by_id["poem"].answer
     assert fact is not None and fact.retrieval is not None and fact.retrieval.documents[0] == "kelvor-bridge"
     assert poem is not None and poem.retrieval is not None and not poem.retrieval.retrieve
+    # Routing and the gate share one encoder call for the whole batch (the router's own examples
+    # are encoded once when it is first built, before any prompt).
+    prompts = ["Who designed the Kelvor bridge?", "Write a haiku about autumn leaves."]
+    assert [texts for texts in encoded if prompts[0] in texts] == [prompts]
