@@ -96,7 +96,8 @@ def read_items(path: Path) -> tuple[list[BatchItem], list[str]]:
     items: list[BatchItem] = []
     problems: list[str] = []
     first_line: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split("\n") as coe.jsonl does: a prompt may hold a raw U+2028 or U+0085, where splitlines() cuts.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

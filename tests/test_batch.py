@@ -38,6 +38,14 @@ def out_ids(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------- files, no experts
 
 
+def test_a_prompt_with_a_raw_line_separator_is_one_item(tmp_path: Path) -> None:
+    prompt = "First line\u2028second line\u0085third"
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"id": 1, "prompt": prompt}, ensure_ascii=False) + "\n", encoding="utf-8")
+    items, problems = read_items(path)
+    assert problems == [] and [i.prompt for i in items] == [prompt]
+
+
 def test_malformed_input_lines_are_named_by_line_and_skipped(tmp_path: Path) -> None:
     path = write_lines(
         tmp_path / "in.jsonl",
