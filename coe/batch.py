@@ -128,12 +128,13 @@ class _Runner:
         self.log = ResultLog(out) if out else None
         try:
             resumed = dict(self.log.done) if self.log else {}
+            n_resumed = sum(1 for i in items if i.key in resumed)
             rejected = await self._route([i for i in items if i.key not in resumed])
             groups = {name: len(self.queues[name]) for name in self.order}
             for result in rejected:
                 groups[str(result.expert)] = groups.get(str(result.expert), 0) + 1
             if self.observer:
-                self.observer.planned(groups, sum(1 for i in items if i.key in resumed))
+                self.observer.planned(groups, n_resumed)
             for result in rejected:
                 self._write(result, str(result.expert))
             await self._run_groups()
@@ -145,13 +146,11 @@ class _Runner:
         pool = self.coe.pool
         return BatchReport(
             results=[self.results[i.key] for i in items if i.key in self.results],
-            resumed=sum(1 for i in items if i.key in resumed),
+            resumed=n_resumed,
             problems=self.log.problems if self.log else [],
             groups=groups,
-            loads={n: c - loads.get(n, 0) for n, c in pool.loads.items() if c > loads.get(n, 0)},
-            evictions={
-                n: c - evictions.get(n, 0) for n, c in pool.evictions.items() if c > evictions.get(n, 0)
-            },
+            loads=_grown(loads, pool.loads),
+            evictions=_grown(evictions, pool.evictions),
             wall_s=round(time.perf_counter() - started, 3),
         )
 
@@ -308,3 +307,8 @@ class _Runner:
             self.log.append(result)
         if self.observer is not None:
             self.observer.finished(result, group)
+
+
+def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What each counter gained during the batch (counters that did not move are left out)."""
+    return {n: c - before.get(n, 0) for n, c in after.items() if c > before.get(n, 0)}

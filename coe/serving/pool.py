@@ -154,7 +154,7 @@ class ExpertPool:
         loaded: list[str] = []
         for name in names or [n for n, e in self.config.experts.items() if e.serve is not None]:
             try:
-                if self.budget_gb is None or self.fits([*loaded, name]):
+                if self.fits([*loaded, name]):
                     await self.url_for(name)
                     loaded.append(name)
             except ExpertError as exc:
@@ -438,7 +438,7 @@ class ExpertPool:
         for name in names or [n for n, e in self.config.experts.items() if e.serve is not None]:
             if self._expert(name).serve is None or await self._adopt(name):
                 continue
-            if self.budget_gb is not None and not self.fits([*self._adopted, name]):
+            if not self.fits([*self._adopted, name]):
                 skipped[name] = f"not started: over serving.memory_budget_gb ({self.budget_gb:g} GB)"
                 continue
             self._state[name] = "starting"
