@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from coe.skills.answers import extract_for_prompt, majority
 from coe.skills.recruit import KSpec, Recruiter, score_matrix
 from coe.skills.text import question_texts
-from coe.skills.vocab import build_vocabulary
+from coe.skills.vocab import vocabulary_keywords
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,18 +89,13 @@ def build_recruiter(
     encode: Encode,
     k: KSpec,
     keywords: int = 3,
-    use_tasks: bool = True,
     **settings: object,
 ) -> tuple[Recruiter, Vocabulary, set[str]]:
     """Vocabulary and profiles from the training table; returns the boilerplate lines found too."""
-    from coe.skills.keywords import Vocabulary
-
     texts, boilerplate = question_texts(train.prompts)
-    vectors = encode(texts)
-    words = build_vocabulary(texts, vectors, sorted(set(train.tasks)) if use_tasks else None)
-    vocab = Vocabulary(words, encode(words))
-    index = [[vocab.index[m.keyword] for m in row] for row in vocab.nearest(vectors, keywords)]
-    scores = score_matrix(index, train.quality >= 0.5, len(words))
+    vocab, nearest = vocabulary_keywords(texts, sorted(set(train.tasks)), encode, keywords)
+    index = [[vocab.index[word] for word in row] for row in nearest]
+    scores = score_matrix(index, train.quality >= 0.5, len(vocab.words))
     return Recruiter(list(train.models), scores, k=k, **settings), vocab, boilerplate  # type: ignore[arg-type]
 
 

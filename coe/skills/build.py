@@ -25,7 +25,7 @@ from coe.skills.profile import (
 )
 from coe.skills.qa import QAItem, grade
 from coe.skills.recruit import score_matrix
-from coe.skills.vocab import build_vocabulary
+from coe.skills.vocab import vocabulary_keywords
 from coe.types import ExpertAnswer, Request
 
 if TYPE_CHECKING:
@@ -73,11 +73,7 @@ async def annotate(coe: CoE, annotator: str, questions: Sequence[str], samples: 
 def keywords_by_embedding(
     items: Sequence[QAItem], encode: Callable[[list[str]], np.ndarray], n: int
 ) -> tuple[Vocabulary, list[list[str]]]:
-    questions = [i.question for i in items]
-    vectors = encode(questions)
-    words = build_vocabulary(questions, vectors, sorted({i.category for i in items}))
-    vocab = Vocabulary(words, encode(words))
-    return vocab, [[m.keyword for m in row] for row in vocab.nearest(vectors, n)]
+    return vocabulary_keywords([i.question for i in items], sorted({i.category for i in items}), encode, n)
 
 
 def keywords_by_annotator(

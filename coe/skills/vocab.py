@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from coe.skills.text import content_words
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from coe.skills.keywords import Vocabulary
 
 
 def humanize(name: str) -> str:
@@ -59,3 +61,19 @@ def build_vocabulary(
             if word not in vocab:
                 vocab.append(word)
     return vocab
+
+
+def vocabulary_keywords(
+    texts: Sequence[str],
+    categories: Sequence[str] | None,
+    encode: Callable[[list[str]], np.ndarray],
+    n: int,
+) -> tuple[Vocabulary, list[list[str]]]:
+    """The fast path's vocabulary from the texts, and each text's ``n`` nearest vocabulary
+    keywords: the same steps for ``coe profile`` and the offline evaluation."""
+    from coe.skills.keywords import Vocabulary
+
+    vectors = encode(list(texts))
+    words = build_vocabulary(texts, vectors, categories)
+    vocab = Vocabulary(words, encode(words))
+    return vocab, [[m.keyword for m in row] for row in vocab.nearest(vectors, n)]
