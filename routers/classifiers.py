@@ -105,6 +105,24 @@ def _calibrate_centroid(vectors: np.ndarray, y: np.ndarray, sums: np.ndarray, co
     return _best_temperature(lambda t: softmax(sims / t), y)
 
 
+class ExactSearch:
+    """Exact inner-product search over fixed rows (cosine, on unit vectors). faiss is imported and
+    the index built on the first query, so loading an artefact stays cheap."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._index: Any = None
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._index is None:
+            import faiss
+
+            index = faiss.IndexFlatIP(self.vectors.shape[1])
+            index.add(self.vectors)
+            self._index = index
+        return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
 class KNNClassifier:
     """Similarity-weighted vote of the k nearest labelled examples (exact inner product, faiss).
 
@@ -125,17 +143,7 @@ class KNNClassifier:
         self.y = np.asarray(y, dtype=np.int64)
         self.k = max(1, min(int(k), len(self.y)))
         self.temperature = temperature
-        self._index: Any = None
-
-    def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._index is None:
-            import faiss
-
-            index = faiss.IndexFlatIP(self.vectors.shape[1])
-            index.add(self.vectors)
-            self._index = index
-        sims, idx = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        return sims, idx
+        self._exact = ExactSearch(self.vectors)
 
     @classmethod
     def fit(
@@ -148,7 +156,7 @@ class KNNClassifier:
     ) -> KNNClassifier:
         clf = cls(labels, vectors, np.asarray(y), k, temperature or DEFAULT_TEMPERATURE)
         if temperature is None and len(clf.y) > clf.k + 1:
-            sims, idx = clf._search(clf.vectors, clf.k + 1)
+            sims, idx = clf._exact.search(clf.vectors, clf.k + 1)
             sims, idx = sims[:, 1:], idx[:, 1:]  # drop each example's own hit
             clf.temperature = _best_temperature(lambda t: clf._vote(sims, idx, t), clf.y)
         return clf
@@ -161,7 +169,7 @@ class KNNClassifier:
         return probs / probs.sum(axis=1, keepdims=True)
 
     def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sims, idx = self._search(vectors, self.k)
+        sims, idx = self._exact.search(vectors, self.k)
         best = np.zeros((len(sims), len(self.labels)), dtype=np.float64)
         rows = np.repeat(np.arange(len(sims)), sims.shape[1])
         np.maximum.at(best, (rows, self.y[idx].ravel()), sims.ravel())

@@ -22,13 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from coe.npz import read_npz, write_npz
 from coe.splits import rows_sha256
+from routers.classifiers import ExactSearch
 
 FORMAT = "coe-cost-router"
 FORMAT_VERSION = 1
@@ -81,7 +82,7 @@ class KNNQualityModel:
     tasks: list[str]
     models: list[str]
     params: KNNParams = field(default_factory=KNNParams)
-    _index: Any = None
+    _exact: ExactSearch | None = None  # shared by with_params clones
 
     def __post_init__(self) -> None:
         self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
@@ -95,25 +96,18 @@ class KNNQualityModel:
         # A task seen only a few times leans on the global mean (one pseudo-count of 5 prompts).
         self.task_quality = (sums + 5 * glob) / (counts[:, None] + 5)
         self.mean_cost = self.cost.mean(axis=0)
+        if self._exact is None:
+            self._exact = ExactSearch(self.vectors)
 
     def with_params(self, params: KNNParams) -> KNNQualityModel:
         """The same training data under other settings (shares the search index)."""
-        clone = KNNQualityModel(
-            self.vectors, self.quality, self.cost, self.task, self.tasks, self.models, params
+        return KNNQualityModel(
+            self.vectors, self.quality, self.cost, self.task, self.tasks, self.models, params, self._exact
         )
-        clone._index = self._index
-        return clone
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._index is None:
-            import faiss
-
-            index = faiss.IndexFlatIP(self.vectors.shape[1])
-            index.add(self.vectors)
-            self._index = index
-        k = max(1, min(k, len(self.vectors)))
-        sims, idx = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        return sims, idx
+        assert self._exact is not None  # set in __post_init__
+        return self._exact.search(vectors, max(1, min(k, len(self.vectors))))
 
     def predict(self, vectors: np.ndarray, found: tuple[np.ndarray, np.ndarray] | None = None) -> Prediction:
         """``found`` passes a precomputed (similarities, indices) search with at least k columns."""
