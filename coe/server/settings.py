@@ -9,14 +9,16 @@ from typing import Any
 
 from coe.config import ServerConfig
 
+_YAML = ServerConfig.model_fields  # the defaults live in one place: the registry's server: block
+
 
 @dataclass(frozen=True)
 class ServerSettings:
     api_keys: frozenset[str] = field(default_factory=frozenset)  # empty: no authentication
-    max_body_bytes: int = 1_000_000
-    max_tokens_limit: int = 4096
-    max_concurrency: int | None = None  # per expert; None: the expert's llama.cpp slots (or 8)
-    max_queue: int = 64  # per expert, waiting beyond the concurrency limit; then 429
+    max_body_bytes: int = _YAML["max_body_bytes"].default
+    max_tokens_limit: int = _YAML["max_tokens"].default
+    max_concurrency: int | None = _YAML["max_concurrency"].default  # per expert; None: ExpertConfig.slots
+    max_queue: int = _YAML["max_queue"].default  # per expert, waiting beyond the concurrency limit; then 429
     warm: bool = True  # start the router and every managed expert at startup, for /readyz
 
     @classmethod
