@@ -16,7 +16,8 @@ import pytest
 from coe import CoE
 from coe.batch_io import BatchInputError, BatchResult, ResultLog, read_items
 from tests.conftest import ROOT
-from tests.procs import llama_server_pids, wait_gone
+from tests.files import write_jsonl
+from tests.procs import llama_server_pids, new_call_mark, wait_gone
 from tests.stub_server import stub_server
 from tests.test_pool import registry, registry_text
 
@@ -24,11 +25,6 @@ ROUTES = (
     "    code: {expert: coder, examples: ['Write a Python function that sorts a list', 'Fix my code']}\n"
     "    chat: {expert: general, examples: ['Tell me a story about a cat', 'What is the capital of Peru?']}\n"
 )
-
-
-def write_lines(path: Path, lines: list[object]) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-    return path
 
 
 def out_ids(path: Path) -> list[str]:
@@ -47,7 +43,7 @@ def test_a_prompt_with_a_raw_line_separator_is_one_item(tmp_path: Path) -> None:
 
 
 def test_malformed_input_lines_are_named_by_line_and_skipped(tmp_path: Path) -> None:
-    path = write_lines(
+    path = write_jsonl(
         tmp_path / "in.jsonl",
         [
             {"id": 1, "prompt": "fine"},
@@ -196,17 +192,24 @@ def test_sigkill_mid_batch_then_rerun_writes_every_id_exactly_once(tmp_path: Pat
         }
         for i in range(24)
     ]
-    src, out = write_lines(tmp_path / "in.jsonl", items), tmp_path / "out.jsonl"
+    src, out = write_jsonl(tmp_path / "in.jsonl", items), tmp_path / "out.jsonl"
     args = [sys.executable, "-m", "coe", "batch", str(src), str(out), "-c", str(config), "--no-progress"]
-    before = llama_server_pids()
-    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mark = new_call_mark()  # tags the llama-servers this run starts
+    first = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **mark}
+    )
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
+    started: set[int] = set()
+    while time.monotonic() < deadline and (
+        not started or not out.exists() or len(out.read_text().splitlines()) < 4
+    ):
         assert first.poll() is None, "coe batch ended before it could be killed"
+        started = llama_server_pids(mark)
         time.sleep(0.1)
+    assert started, "no expert was running when the batch was killed"
     first.kill()
     first.wait(timeout=10)
-    assert not wait_gone(llama_server_pids() - before)  # its experts died with it
+    assert not wait_gone(started)  # its experts died with it
     done_before = len(out.read_text().splitlines())
     assert 4 <= done_before < len(items)
     with out.open("a") as fh:
@@ -223,7 +226,7 @@ def test_sigkill_mid_batch_then_rerun_writes_every_id_exactly_once(tmp_path: Pat
 
 @e2e
 def test_cli_reports_bad_lines_and_a_missing_file(tmp_path: Path) -> None:
-    src = write_lines(tmp_path / "in.jsonl", [{"id": 1, "prompt": "hi", "expert": "coder"}, "{oops"])
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "prompt": "hi", "expert": "coder"}, "{oops"])
     config = tmp_path / "experts.yaml"
     config.write_text(registry_text(budget=None))
     args = [sys.executable, "-m", "coe", "batch", "-c", str(config), "--no-progress"]

@@ -16,6 +16,7 @@ from coe.config import parse_config
 from coe.errors import ConfigError
 from routers import cost_model
 from routers.cost_model import KNNParams, KNNQualityModel, baseline
+from tests.files import write_jsonl
 
 runner = CliRunner()
 
@@ -78,10 +79,8 @@ def _rows(prompts: list[str], category: str, small_right: bool) -> list[dict[str
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two files: code needs the big expert, chat does not (what a user's own evaluation records)."""
     folder = tmp_path_factory.mktemp("outcomes")
-    code, chat = folder / "code.jsonl", folder / "chat.jsonl"
-    code.write_text("".join(json.dumps(r) + "\n" for r in _rows(CODE, "code", small_right=False)))
-    chat.write_text("".join(json.dumps(r) + "\n" for r in _rows(CHAT, "chat", small_right=True)))
-    return code, chat
+    code = write_jsonl(folder / "code.jsonl", _rows(CODE, "code", small_right=False))
+    return code, write_jsonl(folder / "chat.jsonl", _rows(CHAT, "chat", small_right=True))
 
 
 @pytest.fixture(scope="module")

@@ -215,14 +215,23 @@ def test_cli_ask_prints_answer_and_trace() -> None:
     assert "reason: category 'general'" in result.stdout
 
 
-def test_cli_route_starts_no_expert() -> None:
-    # Any attempt to start an expert would fail loudly: the server binary it points at does not exist.
-    no_server = {"COE_LLAMA_SERVER": "/nonexistent/llama-server"}
-    result = run_coe("route", "Write a Python function that reverses a string", "--json", mark=no_server)
+def test_cli_route_starts_no_expert(tmp_path: Path) -> None:
+    # The llama-server CoE would run only records that it was started.
+    started = tmp_path / "started"
+    fake = tmp_path / "llama-server"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> "{started}"\nexit 1\n')
+    fake.chmod(0o755)
+    result = run_coe(
+        "route",
+        "Write a Python function that reverses a string",
+        "--json",
+        mark={"COE_LLAMA_SERVER": str(fake)},
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"expert", "category", "confidence", "scores"} <= set(data)
     assert data["expert"] == "coder"
+    assert not started.exists()
 
 
 def ask_in_background(*extra: str) -> tuple[subprocess.Popen[bytes], set[int]]:

