@@ -130,8 +130,11 @@ def test_cli_writes_a_categories_fragment_and_report(tmp_path: Path) -> None:
     held = runner.invoke(app, ["fit-map", str(data), "--test", str(data), "--test-fraction", "0.5", "--json"])
     assert held.exit_code == 0, held.output
     report = json.loads(held.output)
-    assert report["test"]["prompts"] > 0
-    assert 0 <= report["test"]["quality"] <= 1
+    _, test_side = load_outcomes("coe", [data]).split(0.5)
+    assert report["test"]["prompts"] == len(test_side) > 0
+    # No budget: math goes to 'big', always right, and both are right on chat.
+    assert report["categories"]["math"]["expert"] == "big"
+    assert report["test"]["quality"] == pytest.approx(1.0)
 
 
 def test_cli_budget_on_active_parameters_from_the_registry(tmp_path: Path) -> None:
