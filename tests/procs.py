@@ -8,6 +8,8 @@ second test run or a developer's own servers cannot make these checks pass or fa
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +17,20 @@ from pathlib import Path
 SESSION_MARK = "COE_TEST_SESSION"
 CALL_MARK = "COE_TEST_CALL"
 os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
+
+
+def run_coe(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``coe ARGS`` in a subprocess from the repository root; ``env`` adds to this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "coe", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
 
 
 def new_call_mark() -> dict[str, str]:

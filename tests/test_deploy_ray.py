@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +25,10 @@ from coe.config import CoEConfig, DeployConfig, IngressRayDeployment, load_confi
 from coe.deploy.plan import DeployPlan, ingress_config, missing_resources, plan, ray_llm_config
 from coe.errors import ConfigError
 from coe.serving.process import free_port
-from tests.procs import llama_server_pids, wait_gone
+from tests.conftest import ROOT
+from tests.procs import llama_server_pids, run_coe, wait_gone
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"max_tokens": 16, "temperature": 0.0}
 CODE = "Write a Python function that reverses a string"
 NO_RAY = "Ray Serve is not installed: pip install 'coe[ray]'"
@@ -391,10 +390,7 @@ def _apps() -> dict[str, str]:
 
 
 def _coe(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "300", "RAY_ADDRESS": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "coe", *args], capture_output=True, text=True, timeout=180, env=env, cwd=ROOT
-    )
+    return run_coe(*args, timeout=180, env={"COLUMNS": "300", "RAY_ADDRESS": ""})
 
 
 def _replica_llama_servers(model: bytes = b"") -> set[int]:

@@ -15,7 +15,7 @@ import pytest
 
 from coe import AllExpertsFailed, CoE, ExpertError, load_config
 from tests.conftest import DEFAULT_REGISTRY, ROOT
-from tests.procs import llama_server_pids, new_call_mark, wait_gone
+from tests.procs import llama_server_pids, new_call_mark, run_coe, wait_gone
 from tests.stub_server import stub_server
 
 pytestmark = pytest.mark.e2e
@@ -181,24 +181,10 @@ def test_unknown_pinned_expert() -> None:
 # ------------------------------------------------------------------------- the CLI, processes
 
 
-def run_coe(
-    *args: str, timeout: float = 300, mark: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", **(mark or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "coe", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )
-
-
 def test_cli_ask_json_and_no_process_left_behind() -> None:
     mark = new_call_mark()
     args = ("ask", "Write a Python function that reverses a string", "--json", "--max-tokens", "32")
-    result = run_coe(*args, mark=mark)
+    result = run_coe(*args, env=mark)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"answer", "expert", "category", "confidence", "trace"} <= set(data)
@@ -225,7 +211,7 @@ def test_cli_route_starts_no_expert(tmp_path: Path) -> None:
         "route",
         "Write a Python function that reverses a string",
         "--json",
-        mark={"COE_LLAMA_SERVER": str(fake)},
+        env={"COE_LLAMA_SERVER": str(fake)},
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
