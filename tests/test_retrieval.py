@@ -222,6 +222,21 @@ def coe_rag(rag_dir: Path) -> Iterator[CoE]:
     coe.close()
 
 
+@pytest.fixture
+def encoded(coe_rag: CoE, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every batch of texts the shared encoder (the router's and the gate's) encodes during a test."""
+    impl = coe_rag.retriever.embedder._load()
+    real = impl.encode
+    calls: list[list[str]] = []
+
+    def counting(texts: list[str], *args: object) -> object:
+        calls.append(list(texts))
+        return real(texts, *args)
+
+    monkeypatch.setattr(impl, "encode", counting)
+    return calls
+
+
 @pytest.mark.e2e
 def test_ask_puts_documents_into_the_experts_prompt(coe_rag: CoE) -> None:
     answer = coe_rag.ask("Who designed the Kelvor bridge?", **SHORT)
@@ -237,17 +252,8 @@ def test_ask_puts_documents_into_the_experts_prompt(coe_rag: CoE) -> None:
 
 @pytest.mark.e2e
 def test_routing_and_retrieval_embed_the_prompt_once_per_request(
-    coe_rag: CoE, monkeypatch: pytest.MonkeyPatch
+    coe_rag: CoE, encoded: list[list[str]]
 ) -> None:
-    impl = coe_rag.retriever.embedder._load()  # the shared encoder: the router's too
-    real = impl.encode
-    encoded: list[list[str]] = []
-
-    def counting(texts: list[str], *args: object) -> object:
-        encoded.append(list(texts))
-        return real(texts, *args)
-
-    monkeypatch.setattr(impl, "encode", counting)
     prompt = "Who designed the Kelvor bridge?"
     for _ in range(2):
         answer = coe_rag.ask(prompt, **SHORT)
@@ -283,16 +289,7 @@ def test_failing_retrieval_still_answers_and_the_trace_says_why(coe_rag: CoE, tm
 
 
 @pytest.mark.e2e
-def test_batch_applies_the_same_gate_as_ask(coe_rag: CoE, monkeypatch: pytest.MonkeyPatch) -> None:
-    impl = coe_rag.retriever.embedder._load()
-    real = impl.encode
-    encoded: list[list[str]] = []
-
-    def counting(texts: list[str], *args: object) -> object:
-        encoded.append(list(texts))
-        return real(texts, *args)
-
-    monkeypatch.setattr(impl, "encode", counting)
+def test_batch_applies_the_same_gate_as_ask(coe_rag: CoE, encoded: list[list[str]]) -> None:
     report = coe_rag.batch(
         [
             {"id": "fact", "prompt": "Who designed the Kelvor bridge?"},
