@@ -55,7 +55,11 @@ _REQUEST_VECTORS: ContextVar[dict[tuple[Any, ...], np.ndarray] | None] = Context
 @contextmanager
 def request_scope() -> Iterator[None]:
     """Within it, encoding the same texts again with the same embedder returns the first result.
-    Threads started with ``asyncio.to_thread`` inside it share the scope (they copy the context)."""
+    Threads started with ``asyncio.to_thread`` inside it share the scope (they copy the context), and
+    so does a scope opened inside it (the server routes a stream before ``astream`` retrieves)."""
+    if _REQUEST_VECTORS.get() is not None:
+        yield
+        return
     token = _REQUEST_VECTORS.set({})
     try:
         yield

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from coe.config import ConfigError, parse_config
-from coe.embedder import Embedder
+from coe.embedder import Embedder, request_scope
 from coe.errors import ModelNotFoundError
 
 TEXTS = [
@@ -44,6 +44,25 @@ def test_batch_order_is_kept_when_lengths_differ(onnx: Embedder) -> None:
     batch = onnx.encode(texts)
     for i, text in enumerate(texts):
         np.testing.assert_allclose(batch[i], onnx.encode([text])[0], atol=1e-4)
+
+
+def test_a_request_scope_encodes_each_text_once_and_ends_with_the_request(
+    onnx: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    impl = onnx._load()
+    real = impl.encode
+    calls: list[list[str]] = []
+    monkeypatch.setattr(impl, "encode", lambda texts, *a: calls.append(list(texts)) or real(texts, *a))
+    with request_scope():
+        first = onnx.encode(["route me"])
+        with request_scope():  # a nested scope (the server's stream path) shares the outer one
+            again = onnx.encode(["route me"])
+        onnx.encode(["another prompt"])
+    assert again is first and calls == [["route me"], ["another prompt"]]
+    with pytest.raises(ValueError):
+        first[0, 0] = 1.0  # shared between stages: read-only
+    onnx.encode(["route me"])  # after the request: encoded again, nothing is cached
+    assert calls[-1] == ["route me"] and len(calls) == 3
 
 
 def test_a_missing_static_encoder_names_the_command_that_builds_it(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from coe.embedder import request_scope
 from coe.errors import AllExpertsFailed, CoEError, ExpertError
 from coe.orchestrator import CoE
 from coe.server.errors import APIError, error_body, log
@@ -152,14 +153,15 @@ class ChatHandler:
         attempted.set(tried)
         try:
             route_ms = 0.0
-            if expert is None and decision is None:
-                # Route here, not inside astream, so the headers can carry category and confidence.
-                t = time.perf_counter()
-                decision = (await asyncio.to_thread(self.coe.route, messages))[0]
-                route_ms = round((time.perf_counter() - t) * 1000, 2)
-            events = self.coe.astream(messages, expert=expert, decision=decision, **params)
-            # Wait for the first event: 429 and "every expert failed" still get a status code.
-            first = await anext(events)
+            with request_scope():  # astream's retrieval reuses the vectors routing computed here
+                if expert is None and decision is None:
+                    # Route here, not inside astream, so the headers can carry category and confidence.
+                    t = time.perf_counter()
+                    decision = (await asyncio.to_thread(self.coe.route, messages))[0]
+                    route_ms = round((time.perf_counter() - t) * 1000, 2)
+                events = self.coe.astream(messages, expert=expert, decision=decision, **params)
+                # Wait for the first event: 429 and "every expert failed" still get a status code.
+                first = await anext(events)
         except Exception as exc:
             raise error_for(exc) from None
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
