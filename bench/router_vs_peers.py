@@ -4,7 +4,8 @@ Same encoder (the local all-MiniLM-L6-v2 folder: semantic-router loads it throug
 ``LocalEncoder``, i.e. sentence-transformers on torch), the same training examples (``--per-label``
 prompts of each domain from the training side of our router_mix split) and the same test prompts
 (``--test`` prompts from the validation side). Our extra contenders use faster encoders (the int8
-ONNX export, truncated) or none (TF-IDF), and the cascade of the two.
+ONNX export and its int8-compute derivative ``onnx-int8``, truncated) or none (TF-IDF), and the
+cascade of the two.
 
 Single-prompt latency: one prompt at a time through the whole classifier (encoding included), after
 a warm-up, on ``--latency-prompts`` evenly spaced test prompts. semantic-router runs with no
@@ -118,7 +119,8 @@ def ours(
     onnx_enc = Embedder("all-MiniLM-L6-v2", backend="onnx", max_tokens=args.max_tokens)
     from coe.evaluation.embedding_cache import EmbeddingCache
 
-    encoders = {"torch": torch_enc, "onnx": onnx_enc}
+    int8_enc = Embedder("all-MiniLM-L6-v2", backend="onnx-int8", max_tokens=args.max_tokens)
+    encoders = {"torch": torch_enc, "onnx": onnx_enc, "onnx-int8": int8_enc}
     vectors = {name: EmbeddingCache(e, max_chars=None).encode(texts) for name, e in encoders.items()}
     contenders: list[tuple[str, str, Any, Any]] = []
     for kind in ("centroid", "knn", "logreg"):
@@ -126,6 +128,8 @@ def ours(
         contenders.append((f"coe {kind}", "MiniLM torch, full length", model, torch_enc))
     knn_onnx = EmbeddingModel(fit_classifier("knn", vectors["onnx"], y, labels), args.max_tokens)
     contenders.append(("coe knn", f"MiniLM int8 ONNX, {args.max_tokens} tokens", knn_onnx, onnx_enc))
+    knn_int8 = EmbeddingModel(fit_classifier("knn", vectors["onnx-int8"], y, labels), args.max_tokens)
+    contenders.append(("coe knn", f"MiniLM onnx-int8, {args.max_tokens} tokens", knn_int8, int8_enc))
     tfidf = TextModel(TfidfClassifier.fit(texts, y, labels))
     contenders.append(("coe tfidf", "none (char n-grams)", tfidf, None))
     cascade, _ = fit_model("cascade", texts, y, labels, onnx_enc, args.max_tokens)

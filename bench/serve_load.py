@@ -5,9 +5,9 @@
    llama-server processes serve.
 2. Starts ``coe serve`` as a subprocess on a free loopback port and waits for /readyz.
 3. Overhead: the same request (same messages incl. the expert's system prompt, same parameters),
-   sent alternately to the expert's llama-server directly and to CoE as ``coe`` (routed), one at a
-   time; ``overhead_ratio_p50`` = p50(CoE) / p50(direct). ``overhead_ratio_p50_pinned`` does the
-   same for ``coe/expert/coder`` (no routing).
+   sent to the expert's llama-server directly, to CoE as ``coe`` (routed) and as ``coe/expert/coder``
+   (pinned, no routing), one at a time in a shuffled order each round; ``overhead_ratio_p50`` =
+   p50(CoE) / p50(direct), and ``overhead_ratio_p50_pinned`` the same for the pinned requests.
 4. Load: ``--requests`` concurrent requests (a quarter streamed) across the three categories; once
    ``--kill-after`` of them have completed, ``coder2``'s llama-server is SIGKILLed. In-flight requests
    fall back to another candidate; the pool restarts the process for later ones.
@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -46,7 +47,7 @@ PROMPTS = {
     "general": "Tell me a short story about a dragon.",
 }
 REGISTRY = """version: 1
-embedder: {{model: all-MiniLM-L6-v2, backend: onnx}}  # as in the default registry
+embedder: {{model: all-MiniLM-L6-v2, backend: onnx-int8}}  # as in the default registry
 experts:
   coder:
     model: smollm2-135m-instruct
@@ -79,7 +80,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--max-tokens", type=int, default=8)
-    p.add_argument("--overhead-samples", type=int, default=40)
+    p.add_argument("--overhead-samples", type=int, default=100)
     p.add_argument("--kill-after", type=int, default=40, help="completed requests before the kill")
     p.add_argument("--timeout", type=float, default=180.0, help="per request, seconds")
     p.add_argument("--budget", type=float, default=420.0, help="whole load phase, seconds")
@@ -148,8 +149,12 @@ async def overhead(
             {"model": "coe/expert/coder", "messages": messages, **params},
         ),
     }
+    order = random.Random(0)
     for i in range(args.overhead_samples + 2):
-        for kind, (url, body) in bodies.items():
+        kinds = list(bodies)
+        order.shuffle(kinds)  # no kind always follows the same one: no bias from what ran before
+        for kind in kinds:
+            url, body = bodies[kind]
             t = time.perf_counter()
             resp = await client.post(url, json=body)
             resp.raise_for_status()

@@ -1,4 +1,4 @@
-"""The three ways of running a sentence encoder. Each imports its heavy library only when loaded.
+"""The ways of running a sentence encoder. Each imports its heavy library only when loaded.
 
 Every backend returns mean-pooled, *unnormalised* float32 vectors (``Embedder`` normalises) and
 truncates to ``max_tokens`` tokens when given one.
@@ -121,7 +121,11 @@ class StaticBackend:
 
 
 def load(files: EncoderFiles, device: str, threads: int | None) -> Any:
-    if files.backend == "onnx":
+    if files.quantize_from is not None and files.onnx is not None:
+        from coe.encoder_quantize import ensure_dynamic_int8
+
+        ensure_dynamic_int8(files.quantize_from, files.onnx)
+    if files.backend in ("onnx", "onnx-int8"):
         return OnnxBackend(files, threads)
     if files.backend == "static":
         return StaticBackend(files)

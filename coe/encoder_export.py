@@ -17,7 +17,6 @@ Needs the ``onnx`` package (``pip install 'coe[onnx]'``); without it nothing is 
 from __future__ import annotations
 
 import importlib.util
-import logging
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,7 +99,7 @@ def export_onnx(model: Any, folder: Path, texts: list[str], max_tokens: int) -> 
 
     if exportable(model) is not None or not (folder / "tokenizer.json").is_file() or not texts:
         return None
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from coe.encoder_quantize import quantize_int8
 
     target = folder / ONNX_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,11 +109,7 @@ def export_onnx(model: Any, folder: Path, texts: list[str], max_tokens: int) -> 
     model.max_seq_length = max_tokens
     reference = np.asarray(model.encode(texts, convert_to_numpy=True, normalize_embeddings=True))
     model.max_seq_length = default_len
-    logging.disable(logging.WARNING)  # onnxruntime's advice to pre-process is noise for a BERT encoder
-    try:
-        quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        logging.disable(logging.NOTSET)
+    quantize_int8(fp32, target)
     worst, mean = _agreement(folder, target, reference, texts, max_tokens)
     if worst >= INT8_MIN_COSINE:
         fp32.unlink()

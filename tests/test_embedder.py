@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,46 @@ def test_onnx_int8_gives_the_vectors_of_torch(onnx: Embedder) -> None:
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     assert (a * b).sum(axis=1).min() > 0.99
     assert onnx.space == Embedder(backend="torch").space  # so one trained router serves both
+
+
+def test_onnx_int8_is_built_once_close_to_torch_and_its_own_space(onnx: Embedder) -> None:
+    import onnx as onnx_files
+
+    first = Embedder(backend="onnx-int8")
+    derived = first.files.onnx
+    assert derived is not None and derived.is_relative_to(os.environ["COE_CACHE_DIR"])
+    a = first.encode(TEXTS)
+    built = derived.stat().st_mtime_ns
+    ops = {n.op_type for n in onnx_files.load(str(derived)).graph.node}
+    assert "MatMulInteger" in ops  # int8 matrix products, not int8 storage computed in fp32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert (a * onnx.encode(TEXTS)).sum(axis=1).min() > 0.97
+    assert first.space == "all-MiniLM-L6-v2+int8" != onnx.space  # a router trained on one refuses the other
+    again = Embedder(backend="onnx-int8")
+    np.testing.assert_allclose(again.encode(TEXTS), a, atol=1e-6)
+    assert derived.stat().st_mtime_ns == built  # the second load reused the file
+
+
+def test_onnx_int8_refuses_a_folder_and_names_the_backend_to_use(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"use embedder\.backend: onnx"):
+        Embedder(backend="onnx-int8", path=str(tmp_path))
+
+
+def test_onnx_int8_without_the_onnx_package_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from coe import encoder_quantize
+
+    real = importlib.util.find_spec
+    hide_onnx = lambda name, *a: None if name == "onnx" else real(name, *a)  # noqa: E731
+    monkeypatch.setattr(encoder_quantize.importlib.util, "find_spec", hide_onnx)
+    source = Embedder(backend="onnx").files.onnx
+    assert source is not None
+    with pytest.raises(ModelNotFoundError, match=r"pip install 'coe\[onnx\]'"):
+        encoder_quantize.ensure_dynamic_int8(source, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_max_tokens_reads_only_the_head_of_a_prompt(onnx: Embedder) -> None:
@@ -72,7 +113,7 @@ def test_a_missing_static_encoder_names_the_command_that_builds_it(tmp_path: Pat
 
 def test_unknown_backend_in_yaml_lists_the_choices() -> None:
     text = "version: 1\nembedder: {backend: gpu}\nexperts:\n  a: {endpoint: http://127.0.0.1:9/v1}\n"
-    with pytest.raises(ConfigError, match=r"embedder\.backend.*'torch', 'onnx' or 'static'"):
+    with pytest.raises(ConfigError, match=r"embedder\.backend.*'torch', 'onnx', 'onnx-int8' or 'static'"):
         parse_config(text)
 
 

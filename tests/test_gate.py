@@ -11,10 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from coe.cli import app
+from coe.config import load_config
+from coe.embedder import shared_embedder
 from coe.gate_data import best_threshold, binary_metrics, read_gate_data, split_of
 from coe.gate_model import GateModelError, load_gate
 
-DATA = Path(__file__).parent / "data" / "rag"
+REPO = Path(__file__).parent.parent
+DATA = REPO / "tests" / "data" / "rag"
 QUESTIONS = DATA / "questions.jsonl"
 runner = CliRunner()
 
@@ -47,7 +50,8 @@ def _eval(*args: str) -> dict:  # type: ignore[type-arg]
 
 def test_classifier_gate_file_is_plain_arrays_with_a_header(classifier: Path) -> None:
     header, arrays = load_gate(classifier)  # np.load(allow_pickle=False) inside: no code runs on load
-    assert header.kind == "classifier" and header.encoder == "all-MiniLM-L6-v2"
+    default_space = shared_embedder(load_config(REPO / "experts.yaml").embedder).space
+    assert header.kind == "classifier" and header.encoder == default_space  # trained with it
     assert header.train_size == 28 and header.positives == 14 and 0 < header.threshold < 1
     assert arrays["coef"].shape == (384,) and arrays["coef"].dtype == np.float32
     assert header.validation is not None and header.validation.n == 28  # out-of-fold, not in-sample
@@ -89,8 +93,13 @@ def test_similarity_gate_searches_every_prompt_but_keeps_documents_only_above_th
     assert result["gate"] == "similarity" and result["f1"] >= 0.9 and result["search_rate"] == 1.0
 
 
-def test_category_gate_routes_with_the_registry_and_uses_its_flags(index: Path) -> None:
-    registry = Path(__file__).parent.parent / "examples" / "rag" / "experts.yaml"
+def test_category_gate_routes_with_the_registry_and_uses_its_flags(tmp_path: Path) -> None:
+    registry = REPO / "examples" / "rag" / "experts.yaml"
+    index = tmp_path / "index"  # built with the registry's own encoder, as the index requires
+    built = runner.invoke(
+        app, ["index", "build", str(DATA / "corpus.jsonl"), "--out", str(index), "-c", str(registry)]
+    )
+    assert built.exit_code == 0, built.output
     result = _eval(str(QUESTIONS), "--gate", "category", "--index", str(index), "--config", str(registry))
     assert result["by_source"]["math"]["retrieve_rate"] == 0.0  # math has retrieve: false
     assert result["recall"] > 0.5

@@ -126,11 +126,18 @@ def test_rebuilding_replaces_the_index_and_a_foreign_folder_is_never_overwritten
     assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
 
 
-def test_an_onnx_encoder_of_the_same_model_can_search_a_torch_built_index(built: Path) -> None:
-    """The faster encoder backend plugs in: same embedding space, so the index is accepted."""
+def test_an_onnx_encoder_of_the_same_model_can_search_a_torch_built_index(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """The faster encoder backend plugs in: same embedding space, so the index is accepted; the
+    int8-compute one is another space, refused with the command that rebuilds."""
+    assert embedder.backend == "torch"
+    build_index(read_corpus(CORPUS).documents, embedder, tmp_path / "idx", source=str(CORPUS))
     onnx = Embedder("all-MiniLM-L6-v2", backend="onnx")
-    hits = DocIndex.open(built, onnx).search(["Who designed the Kelvor bridge?"], onnx, 1)
+    hits = DocIndex.open(tmp_path / "idx", onnx).search(["Who designed the Kelvor bridge?"], onnx, 1)
     assert hits[0][0].id == "kelvor-bridge"
+    with pytest.raises(DocIndexError, match=r"backend onnx-int8.*coe index build"):
+        DocIndex.open(tmp_path / "idx", Embedder("all-MiniLM-L6-v2", backend="onnx-int8"))
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -36,7 +36,7 @@ def train_router(
     label_field: LabelField = "domain",
     classifier: Annotated[str, typer.Option("--classifier", help=CLASSIFIER_HELP)] = "knn",
     encoder: EncoderOpt = "all-MiniLM-L6-v2",
-    backend: Annotated[str, typer.Option("--backend", help="torch | onnx | static")] = "onnx",
+    backend: Annotated[str, typer.Option("--backend", help="torch | onnx | onnx-int8 | static")] = "onnx",
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="encode the first N tokens (0: all)")] = 128,
     encoder_path: Annotated[
         Path | None,
