@@ -122,8 +122,10 @@ class Embedder:
 
     @property
     def cache_key(self) -> str:
-        """Identifies the exact vectors (backend and truncation included), for on-disk caches."""
-        return f"{self.files.identity or self.name}-{self.backend}-t{self.max_tokens or 'full'}"
+        """Identifies the exact vectors (backend and truncation included), for on-disk caches. With
+        ONNX the batch size too: an int8 model quantises a whole batch's activations with one scale."""
+        key = f"{self.files.identity or self.name}-{self.backend}-t{self.max_tokens or 'full'}"
+        return f"{key}-b{self.batch_size}" if self.backend.startswith("onnx") else key
 
     def _load(self) -> Any:
         with self._lock:
