@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import platform
+import random
 import sys
 import time
 from collections import defaultdict
@@ -83,17 +84,20 @@ def scores(truth: list[str], pred: list[str], labels: list[str]) -> dict[str, fl
 
 def latencies(fns: list[Callable[[str], Any]], texts: list[str], n: int) -> list[dict[str, float]]:
     """Single-prompt latency of every contender, interleaved prompt by prompt, so that the load of a
-    shared machine falls on all of them alike instead of on whichever happened to run during a spike."""
+    shared machine falls on all of them alike instead of on whichever happened to run during a spike.
+    The order is shuffled for each prompt: a library that keeps spinning threads after a call (torch,
+    onnxruntime) would otherwise always slow down the same next contender."""
     step = max(1, len(texts) // max(n, 1))
     chosen = texts[::step][:n]
     for fn in fns:
         for text in chosen[:3]:
             fn(text)
     times: list[list[float]] = [[] for _ in fns]
+    order = random.Random(0)
     for text in chosen:
-        for i, fn in enumerate(fns):
+        for i in order.sample(range(len(fns)), len(fns)):
             t = time.perf_counter()
-            fn(text)
+            fns[i](text)
             times[i].append((time.perf_counter() - t) * 1000)
     return [
         {"p50_ms": round(float(np.percentile(ts, 50)), 2), "p99_ms": round(float(np.percentile(ts, 99)), 2)}
