@@ -46,16 +46,22 @@ def derived_path(cache: Path, model: str, source_sha256: str) -> Path:
     return cache / "encoders" / name / "model.onnx"
 
 
+def check_can_build(target: Path) -> None:
+    """Raise naming the missing package when ``target`` is not built and cannot be: ``coe validate``
+    says so before the first prompt does."""
+    if not target.is_file() and importlib.util.find_spec("onnx") is None:
+        raise ModelNotFoundError(
+            "embedder.backend onnx-int8 quantises the packaged encoder once and needs the onnx "
+            "package for that: pip install 'coe[onnx]' (or use embedder.backend: onnx)"
+        )
+
+
 def ensure_dynamic_int8(source: Path, target: Path) -> Path:
     """Write ``target`` from ``source`` unless it exists. Safe when two processes race: each builds
     in its own temporary folder and the rename is atomic."""
     if target.is_file():
         return target
-    if importlib.util.find_spec("onnx") is None:
-        raise ModelNotFoundError(
-            "embedder.backend onnx-int8 quantises the packaged encoder once and needs the onnx "
-            "package for that: pip install 'coe[onnx]' (or use embedder.backend: onnx)"
-        )
+    check_can_build(target)
     import onnxruntime as ort
 
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -174,10 +174,11 @@ def resolve_encoder_files(
         packaged, sha256 = _checked_onnx(model)
         if backend == "onnx":
             return EncoderFiles(model, "onnx", folder, packaged, folder / "tokenizer.json")
-        from coe.encoder_quantize import derived_path
+        from coe.encoder_quantize import check_can_build, derived_path
         from coe.serving.models import cache_dir
 
         derived = derived_path(cache_dir(), model, sha256)
+        check_can_build(derived)
         tokenizer = folder / "tokenizer.json"
         return EncoderFiles(model, "onnx-int8", folder, derived, tokenizer, quantize_from=packaged)
     if backend == "static":

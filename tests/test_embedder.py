@@ -70,6 +70,9 @@ def test_onnx_int8_without_the_onnx_package_says_what_to_install(
     with pytest.raises(ModelNotFoundError, match=r"pip install 'coe\[onnx\]'"):
         encoder_quantize.ensure_dynamic_int8(source, tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+    monkeypatch.setenv("COE_CACHE_DIR", str(tmp_path))  # nothing built here yet: validate says so
+    with pytest.raises(ModelNotFoundError, match=r"needs the onnx package"):
+        Embedder(backend="onnx-int8")
 
 
 def test_max_tokens_reads_only_the_head_of_a_prompt(onnx: Embedder) -> None:
