@@ -26,9 +26,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from _report import emit  # bench/ is on sys.path when a bench runs as a script
 
+from coe.evaluation.curves import best_single, single_experts
 from coe.evaluation.outcomes import OutcomeTable, split_sides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,40 +74,31 @@ def cascade(table: OutcomeTable, answers: list[dict[str, str | None]], first: tu
 def run(args: argparse.Namespace) -> dict[str, Any]:
     files = sorted(args.data.glob("*.jsonl"))
     train, test = split_sides("routerbench", files, [])
-    means = {
-        side: (t.quality.mean(axis=0), t.cost.mean(axis=0)) for side, t in (("train", train), ("test", test))
-    }
-    best_i = int(np.argmax(means["train"][0]))
-    best = train.models[best_i]
-    cheap = [
-        m
-        for i, m in enumerate(train.models)
-        if means["train"][1][i] <= args.expensive_share * means["train"][1][best_i]
-    ]
+    best = best_single(train)
+    cheap = [p.name for p in single_experts(train) if p.cost <= args.expensive_share * best.cost]
     answers = {"train": letters(train), "test": letters(test)}
     configs = []
     for k in (2, 3):
         for first in itertools.combinations(cheap, k):
             for need in range(2, k + 1):
-                q, c = cascade(train, answers["train"], first, need, best)
+                q, c = cascade(train, answers["train"], first, need, best.name)
                 configs.append({"first": list(first), "need": need, "train_quality": q, "train_cost": c})
-    single_q, single_c = float(means["train"][0][best_i]), float(means["train"][1][best_i])
-    matching = [c for c in configs if c["train_quality"] >= single_q]
+    matching = [c for c in configs if c["train_quality"] >= best.quality]
     chosen = (
         min(matching, key=lambda c: c["train_cost"])
         if matching
         else max(configs, key=lambda c: c["train_quality"])
     )
-    test_q, test_c = cascade(test, answers["test"], tuple(chosen["first"]), chosen["need"], best)
-    test_single_q, test_single_c = float(means["test"][0][best_i]), float(means["test"][1][best_i])
+    test_q, test_c = cascade(test, answers["test"], tuple(chosen["first"]), chosen["need"], best.name)
+    on_test = next(p for p in single_experts(test) if p.name == best.name)
     top = sorted(configs, key=lambda c: -c["train_quality"])[:5]
     return {
         "best_single": {
-            "name": best,
-            "train_quality": single_q,
-            "test_quality": test_single_q,
-            "train_cost": single_c,
-            "test_cost": test_single_c,
+            "name": best.name,
+            "train_quality": best.quality,
+            "test_quality": on_test.quality,
+            "train_cost": best.cost,
+            "test_cost": on_test.cost,
         },
         "configs_tried": len(configs),
         "configs_matching_best_single_on_train": len(matching),
@@ -115,9 +106,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **chosen,
             "test_quality": test_q,
             "test_cost": test_c,
-            "test_cost_share": test_c / test_single_c,
+            "test_cost_share": test_c / on_test.cost,
         },
-        "top_by_train_quality": [{**c, "train_cost_share": c["train_cost"] / single_c} for c in top],
+        "top_by_train_quality": [{**c, "train_cost_share": c["train_cost"] / best.cost} for c in top],
         "train_prompts": len(train),
         "test_prompts": len(test),
     }
