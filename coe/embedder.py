@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coe.encoders import (
+    ONNX_BACKENDS,
     PACKAGED_ENCODERS,
     EncoderFiles,
     encoder_space,
@@ -125,7 +126,7 @@ class Embedder:
         """Identifies the exact vectors (backend and truncation included), for on-disk caches. With
         ONNX the batch size too: an int8 model quantises a whole batch's activations with one scale."""
         key = f"{self.files.identity or self.name}-{self.backend}-t{self.max_tokens or 'full'}"
-        return f"{key}-b{self.batch_size}" if self.backend.startswith("onnx") else key
+        return f"{key}-b{self.batch_size}" if self.backend in ONNX_BACKENDS else key
 
     def _load(self) -> Any:
         with self._lock:

@@ -10,6 +10,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from coe.encoders import ONNX_BACKENDS
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -125,7 +127,7 @@ def load(files: EncoderFiles, device: str, threads: int | None) -> Any:
         from coe.encoder_quantize import ensure_dynamic_int8
 
         ensure_dynamic_int8(files.quantize_from, files.onnx)
-    if files.backend in ("onnx", "onnx-int8"):
+    if files.backend in ONNX_BACKENDS:
         return OnnxBackend(files, threads)
     if files.backend == "static":
         return StaticBackend(files)

@@ -30,6 +30,7 @@ from coe.errors import ModelNotFoundError
 
 Backend = Literal["torch", "onnx", "onnx-int8", "static"]
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8", "static")
+ONNX_BACKENDS: tuple[Backend, ...] = ("onnx", "onnx-int8")  # run by onnxruntime (OnnxBackend)
 
 # Encoder names accepted in ``embedder.model`` -> (module that ships it, folder inside, pip name).
 PACKAGED_ENCODERS: dict[str, tuple[str, str, str]] = {
@@ -153,7 +154,7 @@ def resolve_encoder_files(
     if backend == "torch":
         folder = resolve_encoder_dir(model, path, base_dir)
         return EncoderFiles(model, "torch", folder, identity=finetuned_identity(folder) if path else None)
-    if backend in ("onnx", "onnx-int8"):
+    if backend in ONNX_BACKENDS:
         if importlib.util.find_spec("onnxruntime") is None:
             raise ModelNotFoundError(f"embedder.backend {backend} needs onnxruntime: pip install 'coe[onnx]'")
         if path and backend == "onnx-int8":
