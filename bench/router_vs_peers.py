@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per-label", type=int, default=80, help="training prompts per domain (fewer if rarer)")
     p.add_argument("--test", type=int, default=300, help="test prompts (validation side)")
     p.add_argument("--latency-prompts", type=int, default=60, help="prompts timed one by one per contender")
+    p.add_argument("--rounds", type=int, default=3, help="times each contender runs all latency prompts")
     p.add_argument("--max-tokens", type=int, default=128, help="truncation of the fast (onnx) contenders")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "router_vs_peers.json")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of the table")
@@ -82,23 +83,28 @@ def scores(truth: list[str], pred: list[str], labels: list[str]) -> dict[str, fl
     return {"accuracy": round(acc, 4), "macro_f1": round(float(np.mean(f1s)), 4)}
 
 
-def latencies(fns: list[Callable[[str], Any]], texts: list[str], n: int) -> list[dict[str, float]]:
-    """Single-prompt latency of every contender, interleaved prompt by prompt, so that the load of a
-    shared machine falls on all of them alike instead of on whichever happened to run during a spike.
-    The order is shuffled for each prompt: a library that keeps spinning threads after a call (torch,
-    onnxruntime) would otherwise always slow down the same next contender."""
+def latencies(
+    fns: list[Callable[[str], Any]], texts: list[str], n: int, rounds: int
+) -> list[dict[str, float]]:
+    """Single-prompt latency of every contender, prompt after prompt, as a router serves requests.
+
+    Each round times every contender on all ``n`` prompts back to back, in a fresh shuffled order of
+    contenders, so that slow drifts in the load of a shared machine fall on all of them alike.
+    Contenders are not interleaved prompt by prompt: one library's leftovers (spinning thread pools,
+    evicted caches) then slow whichever contender comes next; semantic-router measured 16.1 ms
+    alone and 20-23 ms right after one of our onnxruntime contenders."""
     step = max(1, len(texts) // max(n, 1))
     chosen = texts[::step][:n]
-    for fn in fns:
-        for text in chosen[:3]:
-            fn(text)
     times: list[list[float]] = [[] for _ in fns]
     order = random.Random(0)
-    for text in chosen:
+    for _ in range(rounds):
         for i in order.sample(range(len(fns)), len(fns)):
-            t = time.perf_counter()
-            fns[i](text)
-            times[i].append((time.perf_counter() - t) * 1000)
+            for text in chosen[:3]:  # warm up after the previous contender
+                fns[i](text)
+            for text in chosen:
+                t = time.perf_counter()
+                fns[i](text)
+                times[i].append((time.perf_counter() - t) * 1000)
     return [
         {"p50_ms": round(float(np.percentile(ts, 50)), 2), "p99_ms": round(float(np.percentile(ts, 99)), 2)}
         for ts in times
@@ -120,26 +126,33 @@ def ours(
     truth = [r["domain"] for r in test]
     results = []
     torch_enc = Embedder("all-MiniLM-L6-v2", backend="torch")
-    onnx_enc = Embedder("all-MiniLM-L6-v2", backend="onnx", max_tokens=args.max_tokens)
+    # One onnxruntime thread, as a registry runs it (embedder.threads defaults to 1): a 2-thread
+    # session keeps its worker spinning after each call, which slowed the next contender here
+    # (semantic-router: 16.1 ms alone, 20.5 ms right after an onnx-int8 call).
+    onnx_enc = Embedder("all-MiniLM-L6-v2", backend="onnx", max_tokens=args.max_tokens, threads=1)
     from coe.evaluation.embedding_cache import EmbeddingCache
 
-    int8_enc = Embedder("all-MiniLM-L6-v2", backend="onnx-int8", max_tokens=args.max_tokens)
+    int8_enc = Embedder("all-MiniLM-L6-v2", backend="onnx-int8", max_tokens=args.max_tokens, threads=1)
     encoders = {"torch": torch_enc, "onnx": onnx_enc, "onnx-int8": int8_enc}
     vectors = {name: EmbeddingCache(e, max_chars=None).encode(texts) for name, e in encoders.items()}
     contenders: list[tuple[str, str, Any, Any]] = []
     for kind in ("centroid", "knn", "logreg"):
         model = EmbeddingModel(fit_classifier(kind, vectors["torch"], y, labels))
         contenders.append((f"coe {kind}", "MiniLM torch, full length", model, torch_enc))
+    torch_short = Embedder("all-MiniLM-L6-v2", backend="torch", max_tokens=args.max_tokens)
+    short_vectors = EmbeddingCache(torch_short, max_chars=None).encode(texts)
+    knn_short = EmbeddingModel(fit_classifier("knn", short_vectors, y, labels), args.max_tokens)
+    contenders.append(("coe knn", f"MiniLM torch, {args.max_tokens} tokens", knn_short, torch_short))
     knn_onnx = EmbeddingModel(fit_classifier("knn", vectors["onnx"], y, labels), args.max_tokens)
     contenders.append(("coe knn", f"MiniLM int8 ONNX, {args.max_tokens} tokens", knn_onnx, onnx_enc))
     knn_int8 = EmbeddingModel(fit_classifier("knn", vectors["onnx-int8"], y, labels), args.max_tokens)
     contenders.append(("coe knn", f"MiniLM onnx-int8, {args.max_tokens} tokens", knn_int8, int8_enc))
     tfidf = TextModel(TfidfClassifier.fit(texts, y, labels))
     contenders.append(("coe tfidf", "none (char n-grams)", tfidf, None))
-    cascade, _ = fit_model("cascade", texts, y, labels, onnx_enc, args.max_tokens)
+    cascade, _ = fit_model("cascade", texts, y, labels, int8_enc, args.max_tokens)
     assert isinstance(cascade, CascadeModel)
     contenders.append(
-        ("coe cascade", f"tfidf, then MiniLM ONNX {args.max_tokens} tok if unsure", cascade, onnx_enc)
+        ("coe cascade", f"tfidf, then MiniLM onnx-int8 {args.max_tokens} tok if unsure", cascade, int8_enc)
     )
     for name, encoder, model, embedder in contenders:
         pred = model.predict(test_texts, embedder)
@@ -184,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     contenders = [*ours(args, train, test), semantic_router(args, train, test)]
     timed = [(row, fn) for row, fn in contenders if fn is not None]
     texts = [r["text"] for r in test]
-    measured = latencies([fn for _, fn in timed], texts, args.latency_prompts)
+    measured = latencies([fn for _, fn in timed], texts, args.latency_prompts, args.rounds)
     for (row, _), lat in zip(timed, measured, strict=True):
         row.update(lat)
     rows = [row for row, _ in contenders]
@@ -193,6 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train_prompts": len(train),
         "test_prompts": len(test),
         "latency_prompts": args.latency_prompts,
+        "latency_rounds": args.rounds,
         "results": rows,
         "machine": {
             "cpu_count": os.cpu_count(),
