@@ -156,11 +156,24 @@ def test_eval_router_json_reports_quality_and_latency(
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["accuracy"] == 1.0 and report["macro_f1"] == 1.0
+    low, high = report["accuracy_ci95"]  # a perfect score on a few prompts is not proof of perfection
+    assert 0.0 < low < 1.0 == high
     assert report["fallback_rate"] == 0.0
     assert 0 < report["latency_ms_p50"] <= report["latency_ms_p99"]
     assert report["classifier"] == "knn" and report["artefact_load_ms"] > 0
     assert sum(map(sum, report["confusion"])) == len(HELD_OUT)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_interval_is_the_wilson_interval() -> None:
+    from coe.evaluation.router_eval import wilson_interval
+
+    low, high = wilson_interval(95, 100)  # the textbook value: 0.888 to 0.978
+    assert round(low, 3) == 0.888 and round(high, 3) == 0.978
+    wide, narrow = wilson_interval(950, 1000), wilson_interval(9500, 10000)
+    assert narrow[0] > wide[0] and narrow[1] < wide[1]  # more prompts, a tighter interval
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # no evidence: anything is possible
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,9 @@ def eval_router(
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
         return
     typer.echo(
-        f"{result.n} prompts: accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}, "
+        f"{result.n} prompts: accuracy {result.accuracy:.3f} "
+        f"(95% CI {result.accuracy_ci95[0]:.3f}-{result.accuracy_ci95[1]:.3f}), "
+        f"macro-F1 {result.macro_f1:.3f}, "
         f"fallback {result.fallback_rate:.3f}, latency p50 {result.latency_ms_p50:.1f} ms "
         f"p99 {result.latency_ms_p99:.1f} ms, artefact load {run.load_ms:.0f} ms"
     )

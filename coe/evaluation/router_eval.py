@@ -19,6 +19,9 @@ class RouterEvalResult(BaseModel):
     n: int
     labels: list[str]
     accuracy: float
+    accuracy_ci95: tuple[float, float] = Field(
+        description="Wilson 95% interval of the accuracy: whether a difference or a target is more than noise"
+    )
     macro_f1: float
     per_class_f1: dict[str, float]
     min_confidence: float
@@ -43,6 +46,17 @@ def macro_f1(confusion: np.ndarray) -> tuple[float, list[float]]:
     rec = tp / np.maximum(confusion.sum(axis=1), 1)
     f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
     return float(f1.mean()), [float(x) for x in f1]
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: unlike the normal approximation, it stays inside
+    [0, 1] and is honest near 100%, which is where router accuracies live."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5)
+    return round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6)
 
 
 def predict(model: Any, embedder: Embedder | None, texts: list[str]) -> np.ndarray:
@@ -84,10 +98,12 @@ def evaluate(
     f1, per_class = macro_f1(confusion)
     routed = probs.max(axis=1) >= min_confidence
     lat = np.array(latencies_ms) if latencies_ms else np.array([float("nan")])
+    correct = int((pred == y).sum())
     return RouterEvalResult(
         n=len(y),
         labels=labels,
-        accuracy=float((pred == y).mean()),
+        accuracy=correct / max(len(y), 1),
+        accuracy_ci95=wilson_interval(correct, len(y)),
         macro_f1=f1,
         per_class_f1=dict(zip(labels, per_class, strict=True)),
         min_confidence=min_confidence,
