@@ -77,8 +77,9 @@ class CategoryRouter:
         if kind == "tfidf":
             self.model = TextModel(TfidfClassifier.fit(texts, y, self.labels))
         else:
-            vectors = self.embedder.encode(texts)
-            self.model = EmbeddingModel(fit_classifier(kind, vectors, y, self.labels, cfg.temperature))
+            vectors = self.embedder.encode(texts, cfg.max_tokens)
+            classifier = fit_classifier(kind, vectors, y, self.labels, cfg.temperature)
+            self.model = EmbeddingModel(classifier, cfg.max_tokens)
 
     @property
     def embedder(self) -> Embedder:

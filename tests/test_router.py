@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -168,3 +171,35 @@ async def test_llm_classifier_asks_a_real_expert_for_calibrated_probabilities(tm
     # The temperature was fitted on the categories' examples: within the grid, and the same for all.
     assert 0.1 <= decisions[0].details["temperature"] <= 10.0
     assert dry.details["classifier"] == "centroid" and "no llm call" in dry.reason
+
+
+def _with_router_max_tokens(tmp_path, value: str) -> Path:  # type: ignore[no-untyped-def]
+    text, count = re.subn(r"(?m)^  max_tokens: .*$", f"  max_tokens: {value}", DEFAULT_REGISTRY.read_text())
+    assert count == 1  # the default registry sets router.max_tokens
+    path = tmp_path / f"experts-{value}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_router_max_tokens_routes_on_the_head_of_the_prompt(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    head = "Write a Python function that returns the nth Fibonacci number, please."
+    tails = [
+        " " + "Once upon a time a princess lived in a castle by the sea. " * 8,
+        " What is 17 times 23? " * 8,
+    ]
+    prompts = [head + tail for tail in tails]
+    truncated = CoE(load_config(_with_router_max_tokens(tmp_path, "12"))).route(prompts)
+    assert truncated[0].scores == truncated[1].scores  # only the first 12 tokens were read
+    assert truncated[0].category == "code"
+    whole = CoE(load_config(_with_router_max_tokens(tmp_path, "null"))).route(prompts)
+    assert whole[0].scores != whole[1].scores  # without it the tails move the decision
+
+
+def test_router_max_tokens_beside_an_artefact_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from coe.errors import ConfigError
+
+    (tmp_path / "router.npz").write_bytes(b"")
+    path = _with_router_max_tokens(tmp_path, "64")
+    path.write_text(path.read_text().replace("  classifier: centroid", "  model: router.npz"))
+    with pytest.raises(ConfigError, match=r"router\.max_tokens: an artefact routes with the truncation"):
+        load_config(path)

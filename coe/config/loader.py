@@ -95,6 +95,9 @@ def _check_references(config: CoEConfig) -> list[tuple[tuple[Any, ...], str]]:
     elif config.router.classifier == "llm" and not config.router.model:
         why = "classifier llm needs a router.llm block naming the expert"
         problems.append((("router", "classifier"), why))
+    if config.router.model and config.router.max_tokens is not None:
+        why = "an artefact routes with the truncation it was trained with: coe train-router --max-tokens"
+        problems.append((("router", "max_tokens"), why))
     if config.router.model and not config.resolve_path(config.router.model).is_file():
         missing = config.resolve_path(config.router.model)
         problems.append((("router", "model"), f"no such file: {missing}; write it with `coe train-router`"))

@@ -112,6 +112,13 @@ class RouterConfig(Strict):
         None, description="artefact from `coe train-router` (relative to this file); replaces the examples"
     )
     categories: dict[str, CategoryConfig] = Field(default_factory=dict)
+    max_tokens: int | None = Field(
+        None,
+        ge=8,
+        description="route on the first N tokens of a prompt (speed; the head of a prompt says its "
+        "domain): the router's own truncation, unlike embedder.max_tokens it leaves retrieval whole. "
+        "An artefact (model) records the truncation it was trained with instead",
+    )
     fallback: FallbackConfig | None = None
     temperature: float | None = Field(
         None, gt=0, description="softmax temperature; None calibrates it on the examples"
