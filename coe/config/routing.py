@@ -115,7 +115,7 @@ class RouterConfig(Strict):
     max_tokens: int | None = Field(
         None,
         ge=8,
-        description="route on the first N tokens of a prompt (speed; the head of a prompt says its "
+        description="category router: route on the first N tokens of a prompt (speed; the head says its "
         "domain): the router's own truncation, unlike embedder.max_tokens it leaves retrieval whole. "
         "An artefact (model) records the truncation it was trained with instead",
     )
