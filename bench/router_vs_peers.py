@@ -3,9 +3,9 @@
 Same encoder (the local all-MiniLM-L6-v2 folder: semantic-router loads it through its own
 ``LocalEncoder``, i.e. sentence-transformers on torch), the same training examples (``--per-label``
 prompts of each domain from the training side of our router_mix split) and the same test prompts
-(``--test`` prompts from the validation side). Our extra contenders use faster encoders (the int8
-ONNX export and its int8-compute derivative ``onnx-int8``, truncated) or none (TF-IDF), and the
-cascade of the two.
+(``--test`` prompts from the validation side). Our extra contenders truncate prompts to
+``--max-tokens`` (torch, the int8 ONNX export and its int8-compute derivative ``onnx-int8``) or use
+no encoder (TF-IDF), and the cascade of the two.
 
 Single-prompt latency: one prompt at a time through the whole classifier (encoding included), after
 a warm-up, on ``--latency-prompts`` evenly spaced test prompts. semantic-router runs with no
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=300, help="test prompts (validation side)")
     p.add_argument("--latency-prompts", type=int, default=60, help="prompts timed one by one per contender")
     p.add_argument("--rounds", type=int, default=3, help="times each contender runs all latency prompts")
-    p.add_argument("--max-tokens", type=int, default=128, help="truncation of the fast (onnx) contenders")
+    p.add_argument("--max-tokens", type=int, default=128, help="truncation of the truncated contenders")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "router_vs_peers.json")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of the table")
     return p.parse_args(argv)
@@ -133,20 +133,17 @@ def ours(
     from coe.evaluation.embedding_cache import EmbeddingCache
 
     int8_enc = Embedder("all-MiniLM-L6-v2", backend="onnx-int8", max_tokens=args.max_tokens, threads=1)
-    encoders = {"torch": torch_enc, "onnx": onnx_enc, "onnx-int8": int8_enc}
+    torch_short = Embedder("all-MiniLM-L6-v2", backend="torch", max_tokens=args.max_tokens)
+    encoders = {"torch": torch_enc, "torch-short": torch_short, "onnx": onnx_enc, "onnx-int8": int8_enc}
     vectors = {name: EmbeddingCache(e, max_chars=None).encode(texts) for name, e in encoders.items()}
     contenders: list[tuple[str, str, Any, Any]] = []
     for kind in ("centroid", "knn", "logreg"):
         model = EmbeddingModel(fit_classifier(kind, vectors["torch"], y, labels))
         contenders.append((f"coe {kind}", "MiniLM torch, full length", model, torch_enc))
-    torch_short = Embedder("all-MiniLM-L6-v2", backend="torch", max_tokens=args.max_tokens)
-    short_vectors = EmbeddingCache(torch_short, max_chars=None).encode(texts)
-    knn_short = EmbeddingModel(fit_classifier("knn", short_vectors, y, labels), args.max_tokens)
-    contenders.append(("coe knn", f"MiniLM torch, {args.max_tokens} tokens", knn_short, torch_short))
-    knn_onnx = EmbeddingModel(fit_classifier("knn", vectors["onnx"], y, labels), args.max_tokens)
-    contenders.append(("coe knn", f"MiniLM int8 ONNX, {args.max_tokens} tokens", knn_onnx, onnx_enc))
-    knn_int8 = EmbeddingModel(fit_classifier("knn", vectors["onnx-int8"], y, labels), args.max_tokens)
-    contenders.append(("coe knn", f"MiniLM onnx-int8, {args.max_tokens} tokens", knn_int8, int8_enc))
+    truncated = {"torch-short": "MiniLM torch", "onnx": "MiniLM int8 ONNX", "onnx-int8": "MiniLM onnx-int8"}
+    for name, encoder in truncated.items():
+        knn = EmbeddingModel(fit_classifier("knn", vectors[name], y, labels), args.max_tokens)
+        contenders.append(("coe knn", f"{encoder}, {args.max_tokens} tokens", knn, encoders[name]))
     tfidf = TextModel(TfidfClassifier.fit(texts, y, labels))
     contenders.append(("coe tfidf", "none (char n-grams)", tfidf, None))
     cascade, _ = fit_model("cascade", texts, y, labels, int8_enc, args.max_tokens)
