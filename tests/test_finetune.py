@@ -183,3 +183,34 @@ def test_a_foreign_output_folder_is_never_overwritten(data: Path, tmp_path: Path
     result = CliRunner().invoke(app, ["finetune-encoder", str(data), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "holds no fine-tuned encoder" in result.output
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _tiny_mpnet(folder: Path) -> Path:
+    """A randomly initialised two-layer MPNet in MiniLM's sentence-transformers folder (its tokenizer,
+    mean pooling): another architecture than BERT, built here so that no hub is needed."""
+    import shutil
+
+    from transformers import MPNetConfig, MPNetModel
+
+    from coe.encoders import resolve_encoder_dir
+
+    shutil.copytree(
+        resolve_encoder_dir("all-MiniLM-L6-v2"), folder, ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    config = MPNetConfig(vocab_size=30527, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    MPNetModel(config).save_pretrained(folder)  # writes its own config.json and weights
+    pooling = folder / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({**json.loads(pooling.read_text()), "word_embedding_dimension": 32}))
+    return folder
+
+
+def test_a_local_base_of_another_architecture_is_tuned_and_exported(data: Path, tmp_path: Path) -> None:
+    base, out = _tiny_mpnet(tmp_path / "mpnet"), tmp_path / "tuned"
+    args = ["finetune-encoder", str(data), "--out", str(out), "--base", str(base), "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--batch-size", "4", "--max-tokens", "32"])
+    assert result.exit_code == 0, result.output
+    header = FinetunedEncoder.model_validate_json((out / HEADER_FILE).read_text())
+    assert header.base == str(base) and header.onnx is not None
+    texts = PROMPTS["medical"][:3]
+    onnx, torch_side = Embedder(path=str(out), backend="onnx"), Embedder(path=str(out))
+    assert (onnx.encode(texts) * torch_side.encode(texts)).sum(axis=1).min() > 0.9
