@@ -98,16 +98,17 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(
         f"{'table':12} {'best single (quality @ cost)':48} {'oracle':>8} {'random':>8} "
-        f"{'kNN AIQ':>8} {'our AIQ':>8} {'APGR':>7} {'reach':>7}"
+        f"{'kNN AIQ':>8} {'our AIQ':>8} {'gain 95% CI':>17} {'APGR':>7} {'reach':>7}"
     )
     for name, r in results.items():
         e = r["eval"]
         b = e["best_single"]
         reach = e["reach_best_single"]
+        lo, hi = e["aiq_gain_ci95"]
         single = f"{b['name'].rsplit('/', 1)[-1]} {b['quality']:.4f} @ {b['cost']:.4g}"
         print(
             f"{name:12} {single:48} {e['oracle']['quality']:8.4f} {e['random']['quality']:8.4f} "
-            f"{e['baseline']['aiq']:8.4f} {e['aiq']:8.4f} {_fmt(e['apgr'], '7.3f')} "
+            f"{e['baseline']['aiq']:8.4f} {e['aiq']:8.4f} {lo:+.4f}..{hi:+.4f} {_fmt(e['apgr'], '7.3f')} "
             f"{_fmt(reach['cost_ratio'] if reach else None, '7.1%')}"
         )
     print("\nfitted category maps (fit on train, scored on test); budget = share of best single's cost")

@@ -207,6 +207,8 @@ def test_eval_outcomes_reports_curves_against_baselines(outcomes: tuple[Path, Pa
     reach = out["reach_best_single"]
     assert reach is not None and reach["cost_ratio"] < 0.9
     assert out["aiq"] >= out["zero_router"]["aiq"]
+    lo, hi = out["aiq_gain_ci95"]  # its meaning is tested in test_outcomes_curves
+    assert lo <= hi
     assert png.stat().st_size > 10_000
     bad = runner.invoke(app, ["eval", "outcomes", "--format", "nope", "--train", str(outcomes[0])])
     assert bad.exit_code == 1 and "unknown format 'nope'" in bad.output and "Traceback" not in bad.output

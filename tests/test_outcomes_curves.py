@@ -98,3 +98,17 @@ def test_thin_keeps_the_hull_corners() -> None:
     assert len(kept) <= 60
     corners = {(p.cost, p.quality) for p in curves.envelope(points)}
     assert corners <= {(p.cost, p.quality) for p in kept}
+
+
+def test_the_aiq_gain_interval_is_zero_for_a_tie_and_positive_for_a_clearly_better_router() -> None:
+    rng = np.random.default_rng(3)
+    n, m = 300, 3
+    quality = (rng.random((n, m)) < [0.4, 0.6, 0.8]).astype(float)
+    cost = np.tile([1.0, 3.0, 9.0], (n, 1))
+    blind = (np.tile([0.4, 0.6, 0.8], (n, 1)), cost)  # knows only each expert's mean
+    seeing = (quality + 0.01 * rng.random((n, m)), cost)  # knows each prompt's outcome
+    assert curves.aiq_gain_interval(blind, blind, quality, cost, draws=50) == (0.0, 0.0)
+    lo, hi = curves.aiq_gain_interval(seeing, blind, quality, cost, draws=50)
+    assert 0.0 < lo < hi
+    worse_lo, worse_hi = curves.aiq_gain_interval(blind, seeing, quality, cost, draws=50)
+    assert (worse_lo, worse_hi) == pytest.approx((-hi, -lo))  # same resamples, sign flipped

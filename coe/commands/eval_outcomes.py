@@ -107,3 +107,8 @@ def _print_table(result: Any) -> None:
         typer.echo(
             f"  {curve.name}\n      AIQ {curve.aiq:.4f}, APGR {apgr}, best-single quality reached at {where}"
         )
+    lo, hi = result.aiq_gain_ci95
+    typer.echo(
+        f"  AIQ gain over the RouterBench kNN: {result.router.aiq - result.baseline.aiq:+.4f} "
+        f"(95% paired-bootstrap interval {lo:+.4f} .. {hi:+.4f})"
+    )

@@ -86,6 +86,9 @@ class OutcomeEvalResult(BaseModel):
     )
     router: Curve
     baseline: Curve
+    aiq_gain_ci95: tuple[float, float] = Field(
+        description="95% paired-bootstrap interval of router.aiq - baseline.aiq over the test prompts"
+    )
     zero_router: ZeroRouter
     tuning: dict[str, Any] = Field(description="what tuning on the train side's validation part chose")
 
@@ -118,24 +121,30 @@ def evaluate(
     test_vectors: np.ndarray,
     test_source: str,
 ) -> OutcomeEvalResult:
+    import numpy as np
+
     from routers import cost_training
     from routers.cost_model import baseline
 
     report = cost_training.tune(train, train_vectors)
     model = cost_training.fit(train, train_vectors)
     found = model.search(test_vectors, max(report.best.k, report.baseline_k))
+    ours_model, base_model = model.with_params(report.best), baseline(model, report.baseline_k)
     ours = _curve(
         "ours: kNN quality with distance weights and task-prior shrinkage",
         report.best.model_dump(),
-        cost_training.curve(model.with_params(report.best), test, found),
+        cost_training.curve(ours_model, test, found),
         test,
     )
-    base_model = baseline(model, report.baseline_k)
     base = _curve(
         "RouterBench kNN (uniform k neighbours, mean outcome, mean cost)",
         base_model.params.model_dump(),
         cost_training.curve(base_model, test, found),
         test,
+    )
+    mine, theirs = (m.predict(np.empty((0, 0)), found) for m in (ours_model, base_model))
+    gain = curves.aiq_gain_interval(
+        (mine.quality, mine.cost), (theirs.quality, theirs.cost), test.quality, test.cost
     )
     singles = curves.single_experts(test)
     best, weak = curves.best_single(test), curves.cheapest_single(test)
@@ -162,6 +171,7 @@ def evaluate(
         half_cost_target_met=reach is not None and reach.cost_ratio <= 0.5,
         router=ours,
         baseline=base,
+        aiq_gain_ci95=gain,
         zero_router=ZeroRouter(aiq=curves.aiq(singles, singles), apgr=curves.apgr(singles, weak, best)),
         tuning=report.model_dump(),
     )
