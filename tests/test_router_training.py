@@ -158,7 +158,7 @@ def test_eval_router_json_reports_quality_and_latency(
     assert report["accuracy"] == 1.0 and report["macro_f1"] == 1.0
     low, high = report["accuracy_ci95"]  # a perfect score on a few prompts is not proof of perfection
     assert 0.0 < low < 1.0 == high
-    assert report["fallback_rate"] == 0.0
+    assert report["fallback_rate"] == 0.0 and 0.0 <= report["ece"] <= 1.0
     assert 0 < report["latency_ms_p50"] <= report["latency_ms_p99"]
     assert report["classifier"] == "knn" and report["artefact_load_ms"] > 0
     assert sum(map(sum, report["confusion"])) == len(HELD_OUT)
@@ -174,6 +174,20 @@ def test_accuracy_interval_is_the_wilson_interval() -> None:
     assert narrow[0] > wide[0] and narrow[1] < wide[1]  # more prompts, a tighter interval
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 1.0)  # no evidence: anything is possible
+
+
+def test_calibration_error_by_hand() -> None:
+    import numpy as np
+
+    from coe.evaluation.router_eval import expected_calibration_error as ece
+
+    right = np.array([True] * 8 + [False] * 2)
+    assert ece(np.full(10, 0.8), right) == 0.0  # says 0.8, right 8 times in 10
+    assert ece(np.ones(10), right) == 0.2  # sure of everything: off by its error rate
+    # Two bins of half the prompts each: 0.95 and right 5 of 5, 0.55 and right 3 of 5; both off by 0.05.
+    confidence = np.array([0.95] * 5 + [0.55] * 5)
+    hits = np.array([True] * 5 + [True] * 3 + [False] * 2)
+    assert ece(confidence, hits) == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize(

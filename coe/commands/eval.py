@@ -31,6 +31,12 @@ def eval_router(
     backend: Annotated[
         str | None, typer.Option("--backend", help="encoder backend (default: the one trained with)")
     ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads", min=0, help="encoder threads, as embedder.threads (0: the library's default)"
+        ),
+    ] = 1,
     plot: Annotated[Path | None, typer.Option("--plot", help="write a confusion-matrix PNG")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -45,7 +51,7 @@ def eval_router(
             import matplotlib  # noqa: F401
         except ImportError:
             raise fail("--plot needs matplotlib: pip install 'coe[plot]'") from None
-    run = load_for_eval(data, model, text_field, label_field, fail, backend)
+    run = load_for_eval(data, model, text_field, label_field, fail, backend, threads or None)
     pred = run.model.predict(run.prompts.texts, run.embedder)
     latencies = single_prompt_latency_ms(run.model, run.embedder, run.prompts.texts, latency_prompts)
     result = evaluate(run.prompts, run.header.labels, pred.probs, latencies, min_confidence)
@@ -62,7 +68,7 @@ def eval_router(
     typer.echo(
         f"{result.n} prompts: accuracy {result.accuracy:.3f} "
         f"(95% CI {result.accuracy_ci95[0]:.3f}-{result.accuracy_ci95[1]:.3f}), "
-        f"macro-F1 {result.macro_f1:.3f}, "
+        f"macro-F1 {result.macro_f1:.3f}, ECE {result.ece:.3f}, "
         f"fallback {result.fallback_rate:.3f}, latency p50 {result.latency_ms_p50:.1f} ms "
         f"p99 {result.latency_ms_p99:.1f} ms, artefact load {run.load_ms:.0f} ms"
     )

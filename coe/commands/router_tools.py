@@ -107,7 +107,7 @@ def calibrate(
     from coe.evaluation.router_eval import calibrate_threshold, evaluate
     from coe.evaluation.runner import load_for_eval
 
-    run = load_for_eval(data, model, text_field, label_field, fail)
+    run = load_for_eval(data, model, text_field, label_field, fail, threads=None)  # throughput, not latency
     probs = run.model.predict(run.prompts.texts, run.embedder).probs
     index = {label: i for i, label in enumerate(run.header.labels)}
     y = np.array([index[label] for label in run.prompts.labels])

@@ -24,6 +24,10 @@ class RouterEvalResult(BaseModel):
     )
     macro_f1: float
     per_class_f1: dict[str, float]
+    ece: float = Field(
+        description="expected calibration error of the top probability (15 equal-width bins): how far "
+        "'p = 0.8' is from being right 80% of the time, which min_confidence relies on"
+    )
     min_confidence: float
     fallback_rate: float
     accuracy_routed: float | None  # on the prompts that did not fall back
@@ -81,6 +85,21 @@ def single_prompt_latency_ms(
     return out
 
 
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their share of prompts
+    (Guo et al., 2017). 0 is perfect; a router whose probabilities are all 1.0 scores its error rate."""
+    import numpy as np
+
+    if len(confidence) == 0:
+        return 0.0
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        gap += inside.mean() * abs(float(correct[inside].mean()) - float(confidence[inside].mean()))
+    return round(gap, 6)
+
+
 def evaluate(
     data: LabelledPrompts,
     labels: list[str],
@@ -106,6 +125,7 @@ def evaluate(
         accuracy_ci95=wilson_interval(correct, len(y)),
         macro_f1=f1,
         per_class_f1=dict(zip(labels, per_class, strict=True)),
+        ece=expected_calibration_error(probs.max(axis=1), pred == y),
         min_confidence=min_confidence,
         fallback_rate=float(1 - routed.mean()),
         accuracy_routed=float((pred[routed] == y[routed]).mean()) if routed.any() else None,
