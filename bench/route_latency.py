@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "route_latency.json")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of the table")
     p.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="processes burning a core each while single prompts are timed (experts generating)",
+    )
+    p.add_argument(
         "--torch-threads",
         type=int,
         default=None,
@@ -125,11 +131,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for text in texts[:WARMUP]:
             coe.route(text)
         single: list[float] = []
-        for i in range(args.single):
-            text = texts[i % len(texts)]
-            t = time.perf_counter()
-            coe.route(text)
-            single.append((time.perf_counter() - t) * 1000)
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+        try:
+            for i in range(args.single):
+                text = texts[i % len(texts)]
+                t = time.perf_counter()
+                coe.route(text)
+                single.append((time.perf_counter() - t) * 1000)
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
 
         t = time.perf_counter()
         decisions = coe.route(texts)
@@ -155,6 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "import_heavy_modules": heavy,
         "router_cold_start_ms": round(cold_ms, 1),
         "single_n": len(single),
+        "single_busy_processes": args.busy,
         "single_ms_p50": round(percentile(single, 50), 2) if single else None,
         "single_ms_p99": round(percentile(single, 99), 2) if single else None,
         "single_ms_mean": round(statistics.fmean(single), 2) if single else None,
@@ -210,7 +223,7 @@ def show(result: dict[str, Any]) -> None:
     table.add_row("router cold start", f"{result['router_cold_start_ms']:.0f} ms")
     if result["single_n"]:
         table.add_row(
-            f"single prompt ({result['single_n']} calls)",
+            f"single prompt ({result['single_n']} calls, {result['single_busy_processes']} busy processes)",
             f"p50 {result['single_ms_p50']:.1f} ms, p99 {result['single_ms_p99']:.1f} ms, "
             f"mean {result['single_ms_mean']:.1f} ms",
         )

@@ -253,12 +253,12 @@ class DocIndex:
             )
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        import numpy as np
+        from coe.vector_search import search
 
         if len(vectors) == 0:
             return []
         k = max(1, min(k, self.meta.chunks))
-        scores, rows = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        scores, rows = search(self._index, vectors, k)
         wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
         with self._lock:
             marks = ",".join("?" * len(wanted))

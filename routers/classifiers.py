@@ -114,13 +114,15 @@ class ExactSearch:
         self._index: Any = None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from coe.vector_search import search
+
         if self._index is None:
             import faiss
 
             index = faiss.IndexFlatIP(self.vectors.shape[1])
             index.add(self.vectors)
             self._index = index
-        return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return search(self._index, queries, k)
 
 
 class KNNClassifier:
