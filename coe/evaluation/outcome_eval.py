@@ -129,20 +129,21 @@ def evaluate(
     report = cost_training.tune(train, train_vectors)
     model = cost_training.fit(train, train_vectors)
     found = model.search(test_vectors, max(report.best.k, report.baseline_k))
-    ours_model, base_model = model.with_params(report.best), baseline(model, report.baseline_k)
+    base_model = baseline(model, report.baseline_k)
+    # Predicted once per router: the curve and the bootstrap of the AIQ gain both sweep these.
+    mine, theirs = (m.predict(np.empty((0, 0)), found) for m in (model.with_params(report.best), base_model))
     ours = _curve(
         "ours: kNN quality with distance weights and task-prior shrinkage",
         report.best.model_dump(),
-        cost_training.curve(ours_model, test, found),
+        curves.sweep(mine.quality, mine.cost, test.quality, test.cost),
         test,
     )
     base = _curve(
         "RouterBench kNN (uniform k neighbours, mean outcome, mean cost)",
         base_model.params.model_dump(),
-        cost_training.curve(base_model, test, found),
+        curves.sweep(theirs.quality, theirs.cost, test.quality, test.cost),
         test,
     )
-    mine, theirs = (m.predict(np.empty((0, 0)), found) for m in (ours_model, base_model))
     gain = curves.aiq_gain_interval(
         (mine.quality, mine.cost), (theirs.quality, theirs.cost), test.quality, test.cost
     )
