@@ -12,6 +12,7 @@ import typer
 
 from coe.commands._util import fail
 from coe.commands.router_tools import DataArg, LabelField, ModelOpt, TextField
+from coe.config.schema import ENCODER_THREADS
 
 eval_app = typer.Typer(help="Measure routers on labelled data.", no_args_is_help=True)
 
@@ -36,7 +37,7 @@ def eval_router(
         typer.Option(
             "--threads", min=0, help="encoder threads, as embedder.threads (0: the library's default)"
         ),
-    ] = 1,
+    ] = ENCODER_THREADS,
     plot: Annotated[Path | None, typer.Option("--plot", help="write a confusion-matrix PNG")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:

@@ -12,6 +12,8 @@ from coe.config.base import CONFIG_VERSION, Strict
 from coe.config.experts import DeployConfig, ExpertConfig
 from coe.config.routing import AggregatorConfig, RouterConfig
 
+ENCODER_THREADS = 1  # embedder.threads' default; `coe eval router` times latency with it too
+
 
 class EmbedderConfig(Strict):
     """The sentence encoder. ``model`` names an offline package (see coe.embedder); ``path`` wins."""
@@ -27,7 +29,7 @@ class EmbedderConfig(Strict):
         "stay in cache, and int8 vectors do not depend on their batch-mates)",
     )
     threads: int | None = Field(
-        1,
+        ENCODER_THREADS,
         ge=1,
         description="encoder threads per prompt. 1: on 2 cores next to llama.cpp experts a 2-thread "
         "encoder spins against them (routing p50 165-176 ms vs 22-25 ms with 1, measured here); "

@@ -10,6 +10,8 @@ from typing import Any
 
 import typer
 
+from coe.config.schema import ENCODER_THREADS
+
 
 @dataclass
 class Loaded:
@@ -27,7 +29,7 @@ def load_for_eval(
     label_field: str,
     fail: Callable[[str], typer.Exit],
     backend: str | None = None,
-    threads: int | None = 1,
+    threads: int | None = ENCODER_THREADS,
 ) -> Loaded:
     """``backend`` overrides the one the artefact was trained with (torch and onnx share vectors).
     ``threads`` defaults to ``embedder.threads``' default, so latency is what a registry serves: with
