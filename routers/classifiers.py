@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from coe.vector_search import search as faiss_search
+
 DEFAULT_TEMPERATURE = 0.05
 _TEMPERATURE_GRID = np.geomspace(0.005, 1.0, 60)
 
@@ -114,15 +116,13 @@ class ExactSearch:
         self._index: Any = None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        from coe.vector_search import search
-
         if self._index is None:
             import faiss
 
             index = faiss.IndexFlatIP(self.vectors.shape[1])
             index.add(self.vectors)
             self._index = index
-        return search(self._index, queries, k)
+        return faiss_search(self._index, queries, k)
 
 
 class KNNClassifier:
