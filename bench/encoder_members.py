@@ -66,6 +66,12 @@ def _members(folder: Path, tokens: int, train: list[str], val: list[str]) -> tup
     return _embed(embedder, train, tokens), _embed(embedder, val, tokens)
 
 
+def _folder_and_tokens(spec: str) -> tuple[Path, int]:
+    """``FOLDER[:TOKENS]`` (128 tokens unless given)."""
+    folder, _, tokens = spec.rpartition(":") if ":" in spec else (spec, "", "128")
+    return Path(folder), int(tokens)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
@@ -83,29 +89,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     yv = np.array([labels.index(x) for x in val.labels])
     held = np.array(held_out(train.texts))
     fit, test = np.flatnonzero(~held), np.flatnonzero(held)
-    sides = {"held_out": (fit, test, y[test]), "validation": (np.arange(len(y)), None, yv)}
-    encoders = [(args.encoder, 128)] + [
-        (Path(e.rsplit(":", 1)[0]), int(e.rsplit(":", 1)[1])) if ":" in e else (Path(e), 128)
-        for e in args.extra
-    ]
+    encoders = [(args.encoder, 128), *map(_folder_and_tokens, args.extra)]
     vectors = [_members(folder, tokens, train.texts, val.texts) for folder, tokens in encoders]
+    # Per side: the training rows members are fit on, the query texts, each encoder's query vectors, truth.
+    sides = {
+        "held_out": (fit, [train.texts[i] for i in test], [v[test] for v, _ in vectors], y[test]),
+        "validation": (np.arange(len(y)), val.texts, [v for _, v in vectors], yv),
+    }
 
-    def probs(side: str) -> list[Any]:
-        rows, tested, _ = sides[side]
+    def probs(rows: Any, queries: list[str], query_vectors: list[Any]) -> list[Any]:
         texts = [train.texts[i] for i in rows]
-        queries = [train.texts[i] for i in tested] if tested is not None else val.texts
         out = [TfidfClassifier.fit(texts, y[rows], labels).predict_proba_texts(queries)[0]]
-        for v_train, v_val in vectors:
-            knn = KNNClassifier.fit(v_train[rows], y[rows], labels)
-            out.append(knn.predict_proba(v_train[tested] if tested is not None else v_val)[0])
+        for (v_train, _), q in zip(vectors, query_vectors, strict=True):
+            out.append(KNNClassifier.fit(v_train[rows], y[rows], labels).predict_proba(q)[0])
         return out
 
     def log(p: Any) -> Any:
         return np.log(p + 1e-9)
 
     result: dict[str, Any] = {"encoders": [f"{f}:{t}" for f, t in encoders], "sides": {}}
-    for side, (_, _, truth) in sides.items():
-        p = probs(side)
+    for side, (rows, queries, query_vectors, truth) in sides.items():
+        p = probs(rows, queries, query_vectors)
 
         def acc(z: Any, truth: Any = truth) -> float:
             return round(float((z.argmax(axis=1) == truth).mean()), 4)
