@@ -1,4 +1,5 @@
-"""Deterministic facts about a labelled training set: its held-out share and its hash.
+"""Deterministic facts about a labelled training set: its held-out share, its hash and its texts'
+fingerprints.
 
 Why one shared function: ``coe finetune-encoder`` picks its epoch on this share and never trains on
 it, and ``coe train-router`` tunes the cascade on the same share. Because both use the same rows, the
@@ -10,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEV_SHARE = 0.15
 
@@ -33,3 +37,18 @@ def rows_sha256(rows: Iterable[list[Any]]) -> str:
 def dataset_hash(texts: Sequence[str], labels: Sequence[str] | Sequence[int]) -> str:
     """The hash of the (label, text) pairs of labelled prompts (routers, encoders, gates)."""
     return rows_sha256([label, text] for text, label in zip(texts, labels, strict=True))
+
+
+def fingerprint(text: str) -> int:
+    """A 64-bit fingerprint of the exact text (a sha1 prefix)."""
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "little")
+
+
+def text_fingerprints(texts: Iterable[str]) -> np.ndarray:
+    """The texts' fingerprints, sorted and unique.
+
+    Why: an artefact keeps these so that an evaluation can say how many of its prompts were trained
+    on, which makes a contaminated accuracy visible instead of quietly flattering (8 bytes a prompt)."""
+    import numpy as np
+
+    return np.unique(np.array([fingerprint(t) for t in texts], dtype=np.uint64))

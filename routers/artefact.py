@@ -5,21 +5,27 @@ Why this format: loading must be fast (no re-encoding of the training set) and s
 refuses an artefact made for another encoder or label set instead of routing nonsense.
 
 Layout (format version 2): ``__header__`` is a 0-d unicode array holding ``ArtefactHeader`` as JSON;
-every other key is an array of the model (see ``routers.routing_model``; a cascade prefixes its two
-members' arrays with ``fast.`` and ``slow.``). Version 1 (no backend, character truncation) is refused
-with a message to retrain.
+``__trained_on__`` holds the training texts' fingerprints (``coe.splits.text_fingerprints``; absent
+from artefacts written before it, which load all the same); every other key is an array of the model
+(see ``routers.routing_model``; a cascade prefixes its two members' arrays with ``fast.`` and
+``slow.``). Version 1 (no backend, character truncation) is refused with a message to retrain.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from coe.npz import read_npz, write_npz
 
+if TYPE_CHECKING:
+    import numpy as np
+
 FORMAT_VERSION = 2
+TRAINED_ON_KEY = "__trained_on__"
 
 
 class ArtefactHeader(BaseModel):
@@ -41,8 +47,33 @@ class ArtefactHeader(BaseModel):
     created_with: str = Field("", description="coe version that wrote it")
 
 
-def save(path: Path, header: ArtefactHeader, classifier: Any) -> None:
-    write_npz(path, header.model_dump_json(), classifier.arrays())
+def save(path: Path, header: ArtefactHeader, classifier: Any, train_texts: Sequence[str]) -> None:
+    from coe.splits import text_fingerprints
+
+    arrays = {**classifier.arrays(), TRAINED_ON_KEY: text_fingerprints(train_texts)}
+    write_npz(path, header.model_dump_json(), arrays)
+
+
+def trained_on(path: Path) -> np.ndarray | None:
+    """The artefact's training-text fingerprints (sorted), or None for one written before they were kept.
+    Reads that one array, not the model."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return data[TRAINED_ON_KEY] if TRAINED_ON_KEY in data.files else None
+
+
+def train_overlap(path: Path, texts: Sequence[str]) -> int | None:
+    """How many of ``texts`` the artefact was trained on (exact text), None when it cannot tell."""
+    import numpy as np
+
+    from coe.splits import fingerprint
+
+    seen = trained_on(path)
+    if seen is None:
+        return None
+    mine = np.array([fingerprint(t) for t in texts], dtype=np.uint64)
+    return int(np.isin(mine, seen).sum())
 
 
 def load(path: Path) -> tuple[ArtefactHeader, Any]:
@@ -52,6 +83,7 @@ def load(path: Path) -> tuple[ArtefactHeader, Any]:
     from routers.routing_model import MODEL_KINDS, model_from_arrays
 
     raw, arrays = read_npz(path, "router artefact")
+    arrays.pop(TRAINED_ON_KEY, None)
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
         raise ValueError(

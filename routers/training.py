@@ -131,5 +131,5 @@ def train(
         train_sha256=dataset_hash(data.texts, data.labels),
         created_with=__version__,
     )
-    save(out, header, model)
+    save(out, header, model, data.texts)
     return header, model

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from coe import Request
 from coe.cli import app
 from coe.config import load_config
+from coe.npz import read_npz, write_npz
 from routers import artefact
 from routers.category import CategoryRouter
 from tests.files import write_jsonl
@@ -161,8 +162,31 @@ def test_eval_router_json_reports_quality_and_latency(
     assert report["fallback_rate"] == 0.0 and 0.0 <= report["ece"] <= 1.0
     assert 0 < report["latency_ms_p50"] <= report["latency_ms_p99"]
     assert report["classifier"] == "knn" and report["artefact_load_ms"] > 0
+    assert report["train_overlap"] == 0 and "warning" not in result.stderr
     assert sum(map(sum, report["confusion"])) == len(HELD_OUT)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_on_training_prompts_says_the_accuracy_is_not_held_out(
+    artefacts: dict[str, Path], tmp_path: Path
+) -> None:
+    mixed = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [{"text": t, "domain": d} for t, d in HELD_OUT] + [{"text": CODE[0], "domain": "code"}],
+    )
+    args = ["eval", "router", str(mixed), "--model", str(artefacts["cascade"]), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["train_overlap"] == 1
+    assert "1 of 7 prompts (14.3%) are in" in result.stderr and "not held-out estimates" in result.stderr
+    # an artefact written before training texts were recorded loads, and cannot tell: None, not a false 0
+    raw, arrays = read_npz(artefacts["cascade"], "router artefact")
+    del arrays[artefact.TRAINED_ON_KEY]
+    old = tmp_path / "old.npz"
+    write_npz(old, json.dumps(raw), arrays)
+    assert artefact.load(old)[0].classifier == "cascade"
+    assert artefact.train_overlap(old, CODE) is None
+    assert artefact.train_overlap(artefacts["cascade"], CODE + [t for t, _ in HELD_OUT]) == len(CODE)
 
 
 def test_accuracy_interval_is_the_wilson_interval() -> None:
@@ -252,6 +276,8 @@ def test_calibrate_meets_the_target_fallback_rate(artefacts: dict[str, Path], tr
     assert report["before"]["fallback_rate"] == 0.0
     assert 0 < report["after"]["fallback_rate"] <= 0.2
     assert report["after"]["accuracy"] >= report["before"]["accuracy"]
+    # calibrated on the very prompts it was trained on (all 42): the threshold flatters, and it says so
+    assert report["train_overlap"] == 42 and "42 of 42 prompts (100.0%)" in result.stderr
 
 
 def test_calibrate_meets_the_target_accuracy(artefacts: dict[str, Path], train_file: Path) -> None:
@@ -300,7 +326,7 @@ def test_an_artefact_from_another_encoder_is_refused(artefacts: dict[str, Path],
     from coe.errors import ModelNotFoundError
 
     header, model = artefact.load(artefacts["knn"])
-    artefact.save(tmp_path / "other.npz", header.model_copy(update={"encoder": "bge-small"}), model)
+    artefact.save(tmp_path / "other.npz", header.model_copy(update={"encoder": "bge-small"}), model, [])
     with pytest.raises(ModelNotFoundError, match=r"trained on 'bge-small' embeddings.*retrain"):
         CategoryRouter.from_config(load_config(_registry(tmp_path, "other.npz")))
 

@@ -61,6 +61,7 @@ def eval_router(
     result.backend = run.embedder.backend if run.embedder is not None else None
     result.artefact_load_ms = round(run.load_ms, 1)
     result.stages = dict(Counter(pred.stages))
+    result.train_overlap = run.train_overlap
     if plot is not None:
         plot_confusion(result, plot)
     if as_json:

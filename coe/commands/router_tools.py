@@ -129,6 +129,7 @@ def calibrate(
         "before": {"accuracy": before.accuracy_routed, "fallback_rate": before.fallback_rate},
         "after": {"accuracy": after.accuracy_routed, "fallback_rate": after.fallback_rate},
         "yaml": f"router.fallback.min_confidence: {threshold:.4f}",
+        "train_overlap": run.train_overlap,
     }
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")

@@ -40,6 +40,11 @@ class RouterEvalResult(BaseModel):
     backend: str | None = None
     artefact_load_ms: float | None = None
     stages: dict[str, int] = Field(default_factory=dict, description="cascade: prompts decided per stage")
+    train_overlap: int | None = Field(
+        None,
+        description="prompts whose exact text the artefact was trained on (None: the artefact predates "
+        "this record); above 0, accuracy is not a held-out estimate",
+    )
 
 
 def macro_f1(confusion: np.ndarray) -> tuple[float, list[float]]:

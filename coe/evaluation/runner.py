@@ -20,6 +20,7 @@ class Loaded:
     embedder: Any  # coe.embedder.Embedder | None (None: the model needs no encoder)
     prompts: Any  # coe.evaluation.data.LabelledPrompts
     load_ms: float  # reading the artefact, numpy import excluded
+    train_overlap: int | None  # prompts the artefact was trained on (None: it did not record them)
 
 
 def load_for_eval(
@@ -34,7 +35,8 @@ def load_for_eval(
     """``backend`` overrides the one the artefact was trained with (torch and onnx share vectors).
     ``threads`` defaults to ``embedder.threads``' default, so latency is what a registry serves: with
     two encoder threads on two cores, onnxruntime's spinning workers and faiss's OpenMP threads
-    contend, and kNN routing measured 9-15 ms at p50 instead of 6."""
+    contend, and kNN routing measured 9-15 ms at p50 instead of 6. Warns on stderr when the artefact
+    was trained on some of the prompts: their accuracy, and a threshold picked on them, flatter it."""
     import numpy  # noqa: F401  (imported before timing: the load time is the artefact's own)
 
     from coe.embedder import Embedder
@@ -75,4 +77,11 @@ def load_for_eval(
             embedder = Embedder(name, backend=chosen, max_tokens=header.max_tokens, threads=threads)
     except CoEError as exc:
         raise fail(str(exc)) from None
-    return Loaded(header, clf, embedder, prompts, load_ms)
+    overlap = artefact.train_overlap(model, prompts.texts)
+    if overlap:
+        typer.echo(
+            f"warning: {overlap} of {len(prompts.texts)} prompts ({overlap / len(prompts.texts):.1%}) are in "
+            f"{model}'s training data: results on them are not held-out estimates",
+            err=True,
+        )
+    return Loaded(header, clf, embedder, prompts, load_ms, overlap)
