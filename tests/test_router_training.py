@@ -200,6 +200,18 @@ def test_accuracy_interval_is_the_wilson_interval() -> None:
     assert wilson_interval(0, 0) == (0.0, 1.0)  # no evidence: anything is possible
 
 
+def test_macro_f1_leaves_out_labels_nobody_has_or_predicts() -> None:
+    from coe.evaluation.router_eval import macro_f1
+
+    # labels a, b, c; c has no prompt and is never predicted: it must not drag the mean down
+    perfect = np.array([[3, 0, 0], [0, 2, 0], [0, 0, 0]])
+    assert macro_f1(perfect) == (1.0, [1.0, 1.0, None])
+    # a label with prompts that is never predicted still counts, as 0
+    missed = np.array([[3, 0, 0], [0, 2, 0], [1, 0, 0]])
+    f1, per_class = macro_f1(missed)
+    assert per_class == [pytest.approx(6 / 7), 1.0, 0.0] and f1 == pytest.approx((6 / 7 + 1.0) / 3)
+
+
 def test_calibration_error_by_hand() -> None:
     import numpy as np
 
