@@ -9,7 +9,7 @@ combines its two (a weighted geometric mean): ``a * log p_tfidf + log p_main + b
 grid of ``a`` and ``b``. Choose weights on the held-out share; read the validation column only to see
 whether the choice carries over.
 
-    .venv/bin/python examples/trained_router/reproduce.py          # build/ (data and main encoder)
+    .venv/bin/python examples/trained_router/reproduce.py --validate-only   # build/: data, val_encoder
     coe finetune-encoder examples/trained_router/build/train.jsonl --label-field domain --out /tmp/dom
     .venv/bin/python bench/encoder_members.py --extra /tmp/dom
 
@@ -47,7 +47,9 @@ EXTRA_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--encoder", type=Path, default=BUILD / "encoder", help="the router's own encoder")
+    p.add_argument(
+        "--encoder", type=Path, default=BUILD / "val_encoder", help="the router's own (training side only)"
+    )
     p.add_argument("--extra", action="append", default=[], help="FOLDER[:TOKENS] of an extra encoder")
     p.add_argument("--train", type=Path, default=BUILD / "train.jsonl")
     p.add_argument("--val", type=Path, default=BUILD / "val.jsonl")
