@@ -141,7 +141,7 @@ def coe(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "coe", *args], check=True, cwd=REPO)
 
 
-def finetuned(train: Path, encoder: Path, epochs: int) -> bool:
+def finetuned(data: Path, encoder: Path, epochs: int) -> bool:
     """Whether ``encoder`` already holds a fine-tune of exactly this data with these epochs."""
     from coe.encoder_header import read_header
     from coe.evaluation.data import read_labelled
@@ -150,8 +150,8 @@ def finetuned(train: Path, encoder: Path, epochs: int) -> bool:
     header = read_header(encoder) if encoder.is_dir() else None
     if header is None or header.settings.epochs != epochs:
         return False
-    data = read_labelled(train, label_field=FINE)
-    return header.data_sha256 == dataset_hash(data.texts, data.labels)
+    rows = read_labelled(data, label_field=FINE)
+    return header.data_sha256 == dataset_hash(rows.texts, rows.labels)
 
 
 def fit(data: Path, encoder: Path | None, out: Path, classifier: str, epochs: int, refit: bool) -> None:
