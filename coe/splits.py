@@ -39,16 +39,12 @@ def dataset_hash(texts: Sequence[str], labels: Sequence[str] | Sequence[int]) ->
     return rows_sha256([label, text] for text, label in zip(texts, labels, strict=True))
 
 
-def fingerprint(text: str) -> int:
-    """A 64-bit fingerprint of the exact text (a sha1 prefix)."""
-    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "little")
-
-
 def text_fingerprints(texts: Iterable[str]) -> np.ndarray:
-    """The texts' fingerprints, sorted and unique.
+    """64-bit fingerprints of the exact texts (sha1 prefixes), in order.
 
     Why: an artefact keeps these so that an evaluation can say how many of its prompts were trained
     on, which makes a contaminated accuracy visible instead of quietly flattering (8 bytes a prompt)."""
     import numpy as np
 
-    return np.unique(np.array([fingerprint(t) for t in texts], dtype=np.uint64))
+    raw = [int.from_bytes(hashlib.sha1(t.encode()).digest()[:8], "little") for t in texts]
+    return np.array(raw, dtype=np.uint64)

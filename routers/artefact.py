@@ -48,9 +48,11 @@ class ArtefactHeader(BaseModel):
 
 
 def save(path: Path, header: ArtefactHeader, classifier: Any, train_texts: Sequence[str]) -> None:
+    import numpy as np
+
     from coe.splits import text_fingerprints
 
-    arrays = {**classifier.arrays(), TRAINED_ON_KEY: text_fingerprints(train_texts)}
+    arrays = {**classifier.arrays(), TRAINED_ON_KEY: np.unique(text_fingerprints(train_texts))}
     write_npz(path, header.model_dump_json(), arrays)
 
 
@@ -67,13 +69,12 @@ def train_overlap(path: Path, texts: Sequence[str]) -> int | None:
     """How many of ``texts`` the artefact was trained on (exact text), None when it cannot tell."""
     import numpy as np
 
-    from coe.splits import fingerprint
+    from coe.splits import text_fingerprints
 
     seen = trained_on(path)
     if seen is None:
         return None
-    mine = np.array([fingerprint(t) for t in texts], dtype=np.uint64)
-    return int(np.isin(mine, seen).sum())
+    return int(np.isin(text_fingerprints(texts), seen).sum())
 
 
 def load(path: Path) -> tuple[ArtefactHeader, Any]:
