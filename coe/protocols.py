@@ -57,5 +57,13 @@ class AsyncRouter(Protocol):
     async def aroute(self, requests: Sequence[Request], call_expert: CallExpert) -> list[RouteDecision]: ...
 
 
+@runtime_checkable
+class WarmRouter(Protocol):
+    """A router with something to load before its first request (encoders); ``coe serve`` calls
+    ``warm`` at start-up so that the first users do not pay it."""
+
+    def warm(self) -> None: ...
+
+
 class RouterFactory(Protocol):
     def from_config(self, config: CoEConfig) -> Router: ...

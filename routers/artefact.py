@@ -7,8 +7,9 @@ refuses an artefact made for another encoder or label set instead of routing non
 Layout (format version 2): ``__header__`` is a 0-d unicode array holding ``ArtefactHeader`` as JSON;
 ``__trained_on__`` holds the training texts' fingerprints (``coe.splits.text_fingerprints``; absent
 from artefacts written before it, which load all the same); every other key is an array of the model
-(see ``routers.routing_model``; a cascade prefixes its two members' arrays with ``fast.`` and
-``slow.``). Version 1 (no backend, character truncation) is refused with a message to retrain.
+(see ``routers.routing_model``; a cascade prefixes its members' arrays with ``fast.``, ``slow.`` and
+``extra0.``, ``extra1.``...; an extra member's params name its encoder folder, relative to the
+artefact's own folder). Version 1 (no backend, character truncation) is refused with a message to retrain.
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ def load(path: Path) -> tuple[ArtefactHeader, Any]:
     if header.classifier not in MODEL_KINDS:
         raise ValueError(f"{path}: unknown classifier {header.classifier!r}")
     try:
-        model = model_from_arrays(header.classifier, header.labels, header.params, arrays, header.max_tokens)
-    except (KeyError, ValueError) as exc:
+        model = model_from_arrays(
+            header.classifier, header.labels, header.params, arrays, header.max_tokens, path.parent
+        )
+    except KeyError as exc:
         raise ValueError(f"{path}: damaged router artefact (missing {exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return header, model

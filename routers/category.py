@@ -123,6 +123,11 @@ class CategoryRouter:
         model = config.resolve_path(config.router.model) if config.router.model else None
         return cls(config.router, None, model, config.embedder, config.base_dir)
 
+    def warm(self) -> None:
+        """Load the encoders the model needs (an artefact's load lazily; a cascade may skip them for
+        many prompts, so the first unsure one would pay)."""
+        self.model.warm(self.embedder if self.model.needs_embedder else None)
+
     def _predict(self, texts: list[str]) -> Prediction:
         embedder = self.embedder if self.model.needs_embedder else None
         return self.model.predict(texts, embedder)

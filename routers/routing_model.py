@@ -5,7 +5,8 @@ Three shapes share ``predict(texts, embedder) -> Prediction``:
 * ``EmbeddingModel``: a vector classifier (centroid, knn, logreg) on sentence embeddings;
 * ``TextModel``: the TF-IDF classifier, which needs no encoder;
 * ``CascadeModel``: TF-IDF first; only when its top probability is below ``threshold`` is the prompt
-  embedded, and the two distributions are combined (weighted geometric mean, renormalised).
+  embedded, and the distributions are combined (weighted geometric mean, renormalised). Optional
+  ``extras`` are kNN members on further encoders (``ExtraMember``), asked with the main one.
 
 Why a cascade: on our validation split of router_mix, TF-IDF alone is sure (p >= 0.8) of ~80% of
 prompts and right on 97.5% of those, at about a millisecond; the encoder, tens of milliseconds on
@@ -14,11 +15,15 @@ long prompts, is paid only for the rest, and combining both scores better than e
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel
 
 from routers.classifiers import CLASSIFIERS, Classifier, softmax
 from routers.text_classifier import TfidfClassifier
@@ -40,10 +45,21 @@ def _need(embedder: Embedder | None) -> Embedder:
     return embedder
 
 
-def combine(p_fast: np.ndarray, p_slow: np.ndarray, weight: float) -> np.ndarray:
-    """The cascade's two distributions as one: a weighted geometric mean, renormalised."""
-    z = (1 - weight) * np.log(p_fast + 1e-9) + weight * np.log(p_slow + 1e-9)
-    return softmax(z)
+def combine(
+    p_fast: np.ndarray,
+    p_slow: np.ndarray,
+    weight: float,
+    extras: Sequence[tuple[np.ndarray, float]] = (),
+) -> np.ndarray:
+    """The cascade's distributions as one: a weighted geometric mean, renormalised.
+
+    ``weight`` is the encoders' share against TF-IDF; ``extras`` are (probabilities, share) of further
+    encoder members, each share relative to ``p_slow``'s 1, so the encoders together keep ``weight``
+    and the overall sharpness (hence calibration) stays that of the two-member cascade."""
+    slow, total = np.log(p_slow + 1e-9), 1.0
+    for p, share in extras:
+        slow, total = slow + share * np.log(p + 1e-9), total + share
+    return softmax((1 - weight) * np.log(p_fast + 1e-9) + weight * slow / total)
 
 
 class EmbeddingModel:
@@ -57,6 +73,10 @@ class EmbeddingModel:
     def predict(self, texts: Sequence[str], embedder: Embedder | None) -> Prediction:
         probs, scores = self.classifier.predict_proba(_need(embedder).encode(texts, self.max_tokens))
         return Prediction(probs, scores, [self.kind] * len(texts))
+
+    def warm(self, embedder: Embedder | None) -> None:
+        """Load the encoder and fill its caches, so the first routed prompt pays no load."""
+        self.predict(["warm up"], embedder)
 
     def params(self) -> dict[str, Any]:
         return self.classifier.params()
@@ -76,6 +96,9 @@ class TextModel:
         probs, logits = self.classifier.predict_proba_texts(texts)
         return Prediction(probs, logits, ["tfidf"] * len(texts))
 
+    def warm(self, embedder: Embedder | None = None) -> None:
+        """Nothing to load."""
+
     def params(self) -> dict[str, Any]:
         return self.classifier.params()
 
@@ -83,48 +106,142 @@ class TextModel:
         return self.classifier.arrays()
 
 
+class EncoderRef(BaseModel):
+    """Which encoder an extra member's vectors come from, as its artefact records it."""
+
+    space: str  # coe_encoder.json's identity: the folder must still hold exactly these weights
+    path: str  # the folder; relative paths are relative to the artefact's own folder
+    backend: str
+
+
+@dataclass
+class ExtraMember:
+    """A classifier on another encoder's vectors, asked together with the cascade's main one.
+
+    Why: two MiniLMs fine-tuned on different labels (the 92 source labels and the 8 domains) err on
+    different prompts, and combining their neighbour votes fixed more of the example router's errors
+    than any classifier change did. Its encoder is resolved and checked when the artefact loads (a
+    missing or retrained folder fails there, naming it) but loaded on its first unsure prompt, with
+    the main embedder's thread count so that latency settings apply to both."""
+
+    model: EmbeddingModel
+    encoder: EncoderRef
+    folder: Path
+    share: float  # its weight relative to the main encoder member's 1
+    embedder: Embedder | None = field(default=None, repr=False)  # loaded on first use
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # routes run in threads
+
+    @classmethod
+    def resolve(cls, model: EmbeddingModel, encoder: EncoderRef, share: float, base: Path) -> ExtraMember:
+        from coe.encoders import finetuned_identity, resolve_encoder_files
+        from coe.errors import ModelNotFoundError
+
+        try:
+            files = resolve_encoder_files("extra", encoder.backend, encoder.path, base)
+        except ModelNotFoundError as exc:
+            raise ValueError(f"its extra encoder is missing: {exc}") from None
+        found = finetuned_identity(files.folder)
+        if found != encoder.space:
+            raise ValueError(
+                f"its extra encoder {files.folder} holds {found!r}, not the {encoder.space!r} it was "
+                "trained with; retrain with `coe train-router`"
+            )
+        return cls(model, encoder, files.folder, share)
+
+    def predict(self, texts: Sequence[str], like: Embedder | None) -> Prediction:
+        return self.model.predict(texts, self._embedder(like))
+
+    def warm(self, like: Embedder | None) -> None:
+        self.model.warm(self._embedder(like))
+
+    def _embedder(self, like: Embedder | None) -> Embedder:
+        with self._lock:
+            if self.embedder is None:
+                from coe.embedder import Embedder
+
+                threads = like.threads if like is not None else None
+                self.embedder = Embedder(path=str(self.folder), backend=self.encoder.backend, threads=threads)
+            return self.embedder
+
+
 class CascadeModel:
     kind: ClassVar[str] = "cascade"
     needs_embedder: ClassVar[bool] = True
 
-    def __init__(self, fast: TextModel, slow: EmbeddingModel, weight: float, threshold: float) -> None:
+    def __init__(
+        self,
+        fast: TextModel,
+        slow: EmbeddingModel,
+        weight: float,
+        threshold: float,
+        extras: Sequence[ExtraMember] = (),
+    ) -> None:
         self.fast = fast
         self.slow = slow
-        self.weight = weight  # of the embedding model in the combination
-        self.threshold = threshold  # fast top probability at or above which the encoder is skipped
-
-    def combine(self, p_fast: np.ndarray, p_slow: np.ndarray) -> np.ndarray:
-        return combine(p_fast, p_slow, self.weight)
+        self.weight = weight  # of the embedding models in the combination
+        self.threshold = threshold  # fast top probability at or above which the encoders are skipped
+        self.extras = list(extras)
+        self._executor: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def predict(self, texts: Sequence[str], embedder: Embedder | None) -> Prediction:
         first = self.fast.predict(texts)
         unsure = np.flatnonzero(first.probs.max(axis=1) < self.threshold)
         probs, scores, stages = first.probs.copy(), first.scores.copy(), list(first.stages)
         if len(unsure):
-            second = self.slow.predict([texts[i] for i in unsure], embedder)
-            probs[unsure] = self.combine(first.probs[unsure], second.probs)
+            asked = [texts[i] for i in unsure]
+            pending = [self._pool().submit(m.predict, asked, embedder) for m in self.extras]
+            second = self.slow.predict(asked, embedder)
+            extras = [(f.result().probs, m.share) for f, m in zip(pending, self.extras, strict=True)]
+            probs[unsure] = combine(first.probs[unsure], second.probs, self.weight, extras)
             scores[unsure] = second.scores
+            stage = "+".join(["tfidf", self.slow.kind, *(m.model.kind for m in self.extras)])
             for i in unsure:
-                stages[i] = f"tfidf+{self.slow.kind}"
+                stages[i] = stage
         return Prediction(probs, scores, stages)
 
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(len(self.extras), thread_name_prefix="coe-extra-encoder")
+            return self._executor
+
+    def warm(self, embedder: Embedder | None) -> None:
+        """Load every encoder now: the fast path needs none, so a sure first prompt would not."""
+        self.slow.warm(embedder)
+        for m in self.extras:
+            m.warm(embedder)
+
     def params(self) -> dict[str, Any]:
-        return {
+        params: dict[str, Any] = {
             "weight": self.weight,
             "threshold": self.threshold,
             "fast": self.fast.params(),
             "slow": {"kind": self.slow.kind, **self.slow.params()},
         }
+        if self.extras:  # absent, not empty, so two-member artefacts keep the header they always had
+            params["extras"] = [
+                {"kind": m.model.kind, **m.model.params(), "share": m.share, "encoder": dict(m.encoder)}
+                for m in self.extras
+            ]
+        return params
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
-            **{f"fast.{k}": v for k, v in self.fast.arrays().items()},
-            **{f"slow.{k}": v for k, v in self.slow.arrays().items()},
-        }
+        members: dict[str, TextModel | EmbeddingModel] = {"fast": self.fast, "slow": self.slow}
+        members |= {f"extra{i}": m.model for i, m in enumerate(self.extras)}
+        return {f"{name}.{k}": v for name, member in members.items() for k, v in member.arrays().items()}
 
 
 RoutingModel = EmbeddingModel | TextModel | CascadeModel
 MODEL_KINDS = (*CLASSIFIERS, "tfidf", "cascade")
+
+
+def _embedding_model(
+    labels: list[str], params: dict[str, Any], arrays: dict[str, np.ndarray], max_tokens: int | None
+) -> EmbeddingModel:
+    """A cascade member from its params (``kind`` plus the classifier's own) and its arrays."""
+    own = {k: v for k, v in params.items() if k not in ("kind", "share", "encoder")}
+    return EmbeddingModel(CLASSIFIERS[params["kind"]].from_arrays(labels, own, arrays), max_tokens)
 
 
 def model_from_arrays(
@@ -133,22 +250,29 @@ def model_from_arrays(
     params: dict[str, Any],
     arrays: dict[str, np.ndarray],
     max_tokens: int | None,
+    base: Path = Path("."),
 ) -> RoutingModel:
-    """Rebuild a routing model from an artefact's header fields and arrays."""
+    """Rebuild a routing model from an artefact's header fields and arrays; ``base`` is the artefact's
+    folder, against which a cascade's extra encoders are found."""
     if kind == "tfidf":
         return TextModel(TfidfClassifier.from_arrays(labels, params, arrays))
     if kind == "cascade":
-        sub = {
-            p: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(p + ".")}
-            for p in ("fast", "slow")
-        }
-        slow_params = dict(params["slow"])
-        slow_kind = slow_params.pop("kind")
-        fast = TextModel(TfidfClassifier.from_arrays(labels, params["fast"], sub["fast"]))
-        slow = EmbeddingModel(
-            CLASSIFIERS[slow_kind].from_arrays(labels, slow_params, sub["slow"]), max_tokens
-        )
-        return CascadeModel(fast, slow, float(params["weight"]), float(params["threshold"]))
+
+        def member(name: str) -> dict[str, np.ndarray]:
+            return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
+
+        fast = TextModel(TfidfClassifier.from_arrays(labels, params["fast"], member("fast")))
+        slow = _embedding_model(labels, params["slow"], member("slow"), max_tokens)
+        extras = [
+            ExtraMember.resolve(
+                _embedding_model(labels, p, member(f"extra{i}"), max_tokens),
+                EncoderRef.model_validate(p["encoder"]),
+                float(p["share"]),
+                base,
+            )
+            for i, p in enumerate(params.get("extras", []))
+        ]
+        return CascadeModel(fast, slow, float(params["weight"]), float(params["threshold"]), extras)
     if kind not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {kind!r}; expected one of: {', '.join(MODEL_KINDS)}")
     return EmbeddingModel(CLASSIFIERS[kind].from_arrays(labels, params, arrays), max_tokens)

@@ -9,11 +9,14 @@ keyed on the text; the share ``coe finetune-encoder`` never trains on, so a fine
 kNN is judged there on prompts it has not seen):
 the weight of the embedding model in the combination (best accuracy), then the lowest fast-path
 threshold whose accuracy there is within 0.2 points of always running both. Both members are then
-refitted on all the data.
+refitted on all the data. With extra encoders (``--extra-encoder``), each adds a kNN member on its
+own vectors; their share relative to the main encoder is a third knob, tuned with the weight, and
+share 0 (they did not help there) drops them rather than paying for their encoder on every prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +25,15 @@ import numpy as np
 from coe.splits import dataset_hash, held_out
 from routers.artefact import ArtefactHeader, save
 from routers.classifiers import fit_classifier
-from routers.routing_model import CascadeModel, EmbeddingModel, RoutingModel, TextModel, combine
+from routers.routing_model import (
+    CascadeModel,
+    EmbeddingModel,
+    EncoderRef,
+    ExtraMember,
+    RoutingModel,
+    TextModel,
+    combine,
+)
 from routers.text_classifier import TfidfClassifier
 
 if TYPE_CHECKING:
@@ -32,6 +43,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_TOKENS = 128
 CASCADE_SLOW = "knn"
 _WEIGHTS = (0.2, 0.3, 0.4, 0.5, 0.6)
+_SHARES = (0.0, 0.25, 0.5, 1.0)  # of each extra encoder member, relative to the main one
 _THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.01)
 _TOLERANCE = 0.002
 
@@ -48,24 +60,39 @@ def _embed(embedder: Embedder, texts: list[str], max_tokens: int | None) -> np.n
 
 
 def tune_cascade(
-    p_fast: np.ndarray, p_slow: np.ndarray, y: np.ndarray
-) -> tuple[float, float, dict[str, float]]:
-    """Weight and threshold from held-out probabilities of both members; returns them and the evidence."""
-    best_w, best_acc = _WEIGHTS[0], -1.0
-    for w in _WEIGHTS:
-        acc = float((combine(p_fast, p_slow, w).argmax(1) == y).mean())
-        if acc > best_acc:
-            best_w, best_acc = w, acc
-    both = combine(p_fast, p_slow, best_w).argmax(1)
+    p_fast: np.ndarray, p_slow: np.ndarray, y: np.ndarray, p_extras: Sequence[np.ndarray] = ()
+) -> tuple[float, float, float, dict[str, float]]:
+    """Weight, extra share and threshold from held-out probabilities of all members (the first best
+    on ties, so the lighter setting wins); returns them and the evidence."""
+
+    def accuracy(w: float, share: float) -> float:
+        mixed = combine(p_fast, p_slow, w, [(p, share) for p in p_extras])
+        return float((mixed.argmax(1) == y).mean())
+
+    shares = _SHARES if len(p_extras) else (0.0,)
+    scored = {(w, share): accuracy(w, share) for w in _WEIGHTS for share in shares}
+    best_w, best_share = max(scored, key=lambda k: scored[k])  # max keeps the first of equals
+    best_acc = scored[best_w, best_share]
+    all_members = combine(p_fast, p_slow, best_w, [(p, best_share) for p in p_extras]).argmax(1)
     chosen, chosen_acc, skip = 1.01, best_acc, 0.0
     for t in _THRESHOLDS:
         sure = p_fast.max(1) >= t
-        acc = float((np.where(sure, p_fast.argmax(1), both) == y).mean())
+        acc = float((np.where(sure, p_fast.argmax(1), all_members) == y).mean())
         if acc >= best_acc - _TOLERANCE:
             chosen, chosen_acc, skip = t, acc, float(sure.mean())
             break
     evidence = {"holdout_accuracy_both": best_acc, "holdout_accuracy": chosen_acc, "holdout_fast_share": skip}
-    return best_w, chosen, evidence
+    if len(p_extras):
+        evidence["holdout_accuracy_without_extras"] = max(v for (_, s), v in scored.items() if s == 0.0)
+        evidence["extra_share"] = best_share
+    return best_w, best_share, chosen, evidence
+
+
+def _recorded_path(folder: Path, out_dir: Path) -> str:
+    """An extra encoder's folder as the artefact records it: relative when it lies inside the
+    artefact's folder (the pair can move or ship together), else absolute."""
+    folder, out_dir = folder.resolve(), out_dir.resolve()
+    return folder.relative_to(out_dir).as_posix() if folder.is_relative_to(out_dir) else str(folder)
 
 
 def fit_model(
@@ -75,29 +102,50 @@ def fit_model(
     labels: list[str],
     embedder: Embedder | None,
     max_tokens: int | None,
+    extra_embedders: Sequence[Embedder] = (),
+    out_dir: Path = Path("."),
 ) -> tuple[RoutingModel, dict[str, float]]:
+    """``extra_embedders`` (cascade only): further fine-tuned encoders; ``out_dir`` is the artefact's
+    folder (see ``_recorded_path``)."""
     if kind == "tfidf":
         return TextModel(TfidfClassifier.fit(texts, y, labels)), {}
     if embedder is None:
         raise ValueError(f"classifier {kind!r} needs a sentence encoder")
+    if extra_embedders and kind != "cascade":
+        raise ValueError(f"extra encoders are members of a cascade, not of classifier {kind!r}")
     vectors = _embed(embedder, texts, max_tokens)
     if kind != "cascade":
         return EmbeddingModel(fit_classifier(kind, vectors, y, labels), max_tokens), {}
+    extra_vectors = [_embed(e, texts, max_tokens) for e in extra_embedders]
     held = np.array(held_out(texts))
     fit_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
     evidence: dict[str, float] = {}
-    weight, threshold = 0.3, 0.8
+    weight, share, threshold = 0.3, 0.5, 0.8
     if len(held_idx) >= 20 and len(set(y[fit_idx].tolist())) == len(labels):
         fast = TfidfClassifier.fit([texts[i] for i in fit_idx], y[fit_idx], labels)
-        slow = fit_classifier(CASCADE_SLOW, vectors[fit_idx], y[fit_idx], labels)
         p_fast, _ = fast.predict_proba_texts([texts[i] for i in held_idx])
-        p_slow, _ = slow.predict_proba(vectors[held_idx])
-        weight, threshold, evidence = tune_cascade(p_fast, p_slow, y[held_idx])
+        p_slow, *p_extras = (
+            fit_classifier(CASCADE_SLOW, v[fit_idx], y[fit_idx], labels).predict_proba(v[held_idx])[0]
+            for v in (vectors, *extra_vectors)
+        )
+        weight, share, threshold, evidence = tune_cascade(p_fast, p_slow, y[held_idx], p_extras)
+    extras = [
+        ExtraMember(
+            EmbeddingModel(fit_classifier(CASCADE_SLOW, v, y, labels), max_tokens),
+            EncoderRef(space=e.space, path=_recorded_path(e.folder, out_dir), backend=e.backend),
+            e.folder,
+            share,
+            embedder=e,
+        )
+        for e, v in zip(extra_embedders, extra_vectors, strict=True)
+        if share > 0
+    ]
     model = CascadeModel(
         TextModel(TfidfClassifier.fit(texts, y, labels)),
         EmbeddingModel(fit_classifier(CASCADE_SLOW, vectors, y, labels), max_tokens),
         weight,
         threshold,
+        extras,
     )
     return model, evidence
 
@@ -108,13 +156,16 @@ def train(
     kind: str,
     out: Path,
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    extra_embedders: Sequence[Embedder] = (),
 ) -> tuple[ArtefactHeader, RoutingModel]:
     from coe import __version__
 
     labels = data.classes
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[label] for label in data.labels])
-    model, evidence = fit_model(kind, data.texts, y, labels, embedder, max_tokens)
+    model, evidence = fit_model(
+        kind, data.texts, y, labels, embedder, max_tokens, extra_embedders, out.parent
+    )
     params = model.params()
     if evidence:
         params["tuning"] = evidence

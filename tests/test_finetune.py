@@ -155,6 +155,93 @@ def test_eval_router_finds_the_tuned_encoder_from_the_artefact(
     assert json.loads(result.stdout)["accuracy"] >= 0.9
 
 
+def _cascade_with_extra(data: Path, tuned: Path, root: Path) -> Path:
+    """A cascade on the packaged MiniLM with the tuned folder as its extra member, both under root."""
+    import shutil
+
+    shutil.copytree(tuned, root / "encoders" / "tuned")
+    out = root / "router.npz"
+    extra = ["--classifier", "cascade", "--extra-encoder", str(root / "encoders" / "tuned")]
+    result = CliRunner().invoke(app, ["train-router", str(data), "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    assert "extra encoders: 1 of 1 kept" in result.output
+    return out
+
+
+def test_a_cascade_with_an_extra_encoder_asks_it_and_travels_with_it(
+    tuned: Path, data: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    model = _cascade_with_extra(data, tuned, tmp_path / "made")
+    header, cascade = artefact.load(model)
+    (extra,) = header.params["extras"]
+    assert extra["encoder"]["path"] == "encoders/tuned"  # relative: the pair can move together
+    assert extra["encoder"]["space"] == Embedder(path=str(tuned)).space and extra["share"] > 0
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "made", moved)
+    _, cascade = artefact.load(moved / "router.npz")
+    cascade.threshold = 1.01  # every prompt goes past tfidf to both encoders
+    texts = [PROMPTS["medical"][0], PROMPTS["code"][0], PROMPTS["writing"][0]]
+    pred = cascade.predict(texts, Embedder(backend="onnx", max_tokens=header.max_tokens))
+    assert set(pred.stages) == {"tfidf+knn+knn"}
+    assert [header.labels[i] for i in pred.probs.argmax(axis=1)] == ["medical", "code", "writing"]
+    loaded = cascade.extras[0].embedder  # on first use, from the moved folder
+    assert loaded is not None and loaded.folder == moved / "encoders" / "tuned"
+    args = ["eval", "router", str(data), "--model", str(moved / "router.npz"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["accuracy"] >= 0.9
+
+
+def test_warming_the_router_loads_both_encoders_before_the_first_prompt(
+    tuned: Path, data: Path, tmp_path: Path
+) -> None:
+    model = _cascade_with_extra(data, tuned, tmp_path)
+    router = _router(tmp_path, model, "{model: all-MiniLM-L6-v2, backend: onnx}")
+    (extra,) = router.model.extras
+    assert extra.embedder is None  # loading the artefact loads no network
+    router.warm()  # what `coe serve` does at start-up
+    assert router.embedder.loaded and extra.embedder is not None and extra.embedder.loaded
+
+
+def test_a_missing_or_retrained_extra_encoder_is_named(tuned: Path, data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    model = _cascade_with_extra(data, tuned, tmp_path)
+    folder = tmp_path / "encoders" / "tuned"
+    header_file = folder / HEADER_FILE
+    header = json.loads(header_file.read_text())
+    header_file.write_text(json.dumps({**header, "identity": "all-MiniLM-L6-v2+ft-0000"}))
+    retrained = r"router\.npz: its extra encoder .*tuned holds 'all-MiniLM-L6-v2\+ft-0000'"
+    with pytest.raises(ValueError, match=retrained):
+        artefact.load(model)
+    shutil.rmtree(folder)
+    missing = r"router\.npz: its extra encoder is missing: .*encoders/tuned"
+    with pytest.raises(ModelNotFoundError, match=missing):
+        _router(tmp_path, model, "{model: all-MiniLM-L6-v2, backend: onnx}")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--classifier", "knn"], "--extra-encoder adds members to a cascade; --classifier is 'knn'"),
+        (["--classifier", "cascade", "--backend", "torch"], "not a `coe finetune-encoder` folder"),
+        (["--classifier", "cascade"], "needs model.onnx"),  # onnx, the default, needs an export
+    ],
+)
+def test_extra_encoders_are_refused_where_they_cannot_work(
+    data: Path, tmp_path: Path, extra: list[str], expected: str
+) -> None:
+    from coe.encoders import resolve_encoder_dir
+
+    base = str(resolve_encoder_dir("all-MiniLM-L6-v2"))  # a real encoder, but no fine-tune names its space
+    args = ["train-router", str(data), "--out", str(tmp_path / "r.npz"), "--extra-encoder", base, *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and expected in result.output
+    assert not (tmp_path / "r.npz").exists()
+
+
 def test_a_damaged_header_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / HEADER_FILE).write_text("{not json")

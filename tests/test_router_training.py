@@ -148,6 +148,31 @@ def test_cascade_skips_the_encoder_when_tfidf_is_sure(artefacts: dict[str, Path]
     np.testing.assert_allclose(pred.probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def _noisy_votes(y: np.ndarray, right: float, rng: np.random.Generator) -> np.ndarray:
+    """Probabilities over 4 labels that put 0.7 on the truth with probability ``right``, else on
+    another label, independently per prompt."""
+    wrong = (y + rng.integers(1, 4, len(y))) % 4
+    top = np.where(rng.random(len(y)) < right, y, wrong)
+    p = np.full((len(y), 4), 0.1)
+    p[np.arange(len(y)), top] = 0.7
+    return p
+
+
+def test_cascade_tuning_keeps_an_extra_member_only_when_it_helps() -> None:
+    from routers.training import tune_cascade
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 3000)
+    p_fast, p_slow = _noisy_votes(y, 0.7, rng), _noisy_votes(y, 0.8, rng)
+    independent = _noisy_votes(y, 0.8, rng)  # errs elsewhere: the vote of three beats any two
+    _, share, _, evidence = tune_cascade(p_fast, p_slow, y, [independent])
+    assert share > 0 and evidence["holdout_accuracy_both"] > evidence["holdout_accuracy_without_extras"]
+    noise = rng.dirichlet(np.ones(4), len(y))  # knows nothing: it can only hurt
+    _, share, _, evidence = tune_cascade(p_fast, p_slow, y, [noise])
+    assert share == 0.0 == evidence["extra_share"]
+    assert evidence["holdout_accuracy_both"] == evidence["holdout_accuracy_without_extras"]
+
+
 def test_eval_router_json_reports_quality_and_latency(
     artefacts: dict[str, Path], test_file: Path, tmp_path: Path
 ) -> None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from coe.commands._util import fail
+
+if TYPE_CHECKING:
+    from coe.embedder import Embedder
 
 DataArg = Annotated[Path, typer.Argument(help="JSONL file, one labelled prompt per line")]
 TextField = Annotated[str, typer.Option("--text-field", help="JSON key holding the prompt")]
@@ -44,6 +47,14 @@ def train_router(
             "--encoder-path", help="encoder folder (embedder.path), e.g. from `coe finetune-encoder`"
         ),
     ] = None,
+    extra_encoder: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--extra-encoder",
+            help="cascade only: a further `coe finetune-encoder` folder whose kNN votes with the main "
+            "encoder's (repeatable; kept only if it helps on the held-out share)",
+        ),
+    ] = None,
 ) -> None:
     """Train a router on labelled prompts; reference the artefact from experts.yaml as router.model."""
     import time
@@ -59,6 +70,8 @@ def train_router(
         raise fail(f"unknown classifier {classifier!r}; expected one of: {', '.join(MODEL_KINDS)}")
     if backend not in BACKENDS:
         raise fail(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+    if extra_encoder and classifier != "cascade":
+        raise fail(f"--extra-encoder adds members to a cascade; --classifier is {classifier!r}")
     started = time.perf_counter()
     try:
         prompts = read_labelled(data, text_field, label_field)
@@ -74,13 +87,39 @@ def train_router(
                 max_tokens=max_tokens or None,
             )
         )
-        header, _ = train(prompts, embedder, classifier, out, max_tokens or None)
+        extras = [_extra_encoder(folder, backend) for folder in extra_encoder or []]
+        header, model = train(prompts, embedder, classifier, out, max_tokens or None, extras)
     except CoEError as exc:
         raise fail(str(exc)) from None
     typer.echo(
         f"ok {out}: {header.classifier} on {header.train_size} prompts, labels {', '.join(header.labels)}"
         f" ({time.perf_counter() - started:.0f} s)"
     )
+    if extras:
+        kept = getattr(model, "extras", [])
+        tuning = header.params.get("tuning", {})
+        evidence = (
+            f"held-out accuracy {tuning['holdout_accuracy_both']:.4f} with them, "
+            f"{tuning['holdout_accuracy_without_extras']:.4f} without"
+            if "extra_share" in tuning
+            else "too few prompts to tune: default share"
+        )
+        share = kept[0].share if kept else 0.0
+        typer.echo(f"extra encoders: {len(kept)} of {len(extras)} kept (share {share}; {evidence})")
+
+
+def _extra_encoder(folder: Path, backend: str) -> Embedder:
+    """An extra cascade member's encoder; only a fine-tuned folder names its space unambiguously."""
+    from coe.embedder import Embedder
+    from coe.errors import CoEError
+
+    try:
+        embedder = Embedder(path=str(folder), backend=backend)
+    except CoEError as exc:
+        raise CoEError(f"--extra-encoder {folder}: {exc}") from None
+    if embedder.files.identity is None:
+        raise CoEError(f"--extra-encoder {folder}: not a `coe finetune-encoder` folder (no coe_encoder.json)")
+    return embedder
 
 
 def calibrate(

@@ -88,7 +88,8 @@ def single_prompt_latency_ms(
     The ``n`` prompts are spread evenly over the file: data files are often sorted by source, and the
     first hundred rows of one source say little about the latency of the mix."""
     texts = texts[:: max(1, len(texts) // max(n, 1))][:n]
-    for text in texts[:3]:  # warm up: load the encoder, fill caches
+    model.warm(embedder)  # load every encoder, even those the first prompts would not reach
+    for text in texts[:3]:  # fill caches
         predict(model, embedder, [text])
     out = []
     for text in texts:

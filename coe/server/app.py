@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coe.config import CoEConfig
 from coe.orchestrator import CoE
+from coe.protocols import WarmRouter
 from coe.server.chat import ChatHandler, attempted, model_ids
 from coe.server.errors import APIError, install_error_handlers
 from coe.server.limits import ExpertLimiter
@@ -186,7 +187,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 async def _warm(coe: CoE) -> None:
     """Load the router's encoder and start managed experts now rather than on the first request."""
     try:
-        await asyncio.to_thread(lambda: coe.router)
+        router = await asyncio.to_thread(lambda: coe.router)
+        if isinstance(router, WarmRouter):  # a trained artefact loads its encoders on first use
+            await asyncio.to_thread(router.warm)
         loaded = set(await coe.pool.warm())  # as many as the memory budget holds together
         for name, expert in coe.config.experts.items():
             if expert.serve is not None and name not in loaded and (why := coe.pool.error(name)):

@@ -20,22 +20,25 @@
    domains lump unlike subjects together, and an encoder that separates the subjects gives the
    domain classifiers cleaner neighbourhoods (training-side held-out share: cascade 0.955 against
    0.951 with domain labels; the validation side agreed, 0.950 against 0.947, within one standard
-   error). ``coe train-router`` fits the tfidf -> kNN cascade on those vectors into
-   ``build/val_router.npz`` and ``coe eval router`` prints its accuracy and latency on the
-   validation side: the number we report.
+   error). A second MiniLM is fine-tuned on the 8 domains into ``build/val_dom_encoder``: it errs on
+   other prompts than the first, and its kNN votes as an extra cascade member (``coe train-router
+   --extra-encoder``; its share is tuned on the same 15%, 0.25 of the main member's: held-out share
+   0.9596 against 0.9564 without it, validation side 0.954 against 0.950). ``coe train-router`` fits
+   the tfidf -> kNN cascade on those vectors into ``build/val_router.npz`` and ``coe eval router``
+   prints its accuracy and latency on the validation side: the number we report.
 4. Final fit (skipped with ``--validate-only``): the same recipe, unchanged, on the training and
-   validation sides together (``build/all.jsonl``): encoder ``build/encoder``, artefact
-   ``router_mix.npz`` next to this file, which ``experts.yaml`` here references. Why: prompts we
-   route later are neither side, and a quarter more router_mix prompts is worth having: dropping a
-   random 1,166 of the training side's 4,678 router_mix prompts cost the cascade 0.1 and 0.5 points
-   on the validation side (two draws, encoder kept) and 0.5 points when the encoder was fine-tuned
-   without them too (one draw). Evaluating ``router_mix.npz`` on the validation side measures
-   nothing, and ``coe eval router`` says so (``train_overlap``).
+   validation sides together (``build/all.jsonl``): encoders ``build/encoder`` and
+   ``build/dom_encoder``, artefact ``router_mix.npz`` next to this file, which ``experts.yaml`` here
+   references. Why: prompts we route later are neither side, and a quarter more router_mix prompts
+   is worth having: dropping a random 1,166 of the training side's 4,678 router_mix prompts cost the
+   two-member cascade 0.1 and 0.5 points on the validation side (two draws, encoder kept) and 0.5
+   points when the encoder was fine-tuned without them too (one draw). Evaluating ``router_mix.npz``
+   on the validation side measures nothing, and ``coe eval router`` says so (``train_overlap``).
 
-Time on a 2-core machine: about 15 minutes per fine-tuning (4 epochs of 12,000 prompts), twice, then
-about a minute per training and evaluation; a rerun with unchanged data reuses both encoders and the
-embedding cache. Everything goes under ``build/`` and the artefact beside this file, all git-ignored;
-the weights are derived artefacts on this disk only, never committed.
+Time on a 2-core machine: about 15 minutes per fine-tuning (4 epochs of 12,000 prompts), four times,
+then a few minutes per training and evaluation; a rerun with unchanged data reuses the encoders and
+the embedding cache. Everything goes under ``build/`` and the artefact beside this file, all
+git-ignored; the weights are derived artefacts on this disk only, never committed.
 """
 
 from __future__ import annotations
@@ -141,8 +144,8 @@ def coe(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "coe", *args], check=True, cwd=REPO)
 
 
-def finetuned(data: Path, encoder: Path, epochs: int) -> bool:
-    """Whether ``encoder`` already holds a fine-tune of exactly this data with these epochs."""
+def finetuned(data: Path, encoder: Path, label_field: str, epochs: int) -> bool:
+    """Whether ``encoder`` already holds a fine-tune of exactly this data, label and epochs."""
     from coe.encoder_header import read_header
     from coe.evaluation.data import read_labelled
     from coe.splits import dataset_hash
@@ -150,20 +153,32 @@ def finetuned(data: Path, encoder: Path, epochs: int) -> bool:
     header = read_header(encoder) if encoder.is_dir() else None
     if header is None or header.settings.epochs != epochs:
         return False
-    rows = read_labelled(data, label_field=FINE)
+    rows = read_labelled(data, label_field=label_field)
     return header.data_sha256 == dataset_hash(rows.texts, rows.labels)
 
 
-def fit(data: Path, encoder: Path | None, out: Path, classifier: str, epochs: int, refit: bool) -> None:
-    """One run of the recipe on ``data``: fine-tune ``encoder`` (None: frozen MiniLM), train ``out``."""
+def finetune(data: Path, encoder: Path, label_field: str, epochs: int, refit: bool) -> Path:
+    """``encoder``, fine-tuned on ``data``'s ``label_field`` unless it already is (``--refit``: anyway)."""
+    if refit or not finetuned(data, encoder, label_field, epochs):
+        settings = ["--label-field", label_field, "--epochs", str(epochs)]
+        coe("finetune-encoder", str(data), "--out", str(encoder), *settings)
+    else:
+        print(f"reusing {encoder} (same data and settings; --refit to fine-tune again)")
+    return encoder
+
+
+def fit(data: Path, encoders: str | None, out: Path, classifier: str, epochs: int, refit: bool) -> None:
+    """One run of the recipe on ``data``: fine-tune the encoders named ``{encoders}encoder`` (source
+    labels) and ``{encoders}dom_encoder`` (domains) under build/, or none (None: frozen MiniLM), and
+    train ``out`` on them."""
     extra: list[str] = []
-    if encoder is not None:
-        if refit or not finetuned(data, encoder, epochs):
-            settings = ["--label-field", FINE, "--epochs", str(epochs)]
-            coe("finetune-encoder", str(data), "--out", str(encoder), *settings)
-        else:
-            print(f"reusing {encoder} (same data and settings; --refit to fine-tune again)")
-        extra = ["--encoder-path", str(encoder)]
+    if encoders is not None:
+        build = HERE / "build"
+        main = finetune(data, build / f"{encoders}encoder", FINE, epochs, refit)
+        extra = ["--encoder-path", str(main)]
+        if classifier == "cascade":
+            second = finetune(data, build / f"{encoders}dom_encoder", "domain", epochs, refit)
+            extra += ["--extra-encoder", str(second)]
     coe("train-router", str(data), "--classifier", classifier, "--out", str(out), *extra)
 
 
@@ -187,11 +202,11 @@ def main() -> int:
     frozen = "_frozen" if args.no_finetune else ""
     recipe = {"classifier": args.classifier, "epochs": args.epochs, "refit": args.refit}
     checked = build_dir / f"val_router{frozen}.npz"
-    fit(train, None if args.no_finetune else build_dir / "val_encoder", checked, **recipe)
+    fit(train, None if args.no_finetune else "val_", checked, **recipe)
     coe("eval", "router", str(val), "--model", str(checked), "--plot", str(build_dir / "confusion.png"))
     if not args.validate_only:
         out = args.out or HERE / f"router_mix{frozen}.npz"
-        fit(everything, None if args.no_finetune else build_dir / "encoder", out, **recipe)
+        fit(everything, None if args.no_finetune else "", out, **recipe)
         print(f"final fit on {everything.name} written to {out} (validation number above: {checked.name})")
     print(f"reproduced in {time.perf_counter() - started:.0f} s")
     return 0
