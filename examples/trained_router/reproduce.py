@@ -2,6 +2,7 @@
 
     .venv/bin/python examples/trained_router/reproduce.py                   # fine-tuned MiniLM + cascade
     .venv/bin/python examples/trained_router/reproduce.py --validate-only   # the number, no final fit
+    .venv/bin/python examples/trained_router/reproduce.py --final-only      # the artefact, half the time
     .venv/bin/python examples/trained_router/reproduce.py --no-finetune     # frozen MiniLM, for comparison
 
 1. Split ``router_mix/prompts.jsonl`` (from the shared data folder): a prompt is in our validation
@@ -190,7 +191,11 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None, help="final artefact (default: router_mix.npz here)")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="fine-tuning epochs")
     p.add_argument("--no-finetune", action="store_true", help="frozen MiniLM (writes router_mix_frozen.npz)")
-    p.add_argument("--validate-only", action="store_true", help="stop after the validation number")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--validate-only", action="store_true", help="stop after the validation number")
+    steps.add_argument(
+        "--final-only", action="store_true", help="skip the validation run: only the artefact to ship"
+    )
     p.add_argument("--refit", action="store_true", help="fine-tune again even if an encoder is current")
     args = p.parse_args()
     if not (args.data / "router_mix" / "prompts.jsonl").is_file():
@@ -202,12 +207,13 @@ def main() -> int:
     frozen = "_frozen" if args.no_finetune else ""
     recipe = {"classifier": args.classifier, "epochs": args.epochs, "refit": args.refit}
     checked = build_dir / f"val_router{frozen}.npz"
-    fit(train, None if args.no_finetune else "val_", checked, **recipe)
-    coe("eval", "router", str(val), "--model", str(checked), "--plot", str(build_dir / "confusion.png"))
+    if not args.final_only:
+        fit(train, None if args.no_finetune else "val_", checked, **recipe)
+        coe("eval", "router", str(val), "--model", str(checked), "--plot", str(build_dir / "confusion.png"))
     if not args.validate_only:
         out = args.out or HERE / f"router_mix{frozen}.npz"
         fit(everything, None if args.no_finetune else "", out, **recipe)
-        print(f"final fit on {everything.name} written to {out} (validation number above: {checked.name})")
+        print(f"final fit on {everything.name} written to {out} (validated as {checked.name})")
     print(f"reproduced in {time.perf_counter() - started:.0f} s")
     return 0
 
