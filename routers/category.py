@@ -139,9 +139,10 @@ class CategoryRouter:
         note = None
         if self.llm is not None:
             note = "no generation, so no llm call: centroid on the examples"
+        members = pred.members or [{}] * len(requests)
         return [
-            self._decide(p, s, {"classifier": stage}, note)
-            for p, s, stage in zip(pred.probs, pred.scores, pred.stages, strict=True)
+            self._decide(p, s, {"classifier": stage, **({"members": m} if m else {})}, note)
+            for p, s, stage, m in zip(pred.probs, pred.scores, pred.stages, members, strict=True)
         ]
 
     async def aroute(self, requests: Sequence[Request], call_expert: CallExpert) -> list[RouteDecision]:

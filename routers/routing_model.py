@@ -37,6 +37,9 @@ class Prediction:
     probs: np.ndarray  # (n, classes), rows sum to 1
     scores: np.ndarray  # (n, classes): cosines (centroid, knn) or logits, shown as "similarities"
     stages: list[str] = field(default_factory=list)  # per prompt: which features decided
+    # per prompt, for a cascade: each member's own top category and its probability, so a trace shows
+    # who agreed (the combined distribution alone hides a member that was outvoted)
+    members: list[dict[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def _need(embedder: Embedder | None) -> Embedder:
@@ -148,6 +151,11 @@ class ExtraMember:
             )
         return cls(model, encoder, files.folder, share)
 
+    @property
+    def name(self) -> str:
+        """How traces name it: its classifier and encoder folder, e.g. ``knn@dom_encoder``."""
+        return f"{self.model.kind}@{self.folder.name}"
+
     def predict(self, texts: Sequence[str], like: Embedder | None) -> Prediction:
         return self.model.predict(texts, self._embedder(like))
 
@@ -188,6 +196,7 @@ class CascadeModel:
         first = self.fast.predict(texts)
         unsure = np.flatnonzero(first.probs.max(axis=1) < self.threshold)
         probs, scores, stages = first.probs.copy(), first.scores.copy(), list(first.stages)
+        members = [{"tfidf": self._top(p)} for p in first.probs]
         if len(unsure):
             asked = [texts[i] for i in unsure]
             pending = [self._pool().submit(m.predict, asked, embedder) for m in self.extras]
@@ -196,9 +205,16 @@ class CascadeModel:
             probs[unsure] = combine(first.probs[unsure], second.probs, self.weight, extras)
             scores[unsure] = second.scores
             stage = "+".join(["tfidf", self.slow.kind, *(m.model.kind for m in self.extras)])
-            for i in unsure:
+            for row, i in enumerate(unsure):
                 stages[i] = stage
-        return Prediction(probs, scores, stages)
+                members[i][self.slow.kind] = self._top(second.probs[row])
+                for m, (p, _) in zip(self.extras, extras, strict=True):
+                    members[i][m.name] = self._top(p[row])
+        return Prediction(probs, scores, stages, members)
+
+    def _top(self, p: np.ndarray) -> dict[str, Any]:
+        k = int(p.argmax())
+        return {"category": self.fast.classifier.labels[k], "p": round(float(p[k]), 4)}
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:

@@ -186,6 +186,8 @@ def test_a_cascade_with_an_extra_encoder_asks_it_and_travels_with_it(
     pred = cascade.predict(texts, Embedder(backend="onnx", max_tokens=header.max_tokens))
     assert set(pred.stages) == {"tfidf+knn+knn"}
     assert [header.labels[i] for i in pred.probs.argmax(axis=1)] == ["medical", "code", "writing"]
+    assert set(pred.members[0]) == {"tfidf", "knn", "knn@tuned"}  # each member's own vote, for traces
+    assert pred.members[1]["knn@tuned"]["category"] == "code" and 0 < pred.members[1]["knn@tuned"]["p"] <= 1
     loaded = cascade.extras[0].embedder  # on first use, from the moved folder
     assert loaded is not None and loaded.folder == moved / "encoders" / "tuned"
     args = ["eval", "router", str(data), "--model", str(moved / "router.npz"), "--json"]
@@ -203,6 +205,12 @@ def test_warming_the_router_loads_both_encoders_before_the_first_prompt(
     assert extra.embedder is None  # loading the artefact loads no network
     router.warm()  # what `coe serve` does at start-up
     assert router.embedder.loaded and extra.embedder is not None and extra.embedder.loaded
+    from coe import Request
+
+    router.model.threshold = 1.01  # past tfidf: the trace names every member's vote
+    (decision,) = router.route([Request.from_input(PROMPTS["writing"][1])])
+    assert decision.category == "writing" and decision.details["classifier"] == "tfidf+knn+knn"
+    assert decision.details["members"]["knn@tuned"]["category"] == "writing"
 
 
 def test_a_missing_or_retrained_extra_encoder_is_named(tuned: Path, data: Path, tmp_path: Path) -> None:
