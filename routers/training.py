@@ -63,7 +63,8 @@ def tune_cascade(
     p_fast: np.ndarray, p_slow: np.ndarray, y: np.ndarray, p_extras: Sequence[np.ndarray] = ()
 ) -> tuple[float, float, float, dict[str, float]]:
     """Weight, extra share and threshold from held-out probabilities of all members (the first best
-    on ties, so the lighter setting wins); returns them and the evidence."""
+    on ties, so the lighter setting wins); returns them and the evidence (``holdout_accuracy_both``:
+    every member asked on every prompt; the key is older than extra members)."""
 
     def accuracy(w: float, share: float) -> float:
         mixed = combine(p_fast, p_slow, w, [(p, share) for p in p_extras])
