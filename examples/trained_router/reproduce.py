@@ -1,6 +1,6 @@
 """Reproduce the router_mix number in one command: build the data, fine-tune, train, evaluate, ship.
 
-    .venv/bin/python examples/trained_router/reproduce.py                   # fine-tuned MiniLM + cascade
+    .venv/bin/python examples/trained_router/reproduce.py                   # two fine-tuned MiniLMs + cascade
     .venv/bin/python examples/trained_router/reproduce.py --validate-only   # the number, no final fit
     .venv/bin/python examples/trained_router/reproduce.py --final-only      # the artefact, half the time
     .venv/bin/python examples/trained_router/reproduce.py --no-finetune     # frozen MiniLM, for comparison
