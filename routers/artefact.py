@@ -37,7 +37,9 @@ class ArtefactHeader(BaseModel):
     )
     backend: str | None = Field(None, description="embedder.backend used for training (torch and onnx agree)")
     encoder_path: str | None = Field(
-        None, description="folder of a fine-tuned encoder (coe finetune-encoder) it was trained with"
+        None,
+        description="folder of a fine-tuned encoder (coe finetune-encoder) it was trained with; relative "
+        "to the artefact's folder when inside it (see recorded_path)",
     )
     max_tokens: int | None = Field(None, description="prompts were encoded from their first N tokens")
     labels: list[str]
@@ -46,6 +48,18 @@ class ArtefactHeader(BaseModel):
     train_size: int
     train_sha256: str = Field(description="hash of the (label, text) pairs trained on")
     created_with: str = Field("", description="coe version that wrote it")
+
+
+def recorded_path(folder: Path, artefact_dir: Path) -> str:
+    """An encoder folder as an artefact records it: relative when it lies inside the artefact's
+    folder (the pair can move or ship together), else absolute."""
+    folder, artefact_dir = folder.resolve(), artefact_dir.resolve()
+    return folder.relative_to(artefact_dir).as_posix() if folder.is_relative_to(artefact_dir) else str(folder)
+
+
+def resolve_recorded(recorded: str, artefact: Path) -> Path:
+    """The folder ``recorded_path`` wrote, for the artefact file ``artefact`` wherever it lies now."""
+    return artefact.parent / recorded  # an absolute ``recorded`` replaces the parent
 
 
 def save(path: Path, header: ArtefactHeader, classifier: Any, train_texts: Sequence[str]) -> None:

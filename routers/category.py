@@ -107,7 +107,8 @@ class CategoryRouter:
                 f"{path}: trained on {header.encoder!r} embeddings, but embedder is "
                 f"{self.embedder.name!r} with backend {self.embedder.backend!r} ({self.embedder.space!r}); "
                 + (
-                    f"set embedder.path to the fine-tuned encoder {header.encoder_path}"
+                    f"set embedder.path to the fine-tuned encoder "
+                    f"{artefact.resolve_recorded(header.encoder_path, path)}"
                     if header.encoder_path
                     else "set embedder.model/backend to match"
                 )

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from coe.splits import dataset_hash, held_out
-from routers.artefact import ArtefactHeader, save
+from routers.artefact import ArtefactHeader, recorded_path, save
 from routers.classifiers import fit_classifier
 from routers.routing_model import (
     CascadeModel,
@@ -89,13 +89,6 @@ def tune_cascade(
     return best_w, best_share, chosen, evidence
 
 
-def _recorded_path(folder: Path, out_dir: Path) -> str:
-    """An extra encoder's folder as the artefact records it: relative when it lies inside the
-    artefact's folder (the pair can move or ship together), else absolute."""
-    folder, out_dir = folder.resolve(), out_dir.resolve()
-    return folder.relative_to(out_dir).as_posix() if folder.is_relative_to(out_dir) else str(folder)
-
-
 def fit_model(
     kind: str,
     texts: list[str],
@@ -107,7 +100,7 @@ def fit_model(
     out_dir: Path = Path("."),
 ) -> tuple[RoutingModel, dict[str, float]]:
     """``extra_embedders`` (cascade only): further fine-tuned encoders; ``out_dir`` is the artefact's
-    folder (see ``_recorded_path``)."""
+    folder (see ``routers.artefact.recorded_path``)."""
     if kind == "tfidf":
         return TextModel(TfidfClassifier.fit(texts, y, labels)), {}
     if embedder is None:
@@ -133,7 +126,7 @@ def fit_model(
     extras = [
         ExtraMember(
             EmbeddingModel(fit_classifier(CASCADE_SLOW, v, y, labels), max_tokens),
-            EncoderRef(space=e.space, path=_recorded_path(e.folder, out_dir), backend=e.backend),
+            EncoderRef(space=e.space, path=recorded_path(e.folder, out_dir), backend=e.backend),
             e.folder,
             share,
             embedder=e,
@@ -174,7 +167,9 @@ def train(
     header = ArtefactHeader(
         encoder=embedder.space if uses_encoder else None,
         backend=embedder.backend if uses_encoder else None,
-        encoder_path=str(embedder.folder.resolve()) if uses_encoder and embedder.files.identity else None,
+        encoder_path=recorded_path(embedder.folder, out.parent)
+        if uses_encoder and embedder.files.identity
+        else None,
         max_tokens=max_tokens if uses_encoder else None,
         labels=labels,
         classifier=kind,

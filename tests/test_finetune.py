@@ -250,6 +250,20 @@ def test_extra_encoders_are_refused_where_they_cannot_work(
     assert not (tmp_path / "r.npz").exists()
 
 
+def test_an_artefact_beside_its_encoder_moves_with_it(tuned: Path, data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(tuned, tmp_path / "made" / "encoder")
+    _train(data, tmp_path / "made" / "router.npz", "--encoder-path", str(tmp_path / "made" / "encoder"))
+    header, _ = artefact.load(tmp_path / "made" / "router.npz")
+    assert header.encoder_path == "encoder"  # inside the artefact's folder: recorded relative to it
+    shutil.move(tmp_path / "made", tmp_path / "moved")
+    args = ["eval", "router", str(data), "--model", str(tmp_path / "moved" / "router.npz"), "--json"]
+    result = CliRunner().invoke(app, args)  # finds the encoder from the artefact alone, from any cwd
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["accuracy"] >= 0.9
+
+
 def test_a_damaged_header_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / HEADER_FILE).write_text("{not json")

@@ -56,9 +56,10 @@ def load_for_eval(
         embedder = None
         chosen = backend or header.backend or "torch"
         if header.encoder is not None and header.encoder_path:  # fine-tuned: the folder names its space
+            folder = artefact.resolve_recorded(header.encoder_path, model)
             embedder = Embedder(
                 header.encoder,
-                path=header.encoder_path,
+                path=str(folder),
                 backend=chosen,
                 max_tokens=header.max_tokens,
                 threads=threads,
@@ -66,7 +67,7 @@ def load_for_eval(
             if embedder.space != header.encoder:
                 raise CoEError(
                     f"{model}: trained on {header.encoder!r} vectors, but the encoder at "
-                    f"{header.encoder_path} is now {embedder.space!r}; retrain with `coe train-router`"
+                    f"{folder} is now {embedder.space!r}; retrain with `coe train-router`"
                 )
         elif header.encoder is not None:
             name = header.encoder.removesuffix("+static")
