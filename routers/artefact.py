@@ -8,8 +8,9 @@ Layout (format version 2): ``__header__`` is a 0-d unicode array holding ``Artef
 ``__trained_on__`` holds the training texts' fingerprints (``coe.splits.text_fingerprints``; absent
 from artefacts written before it, which load all the same); every other key is an array of the model
 (see ``routers.routing_model``; a cascade prefixes its members' arrays with ``fast.``, ``slow.`` and
-``extra0.``, ``extra1.``...; an extra member's params name its encoder folder, relative to the
-artefact's own folder). Version 1 (no backend, character truncation) is refused with a message to retrain.
+``extra0.``, ``extra1.``...; an extra member's params name its encoder folder, as ``encoder_path``
+does the main one: see ``recorded_path``). Version 1 (no backend, character truncation) is refused
+with a message to retrain.
 """
 
 from __future__ import annotations
