@@ -178,9 +178,8 @@ def calibrate(
     )
     for name in ("before", "after"):
         r = report[name]
-        typer.echo(
-            f"{name}: accuracy on routed prompts {r['accuracy']}, fallback rate {r['fallback_rate']:.3f}"
-        )
+        accuracy = "n/a (all fall back)" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        typer.echo(f"{name}: accuracy on routed prompts {accuracy}, fallback rate {r['fallback_rate']:.3f}")
     typer.echo(f"put it in experts.yaml as {report['yaml']}")
 
 
