@@ -213,6 +213,22 @@ def test_warming_the_router_loads_both_encoders_before_the_first_prompt(
     assert decision.details["members"]["knn@tuned"]["category"] == "writing"
 
 
+def test_concurrent_routes_through_the_extra_encoder_agree_with_one_at_a_time(
+    tuned: Path, data: Path, tmp_path: Path
+) -> None:
+    """The server routes from several threads at once; the extra members share one worker thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, cascade = artefact.load(_cascade_with_extra(data, tuned, tmp_path))
+    cascade.threshold = 1.01
+    embedder = Embedder(backend="onnx", max_tokens=128)
+    texts = [t for ts in PROMPTS.values() for t in ts[:4]]
+    alone = [cascade.predict([t], embedder).probs[0] for t in texts]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda t: cascade.predict([t], embedder).probs[0], texts))
+    np.testing.assert_allclose(np.stack(together), np.stack(alone), atol=1e-6)
+
+
 def test_a_missing_or_retrained_extra_encoder_is_named(tuned: Path, data: Path, tmp_path: Path) -> None:
     import shutil
 
