@@ -136,18 +136,17 @@ class ExtraMember:
 
     @classmethod
     def resolve(cls, model: EmbeddingModel, encoder: EncoderRef, share: float, base: Path) -> ExtraMember:
-        from coe.encoders import finetuned_identity, resolve_encoder_files
+        from coe.encoders import resolve_encoder_files
         from coe.errors import ModelNotFoundError
 
         try:
             files = resolve_encoder_files("extra", encoder.backend, encoder.path, base)
         except ModelNotFoundError as exc:
             raise ValueError(f"its extra encoder is missing: {exc}") from None
-        found = finetuned_identity(files.folder)
-        if found != encoder.space:
+        if files.identity != encoder.space:  # read from the folder's coe_encoder.json while resolving
             raise ValueError(
-                f"its extra encoder {files.folder} holds {found!r}, not the {encoder.space!r} it was "
-                "trained with; retrain with `coe train-router`"
+                f"its extra encoder {files.folder} holds {files.identity!r}, not the {encoder.space!r} "
+                "it was trained with; retrain with `coe train-router`"
             )
         return cls(model, encoder, files.folder, share)
 
