@@ -58,9 +58,9 @@ def recorded_path(folder: Path, artefact_dir: Path) -> str:
     return folder.relative_to(artefact_dir).as_posix() if folder.is_relative_to(artefact_dir) else str(folder)
 
 
-def resolve_recorded(recorded: str, artefact: Path) -> Path:
-    """The folder ``recorded_path`` wrote, for the artefact file ``artefact`` wherever it lies now."""
-    return artefact.parent / recorded  # an absolute ``recorded`` replaces the parent
+def resolve_recorded(recorded: str, artefact_dir: Path) -> Path:
+    """The folder ``recorded_path`` wrote, for an artefact now in ``artefact_dir``."""
+    return artefact_dir / recorded  # an absolute ``recorded`` replaces the folder
 
 
 def save(path: Path, header: ArtefactHeader, classifier: Any, train_texts: Sequence[str]) -> None:

@@ -108,7 +108,7 @@ class CategoryRouter:
                 f"{self.embedder.name!r} with backend {self.embedder.backend!r} ({self.embedder.space!r}); "
                 + (
                     f"set embedder.path to the fine-tuned encoder "
-                    f"{artefact.resolve_recorded(header.encoder_path, path)}"
+                    f"{artefact.resolve_recorded(header.encoder_path, path.parent)}"
                     if header.encoder_path
                     else "set embedder.model/backend to match"
                 )

@@ -138,9 +138,10 @@ class ExtraMember:
     def resolve(cls, model: EmbeddingModel, encoder: EncoderRef, share: float, base: Path) -> ExtraMember:
         from coe.encoders import resolve_encoder_files
         from coe.errors import ModelNotFoundError
+        from routers.artefact import resolve_recorded
 
         try:
-            files = resolve_encoder_files("extra", encoder.backend, encoder.path, base)
+            files = resolve_encoder_files("extra", encoder.backend, str(resolve_recorded(encoder.path, base)))
         except ModelNotFoundError as exc:
             raise ValueError(f"its extra encoder is missing: {exc}") from None
         if files.identity != encoder.space:  # read from the folder's coe_encoder.json while resolving

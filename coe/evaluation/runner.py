@@ -56,7 +56,7 @@ def load_for_eval(
         embedder = None
         chosen = backend or header.backend or "torch"
         if header.encoder is not None and header.encoder_path:  # fine-tuned: the folder names its space
-            folder = artefact.resolve_recorded(header.encoder_path, model)
+            folder = artefact.resolve_recorded(header.encoder_path, model.parent)
             embedder = Embedder(
                 header.encoder,
                 path=str(folder),
