@@ -69,7 +69,8 @@ def at_half_cost(points: list[Any], budget: float) -> float | None:
 
 
 def tune_c(train: OutcomeTable, vectors: np.ndarray) -> tuple[float, dict[str, float]]:
-    """C with the best AIQ on the validation part ``coe eval outcomes`` tunes on."""
+    """C with the best AIQ on the validation part ``coe eval outcomes`` tunes on. Costs there are
+    each expert's mean: C changes only the quality estimates, so that is enough to rank it."""
     import numpy as np
 
     from coe.evaluation import curves
