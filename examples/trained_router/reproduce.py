@@ -213,7 +213,8 @@ def main() -> int:
     if not args.validate_only:
         out = args.out or HERE / f"router_mix{frozen}.npz"
         fit(everything, None if args.no_finetune else "", out, **recipe)
-        print(f"final fit on {everything.name} written to {out} (validated as {checked.name})")
+        how = "the recipe --validate-only measures" if args.final_only else f"validated as {checked.name}"
+        print(f"final fit on {everything.name} written to {out} ({how})")
     print(f"reproduced in {time.perf_counter() - started:.0f} s")
     return 0
 
