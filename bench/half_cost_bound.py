@@ -63,11 +63,6 @@ def logreg_quality(fit_vectors: np.ndarray, quality: np.ndarray, vectors: np.nda
     return out
 
 
-def at_half_cost(points: list[Any], budget: float) -> float | None:
-    under = [p.quality for p in points if p.cost <= budget]
-    return max(under) if under else None
-
-
 def tune_c(train: OutcomeTable, vectors: np.ndarray) -> tuple[float, dict[str, float]]:
     """C with the best AIQ on the validation part ``coe eval outcomes`` tunes on. Costs there are
     each expert's mean: C changes only the quality estimates, so that is enough to rank it."""
@@ -116,7 +111,7 @@ def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     found = ours.search(test_vectors, max(q.k for q in cost_training.default_grid()))
     by_setting = [
-        (at_half_cost(cost_training.curve(ours.with_params(q), test, found), budget), q.model_dump())
+        (curves.best_within(cost_training.curve(ours.with_params(q), test, found), budget), q.model_dump())
         for q in cost_training.default_grid()
     ]
     fits = [(quality, params) for quality, params in by_setting if quality is not None]
@@ -128,13 +123,13 @@ def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "ours": {"aiq": result.router.aiq, "quality": result.router.quality_at_half_cost},
         "logreg": {
             "aiq": curves.aiq(lr_points, curves.single_experts(test)),
-            "quality": at_half_cost(lr_points, budget),
+            "quality": curves.best_within(lr_points, budget),
             "C": c,
             "validation_aiq_by_C": c_scores,
         },
         "ours_best_setting_in_sample": {"aiq": None, "quality": grid_best[0], "params": grid_best[1]},
         "task_map_in_sample": {"aiq": None, "quality": task_map.expected_quality},
-        "oracle": {"aiq": None, "quality": at_half_cost(oracle_points, budget)},
+        "oracle": {"aiq": None, "quality": curves.best_within(oracle_points, budget)},
     }
     return {
         "test_size": len(test),

@@ -209,6 +209,17 @@ def test_eval_outcomes_reports_curves_against_baselines(outcomes: tuple[Path, Pa
     assert out["aiq"] >= out["zero_router"]["aiq"]
     lo, hi = out["aiq_gain_ci95"]  # its meaning is tested in test_outcomes_curves
     assert lo <= hi
+    # The test side holds 6 code and 6 chat prompts (the oracle pays 8 for each code prompt, 1 for
+    # each chat one). Full quality needs all 6 code prompts on 'big': 4.5 a prompt, over half of 8,
+    # so the half-cost target cannot be met; within 4.0 at most 5 go to 'big' (quality 11/12), and
+    # everything on 'small' (0.5 at cost 1) always fits.
+    assert out["test_size"] == 12 and out["oracle"]["cost"] == pytest.approx(4.5)
+    assert out["half_cost_target_met"] is False
+    assert 0.5 <= out["router"]["quality_at_half_cost"] <= 11 / 12 + 1e-9
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.output
+    assert "half-cost target (best-single quality at <= 50% of its cost): not met" in text.output
+    assert f"quality {out['router']['quality_at_half_cost']:.4f} at half its cost" in text.output
     assert png.stat().st_size > 10_000
     bad = runner.invoke(app, ["eval", "outcomes", "--format", "nope", "--train", str(outcomes[0])])
     assert bad.exit_code == 1 and "unknown format 'nope'" in bad.output and "Traceback" not in bad.output

@@ -89,6 +89,14 @@ def test_cheapest_reaching_uses_real_operating_points() -> None:
     assert curves.cheapest_reaching(points, 0.95) is None
 
 
+def test_best_within_a_budget_reads_real_operating_points() -> None:
+    points = [SweepPoint(knob=0, cost=1, quality=0.5), SweepPoint(knob=1, cost=4, quality=0.9)]
+    points.append(SweepPoint(knob=2, cost=5, quality=1.0))
+    assert curves.best_within(points, 4.0) == 0.9  # the point at cost 5 does not fit
+    assert curves.best_within(points, 5.0) == 1.0
+    assert curves.best_within(points, 0.5) is None  # nothing is that cheap: no number is made up
+
+
 def test_thin_keeps_the_hull_corners() -> None:
     rng = np.random.default_rng(1)
     points = [

@@ -102,13 +102,23 @@ def _print_table(result: Any) -> None:
     typer.echo(f"  zero router  AIQ {result.zero_router.aiq:.4f}")
     for curve in (result.baseline, result.router):
         reach = curve.reach_best_single
-        where = f"{reach.cost_ratio:.0%} of its cost (λ={reach.knob:.4g})" if reach else "never"
-        apgr = f"{curve.apgr:.4f}" if curve.apgr is not None else "n/a"
-        typer.echo(
-            f"  {curve.name}\n      AIQ {curve.aiq:.4f}, APGR {apgr}, best-single quality reached at {where}"
+        where = (
+            f"best-single quality reached at {reach.cost_ratio:.0%} of its cost (λ={reach.knob:.4g})"
+            if reach
+            else "best-single quality never reached"
         )
+        apgr = f"{curve.apgr:.4f}" if curve.apgr is not None else "n/a"
+        half = curve.quality_at_half_cost
+        at_half = (
+            f"quality {half:.4f} at half its cost" if half is not None else "no point costs half as much"
+        )
+        typer.echo(f"  {curve.name}\n      AIQ {curve.aiq:.4f}, APGR {apgr}, {where}; {at_half}")
     lo, hi = result.aiq_gain_ci95
     typer.echo(
         f"  AIQ gain over the RouterBench kNN: {result.router.aiq - result.baseline.aiq:+.4f} "
         f"(95% paired-bootstrap interval {lo:+.4f} .. {hi:+.4f})"
+    )
+    typer.echo(
+        "  half-cost target (best-single quality at <= 50% of its cost): "
+        + ("met" if result.half_cost_target_met else "not met")
     )

@@ -270,3 +270,10 @@ def cheapest_reaching(points: Sequence[SweepPoint], quality: float) -> SweepPoin
     """The cheapest actual operating point (one knob value, no mixing) with at least ``quality``."""
     ok = [p for p in points if p.quality >= quality - 1e-12]
     return min(ok, key=lambda p: p.cost) if ok else None
+
+
+def best_within(points: Sequence[CostQuality], budget: float) -> float | None:
+    """The best quality of an actual operating point costing at most ``budget`` (None: none does).
+    The half-cost target reads it at half the best single expert's cost."""
+    under = [p.quality for p in points if p.cost <= budget]
+    return max(under) if under else None

@@ -97,7 +97,6 @@ def _curve(name: str, params: dict[str, object], points: list[SweepPoint], test:
     singles = curves.single_experts(test)
     best, weak = curves.best_single(test), curves.cheapest_single(test)
     reach = curves.cheapest_reaching(points, best.quality)
-    half = [p.quality for p in points if p.cost <= 0.5 * best.cost]
     return Curve(
         name=name,
         params=params,
@@ -108,7 +107,7 @@ def _curve(name: str, params: dict[str, object], points: list[SweepPoint], test:
             if reach
             else None
         ),
-        quality_at_half_cost=max(half) if half else None,
+        quality_at_half_cost=curves.best_within(points, 0.5 * best.cost),
         n_points=len(points),
         points=curves.thin(points),
     )
