@@ -215,6 +215,7 @@ def test_eval_outcomes_reports_curves_against_baselines(outcomes: tuple[Path, Pa
     # everything on 'small' (0.5 at cost 1) always fits.
     assert out["test_size"] == 12 and out["oracle"]["cost"] == pytest.approx(4.5)
     assert out["half_cost_target_met"] is False
+    assert out["apgr_warning"] is None  # 'big' leads 'small' by half the prompts: no noise there
     assert 0.5 <= out["router"]["quality_at_half_cost"] <= 11 / 12 + 1e-9
     text = runner.invoke(app, args)
     assert text.exit_code == 0, text.output

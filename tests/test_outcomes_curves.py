@@ -89,6 +89,20 @@ def test_cheapest_reaching_uses_real_operating_points() -> None:
     assert curves.cheapest_reaching(points, 0.95) is None
 
 
+def test_apgr_is_flagged_when_the_best_single_is_no_clearer_winner_than_noise() -> None:
+    # RouterDC's test side: the best model beats the cheapest by 3 prompts of 2,608.
+    cheapest, best = CostQuality(cost=7.24, quality=0.5857), CostQuality(cost=8.03, quality=0.5869)
+    warning = curves.pgr_warning(cheapest, best, 2608)
+    assert warning is not None and "0.0012" in warning and "within noise" in warning
+    # RouterBench's: 0.557 against 0.871 on 598 prompts is no accident.
+    assert (
+        curves.pgr_warning(CostQuality(cost=1, quality=0.557), CostQuality(cost=60, quality=0.871), 598)
+        is None
+    )
+    # The same small gap on a huge table is real, and APGR means something again.
+    assert curves.pgr_warning(cheapest, best, 50_000_000) is None
+
+
 def test_best_within_a_budget_reads_real_operating_points() -> None:
     points = [SweepPoint(knob=0, cost=1, quality=0.5), SweepPoint(knob=1, cost=4, quality=0.9)]
     points.append(SweepPoint(knob=2, cost=5, quality=1.0))

@@ -118,6 +118,8 @@ def _print_table(result: Any) -> None:
         f"  AIQ gain over the RouterBench kNN: {result.router.aiq - result.baseline.aiq:+.4f} "
         f"(95% paired-bootstrap interval {lo:+.4f} .. {hi:+.4f})"
     )
+    if result.apgr_warning:
+        typer.echo(f"  note on APGR: {result.apgr_warning}")
     typer.echo(
         "  half-cost target (best-single quality at <= 50% of its cost): "
         + ("met" if result.half_cost_target_met else "not met")

@@ -21,6 +21,7 @@ Every cost is the mean cost per prompt in the table's unit (``OutcomeTable.cost_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -277,3 +278,20 @@ def best_within(points: Sequence[CostQuality], budget: float) -> float | None:
     The half-cost target reads it at half the best single expert's cost."""
     under = [p.quality for p in points if p.cost <= budget]
     return max(under) if under else None
+
+
+def pgr_warning(weak: CostQuality, strong: CostQuality, n: int) -> str | None:
+    """Why APGR may mean nothing on a table: it divides by strong − weak quality, and when that gap is
+    within noise (under two standard errors of a difference of two means over ``n`` prompts, with
+    the p(1 − p) variance bound that holds for any score in [0, 1]) a few prompts swing it by whole
+    units: RouterDC's best and cheapest models differ by 3 prompts of 2,608 and APGR read 30."""
+    gap = strong.quality - weak.quality
+    spread = 2 * math.sqrt(
+        (strong.quality * (1 - strong.quality) + weak.quality * (1 - weak.quality)) / max(n, 1)
+    )
+    if gap >= spread:
+        return None
+    return (
+        f"the best single beats the cheapest by {gap:.4f}, within noise (two standard errors: "
+        f"{spread:.4f} on {n} prompts); APGR divides by that gap and means little here: read AIQ"
+    )

@@ -77,6 +77,9 @@ class OutcomeEvalResult(BaseModel):
     aiq_range: tuple[float, float] = Field(description="cheapest .. most expensive single expert")
     apgr_weak: str
     apgr_strong: str
+    apgr_warning: str | None = Field(
+        None, description="set when the best single beats the cheapest only within noise: APGR is unstable"
+    )
     points: list[SweepPoint] = Field(description="our router's curve (thinned for output)")
     aiq: float
     apgr: float | None
@@ -164,6 +167,7 @@ def evaluate(
         aiq_range=(min(p.cost for p in singles), max(p.cost for p in singles)),
         apgr_weak=weak.name,
         apgr_strong=best.name,
+        apgr_warning=curves.pgr_warning(weak, best, len(test)),
         points=ours.points,
         aiq=ours.aiq,
         apgr=ours.apgr,
