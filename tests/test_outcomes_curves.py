@@ -101,6 +101,7 @@ def test_apgr_is_flagged_when_the_best_single_is_no_clearer_winner_than_noise() 
     )
     # The same small gap on a huge table is real, and APGR means something again.
     assert curves.pgr_warning(cheapest, best, 50_000_000) is None
+    assert curves.pgr_warning(best, best, 2608) is None  # the cheapest is the best: APGR is n/a, not noisy
 
 
 def test_best_within_a_budget_reads_real_operating_points() -> None:

@@ -289,7 +289,7 @@ def pgr_warning(weak: CostQuality, strong: CostQuality, n: int) -> str | None:
     spread = 2 * math.sqrt(
         (strong.quality * (1 - strong.quality) + weak.quality * (1 - weak.quality)) / max(n, 1)
     )
-    if gap >= spread:
+    if gap <= 0 or gap >= spread:  # no lead: apgr() is None already, nothing to warn about
         return None
     return (
         f"the best single beats the cheapest by {gap:.4f}, within noise (two standard errors: "
