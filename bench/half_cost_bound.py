@@ -71,10 +71,7 @@ def tune_c(train: OutcomeTable, vectors: np.ndarray) -> tuple[float, dict[str, f
     from coe.evaluation import curves
     from routers import cost_training
 
-    rows = {p: i for i, p in enumerate(train.prompts)}
-    fit_part, val = train.split(cost_training.VALIDATION_FRACTION, salt=cost_training.VALIDATION_SALT)
-    fv = vectors[[rows[p] for p in fit_part.prompts]]
-    vv = vectors[[rows[p] for p in val.prompts]]
+    fit_part, fv, val, vv = cost_training.validation_split(train, vectors)
     cost = np.tile(fit_part.cost.mean(axis=0), (len(val), 1))
     singles = curves.single_experts(val)
     scores = {

@@ -91,15 +91,27 @@ def _best(
     return sorted(trials, key=lambda t: -t.aiq)
 
 
-def tune(table: OutcomeTable, vectors: np.ndarray, grid: list[KNNParams] | None = None) -> TuneReport:
-    """Pick our settings and the baseline's k on a validation split of ``table``."""
-    grid = grid or default_grid()
+def validation_split(
+    table: OutcomeTable, vectors: np.ndarray
+) -> tuple[OutcomeTable, np.ndarray, OutcomeTable, np.ndarray]:
+    """The part of ``table`` tuning fits on and the part it scores on, each with its rows of
+    ``vectors``: anything compared with ``tune``'s choices must be tuned on exactly these."""
     rows = {p: i for i, p in enumerate(table.prompts)}
     fit_part, val_part = table.split(VALIDATION_FRACTION, salt=VALIDATION_SALT)
     if len(fit_part) == 0 or len(val_part) == 0:
         raise ValueError(f"too few prompts ({len(table)}) to hold some out for tuning")
-    fit_vectors = vectors[[rows[p] for p in fit_part.prompts]]
-    val_vectors = vectors[[rows[p] for p in val_part.prompts]]
+    return (
+        fit_part,
+        vectors[[rows[p] for p in fit_part.prompts]],
+        val_part,
+        vectors[[rows[p] for p in val_part.prompts]],
+    )
+
+
+def tune(table: OutcomeTable, vectors: np.ndarray, grid: list[KNNParams] | None = None) -> TuneReport:
+    """Pick our settings and the baseline's k on a validation split of ``table``."""
+    grid = grid or default_grid()
+    fit_part, fit_vectors, val_part, val_vectors = validation_split(table, vectors)
     model = fit(fit_part, fit_vectors)
     kmax = max(max(p.k for p in grid), *BASELINE_KS)
     found = model.search(val_vectors, kmax)
