@@ -102,14 +102,15 @@ def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     c, c_scores = tune_c(train, train_vectors)
     ours = cost_training.fit(train, train_vectors, KNNParams.model_validate(result.router.params))
-    predicted_cost = ours.predict(test_vectors).cost
+    grid = cost_training.default_grid()
+    found = ours.search(test_vectors, max(q.k for q in grid))  # one search serves every setting below
+    predicted_cost = ours.predict(test_vectors, found).cost
     lr_points = curves.sweep(
         logreg_quality(train_vectors, train.quality, test_vectors, c), predicted_cost, test.quality, test.cost
     )
-    found = ours.search(test_vectors, max(q.k for q in cost_training.default_grid()))
     by_setting = [
         (curves.best_within(cost_training.curve(ours.with_params(q), test, found), budget), q.model_dump())
-        for q in cost_training.default_grid()
+        for q in grid
     ]
     fits = [(quality, params) for quality, params in by_setting if quality is not None]
     grid_best = max(fits, key=lambda f: f[0]) if fits else (None, None)
