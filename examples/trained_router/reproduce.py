@@ -56,6 +56,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+BUILD = HERE / "build"  # data, encoders and the validation artefact; git-ignored
 REPO = HERE.parent.parent
 SCIENCE = {"physics", "chemistry", "biology", "computer science", "engineering"}
 # Chosen on the 15% of the training side the encoder never sees, with domain labels: held-out
@@ -174,11 +175,10 @@ def fit(data: Path, encoders: str | None, out: Path, classifier: str, epochs: in
     train ``out`` on them."""
     extra: list[str] = []
     if encoders is not None:
-        build = HERE / "build"
-        main = finetune(data, build / f"{encoders}encoder", FINE, epochs, refit)
+        main = finetune(data, BUILD / f"{encoders}encoder", FINE, epochs, refit)
         extra = ["--encoder-path", str(main)]
         if classifier == "cascade":
-            second = finetune(data, build / f"{encoders}dom_encoder", "domain", epochs, refit)
+            second = finetune(data, BUILD / f"{encoders}dom_encoder", "domain", epochs, refit)
             extra += ["--extra-encoder", str(second)]
     coe("train-router", str(data), "--classifier", classifier, "--out", str(out), *extra)
 
@@ -202,14 +202,13 @@ def main() -> int:
         print(f"error {args.data}/router_mix/prompts.jsonl not found; pass --data", file=sys.stderr)
         return 1
     started = time.perf_counter()
-    build_dir = HERE / "build"
-    train, val, everything = build(args.data, build_dir)
+    train, val, everything = build(args.data, BUILD)
     frozen = "_frozen" if args.no_finetune else ""
     recipe = {"classifier": args.classifier, "epochs": args.epochs, "refit": args.refit}
-    checked = build_dir / f"val_router{frozen}.npz"
+    checked = BUILD / f"val_router{frozen}.npz"
     if not args.final_only:
         fit(train, None if args.no_finetune else "val_", checked, **recipe)
-        coe("eval", "router", str(val), "--model", str(checked), "--plot", str(build_dir / "confusion.png"))
+        coe("eval", "router", str(val), "--model", str(checked), "--plot", str(BUILD / "confusion.png"))
     if not args.validate_only:
         out = args.out or HERE / f"router_mix{frozen}.npz"
         fit(everything, None if args.no_finetune else "", out, **recipe)
