@@ -1,1 +1,1 @@
-"""Answer combiners. Each implements ``coe.protocols.Aggregator``; coe finds them through coe.registry."""
+"""Answer combiners. Each implements ``coe.protocols.Aggregator``; coe finds them through coe.plugins."""

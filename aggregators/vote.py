@@ -1,6 +1,6 @@
 """Majority vote over the final answers of the recruited experts (option letters or numbers).
 
-Each answer's final answer is extracted (``coe.skills.answers``); the most common one wins, a tie goes
+Each answer's final answer is extracted (``coe.answers``); the most common one wins, a tie goes
 to the answer backed by more router weight. The winning answer is returned as its highest-weighted
 voter wrote it, unchanged. When nothing can be extracted (free text, code), the highest-weighted
 expert's answer stands. No extra LLM call, so voting costs only the experts' answers.
@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Literal
 
 from aggregators.support import Configured, finish, prepare
+from coe.answers import extract_for_prompt, majority
 from coe.config import AggregatorConfig
 from coe.protocols import Context
-from coe.skills.answers import extract_for_prompt, majority
 from coe.types import Answer, ExpertAnswer, Request
 
 

@@ -5,7 +5,7 @@ lever left was the encoder itself. This grid is how the domain-label MiniLM earn
 example cascade's extra member (``coe train-router --extra-encoder`` tunes one such weight per run on
 the held-out share); it shows the whole neighbourhood of that choice, and it tries other candidate
 encoders cheaply. It measures on both sides we may look at: the training side's 15% held-out share
-(``coe.splits.held_out``: the rows the encoders' epochs were chosen on and never trained on; members
+(``coe.data.splits.held_out``: the rows the encoders' epochs were chosen on and never trained on; members
 are refit without them) and our validation side (members fit on the whole training side). Each member
 is a kNN on one encoder's vectors; they are combined as the cascade combines its two (a weighted
 geometric mean): ``a * log p_tfidf + log p_main + b * log p_extra``, for a grid of ``a`` and ``b``.
@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _members(folder: Path, tokens: int, train: list[str], val: list[str]) -> tuple[Any, Any]:
     """One encoder's vectors for the training side and the validation side."""
-    from coe.embedder import Embedder
-    from routers.training import _embed
+    from coe.encoding.embedder import Embedder
+    from routers.category.training import _embed
 
     embedder = Embedder(path=str(folder), backend="onnx")
     return _embed(embedder, train, tokens), _embed(embedder, val, tokens)
@@ -79,10 +79,10 @@ def _folder_and_tokens(spec: str) -> tuple[Path, int]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
+    from coe.data.splits import held_out
     from coe.evaluation.data import read_labelled
-    from coe.splits import held_out
-    from routers.classifiers import KNNClassifier
-    from routers.text_classifier import TfidfClassifier
+    from routers.category.classifiers import KNNClassifier
+    from routers.category.text_classifier import TfidfClassifier
 
     train, val = (
         read_labelled(args.train, label_field=args.label_field),

@@ -77,7 +77,7 @@ def measure(call: Any, texts: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from coe.embedder import Embedder
+    from coe.encoding.embedder import Embedder
 
     texts = prompts(args.data, args.n)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     results = {name: {"space": e.space, **measure(e.encode, texts)} for name, e in variants.items()}
     if args.model is not None:
-        from routers import artefact
+        from routers.category import artefact
 
         header, model = artefact.load(args.model)
         tuned = variants["fine-tuned onnx"]

@@ -69,7 +69,7 @@ def tune_c(train: OutcomeTable, vectors: np.ndarray) -> tuple[float, dict[str, f
     import numpy as np
 
     from coe.evaluation import curves
-    from routers import cost_training
+    from routers.cost import training as cost_training
 
     fit_part, fv, val, vv = cost_training.validation_split(train, vectors)
     cost = np.tile(fit_part.cost.mean(axis=0), (len(val), 1))
@@ -88,11 +88,11 @@ def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from coe.evaluation import curves
-    from coe.evaluation.fit_map import Budget, fit
-    from coe.evaluation.outcome_eval import evaluate
     from coe.evaluation.outcome_inputs import embed, load_sides
-    from routers import cost_training
-    from routers.cost_model import KNNParams
+    from routers.category.fit_map import Budget, fit
+    from routers.cost import training as cost_training
+    from routers.cost.evaluation import evaluate
+    from routers.cost.model import KNNParams
 
     train, test, source = load_sides(name, [args.data / TABLES[name]], [], args.test_fraction)
     train_vectors, test_vectors = embed([train, test], "all-MiniLM-L6-v2", 512)

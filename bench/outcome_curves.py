@@ -50,9 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from coe.evaluation import curves
-    from coe.evaluation.fit_map import Budget, fit
-    from coe.evaluation.outcome_eval import evaluate
     from coe.evaluation.outcome_inputs import embed, load_sides
+    from routers.category.fit_map import Budget, fit
+    from routers.cost.evaluation import evaluate
 
     folder = args.data / TABLES[name]
     test = [args.test_root / TABLES[name]] if args.test_root else []
@@ -81,7 +81,7 @@ def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     if args.plots:
-        from coe.evaluation.outcome_plot import plot_outcomes
+        from routers.cost.plot import plot_outcomes
 
         plot_outcomes(result, args.plots / f"{name}.png")
     return {

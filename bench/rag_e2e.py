@@ -2,8 +2,8 @@
 
 On a sample of rag_gating questions from the test side of the gate split (never those a gate was
 tuned on), the registry's router picks the expert once per question; then, for each condition, the
-retrieval step (``coe.retrieval.Retriever.run``: gate, search, injection) prepares the prompt and the
-chosen local expert (real llama.cpp: SmolLM2-135M / Gemma-3-270M) answers it.
+retrieval step (``coe.retrieval.Retriever.run``: gate, search, injection) prepares the prompt and
+the chosen local expert (real llama.cpp: SmolLM2-135M / Gemma-3-270M) answers it.
 
 Quality measure (``contains_gold``): the answer contains one of the question's gold answers after
 normalisation (case, punctuation, thousands separators, "$", trailing ".00"). Only questions whose
@@ -70,7 +70,7 @@ def contains_gold(answer: str, golds: list[str]) -> bool:
 
 
 def sample(args: argparse.Namespace) -> list[Any]:
-    from coe.gate_data import read_gate_data
+    from coe.retrieval.gate_data import read_gate_data
 
     rows = read_gate_data([args.data], split="test", test_percent=args.test_percent)
     usable = [r for r in rows if r.answers and min(len(a) for a in r.answers) <= args.max_answer_chars]
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
     from coe import CoE, load_config
-    from coe.retrieval import Retriever
+    from coe.retrieval.retriever import Retriever
 
     config = load_config(args.config)
     if config.retrieval is None:

@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from coe.config import DeployConfig, IngressRayDeployment, load_config
     from coe.deploy import ray as coe_ray
-    from coe.serving.process import free_port
+    from coe.experts.process import free_port
 
     config = load_config(args.config)
     config = config.model_copy(update={"deploy": DeployConfig(ray=IngressRayDeployment(port=free_port()))})

@@ -10,7 +10,7 @@ Methods, each on the same sampled questions:
   even when the profile recruits one expert (``--no-fanout`` skips them).
 
 The profile comes from separate validation questions (MMLU dev, MedMCQA train, GSM8K train), built
-with the same code as ``coe profile`` (``coe.skills.build``). Reported per method: accuracy per data
+with the same code as ``coe profile`` (``routers.skills.build``). Reported per method: accuracy per data
 set and overall, calls per prompt (expert answers plus aggregator calls), wall time and seconds per
 prompt. Experts are warmed before timing; questions run ``--concurrency`` at a time.
 
@@ -46,9 +46,9 @@ from _report import emit  # noqa: E402  (bench/ is on sys.path when a bench runs
 from coe import CoE  # noqa: E402
 from coe.config import AggregatorConfig, CoEConfig, RouterConfig, SkillsConfig, load_config  # noqa: E402
 from coe.errors import CoEError  # noqa: E402
-from coe.skills.profile import SkillProfile, load_profile  # noqa: E402
-from coe.skills.qa import QAItem, grade, read_items  # noqa: E402
 from coe.types import Request  # noqa: E402
+from routers.skills.profile import SkillProfile, load_profile  # noqa: E402
+from routers.skills.qa import QAItem, grade, read_items  # noqa: E402
 
 # name -> (test file, validation file, grader, category label for the profile)
 DATASETS = {
@@ -107,10 +107,10 @@ def params_for(args: argparse.Namespace) -> Any:
 async def build_profile(
     config: CoEConfig, items: list[QAItem], args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
-    from coe.embedder import shared_embedder
-    from coe.evaluation.embedding_cache import EmbeddingCache
-    from coe.skills.build import build_profile as build
-    from coe.skills.profile import save_profile
+    from coe.encoding.cache import EmbeddingCache
+    from coe.encoding.embedder import shared_embedder
+    from routers.skills.build import build_profile as build
+    from routers.skills.profile import save_profile
 
     cache = EmbeddingCache(shared_embedder(config.embedder, config.base_dir))
     t = time.perf_counter()

@@ -115,11 +115,11 @@ def latencies(
 def ours(
     args: argparse.Namespace, train: list[dict[str, str]], test: list[dict[str, str]]
 ) -> list[tuple[dict[str, Any], Callable[[str], Any]]]:
-    from coe.embedder import Embedder
-    from routers.classifiers import fit_classifier
-    from routers.routing_model import CascadeModel, EmbeddingModel, TextModel
-    from routers.text_classifier import TfidfClassifier
-    from routers.training import fit_model
+    from coe.encoding.embedder import Embedder
+    from routers.category.classifiers import fit_classifier
+    from routers.category.model import CascadeModel, EmbeddingModel, TextModel
+    from routers.category.text_classifier import TfidfClassifier
+    from routers.category.training import fit_model
 
     labels = sorted({r["domain"] for r in train})
     y = np.array([labels.index(r["domain"]) for r in train])
@@ -131,7 +131,7 @@ def ours(
     # session keeps its worker spinning after each call, which slowed the next contender here
     # (semantic-router: 16.1 ms alone, 20.5 ms right after an onnx-int8 call).
     onnx_enc = Embedder("all-MiniLM-L6-v2", backend="onnx", max_tokens=args.max_tokens, threads=1)
-    from coe.evaluation.embedding_cache import EmbeddingCache
+    from coe.encoding.cache import EmbeddingCache
 
     int8_enc = Embedder("all-MiniLM-L6-v2", backend="onnx-int8", max_tokens=args.max_tokens, threads=1)
     torch_short = Embedder("all-MiniLM-L6-v2", backend="torch", max_tokens=args.max_tokens)
@@ -170,7 +170,7 @@ def semantic_router(
         return {"router": "semantic-router", "error": "not installed: pip install -e '.[bench]'"}, None
     from importlib.metadata import version
 
-    from coe.encoders import resolve_encoder_dir
+    from coe.encoding.files import resolve_encoder_dir
 
     folder = resolve_encoder_dir("all-MiniLM-L6-v2")  # a local folder: sentence-transformers never asks a hub
     encoder = LocalEncoder(name=str(folder), device="cpu")

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 from _report import emit, pct  # bench/ is on sys.path when a bench runs as a script
 
-from coe.serving.process import free_port
+from coe.experts.process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = {

@@ -1,3 +1,3 @@
-from coe.cli import main
+from coe.cli.main import main
 
 main()

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequen
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from coe import registry
+from coe import plugins
 from coe.clients import ChatClient, provider_chat
 from coe.config import CoEConfig, load_config
-from coe.embedder import request_scope
+from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, ExpertError
+from coe.experts.pool import ExpertPool
 from coe.protocols import Aggregator, Context, Router
-from coe.serving.pool import ExpertPool
 from coe.types import (
     Answer,
     Attempt,
@@ -34,8 +34,8 @@ from coe.types import (
 )
 
 if TYPE_CHECKING:
-    from coe.batch import BatchReport
-    from coe.retrieval import Retriever
+    from coe.batch.runner import BatchReport
+    from coe.retrieval.retriever import Retriever
 
 T = TypeVar("T")
 Prompt = str | list[Message] | list[dict[str, str]]
@@ -52,7 +52,7 @@ class CoE:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Entered around each call to one expert (the server's per-expert concurrency limit); an
         # exception other than ExpertError raised on entry ends the request instead of falling back.
-        self.gate: Callable[[str], AbstractAsyncContextManager[object]] | None = None
+        self.admission: Callable[[str], AbstractAsyncContextManager[object]] | None = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str] = "experts.yaml") -> CoE:
@@ -63,14 +63,14 @@ class CoE:
     @property
     def router(self) -> Router:
         if self._router is None:
-            factory = registry.load("routers", self.config.router.type)
+            factory = plugins.load("routers", self.config.router.type)
             self._router = factory.from_config(self.config)
         return self._router
 
     @property
     def aggregator(self) -> Aggregator:
         if self._aggregator is None:
-            factory = registry.load("aggregators", self.config.aggregator.type)
+            factory = plugins.load("aggregators", self.config.aggregator.type)
             # Built-ins read the typed block (expert, max_tokens, ...); plug-ins get the options dict.
             build = getattr(factory, "from_config", None)
             cfg = self.config.aggregator
@@ -112,7 +112,7 @@ class CoE:
     def retriever(self) -> Retriever | None:
         """The retrieval gate and index (coe/retrieval.py); None without a ``retrieval`` block."""
         if self._retriever is None and self.config.retrieval is not None:
-            from coe.retrieval import Retriever
+            from coe.retrieval.retriever import Retriever
 
             self._retriever = Retriever(self.config)
         return self._retriever
@@ -217,7 +217,7 @@ class CoE:
             usage = Usage()
             model: str | None = None
             try:
-                async with self._gate(name):
+                async with self._admit(name):
                     async for chunk in self._stream_expert(name, request, trace):
                         model = chunk.get("model", model)
                         if chunk.get("usage"):
@@ -277,7 +277,7 @@ class CoE:
         bounds each HTTP request)."""
         t = time.perf_counter()
         try:
-            async with self._gate(name):
+            async with self._admit(name):
                 call = self._complete(name, request, trace)
                 data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
             choice = (data.get("choices") or [{}])[0]
@@ -301,8 +301,8 @@ class CoE:
             trace.timings_ms[f"expert:{name}"] = answer.latency_ms
         return answer
 
-    def _gate(self, name: str) -> AbstractAsyncContextManager[object]:
-        return self.gate(name) if self.gate is not None else nullcontext()
+    def _admit(self, name: str) -> AbstractAsyncContextManager[object]:
+        return self.admission(name) if self.admission is not None else nullcontext()
 
     async def _complete(self, name: str, request: Request, trace: Trace | None = None) -> dict[str, Any]:
         expert = self.config.experts[name]
@@ -405,7 +405,7 @@ class CoE:
         optional ``expert`` (pinned, not routed). With ``out``, each result is appended to that JSONL
         file as it finishes and a rerun skips the ids already there. ``options``: ``params``,
         ``concurrency``, ``observer``. In async code: ``await run_batch(coe, items, ...)`` (coe/batch.py)."""
-        from coe.batch import run_batch
+        from coe.batch.runner import run_batch
 
         return self._run(run_batch(self, items, out=out, **options))
 

@@ -1,4 +1,4 @@
-"""The two extension points. A strategy is any class with this shape; see coe.registry for lookup.
+"""The two extension points. A strategy is any class with this shape; see coe.plugins for lookup.
 
 Routers are batched by design (``route`` takes a list) because the batch runner routes a whole queue
 before it loads any expert, and one encoder call over N prompts is far cheaper than N calls.

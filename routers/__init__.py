@@ -1,1 +1,1 @@
-"""Routing strategies. Each implements ``coe.protocols.Router``; coe finds them through coe.registry."""
+"""Routing strategies. Each implements ``coe.protocols.Router``; coe finds them through coe.plugins."""

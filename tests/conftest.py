@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from coe import CoE, load_config
-from tests.procs import llama_server_pids
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_REGISTRY = ROOT / "experts.yaml"
+from tests.support import paths
+from tests.support.paths import DEFAULT_REGISTRY
+from tests.support.procs import llama_server_pids
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,3 +62,40 @@ def coe_default(default_config) -> Iterator[CoE]:  # type: ignore[no-untyped-def
 @pytest.fixture(scope="session")
 def router(default_config):  # type: ignore[no-untyped-def]
     return CoE(default_config).router
+
+
+@pytest.fixture(scope="session")
+def rag_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index of the test corpus and a classifier gate trained on the labelled test questions."""
+    from coe.config import EmbedderConfig
+    from coe.encoding.embedder import shared_embedder
+    from coe.retrieval.corpus import read_corpus
+    from coe.retrieval.gate_data import read_gate_data
+    from coe.retrieval.gate_model import GateHeader, fit_classifier, save_gate
+    from coe.retrieval.index import build_index
+
+    folder = tmp_path_factory.mktemp("rag")
+    embedder = shared_embedder(EmbedderConfig())
+    build_index(
+        read_corpus(paths.DATA / "rag" / "corpus.jsonl").documents,
+        embedder,
+        folder / "index",
+        source="corpus",
+    )
+    rows = read_gate_data([paths.DATA / "rag" / "questions.jsonl"])
+    arrays, threshold, params, validation = fit_classifier(
+        embedder.encode([r.text for r in rows]), [r.label for r in rows]
+    )
+    header = GateHeader(
+        kind="classifier",
+        encoder="all-MiniLM-L6-v2",
+        threshold=threshold,
+        label_field="needs_retrieval",
+        train_size=len(rows),
+        positives=sum(r.label for r in rows),
+        train_sha256="-",
+        params=params,
+        validation=validation,
+    )
+    save_gate(folder / "gate.npz", header, arrays)
+    return folder

@@ -13,10 +13,11 @@ from coe.config.experts import DeployConfig, ExpertConfig
 from coe.config.routing import AggregatorConfig, RouterConfig
 
 ENCODER_THREADS = 1  # embedder.threads' default; `coe eval router` times latency with it too
+GateKind = Literal["never", "always", "category", "similarity", "classifier"]
 
 
 class EmbedderConfig(Strict):
-    """The sentence encoder. ``model`` names an offline package (see coe.embedder); ``path`` wins."""
+    """The sentence encoder. ``model`` names an offline package (see coe.encoding.embedder); ``path`` wins."""
 
     model: str = "all-MiniLM-L6-v2"
     path: str | None = None
@@ -91,7 +92,7 @@ class RetrievalConfig(Strict):
     """Retrieval gating (coe/retrieval.py): per prompt, decide whether to fetch documents from an
     index built by `coe index build`, and put the chunks kept into the chosen expert's prompt."""
 
-    gate: Literal["never", "always", "category", "similarity", "classifier"] = Field(
+    gate: GateKind = Field(
         "similarity",
         description="never | always | category (router.categories.*.retrieve) | similarity (keep the "
         "documents if the best cosine passes threshold) | classifier (model from `coe train-gate`)",

@@ -29,9 +29,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from coe.config import CoEConfig
+from coe.experts.pool import ExpertPool
 from coe.server import ServerSettings, create_app
 from coe.server.errors import error_body
-from coe.serving.pool import ExpertPool
 
 log = logging.getLogger("coe.deploy")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from coe.data.jsonl import jsonl_rows, raise_problems, read_utf8
 from coe.errors import CoEError
-from coe.jsonl import jsonl_rows, raise_problems, read_utf8
 
 
 class DataError(CoEError):

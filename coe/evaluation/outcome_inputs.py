@@ -47,8 +47,8 @@ def load_sides(
 
 def embed(tables: Sequence[OutcomeTable], encoder: str, max_chars: int | None) -> list[np.ndarray]:
     """Vectors of each table's prompts, through the on-disk cache (only unseen prompts are encoded)."""
-    from coe.embedder import Embedder
-    from coe.evaluation.embedding_cache import EmbeddingCache
+    from coe.encoding.cache import EmbeddingCache
+    from coe.encoding.embedder import Embedder
 
     cache = EmbeddingCache(Embedder(encoder), max_chars=max_chars)
     return [cache.encode(t.prompts) for t in tables]

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from coe.data.jsonl import raise_problems, read_jsonl
 from coe.evaluation.data import DataError
-from coe.jsonl import raise_problems, read_jsonl
 
 if TYPE_CHECKING:
     import numpy as np

@@ -42,12 +42,12 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
         on_reject=lambda name: metrics.rejected.labels(expert=name).inc(),
     )
 
-    def gate(name: str) -> AbstractAsyncContextManager[None]:
+    def admit(name: str) -> AbstractAsyncContextManager[None]:
         if (tried := attempted.get()) is not None:
             tried.append(name)
         return limiter.slot(name)
 
-    coe.gate = gate
+    coe.admission = admit
     chat = ChatHandler(coe, metrics)
 
     @asynccontextmanager

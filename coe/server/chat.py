@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from coe.embedder import request_scope
+from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, CoEError, ExpertError
 from coe.orchestrator import CoE
 from coe.server.errors import APIError, error_body, log
@@ -30,7 +30,7 @@ ROUTED = "coe"
 EXPERT_PREFIX = "coe/expert/"
 CATEGORY_PREFIX = "coe/category/"
 
-# The experts whose gate this request entered, in order; the last one is the one answering.
+# The experts whose admission slot this request entered, in order; the last one is the one answering.
 attempted: ContextVar[list[str] | None] = ContextVar("coe_attempted", default=None)
 
 

@@ -14,7 +14,7 @@ from coe.types import Answer
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from coe.serving.pool import ExpertPool
+    from coe.experts.pool import ExpertPool
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 

@@ -148,9 +148,9 @@ def coe(*args: str) -> None:
 
 def finetuned(data: Path, encoder: Path, label_field: str, epochs: int) -> bool:
     """Whether ``encoder`` already holds a fine-tune of exactly this data, label and epochs."""
-    from coe.encoder_header import read_header
+    from coe.data.splits import dataset_hash
+    from coe.encoding.header import read_header
     from coe.evaluation.data import read_labelled
-    from coe.splits import dataset_hash
 
     header = read_header(encoder) if encoder.is_dir() else None
     if header is None or header.settings.epochs != epochs:

@@ -1,0 +1,177 @@
+"""``coe validate``, ``coe route`` and ``coe ask``: check a registry, route a prompt, answer it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from coe.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    JsonOpt,
+    error,
+    exit_on_sigterm,
+    fail,
+    load,
+    out,
+    print_json,
+)
+from coe.errors import CoEError
+
+if TYPE_CHECKING:
+    pass
+
+
+def register(app: typer.Typer) -> None:
+    for command in (validate, route, ask):
+        app.command()(command)
+
+
+def validate(
+    file: Annotated[
+        Path | None, typer.Argument(help="Registry to check (or --config/-c, or COE_CONFIG).")
+    ] = None,
+    config_file: ConfigOpt = DEFAULT_CONFIG,
+    check_models: Annotated[bool, typer.Option(help="Also check that model files resolve.")] = True,
+) -> None:
+    """Check a registry: exit 0, or print each problem with file, line and key path and exit 1."""
+    file = file or config_file  # the positional form came first; -c works as for every other command
+    config = load(file)
+    problems: list[str] = []
+    if check_models:
+        from coe.encoding.files import resolve_encoder_files
+        from coe.errors import ModelNotFoundError
+        from coe.experts.models import check_serve
+
+        for name, expert in config.experts.items():
+            if expert.serve is not None and (found := check_serve(expert.serve, config.base_dir)):
+                problems.append(f"{file}: experts.{name}.serve.{found[0]}: {found[1]}")
+        try:
+            emb = config.embedder
+            resolve_encoder_files(emb.model, emb.backend, emb.path, config.base_dir)
+        except ModelNotFoundError as exc:
+            problems.append(f"{file}: embedder: {exc}")
+    for problem in problems:
+        error(problem)
+    if problems:
+        raise typer.Exit(1)
+    cats = len(config.router.categories)
+    out.print(f"[green]ok[/green] {file}: {len(config.experts)} experts, {cats} categories", highlight=False)
+
+
+def route(
+    prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: JsonOpt = False,
+) -> None:
+    """Dry run: which expert would answer, and why. Starts no expert and generates nothing."""
+    from coe.orchestrator import CoE
+
+    coe = CoE(load(config))
+    try:
+        decision = coe.route(prompt)[0]
+    except CoEError as exc:
+        raise fail(exc) from None
+    if as_json:
+        print_json({**decision.model_dump(), "expert": decision.expert})
+        return
+    _show_decision(decision.model_dump())
+
+
+def ask(
+    prompt: Annotated[str, typer.Argument(help="The prompt, or - to read it from standard input.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: JsonOpt = False,
+    expert: Annotated[
+        str | None, typer.Option("--expert", "-e", help="Skip routing; ask this expert.")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Limit the answer's length.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    trace: Annotated[bool, typer.Option("--trace/--no-trace", help="Print the routing trace.")] = True,
+    stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
+) -> None:
+    """Route the prompt, let the chosen expert answer, print the answer (and the trace)."""
+    from coe.orchestrator import CoE
+
+    text = sys.stdin.read() if prompt == "-" else prompt
+    params = {
+        k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None
+    }
+    exit_on_sigterm()
+    coe = CoE(load(config))
+    try:
+        if stream and not as_json:
+            answer = coe._run(_stream_to_stdout(coe, text, expert, params))
+        else:
+            answer = coe.ask(text, expert=expert, **params)
+    except CoEError as exc:
+        raise fail(exc) from None
+    finally:
+        coe.close()
+    if as_json:
+        print_json(answer.summary())
+        return
+    if not stream:
+        out.print(answer.text, highlight=False, markup=False)
+    if trace:
+        _show_trace(answer.summary())
+
+
+async def _stream_to_stdout(coe: Any, text: str, expert: str | None, params: dict[str, Any]) -> Any:
+    async for event in coe.astream(text, expert=expert, **params):
+        if event.type == "delta":
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        else:
+            sys.stdout.write("\n")
+            return event.answer
+    return None
+
+
+# ------------------------------------------------------------------------------------ display
+
+
+def _show_decision(d: dict[str, Any]) -> None:
+    out.print(f"route -> [bold]{d['experts'][0]}[/bold] (router: {d['router']})", highlight=False)
+    if d.get("scores"):  # plug-in routers may decide without per-category scores
+        table = Table("category", "p", "cosine")
+        for cat, p in d["scores"].items():
+            table.add_row(cat, f"{p:.3f}", f"{d.get('similarities', {}).get(cat, 0):.3f}")
+        out.print(table)
+    out.print(f"reason: {d.get('reason', '')}", highlight=False)
+    if len(d["experts"]) > 1:
+        out.print(f"candidates in order: {' -> '.join(d['experts'])}", highlight=False)
+
+
+def _show_trace(summary: dict[str, Any]) -> None:
+    trace = summary["trace"]
+    out.rule("routing trace")
+    if trace.get("decision"):
+        _show_decision(trace["decision"])
+    if r := trace.get("retrieval"):
+        docs = ", ".join(r["documents"]) or "no documents"
+        out.print(f"retrieval ({r['gate']}): {docs}; {r['error'] or r['reason']}", highlight=False)
+    for a in trace.get("attempts", []):
+        status = "[green]ok[/green]" if a["ok"] else f"[red]failed[/red]: {a['error']}"
+        out.print(f"expert {a['expert']}: {status} in {a['latency_ms']:.0f} ms", highlight=False)
+    if agg := trace.get("aggregation"):
+        missing = "; ".join(f"{name}: {why}" for name, why in agg["missing"].items())
+        out.print(
+            f"aggregation ({agg['aggregator']}): answers from {', '.join(agg['answered']) or 'none'}"
+            + (f", chose {agg['chosen']}" if agg.get("chosen") else "")
+            + (f"; no answer from {missing}" if missing else ""),
+            highlight=False,
+        )
+    usage = trace.get("usage", {})
+    timings = ", ".join(f"{k} {v:.0f} ms" for k, v in trace.get("timings_ms", {}).items())
+    out.print(
+        f"answered by [bold]{summary['expert']}[/bold] ({summary.get('model')}); "
+        f"tokens {usage.get('prompt_tokens', 0)} in / {usage.get('completion_tokens', 0)} out; "
+        f"fallback used: {trace.get('fallback_used')}",
+        highlight=False,
+    )
+    out.print(f"timings: {timings}", highlight=False)

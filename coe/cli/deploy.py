@@ -1,0 +1,107 @@
+"""``coe deploy ray``: the registry as Ray Serve applications on a cluster. Ray is imported inside the
+command (it is the optional ``ray`` extra), so ``coe --help`` stays fast and works without it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, fail, load, out
+
+if TYPE_CHECKING:
+    from coe.config import CoEConfig
+    from coe.deploy.plan import DeployPlan
+
+deploy_app = typer.Typer(help="Deploy the registry on a cluster.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("ray")
+def deploy_ray(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    address: Annotated[
+        str,
+        typer.Option(
+            help="Ray cluster: auto (the one this machine joined), HOST:PORT, ray://HOST:PORT, or local "
+            "(start one here and serve until Ctrl-C)."
+        ),
+    ] = "auto",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (apps, replicas, resources) as JSON; no Ray.")
+    ] = False,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove this registry's applications.")] = False,
+    check_resources: Annotated[
+        bool, typer.Option(help="Refuse to deploy when the cluster lacks the GPUs/CPUs asked for.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every application to run.")] = 900.0,
+) -> None:
+    """Deploy experts.yaml on Ray Serve: one ingress (router, gate, aggregator and the API of `coe serve`)
+    and one deployment per managed expert, with the replicas and resources of each expert's
+    `deploy.ray` block. `endpoint:` and `provider:` experts stay where they are."""
+    cfg = load(config)
+    if dry_run:
+        from coe.deploy.plan import plan, ray_llm_available
+
+        typer.echo(json.dumps(plan(cfg, ray_llm_available()).model_dump(), indent=2))
+        return
+    try:
+        from coe.deploy import ray as coe_ray
+    except ImportError as exc:
+        raise fail(f"Ray Serve is not installed ({exc}): pip install 'coe[ray]'") from None
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines would bury ours
+    try:
+        coe_ray.connect(address, **_local_cluster(cfg) if address == "local" else {})
+        if delete:
+            removed = coe_ray.delete(cfg)
+            out.print(f"removed: {', '.join(removed) or 'nothing (no such applications)'}")
+            return
+        deployed = coe_ray.deploy(cfg, timeout_s=timeout, check=check_resources)
+    except coe_ray.DeployError as exc:
+        raise fail(exc) from None
+    _print_plan(deployed)
+    if address == "local":
+        out.print("serving on a local Ray cluster; Ctrl-C stops it")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            coe_ray.delete(cfg)
+
+
+def _local_cluster(cfg: CoEConfig) -> dict[str, object]:
+    """A cluster on this machine only: logical CPUs enough for every replica at its maximum (each
+    llama.cpp replica then runs one thread per CPU it was given), and a small object store."""
+    import math
+    import os
+
+    from coe.deploy.plan import plan
+
+    need = sum(p.max_replicas * p.per_replica.get("CPU", 0) for p in plan(cfg).deployments)
+    return {
+        "num_cpus": max(os.cpu_count() or 1, math.ceil(need)),
+        "object_store_memory": 200 * 1024**2,
+        "include_dashboard": False,
+    }
+
+
+def _print_plan(deployed: DeployPlan) -> None:
+    from rich.table import Table
+
+    table = Table("application", "route", "replicas", "per replica")
+    for p in deployed.deployments:
+        replicas = (
+            str(p.min_replicas) if p.min_replicas == p.max_replicas else f"{p.min_replicas}-{p.max_replicas}"
+        )
+        res = ", ".join(f"{k} {v:g}" for k, v in p.per_replica.items() if v and k != "memory")
+        table.add_row(p.app, p.route_prefix, replicas, res)
+    out.print(table)
+    out.print(f"OpenAI API: {deployed.url} (model `coe`, or coe/expert/NAME, coe/category/NAME)")

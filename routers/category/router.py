@@ -1,0 +1,216 @@
+"""Two-step routing (Composition of Experts, arXiv 2412.01868): p(category | prompt), then a
+category -> expert map, with a generalist fallback when the router is unsure.
+
+Where p(category | prompt) comes from (``router.classifier``):
+
+* ``centroid`` / ``knn`` / ``logreg`` on sentence embeddings, or ``tfidf`` on character n-grams,
+  fitted on the YAML's examples at start-up;
+* ``llm``: an expert picks the category (``routers.category.llm_classifier``); routing without generation
+  (``coe route``, the batch planner) calls no expert and uses the centroid on the examples instead,
+  and says so in the reason;
+* ``router.model``: an artefact written by ``coe train-router`` (any of the above but llm, or the
+  tfidf -> kNN ``cascade``), trained on thousands of labelled prompts.
+
+Every classifier returns calibrated probabilities, so ``min_confidence`` means what it says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from coe.encoding.embedder import Embedder, shared_embedder
+from coe.encoding.files import resolve_recorded
+from coe.errors import ModelNotFoundError
+from coe.types import Request, RouteDecision
+from routers.category.classifiers import CentroidClassifier, fit_classifier
+from routers.category.model import EmbeddingModel, Prediction, RoutingModel, TextModel
+from routers.category.text_classifier import TfidfClassifier
+
+__all__ = ["CategoryRouter", "CentroidClassifier"]
+
+if TYPE_CHECKING:
+    from coe.config import CoEConfig, EmbedderConfig, RouterConfig
+    from coe.protocols import CallExpert
+    from routers.category.llm_classifier import LLMClassifier
+
+
+class CategoryRouter:
+    """``route`` classifies the whole batch in one call (one encoder pass when one is needed)."""
+
+    name = "category"
+
+    def __init__(
+        self,
+        cfg: RouterConfig,
+        embedder: Embedder | None,
+        model_path: Path | None = None,
+        embedder_cfg: EmbedderConfig | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._embedder = embedder
+        self._embedder_cfg = embedder_cfg
+        self._base_dir = base_dir
+        self.llm: LLMClassifier | None = None
+        if model_path is not None:
+            self.model, self.labels = self._load_artefact(model_path)
+            return
+        self.labels = list(cfg.categories)
+        texts: list[str] = []
+        y: list[int] = []
+        for k, spec in enumerate(cfg.categories.values()):
+            for text in ([spec.description] if spec.description else []) + spec.examples:
+                texts.append(text)
+                y.append(k)
+        kind = cfg.classifier
+        if kind == "llm":
+            from routers.category.llm_classifier import LLMClassifier
+
+            assert cfg.llm is not None  # checked by the config loader
+            self.llm = LLMClassifier(cfg.llm, cfg.categories, cfg.temperature)
+            kind = "centroid"  # what `route` (no generation) uses
+        self.model: RoutingModel
+        if kind == "tfidf":
+            self.model = TextModel(TfidfClassifier.fit(texts, y, self.labels))
+        else:
+            vectors = self.embedder.encode(texts, cfg.max_tokens)
+            classifier = fit_classifier(kind, vectors, y, self.labels, cfg.temperature)
+            self.model = EmbeddingModel(classifier, cfg.max_tokens)
+
+    @property
+    def embedder(self) -> Embedder:
+        """Resolved on first need: a tfidf router never loads (or even resolves) an encoder."""
+        if self._embedder is None:
+            if self._embedder_cfg is None:
+                raise ModelNotFoundError("this router needs a sentence encoder; none was configured")
+            self._embedder = shared_embedder(self._embedder_cfg, self._base_dir)
+        return self._embedder
+
+    @property
+    def classifier(self) -> Any:
+        """The fitted classifier behind the model (its temperature, centroids... for inspection)."""
+        return getattr(self.model, "classifier", self.model)
+
+    def _load_artefact(self, path: Path) -> tuple[RoutingModel, list[str]]:
+        from routers.category import artefact
+
+        try:
+            header, model = artefact.load(path)
+        except ValueError as exc:
+            raise ModelNotFoundError(str(exc)) from exc
+        if header.encoder is not None and header.encoder != self.embedder.space:
+            raise ModelNotFoundError(
+                f"{path}: trained on {header.encoder!r} embeddings, but embedder is "
+                f"{self.embedder.name!r} with backend {self.embedder.backend!r} ({self.embedder.space!r}); "
+                + (
+                    f"set embedder.path to the fine-tuned encoder "
+                    f"{resolve_recorded(header.encoder_path, path.parent)}"
+                    if header.encoder_path
+                    else "set embedder.model/backend to match"
+                )
+                + " or retrain with `coe train-router`"
+            )
+        missing = [label for label in header.labels if label not in self.cfg.categories]
+        if missing:
+            raise ModelNotFoundError(f"{path}: labels {missing} have no entry in router.categories")
+        return model, list(header.labels)
+
+    @classmethod
+    def from_config(cls, config: CoEConfig) -> CategoryRouter:
+        model = config.resolve_path(config.router.model) if config.router.model else None
+        return cls(config.router, None, model, config.embedder, config.base_dir)
+
+    def warm(self) -> None:
+        """Load the encoders the model needs (an artefact's load lazily; a cascade may skip them for
+        many prompts, so the first unsure one would pay)."""
+        self.model.warm(self.embedder if self.model.needs_embedder else None)
+
+    def _predict(self, texts: list[str]) -> Prediction:
+        embedder = self.embedder if self.model.needs_embedder else None
+        return self.model.predict(texts, embedder)
+
+    def route(self, requests: Sequence[Request]) -> list[RouteDecision]:
+        if not requests:
+            return []
+        pred = self._predict([r.text for r in requests])
+        note = None
+        if self.llm is not None:
+            note = "no generation, so no llm call: centroid on the examples"
+        members = pred.members or [{}] * len(requests)
+        return [
+            self._decide(p, s, {"classifier": stage, **({"members": m} if m else {})}, note)
+            for p, s, stage, m in zip(pred.probs, pred.scores, pred.stages, members, strict=True)
+        ]
+
+    async def aroute(self, requests: Sequence[Request], call_expert: CallExpert) -> list[RouteDecision]:
+        """With ``classifier: llm``, ask the classifying expert; if it fails, route without it."""
+        if self.llm is None or not requests:
+            return await asyncio.to_thread(self.route, requests)
+        from routers.category.llm_classifier import LLMClassifierError
+
+        try:
+            probs, logprobs, from_model = await self.llm.predict([r.text for r in requests], call_expert)
+        except (LLMClassifierError, TimeoutError) as exc:
+            decisions = await asyncio.to_thread(self.route, requests)
+            for d in decisions:
+                d.reason = f"llm classifier failed ({exc}); {d.reason}"
+                d.details["llm_error"] = str(exc)
+            return decisions
+        details = self.llm.describe()
+        return [
+            self._decide(
+                p,
+                z,
+                {**details, "classifier": "llm", "logprobs": bool(ok)},
+                None if ok else f"expert {self.llm.cfg.expert!r} gave no log-probabilities: a smoothed vote",
+            )
+            for p, z, ok in zip(probs, logprobs, from_model, strict=True)
+        ]
+
+    def _decide(
+        self, probs: np.ndarray, sims: np.ndarray, details: dict[str, Any], note: str | None
+    ) -> RouteDecision:
+        order = np.argsort(-probs)
+        top = self.labels[order[0]]
+        confidence = float(probs[order[0]])
+        expert = self.cfg.categories[top].expert
+        runner_up = self.cfg.categories[self.labels[order[1]]].expert if len(order) > 1 else expert
+        fallback = self.cfg.fallback
+        scores = {self.labels[i]: round(float(probs[i]), 4) for i in order}
+        similarities = {self.labels[i]: round(float(sims[i]), 4) for i in order}
+        suffix = f" ({note})" if note else ""
+        if fallback is not None and confidence < fallback.min_confidence:
+            return RouteDecision(
+                router=self.name,
+                experts=_unique([fallback.expert, expert]),
+                category=top,
+                confidence=confidence,
+                scores=scores,
+                similarities=similarities,
+                fallback=True,
+                reason=(
+                    f"top category {top!r} has p={confidence:.2f} < min_confidence "
+                    f"{fallback.min_confidence:.2f}: fallback expert {fallback.expert!r}{suffix}"
+                ),
+                details=details,
+            )
+        threshold = f" >= min_confidence {fallback.min_confidence:.2f}" if fallback else ""
+        return RouteDecision(
+            router=self.name,
+            experts=_unique([expert, runner_up] + ([fallback.expert] if fallback else [])),
+            category=top,
+            confidence=confidence,
+            scores=scores,
+            similarities=similarities,
+            reason=f"category {top!r} (p={confidence:.2f}{threshold}) maps to expert {expert!r}{suffix}",
+            details=details,
+        )
+
+
+def _unique(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))

