@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from coe.config.routing import AggregatorConfig
 from coe.protocols import Context
 from coe.types import Answer, ExpertAnswer, Request
 
@@ -9,8 +10,10 @@ from coe.types import Answer, ExpertAnswer, Request
 class FirstAggregator:
     name = "first"
 
+    Config = AggregatorConfig
+
     @classmethod
-    def from_options(cls, options: dict[str, object]) -> FirstAggregator:
+    def from_config(cls, cfg: AggregatorConfig) -> FirstAggregator:
         return cls()
 
     async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 
-from aggregators.support import Configured, finish, numbered, prepare, total_usage, writer
-from coe.config import AggregatorConfig
+from aggregators.support import WriterConfig, finish, numbered, prepare, total_usage, writer
 from coe.protocols import Context
 from coe.types import Answer, ExpertAnswer, Message, Request
 
@@ -32,15 +31,16 @@ def parse_choice(text: str, n: int) -> int | None:
     return None
 
 
-class RankAggregator(Configured):
+class RankAggregator:
     name = "rank"
+    Config = WriterConfig
 
     def __init__(self, expert: str | None = None, max_tokens: int | None = None) -> None:
         self.expert = expert
         self.max_tokens = max_tokens or JUDGE_MAX_TOKENS
 
     @classmethod
-    def from_config(cls, cfg: AggregatorConfig) -> RankAggregator:
+    def from_config(cls, cfg: WriterConfig) -> RankAggregator:
         return cls(cfg.expert, cfg.max_tokens)
 
     def judge_request(self, request: Request, candidates: list[ExpertAnswer]) -> Request:

@@ -1,29 +1,32 @@
 """What every multi-answer aggregator needs: who answered and who did not, answers in order of
-router weight, the request's total token usage, and which expert writes or judges."""
+router weight, the request's total token usage, and which expert writes or judges (and its settings)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from coe.config import AggregatorConfig
+from pydantic import Field
+
+from coe.config.base import Issue, unknown_experts
+from coe.config.routing import AggregatorConfig
 from coe.errors import AllExpertsFailed
 from coe.protocols import Context
 from coe.types import AggregationTrace, Answer, ExpertAnswer, Usage
 
+if TYPE_CHECKING:
+    from coe.config import CoEConfig
 
-class Configured:
-    """Aggregators built from the typed ``aggregator`` block; ``from_options`` validates a plain
-    dict through the same model (for callers that only have ``aggregator.options``)."""
 
-    name = ""
+class WriterConfig(AggregatorConfig):
+    """``synthesize`` and ``rank``: an expert writes (or judges) once the answers are in."""
 
-    @classmethod
-    def from_config(cls, cfg: AggregatorConfig) -> Any:
-        raise NotImplementedError
+    expert: str | None = Field(
+        None, description="synthesize/rank: the expert that writes or judges; default: the profile's pick"
+    )
+    max_tokens: int | None = Field(None, ge=1, description="synthesize/rank: token limit of that call")
 
-    @classmethod
-    def from_options(cls, options: dict[str, object]) -> Any:
-        return cls.from_config(AggregatorConfig(type=cls.name, **options))  # type: ignore[arg-type]
+    def check(self, config: CoEConfig) -> list[Issue]:
+        return unknown_experts(config, (("aggregator", "expert"), self.expert))
 
 
 def arrived(answers: list[ExpertAnswer]) -> tuple[list[ExpertAnswer], dict[str, str]]:

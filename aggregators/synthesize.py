@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from aggregators.support import Configured, finish, numbered, prepare, total_usage, writer
-from coe.config import AggregatorConfig
+from aggregators.support import WriterConfig, finish, numbered, prepare, total_usage, writer
 from coe.errors import CoEError
 from coe.protocols import Context
 from coe.types import Answer, ExpertAnswer, Message, Request, StreamEvent, Usage
@@ -37,15 +36,16 @@ class _Plan:
     why: str
 
 
-class SynthesizeAggregator(Configured):
+class SynthesizeAggregator:
     name = "synthesize"
+    Config = WriterConfig
 
     def __init__(self, expert: str | None = None, max_tokens: int | None = None) -> None:
         self.expert = expert
         self.max_tokens = max_tokens
 
     @classmethod
-    def from_config(cls, cfg: AggregatorConfig) -> SynthesizeAggregator:
+    def from_config(cls, cfg: WriterConfig) -> SynthesizeAggregator:
         return cls(cfg.expert, cfg.max_tokens)
 
     def _plan(self, answers: list[ExpertAnswer], ctx: Context) -> _Plan:

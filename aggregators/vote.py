@@ -10,21 +10,30 @@ from __future__ import annotations
 
 from typing import Literal
 
-from aggregators.support import Configured, finish, prepare
+from pydantic import Field
+
+from aggregators.support import finish, prepare
 from coe.answers import extract_for_prompt, majority
-from coe.config import AggregatorConfig
+from coe.config.routing import AggregatorConfig
 from coe.protocols import Context
 from coe.types import Answer, ExpertAnswer, Request
 
 
-class VoteAggregator(Configured):
+class VoteConfig(AggregatorConfig):
+    answer: Literal["auto", "choice", "number"] = Field(
+        "auto", description="vote: what to extract (auto: option letters when the prompt lists options)"
+    )
+
+
+class VoteAggregator:
     name = "vote"
+    Config = VoteConfig
 
     def __init__(self, answer: Literal["auto", "choice", "number"] = "auto") -> None:
         self.answer = answer
 
     @classmethod
-    def from_config(cls, cfg: AggregatorConfig) -> VoteAggregator:
+    def from_config(cls, cfg: VoteConfig) -> VoteAggregator:
         return cls(cfg.answer)
 
     async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer:

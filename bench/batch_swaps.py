@@ -163,7 +163,7 @@ async def _fcfs(coe: CoE, items: list[dict[str, Any]], max_tokens: int, width: i
 def run_fcfs(items: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     with CoE(registry("lru", args.parallel, args.threads)) as coe:
         t = time.perf_counter()
-        coe._run(_fcfs(coe, items, args.max_tokens, width=args.parallel))
+        coe.run(_fcfs(coe, items, args.max_tokens, width=args.parallel))
         return summary(coe, time.perf_counter() - t, len(items))
 
 
@@ -183,7 +183,7 @@ async def _online(coe: CoE, items: list[dict[str, Any]], max_tokens: int, client
 def run_online(items: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     with CoE(registry("lookahead", args.parallel, args.threads)) as coe:
         t = time.perf_counter()
-        coe._run(_online(coe, items, args.max_tokens, args.clients))
+        coe.run(_online(coe, items, args.max_tokens, args.clients))
         return {**summary(coe, time.perf_counter() - t, len(items)), "clients": args.clients}
 
 

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     answering = config.model_copy(update={"retrieval": None})  # the bench does the retrieval step itself
     with CoE(answering) as coe:
-        results = coe._run(answer_all(coe, retrievers, rows, args))
+        results = coe.run(answer_all(coe, retrievers, rows, args))
     report = {
         "benchmark": "rag_e2e",
         "config": str(args.config),

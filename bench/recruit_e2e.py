@@ -44,9 +44,11 @@ sys.path.insert(0, str(REPO))
 from _report import emit  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
 
 from coe import CoE  # noqa: E402
-from coe.config import AggregatorConfig, CoEConfig, RouterConfig, SkillsConfig, load_config  # noqa: E402
+from coe.config import CoEConfig, load_config  # noqa: E402
 from coe.errors import CoEError  # noqa: E402
+from coe.plugins import aggregator_config_model  # noqa: E402
 from coe.types import Request  # noqa: E402
+from routers.skills.config import SkillsConfig, SkillsRouterConfig  # noqa: E402
 from routers.skills.profile import SkillProfile, load_profile  # noqa: E402
 from routers.skills.qa import QAItem, grade, read_items  # noqa: E402
 
@@ -143,8 +145,12 @@ def skills_config(
 ) -> CoEConfig:
     n = len(config.experts)
     skills = SkillsConfig(profile=str(profile.resolve()), k="dynamic", top_p=args.top_p, min_k=min_k, max_k=n)
-    router = RouterConfig(type="skills", skills=skills, fallback=config.router.fallback)
-    return config.model_copy(update={"router": router, "aggregator": AggregatorConfig(type=aggregator)})
+    fallback = config.router.fallback_expert()
+    router = SkillsRouterConfig(
+        type="skills", skills=skills, fallback={"expert": fallback} if fallback else None
+    )
+    settings = aggregator_config_model(aggregator)(type=aggregator)
+    return config.model_copy(update={"router": router, "aggregator": settings})
 
 
 async def run_method(

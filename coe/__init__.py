@@ -13,10 +13,13 @@ The public surface is small and re-exported here::
 from coe.config import CoEConfig, load_config
 from coe.errors import AllExpertsFailed, CoEError, ConfigError, ExpertError, ModelNotFoundError
 from coe.orchestrator import CoE
+from coe.plugins import install_moved_modules_hint
 from coe.protocols import Aggregator, Context, Router
 from coe.types import Answer, ExpertAnswer, Message, Request, RouteDecision, StreamEvent, Trace, Usage
 
 __version__ = "0.1.0"
+
+install_moved_modules_hint()
 
 __all__ = [
     "Aggregator",

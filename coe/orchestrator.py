@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from coe import plugins
 from coe.clients import ChatClient, provider_chat
 from coe.config import CoEConfig, load_config
+from coe.config.routing import PluginAggregatorConfig
 from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, ExpertError
 from coe.experts.pool import ExpertPool
-from coe.protocols import Aggregator, Context, Router
+from coe.protocols import Aggregator, AggregatorFactory, AsyncRouter, Context, Router, StreamingAggregator
 from coe.types import (
     Answer,
     Attempt,
@@ -63,18 +64,20 @@ class CoE:
     @property
     def router(self) -> Router:
         if self._router is None:
-            factory = plugins.load("routers", self.config.router.type)
-            self._router = factory.from_config(self.config)
+            self._router = plugins.router_factory(self.config.router.type).from_config(self.config)
         return self._router
 
     @property
     def aggregator(self) -> Aggregator:
         if self._aggregator is None:
-            factory = plugins.load("aggregators", self.config.aggregator.type)
-            # Built-ins read the typed block (expert, max_tokens, ...); plug-ins get the options dict.
-            build = getattr(factory, "from_config", None)
             cfg = self.config.aggregator
-            self._aggregator = build(cfg) if build is not None else factory.from_options(cfg.options)
+            factory = plugins.aggregator_factory(cfg.type)
+            if isinstance(factory, AggregatorFactory):
+                self._aggregator = factory.from_config(cfg)
+            else:  # a plug-in written against the free options mapping
+                self._aggregator = factory.from_options(
+                    cfg.options if isinstance(cfg, PluginAggregatorConfig) else {}
+                )
         return self._aggregator
 
     # ------------------------------------------------------------------------------- routing only
@@ -87,9 +90,11 @@ class CoE:
             bool(prompts) and isinstance(prompts[0], Message | dict)  # type: ignore[index]
         )
         batch = [prompts] if one else list(prompts)
-        return self._decide([Request.from_input(p) for p in batch])  # type: ignore[arg-type]
+        return self.decide([Request.from_input(p) for p in batch])  # type: ignore[arg-type]
 
-    def _decide(self, requests: Sequence[Request]) -> list[RouteDecision]:
+    def decide(self, requests: Sequence[Request]) -> list[RouteDecision]:
+        """Route requests without answering them: pinned ones (``Request.expert``) skip the router,
+        the rest go to it in one batch. Synchronous and CPU-bound (the encoder); no expert starts."""
         decisions: list[RouteDecision | None] = [None] * len(requests)
         to_route = []
         for i, request in enumerate(requests):
@@ -146,9 +151,9 @@ class CoE:
             decision = await self._route_one(request, trace, decision)
             request = await self._retrieve(request, decision, trace)
         answers = await self._answers(request, decision, trace)
-        return await self._combine(request, answers, decision, trace, started)
+        return await self.combine(request, answers, decision, trace, started)
 
-    async def _combine(
+    async def combine(
         self,
         request: Request,
         answers: list[ExpertAnswer],
@@ -156,8 +161,9 @@ class CoE:
         trace: Trace,
         started: float,
     ) -> Answer:
-        """The aggregator merges the answers; the trace gets its time and the totals. (``aask`` and
-        the batch runner, which collects the answers its own way.)"""
+        """The aggregator merges the answers; the trace gets its time and the totals. For callers that
+        collect the answers their own way (the batch runner); ``started`` is ``time.perf_counter()``
+        when the request began, for the trace's total."""
         ctx = Context(decision=decision, trace=trace, call_expert=self.call_expert)
         t = time.perf_counter()
         result = await self.aggregator.combine(request, answers, ctx)
@@ -251,11 +257,11 @@ class CoE:
             decision=decision, trace=trace, call_expert=self.call_expert, stream_expert=self._stream_pinned
         )
         t = time.perf_counter()
-        stream = getattr(self.aggregator, "stream", None)
-        if stream is not None:
-            events = stream(request, answers, ctx)
+        aggregator = self.aggregator
+        if isinstance(aggregator, StreamingAggregator):
+            events = aggregator.stream(request, answers, ctx)
         else:
-            events = _whole(await self.aggregator.combine(request, answers, ctx))
+            events = _whole(await aggregator.combine(request, answers, ctx))
         async for event in events:
             if event.type == "done" and event.answer is not None:
                 trace.timings_ms["aggregate"] = _ms(t)
@@ -369,16 +375,15 @@ class CoE:
     ) -> RouteDecision:
         t = time.perf_counter()
         if decision is None and request.expert is not None:
-            decision = self._decide([request])[0]  # pinned: nothing to compute
+            decision = self.decide([request])[0]  # pinned: nothing to compute
         if decision is None:
             # Built off the loop the first time: constructing a router loads the encoder (seconds).
             router = self._router or await asyncio.to_thread(lambda: self.router)
-            aroute = getattr(router, "aroute", None)
-            if aroute is not None:  # a router that calls experts while routing (skills annotator)
-                decision = (await aroute([request], self.call_expert))[0]
+            if isinstance(router, AsyncRouter):  # it calls experts while routing (skills annotator)
+                decision = (await router.aroute([request], self.call_expert))[0]
             else:
                 # The encoder is CPU-bound; off the loop so a server keeps serving while it runs.
-                decision = (await asyncio.to_thread(self._decide, [request]))[0]
+                decision = (await asyncio.to_thread(self.decide, [request]))[0]
         trace.timings_ms["route"] = _ms(t)
         trace.decision = decision
         return decision
@@ -394,7 +399,7 @@ class CoE:
     # ----------------------------------------------------------------------- sync API, lifetime
 
     def ask(self, prompt: Prompt, *, expert: str | None = None, **params: Any) -> Answer:
-        return self._run(self.aask(prompt, expert=expert, **params))
+        return self.run(self.aask(prompt, expert=expert, **params))
 
     def batch(
         self, items: Iterable[Any], *, out: str | os.PathLike[str] | None = None, **options: Any
@@ -407,9 +412,13 @@ class CoE:
         ``concurrency``, ``observer``. In async code: ``await run_batch(coe, items, ...)`` (coe/batch.py)."""
         from coe.batch.runner import run_batch
 
-        return self._run(run_batch(self, items, out=out, **options))
+        return self.run(run_batch(self, items, out=out, **options))
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine from sync code on this CoE's own event loop. The HTTP client and the expert
+        leases live on that loop, so sync callers that mix ``ask`` with their own coroutines (a batch
+        of ``aask`` calls, ``pool.warm()``) use this rather than ``asyncio.run``, which would give each
+        its own loop."""
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coro)

@@ -1,4 +1,6 @@
-"""The two extension points. A strategy is any class with this shape; see coe.plugins for lookup.
+"""The two extension points and their optional capabilities. A strategy is any class with this shape;
+``coe.plugins`` finds it by name, and the engine asks for a capability with ``isinstance`` on these
+runtime-checkable protocols, never by probing attributes.
 
 Routers are batched by design (``route`` takes a list) because the batch runner routes a whole queue
 before it loads any expert, and one encoder call over N prompts is far cheaper than N calls.
@@ -13,10 +15,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from coe.types import Answer, ExpertAnswer, Request, RouteDecision, StreamEvent, Trace
 
 if TYPE_CHECKING:
-    from coe.config import CoEConfig
+    from coe.config import AggregatorConfig, CoEConfig
 
 # Ask one expert (``CoE.call_expert``): given to aggregators and to routers that call experts.
 CallExpert = Callable[[str, Request], Awaitable[ExpertAnswer]]
+# Stream one expert's answer: text deltas, then one ``done`` event.
+StreamExpert = Callable[[str, Request], AsyncIterator[StreamEvent]]
 
 
 @runtime_checkable
@@ -24,26 +28,6 @@ class Router(Protocol):
     name: str
 
     def route(self, requests: Sequence[Request]) -> list[RouteDecision]: ...
-
-
-@dataclass
-class Context:
-    """What an aggregator may use besides the answers: the decision, the trace to append to, and
-    a way to call any expert (for synthesis or judging), whole or streamed (``stream_expert`` yields
-    text deltas then one ``done`` event; None where the caller cannot stream)."""
-
-    decision: RouteDecision
-    trace: Trace
-    call_expert: CallExpert
-    options: dict[str, object] = field(default_factory=dict)
-    stream_expert: Callable[[str, Request], AsyncIterator[StreamEvent]] | None = None
-
-
-@runtime_checkable
-class Aggregator(Protocol):
-    name: str
-
-    async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer: ...
 
 
 @runtime_checkable
@@ -65,5 +49,53 @@ class WarmRouter(Protocol):
     def warm(self) -> None: ...
 
 
+@runtime_checkable
 class RouterFactory(Protocol):
+    """What ``router.type`` names: a class built from the whole registry (its settings are
+    ``config.router``, validated against the class's ``Config`` model)."""
+
     def from_config(self, config: CoEConfig) -> Router: ...
+
+
+@dataclass
+class Context:
+    """What an aggregator may use besides the answers: the decision, the trace to append to, and
+    a way to call any expert (for synthesis or judging), whole or streamed (``stream_expert`` yields
+    text deltas then one ``done`` event; None where the caller cannot stream)."""
+
+    decision: RouteDecision
+    trace: Trace
+    call_expert: CallExpert
+    options: dict[str, object] = field(default_factory=dict)
+    stream_expert: StreamExpert | None = None
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    name: str
+
+    async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer: ...
+
+
+@runtime_checkable
+class StreamingAggregator(Protocol):
+    """An aggregator whose answer can stream token by token (an LLM synthesis); ``CoE.astream`` uses
+    it when several experts answered, and sends other aggregators' answers as one delta."""
+
+    def stream(
+        self, request: Request, answers: list[ExpertAnswer], ctx: Context
+    ) -> AsyncIterator[StreamEvent]: ...
+
+
+@runtime_checkable
+class AggregatorFactory(Protocol):
+    """What ``aggregator.type`` names: a class built from its settings (``config.aggregator``)."""
+
+    def from_config(self, cfg: AggregatorConfig) -> Aggregator: ...
+
+
+@runtime_checkable
+class OptionsAggregatorFactory(Protocol):
+    """A plug-in aggregator built from the free ``options`` mapping (it declares no ``Config``)."""
+
+    def from_options(self, options: dict[str, object]) -> Aggregator: ...

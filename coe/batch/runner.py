@@ -173,7 +173,7 @@ class _Runner:
         retrievals: list[RetrievalTrace | None] = [None] * len(requests)
         with request_scope():  # the router and the retrieval gate embed the prompts once
             t = time.perf_counter()
-            decisions = await asyncio.to_thread(self.coe._decide, requests) if requests else []
+            decisions = await asyncio.to_thread(self.coe.decide, requests) if requests else []
             share = round((time.perf_counter() - t) * 1000 / max(1, len(requests)), 2)
             if (retriever := self.coe.retriever) is not None and requests:
                 # Same gate and injection as `ask`: a failed retrieval leaves the requests as they were.
@@ -288,7 +288,7 @@ class _Runner:
         coe, item = self.coe, job.item
         if any(a.ok for a in job.answers):
             try:
-                answer = await coe._combine(job.request, job.answers, job.decision, job.trace, job.started)
+                answer = await coe.combine(job.request, job.answers, job.decision, job.trace, job.started)
             except CoEError as exc:
                 result = BatchResult(id=item.id, expert=job.group, error=str(exc), trace=job.trace)
             else:

@@ -59,7 +59,7 @@ def validate(
         error(problem)
     if problems:
         raise typer.Exit(1)
-    cats = len(config.router.categories)
+    cats = len(config.router.category_routes())
     out.print(f"[green]ok[/green] {file}: {len(config.experts)} experts, {cats} categories", highlight=False)
 
 
@@ -105,7 +105,7 @@ def ask(
     coe = CoE(load(config))
     try:
         if stream and not as_json:
-            answer = coe._run(_stream_to_stdout(coe, text, expert, params))
+            answer = coe.run(_stream_to_stdout(coe, text, expert, params))
         else:
             answer = coe.ask(text, expert=expert, **params)
     except CoEError as exc:

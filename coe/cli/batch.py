@@ -72,7 +72,7 @@ def batch(
     coe = CoE(load(config))
     bar = _ProgressBar(err) if progress else None
     try:
-        report = coe._run(
+        report = coe.run(
             run_batch(coe, items, out=output_file, params=params, concurrency=concurrency, observer=bar)
         )
     except CoEError as exc:

@@ -99,7 +99,7 @@ def _categories(
     from coe.orchestrator import CoE
 
     decisions = CoE(registry).route(texts)
-    flags = {name: c.retrieve for name, c in registry.router.categories.items()}
+    flags = {name: c.retrieve for name, c in registry.router.category_routes().items()}
     return flags, [d.category for d in decisions]
 
 

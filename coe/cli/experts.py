@@ -24,8 +24,8 @@ def experts_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -
     cfg = load(config)
     rows = []
     for name, e in cfg.experts.items():
-        cats = [c for c, spec in cfg.router.categories.items() if spec.expert == name]
-        if cfg.router.fallback and cfg.router.fallback.expert == name:
+        cats = [c for c, spec in cfg.router.category_routes().items() if spec.expert == name]
+        if cfg.router.fallback_expert() == name:
             cats.append("(fallback)")
         where = e.serve.where if e.serve else (e.endpoint or e.provider or "")
         rows.append({"name": name, "kind": e.kind, "model": e.model or name, "where": where,

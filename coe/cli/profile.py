@@ -106,7 +106,7 @@ def _run(
     cache = EmbeddingCache(shared_embedder(registry.embedder, registry.base_dir))
     coe = CoE(registry)
     try:
-        result = coe._run(
+        result = coe.run(
             build_profile(
                 coe,
                 items,
@@ -143,7 +143,7 @@ def _summary(result: SkillProfile, out: Path) -> dict[str, Any]:
     }
 
 
-def _print(result: SkillProfile, out: Path) -> None:
+def _print(result: SkillProfile, written: Path) -> None:
     from rich.table import Table
 
     from coe.cli.common import out
@@ -156,7 +156,7 @@ def _print(result: SkillProfile, out: Path) -> None:
     out.print(table)
     out.print(f"aggregator: {result.aggregator.expert} ({result.aggregator.reason})", highlight=False)
     out.print(
-        f"wrote {out}: {result.n_questions} questions, {len(result.vocabulary)} keywords "
+        f"wrote {written}: {result.n_questions} questions, {len(result.vocabulary)} keywords "
         f"({result.keywords_from}); reference it as router.skills.profile",
         highlight=False,
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from coe.cli.common import DEFAULT_CONFIG, ConfigOpt
+from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, load
 
 
 def register(app: typer.Typer) -> None:
@@ -42,10 +42,9 @@ def serve(
     """
     import uvicorn
 
-    from coe.cli.main import _load
     from coe.server import ServerSettings, create_app
 
-    cfg = _load(config)
+    cfg = load(config)
     settings = ServerSettings.from_config(
         cfg.server,
         warm=warm,

@@ -4,11 +4,12 @@ Why so strict: a typo in a YAML key that is silently ignored routes traffic to t
 weeks. Unknown keys are errors, experts and categories are mappings keyed by name (order never
 matters), and every cross-reference (category -> expert) is checked before anything starts.
 
-Layout: ``schema`` (the root model), ``experts`` and ``routing`` (their blocks), ``loader`` (reading
-and checks), ``messages`` (error text). Everything users import is re-exported here.
+Layout: ``schema`` (the root model), ``experts`` (where experts live), ``routing`` (the base of every
+strategy's settings; each router and aggregator declares its own model beside its code), ``loader``
+(reading and checks), ``messages`` (error text). Everything users import is re-exported here.
 """
 
-from coe.config.base import CONFIG_VERSION
+from coe.config.base import CONFIG_VERSION, Issue, Strict, unknown_experts
 from coe.config.experts import (
     DeployConfig,
     ExpertConfig,
@@ -26,11 +27,11 @@ from coe.config.loader import load_config, parse_config
 from coe.config.routing import (
     AggregatorConfig,
     CategoryConfig,
-    CostRouterConfig,
     FallbackConfig,
-    LLMClassifierConfig,
+    PluginAggregatorConfig,
+    PluginRouterConfig,
     RouterConfig,
-    SkillsConfig,
+    settings_of,
 )
 from coe.config.schema import CoEConfig, EmbedderConfig, RetrievalConfig, ServerConfig, ServingConfig
 from coe.errors import ConfigError  # re-exported: callers catch it where they load
@@ -41,7 +42,6 @@ __all__ = [
     "CategoryConfig",
     "CoEConfig",
     "ConfigError",
-    "CostRouterConfig",
     "DeployConfig",
     "EmbedderConfig",
     "ExpertConfig",
@@ -50,8 +50,10 @@ __all__ = [
     "FallbackConfig",
     "GenerationParams",
     "IngressRayDeployment",
-    "LLMClassifierConfig",
+    "Issue",
     "LlamaCppServe",
+    "PluginAggregatorConfig",
+    "PluginRouterConfig",
     "RayAutoscaling",
     "RayDeployment",
     "RetrievalConfig",
@@ -59,8 +61,23 @@ __all__ = [
     "ServeSpec",
     "ServerConfig",
     "ServingConfig",
-    "SkillsConfig",
+    "Strict",
     "VllmServe",
     "load_config",
     "parse_config",
+    "settings_of",
+    "unknown_experts",
 ]
+
+# Strategy settings live with their strategy now (one room per strategy); say where on old imports.
+_MOVED = {
+    "CostRouterConfig": "routers.cost.config (the cost: block is CostSettings)",
+    "LLMClassifierConfig": "routers.category.config",
+    "SkillsConfig": "routers.skills.config",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:  # ImportError, not AttributeError: `from coe.config import X` shows this text
+        raise ImportError(f"coe.config.{name} moved to {_MOVED[name]}", name=name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
@@ -13,20 +14,26 @@ from pydantic import BaseModel
 
 from coe.config.schema import CoEConfig
 
+# The settings model each strategy block was validated against: {"router": CategoryRouterConfig, ...}.
+Strategies = Mapping[str, type[BaseModel]]
 
-def explain(err: Any) -> tuple[tuple[Any, ...], str]:
+
+def explain(err: Any, strategies: Strategies | None = None) -> tuple[tuple[Any, ...], str]:
+    """``strategies``: the settings model each strategy block (``router``, ``aggregator``) was validated
+    against, so that the keys offered are that strategy's own."""
+    strategies = strategies or {}
     raw = tuple(err["loc"])
     # pydantic puts the name of a union member into loc ("function-after[...]" etc.); drop those.
     raw = tuple(p for p in raw if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
-    loc, _ = _walk(raw)  # and the tag of a tagged union (serve.engine) too
+    loc, _ = _walk(raw, strategies)  # and the tag of a tagged union (serve.engine) too
     kind = err["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(raw[:-1])
+        allowed = _allowed_keys(raw[:-1], strategies)
         hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
         return loc, f"unknown key {loc[-1]!r}{hint}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         key = str((err.get("ctx") or {}).get("discriminator", "")).strip("'")
-        tags = ", ".join(_tags(_walk(raw)[1]))
+        tags = ", ".join(_tags(_walk(raw, strategies)[1]))
         if kind == "union_tag_not_found":
             return (*loc, key), f"required key is missing; expected one of: {tags}"
         return (*loc, key), f"unknown {key} {err['ctx']['tag']!r}; expected one of: {tags}"
@@ -40,13 +47,13 @@ def explain(err: Any) -> tuple[tuple[Any, ...], str]:
     return loc, f"{msg}{shown}"
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+def _allowed_keys(loc: tuple[Any, ...], strategies: Strategies) -> list[str]:
     """The keys valid at ``loc``, found by walking the model types along it."""
-    models = _models(_walk(loc)[1])
+    models = _models(_walk(loc, strategies)[1])
     return [n for n in models[0].model_fields if n != "source"] if len(models) == 1 else []
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
+def _walk(loc: tuple[Any, ...], strategies: Strategies) -> tuple[tuple[Any, ...], Any]:
     """Follow ``loc`` through the model types. Returns it without the tags pydantic inserts for a
     tagged union (``serve.llamacpp.ctx`` is shown as ``serve.ctx``) and the type found at its end."""
     current: Any = CoEConfig
@@ -61,6 +68,8 @@ def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
         if len(models) == 1:
             field = models[0].model_fields.get(str(part))
             current = field.annotation if field is not None else None
+            if models[0] is CoEConfig and part in strategies:
+                current = strategies[part]
         elif typing.get_origin(current) is dict:
             current = typing.get_args(current)[1]
         else:

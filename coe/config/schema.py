@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, SerializeAsAny, ValidationError, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from coe.config.base import CONFIG_VERSION, Strict
 from coe.config.experts import DeployConfig, ExpertConfig
@@ -122,14 +123,32 @@ class CoEConfig(Strict):
     version: Literal[1] = CONFIG_VERSION
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     experts: dict[str, ExpertConfig]
-    router: RouterConfig = Field(default_factory=RouterConfig)
-    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+    router: SerializeAsAny[RouterConfig] = Field(
+        default_factory=dict,  # type: ignore[arg-type]  # validated into the default router's model
+        validate_default=True,
+        description="how prompts are routed: `type` picks the router, the rest is its settings",
+    )
+    aggregator: SerializeAsAny[AggregatorConfig] = Field(
+        default_factory=dict,  # type: ignore[arg-type]
+        validate_default=True,
+        description="how several answers become one: `type` picks the aggregator, the rest is its settings",
+    )
     serving: ServingConfig = Field(default_factory=ServingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="cluster settings (coe deploy)")
     retrieval: RetrievalConfig | None = Field(None, description="retrieval gating; absent: never retrieve")
     # Not part of the file: where it was read from, so relative paths resolve against it.
     source: Path | None = Field(None, exclude=True)
+
+    @field_validator("router", mode="before")
+    @classmethod
+    def _router_settings(cls, value: Any) -> Any:
+        return _strategy_settings("routers", value, RouterConfig().type)
+
+    @field_validator("aggregator", mode="before")
+    @classmethod
+    def _aggregator_settings(cls, value: Any) -> Any:
+        return _strategy_settings("aggregators", value, AggregatorConfig().type)
 
     @property
     def base_dir(self) -> Path:
@@ -138,3 +157,34 @@ class CoEConfig(Strict):
     def resolve_path(self, value: str) -> Path:
         path = Path(os.path.expanduser(value))
         return path if path.is_absolute() else (self.base_dir / path)
+
+
+def strategy_model(kind: Literal["routers", "aggregators"], name: str) -> type[Strict]:
+    """The settings model of the strategy ``name`` (ConfigError when it cannot be found)."""
+    from coe import plugins
+
+    return plugins.router_config_model(name) if kind == "routers" else plugins.aggregator_config_model(name)
+
+
+def _strategy_settings(kind: Literal["routers", "aggregators"], value: Any, default_type: str) -> Any:
+    """A ``router:`` or ``aggregator:`` mapping validated against the settings model its ``type``
+    names (the tagged union of strategies): errors keep their key paths under the block."""
+    if not isinstance(value, dict):
+        return value  # a settings object already, or pydantic reports the wrong type
+    from coe.errors import ConfigError
+
+    name = value.get("type", default_type)
+    if not isinstance(name, str):
+        return value  # the base model reports it
+    try:
+        model = strategy_model(kind, name)
+    except ConfigError as exc:
+        key = "router.type: " if kind == "routers" else "aggregator.type: "
+        detail = exc.issues[0].removeprefix(key)
+        error = InitErrorDetails(
+            type=PydanticCustomError("unknown_strategy", "{detail}", {"detail": detail}),
+            loc=("type",),
+            input=name,
+        )
+        raise ValidationError.from_exception_data(kind, [error]) from None
+    return model.model_validate(value)

@@ -49,7 +49,7 @@ class Retriever:
     @property
     def gate(self) -> Gate:
         if self._gate is None:
-            flags = {name: c.retrieve for name, c in self.config.router.categories.items()}
+            flags = {name: c.retrieve for name, c in self.config.router.category_routes().items()}
             model = self.config.resolve_path(self.cfg.model) if self.cfg.model else None
             self._gate = make_gate(
                 self.cfg.gate, model=model, threshold=self.cfg.threshold, flags=flags, embedder=self.embedder

@@ -39,7 +39,7 @@ def model_ids(coe: CoE) -> list[str]:
     return (
         [ROUTED]
         + [EXPERT_PREFIX + name for name in cfg.experts]
-        + [CATEGORY_PREFIX + name for name in cfg.router.categories]
+        + [CATEGORY_PREFIX + name for name in cfg.router.category_routes()]
     )
 
 
@@ -50,15 +50,13 @@ def resolve_model(coe: CoE, model: str) -> tuple[str | None, RouteDecision | Non
         return None, None
     if model.startswith(EXPERT_PREFIX) and model[len(EXPERT_PREFIX) :] in cfg.experts:
         return model[len(EXPERT_PREFIX) :], None
-    if (
-        model.startswith(CATEGORY_PREFIX)
-        and (category := model[len(CATEGORY_PREFIX) :]) in cfg.router.categories
-    ):
-        expert = cfg.router.categories[category].expert
+    routes = cfg.router.category_routes()
+    if model.startswith(CATEGORY_PREFIX) and (category := model[len(CATEGORY_PREFIX) :]) in routes:
+        expert = routes[category].expert
         experts = [expert]
-        fallback = cfg.router.fallback
-        if fallback is not None and fallback.expert != expert:
-            experts.append(fallback.expert)
+        fallback = cfg.router.fallback_expert()
+        if fallback is not None and fallback != expert:
+            experts.append(fallback)
         decision = RouteDecision(
             router="category-pinned",
             experts=experts,

@@ -1,7 +1,8 @@
 """A plug-in router: the first keyword found in the prompt picks the expert, else a default.
 
 CoE finds it through ``router: {type: "keyword_router:KeywordRouter"}`` in experts.yaml; the module
-only has to be importable (see README.md). Its settings come from ``router.options``::
+only has to be importable (see README.md). Its settings are its own model, ``KeywordRouter.Config``:
+``coe validate`` checks them with the same ``file:line: key.path`` errors as the built-ins'::
 
     options:
       python: coder          # keyword -> expert name (matched case-insensitively, as a whole word)
@@ -13,11 +14,29 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from coe import CoEConfig, ConfigError, Request, RouteDecision
+from pydantic import Field
+
+from coe import CoEConfig, Request, RouteDecision
+from coe.config import Issue, RouterConfig, settings_of, unknown_experts
+
+
+class KeywordRouterConfig(RouterConfig):
+    options: dict[str, str] = Field(
+        default_factory=dict, description="keyword -> expert; `default` names the expert when none matches"
+    )
+
+    def check(self, config: CoEConfig) -> list[Issue]:
+        problems = unknown_experts(config, *((("router", "options", k), v) for k, v in self.options.items()))
+        if "default" not in self.options:
+            problems.append(
+                Issue(("router", "options", "default"), "required (the expert when no keyword matches)")
+            )
+        return problems
 
 
 class KeywordRouter:
     name = "keyword"
+    Config = KeywordRouterConfig
 
     def __init__(self, keywords: dict[str, str], default: str) -> None:
         self.keywords = keywords
@@ -26,18 +45,9 @@ class KeywordRouter:
 
     @classmethod
     def from_config(cls, config: CoEConfig) -> KeywordRouter:
-        options = dict(config.router.options)
-        default = options.pop("default", None)
-        problems = []
-        if default is None:
-            problems.append("router.options.default: required (the expert when no keyword matches)")
-        for key, expert in {**options, "default": default}.items():
-            if expert is not None and expert not in config.experts:
-                known = ", ".join(sorted(config.experts))
-                problems.append(f"router.options.{key}: unknown expert {expert!r}; expected one of: {known}")
-        if problems:
-            raise ConfigError(problems)
-        return cls({str(k): str(v) for k, v in options.items()}, str(default))
+        options = dict(settings_of(config.router, KeywordRouterConfig).options)  # checked when loaded
+        default = options.pop("default")
+        return cls(options, default)
 
     def route(self, requests: Sequence[Request]) -> list[RouteDecision]:
         return [self._decide(r.text) for r in requests]

@@ -22,8 +22,9 @@ import numpy as np
 from coe.types import ExpertAnswer, Message, Request
 
 if TYPE_CHECKING:
-    from coe.config import CategoryConfig, LLMClassifierConfig
+    from coe.config import CategoryConfig
     from coe.protocols import CallExpert
+    from routers.category.config import LLMClassifierConfig
 LETTERS = string.ascii_uppercase
 _UNSURE = 0.1  # probability mass spread over the other letters when only the answer text is known
 _MISSING_BELOW = 1.0  # a valid letter absent from top_logprobs: this far below the least likely one seen

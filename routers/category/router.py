@@ -23,18 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from coe.config.routing import settings_of
 from coe.encoding.embedder import Embedder, shared_embedder
 from coe.encoding.files import resolve_recorded
 from coe.errors import ModelNotFoundError
 from coe.types import Request, RouteDecision
 from routers.category.classifiers import CentroidClassifier, fit_classifier
+from routers.category.config import CategoryRouterConfig
 from routers.category.model import EmbeddingModel, Prediction, RoutingModel, TextModel
 from routers.category.text_classifier import TfidfClassifier
 
 __all__ = ["CategoryRouter", "CentroidClassifier"]
 
 if TYPE_CHECKING:
-    from coe.config import CoEConfig, EmbedderConfig, RouterConfig
+    from coe.config import CoEConfig, EmbedderConfig
     from coe.protocols import CallExpert
     from routers.category.llm_classifier import LLMClassifier
 
@@ -43,10 +45,11 @@ class CategoryRouter:
     """``route`` classifies the whole batch in one call (one encoder pass when one is needed)."""
 
     name = "category"
+    Config = CategoryRouterConfig
 
     def __init__(
         self,
-        cfg: RouterConfig,
+        cfg: CategoryRouterConfig,
         embedder: Embedder | None,
         model_path: Path | None = None,
         embedder_cfg: EmbedderConfig | None = None,
@@ -122,8 +125,9 @@ class CategoryRouter:
 
     @classmethod
     def from_config(cls, config: CoEConfig) -> CategoryRouter:
-        model = config.resolve_path(config.router.model) if config.router.model else None
-        return cls(config.router, None, model, config.embedder, config.base_dir)
+        cfg = settings_of(config.router, CategoryRouterConfig)
+        model = config.resolve_path(cfg.model) if cfg.model else None
+        return cls(cfg, None, model, config.embedder, config.base_dir)
 
     def warm(self) -> None:
         """Load the encoders the model needs (an artefact's load lazily; a cascade may skip them for

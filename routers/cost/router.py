@@ -24,22 +24,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from coe.config.routing import settings_of
 from coe.encoding.embedder import Embedder, shared_embedder
 from coe.encoding.view import text_view
 from coe.errors import ConfigError, ModelNotFoundError
 from coe.types import Request, RouteDecision
 from routers.cost import model as cost_model
+from routers.cost.config import CostRouterConfig, CostSettings
 
 if TYPE_CHECKING:
-    from coe.config import CoEConfig, CostRouterConfig
+    from coe.config import CoEConfig
 
 _NEIGHBOURS_SHOWN = 3
 
 
 class CostRouter:
     name = "cost"
+    Config = CostRouterConfig
 
-    def __init__(self, cfg: CostRouterConfig, experts: Sequence[str], embedder: Embedder, path: Path) -> None:
+    def __init__(self, cfg: CostSettings, experts: Sequence[str], embedder: Embedder, path: Path) -> None:
         try:
             self.header, model = cost_model.load(path)
         except ValueError as exc:
@@ -67,7 +70,7 @@ class CostRouter:
         self.candidates, self.columns = self._candidates(cfg, experts, path)
 
     def _candidates(
-        self, cfg: CostRouterConfig, experts: Sequence[str], path: Path
+        self, cfg: CostSettings, experts: Sequence[str], path: Path
     ) -> tuple[list[str], list[int]]:
         """Experts that stand for a model of the table, and that model's column."""
         models = self.header.models
@@ -95,7 +98,7 @@ class CostRouter:
 
     @classmethod
     def from_config(cls, config: CoEConfig) -> CostRouter:
-        cfg = config.router.cost
+        cfg = settings_of(config.router, CostRouterConfig).cost
         if cfg is None:
             raise ConfigError(["router.cost: the cost router needs a cost block with a model"])
         embedder = shared_embedder(config.embedder, config.base_dir)

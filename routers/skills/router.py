@@ -19,9 +19,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from coe.config.routing import settings_of
 from coe.encoding.embedder import Embedder, shared_embedder
 from coe.errors import ConfigError
 from coe.types import Message, Request, RouteDecision
+from routers.skills.config import SkillsRouterConfig
 from routers.skills.keywords import (
     ANNOTATOR_PARAMS,
     ANNOTATOR_PROMPT,
@@ -42,11 +44,13 @@ MAX_QUESTION_CHARS = 2000
 
 class SkillsRouter:
     name = "skills"
+    Config = SkillsRouterConfig
 
     def __init__(self, config: CoEConfig, embedder: Embedder) -> None:
         import numpy as np
 
-        cfg = config.router.skills
+        settings = settings_of(config.router, SkillsRouterConfig)
+        cfg = settings.skills
         if cfg is None:
             raise ConfigError(["router.skills: the skills router needs a skills block with a profile"])
         self.cfg = cfg
@@ -70,7 +74,7 @@ class SkillsRouter:
             sharpness=cfg.sharpness,
         )
         self.vocab = Vocabulary(words, embedder.encode(words))
-        self.fallback = cfg.fallback or (config.router.fallback.expert if config.router.fallback else None)
+        self.fallback = settings.fallback_expert()
 
     @classmethod
     def from_config(cls, config: CoEConfig) -> SkillsRouter:

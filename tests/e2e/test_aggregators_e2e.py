@@ -55,7 +55,7 @@ def answers_of(coe: CoE, experts: list[str], prompt: str = MC) -> tuple[Request,
     async def ask_each() -> list[ExpertAnswer]:
         return list(await asyncio.gather(*(coe.call_expert(e, request) for e in experts)))
 
-    answers = coe._run(ask_each())
+    answers = coe.run(ask_each())
     weights = {e: round(1.0 - 0.1 * i, 2) for i, e in enumerate(experts)}
     decision = RouteDecision(router="test", experts=experts, fanout=len(experts), weights=weights)
     return request, list(answers), Context(decision=decision, trace=Trace(), call_expert=coe.call_expert)
@@ -77,7 +77,7 @@ def test_synthesis_streams_token_by_token(coe: CoE) -> None:
     async def collect() -> list:  # type: ignore[type-arg]
         return [e async for e in coe.astream(MC, **SHORT)]
 
-    events = coe._run(collect())
+    events = coe.run(collect())
     deltas = [e for e in events if e.type == "delta"]
     done = events[-1]
     assert done.type == "done" and done.answer is not None
@@ -89,7 +89,7 @@ def test_synthesis_streams_token_by_token(coe: CoE) -> None:
 
 def test_vote_over_real_answers(coe: CoE) -> None:
     request, answers, ctx = answers_of(coe, ["coder", "general"])
-    result = coe._run(VoteAggregator().combine(request, answers, ctx))
+    result = coe.run(VoteAggregator().combine(request, answers, ctx))
     agg = ctx.trace.aggregation
     assert agg is not None and sorted(agg.answered) == ["coder", "general"]
     assert [e["expert"] for e in agg.detail["extracted"]] == ["coder", "general"]
@@ -100,7 +100,7 @@ def test_vote_over_real_answers(coe: CoE) -> None:
 
 def test_rank_returns_one_candidate_unchanged(coe: CoE) -> None:
     request, answers, ctx = answers_of(coe, ["coder", "general"])
-    result = coe._run(RankAggregator(expert="coder").combine(request, answers, ctx))
+    result = coe.run(RankAggregator(expert="coder").combine(request, answers, ctx))
     detail = ctx.trace.aggregation.detail  # type: ignore[union-attr]
     assert result.text in {a.text for a in answers}
     assert detail["judge"] == "coder" and detail["calls"] == 1
@@ -114,7 +114,7 @@ def test_a_hanging_expert_is_cut_at_the_timeout_and_reported_missing(coe: CoE) -
         decision = RouteDecision(
             router="test", experts=["coder", "slow"], fanout=2, weights={"coder": 0.4, "slow": 0.6}
         )
-        answer = coe._run(coe.aask(MC, decision=decision, **SHORT))
+        answer = coe.run(coe.aask(MC, decision=decision, **SHORT))
     finally:
         coe.config.aggregator.timeout_s = 60
     agg = answer.trace.aggregation
@@ -126,7 +126,7 @@ def test_a_hanging_expert_is_cut_at_the_timeout_and_reported_missing(coe: CoE) -
 
 def test_failed_synthesis_keeps_the_top_weighted_answer(coe: CoE) -> None:
     request, answers, ctx = answers_of(coe, ["general", "coder"])
-    result = coe._run(SynthesizeAggregator(expert="broken").combine(request, answers, ctx))
+    result = coe.run(SynthesizeAggregator(expert="broken").combine(request, answers, ctx))
     detail = ctx.trace.aggregation.detail  # type: ignore[union-attr]
     assert result.expert == "general" and result.text == answers[0].text
     assert detail["rule"].startswith("synthesis by 'broken' failed") and "HTTP 500" in detail["rule"]

@@ -36,7 +36,7 @@ def test_footprint_is_the_gguf_file_plus_its_kv_cache() -> None:
 
 def test_budget_for_one_expert_swaps_and_counts() -> None:
     with CoE(pool_registry(budget=1.5)) as coe:
-        assert coe._run(coe.pool.warm()) == ["coder"]  # as many as fit, in order
+        assert coe.run(coe.pool.warm()) == ["coder"]  # as many as fit, in order
         coe.ask("hello", expert="coder")
         first = coe.pool.running["coder"]
         coe.ask("hello", expert="general")

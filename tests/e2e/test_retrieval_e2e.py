@@ -71,7 +71,7 @@ def test_stream_gets_the_same_documents(coe_rag: CoE) -> None:
     async def collect() -> list[StreamEvent]:
         return [e async for e in coe_rag.astream("When is the Zorblax festival held?", **SHORT)]
 
-    events = coe_rag._run(collect())  # the loop the module's CoE (and its HTTP client) lives in
+    events = coe_rag.run(collect())  # the loop the module's CoE (and its HTTP client) lives in
     assert [e.type for e in events][-1] == "done" and any(e.text for e in events[:-1])
     done = events[-1].answer
     assert done is not None and done.trace.retrieval is not None
@@ -81,7 +81,7 @@ def test_stream_gets_the_same_documents(coe_rag: CoE) -> None:
 @pytest.mark.e2e
 def test_failing_retrieval_still_answers_and_the_trace_says_why(coe_rag: CoE, tmp_path: Path) -> None:
     # The same running llama-server, reached as an endpoint, behind a registry whose index is missing.
-    url = coe_rag._run(coe_rag.pool.url_for("reader"))
+    url = coe_rag.run(coe_rag.pool.url_for("reader"))
     path = rag_registry(tmp_path, "{gate: always, index: missing-index}", expert=f"endpoint: {url}")
     with CoE(load_config(path)) as coe:
         answer = coe.ask("Who designed the Kelvor bridge?", **SHORT)

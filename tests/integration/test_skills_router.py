@@ -126,10 +126,22 @@ def test_bad_skills_block_is_a_config_error_naming_the_key(tmp_path: Path, skill
 
 
 def test_skills_router_without_a_skills_block_is_refused(tmp_path: Path) -> None:
-    text = DEFAULT_REGISTRY.read_text().replace("type: category", "type: skills")
-    (tmp_path / "experts.yaml").write_text(text)
+    experts, _, _ = DEFAULT_REGISTRY.read_text().partition("router:")
+    (tmp_path / "experts.yaml").write_text(experts + "router:\n  type: skills\n")
     with pytest.raises(ConfigError, match=r"router\.skills: the skills router needs a skills block"):
         load_config(tmp_path / "experts.yaml")
+
+
+def test_category_settings_under_a_skills_router_are_unknown_keys_of_that_router(tmp_path: Path) -> None:
+    """``router:`` is validated against the model its ``type`` names, so another router's settings
+    are refused by key path, with the keys this router takes."""
+    text = DEFAULT_REGISTRY.read_text().replace("type: category", "type: skills")
+    (tmp_path / "experts.yaml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "experts.yaml")
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if row.startswith("  classifier:"))
+    want = "router.classifier: unknown key 'classifier'; expected one of: type, skills, fallback"
+    assert f"experts.yaml:{line}: {want}" in str(info.value)
 
 
 def test_cli_route_json_shows_the_recruitment_and_starts_nothing(registry: Path) -> None:

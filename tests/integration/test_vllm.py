@@ -122,7 +122,7 @@ def test_without_dev_mode_the_pool_says_why_and_stops_instead(fake_vllm: Path) -
 def test_missing_vllm_names_the_fix(tmp_path: Path) -> None:
     config = parse_config(registry(tmp_path / "no-such-vllm", None))
     with CoE(config) as coe, pytest.raises(ExpertError, match=r"serve.executable .* does not exist"):
-        coe._run(coe.pool.url_for("qwen"))
+        coe.run(coe.pool.url_for("qwen"))
 
 
 def _alive(pid: int) -> bool:

@@ -73,7 +73,7 @@ def test_low_confidence_goes_to_the_fallback_expert(tmp_path) -> None:  # type: 
 
 def test_pinned_expert_skips_routing(default_config) -> None:  # type: ignore[no-untyped-def]
     coe = CoE(default_config)
-    [decision] = coe._decide([Request.from_input("Tell me a story", expert="coder")])
+    [decision] = coe.decide([Request.from_input("Tell me a story", expert="coder")])
     assert decision.experts == ["coder"] and decision.router == "pinned"
     assert coe._router is None  # the encoder was not even loaded
 
@@ -100,8 +100,8 @@ def test_centroid_classifier_on_separable_data() -> None:
 
 
 def test_llm_letter_logprobs_are_renormalised_over_the_categories(default_config) -> None:  # type: ignore[no-untyped-def]
-    from coe.config import LLMClassifierConfig
     from coe.types import ExpertAnswer
+    from routers.category.config import LLMClassifierConfig
     from routers.category.llm_classifier import LLMClassifier, LLMClassifierError
 
     clf = LLMClassifier(LLMClassifierConfig(expert="coder"), default_config.router.categories, 1.0)
