@@ -64,13 +64,17 @@ demo: $(STAMP)
 	$(BIN)/coe validate
 	$(BIN)/coe ask "$(DEMO_PROMPT)"
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+# Lint first (ruff, formatting, the type checker), then the whole suite.
+test: lint
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir $(VENV)/site
 
 bench: $(STAMP)
 	$(BIN)/python bench/route_latency.py

@@ -60,7 +60,7 @@ def extract_choice(text: str, letters: str = "ABCD") -> str | None:
     for pattern in _CHOICE_MARKERS:
         hits = [m for m in pattern.findall(clean) if m in letters]
         if hits:
-            return hits[-1]
+            return str(hits[-1])
     for pattern in (_CHOICE_ALONE, _CHOICE_LEAD):
         match = pattern.match(clean)
         if match and match.group(1) in letters:

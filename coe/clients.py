@@ -65,7 +65,8 @@ class ChatClient:
             else:
                 if resp.status_code == 200:
                     try:
-                        return resp.json()
+                        answer: dict[str, Any] = resp.json()
+                        return answer
                     except ValueError:
                         raise ExpertError(expert, f"invalid JSON from {url}") from None
                 last = f"HTTP {resp.status_code} from {url}: {_snippet(resp.text)}"
@@ -160,7 +161,8 @@ async def provider_chat(
         )
     except Exception as exc:  # litellm wraps every provider error in its own hierarchy
         raise ExpertError(expert, f"{provider}: {type(exc).__name__}: {exc}") from None
-    return resp.model_dump()
+    answer: dict[str, Any] = resp.model_dump()
+    return answer
 
 
 def _chat_url(base_url: str) -> str:

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from coe import plugins
@@ -86,9 +87,7 @@ class CoE:
         """Decide without generating (``coe route``): no expert is started.
 
         Takes one prompt (a string or one conversation) or a list of prompts."""
-        one = isinstance(prompts, str) or (
-            bool(prompts) and isinstance(prompts[0], Message | dict)  # type: ignore[index]
-        )
+        one = isinstance(prompts, str) or (bool(prompts) and isinstance(prompts[0], Message | dict))
         batch = [prompts] if one else list(prompts)
         return self.decide([Request.from_input(p) for p in batch])  # type: ignore[arg-type]
 
@@ -404,15 +403,15 @@ class CoE:
     def batch(
         self, items: Iterable[Any], *, out: str | os.PathLike[str] | None = None, **options: Any
     ) -> BatchReport:
-        """Answer many prompts, loading each expert once (see coe/batch.py): returns a BatchReport.
+        """Answer many prompts, loading each expert once (see coe.batch): returns a BatchReport.
 
         ``items``: prompts, or dicts / ``BatchItem`` with ``id``, ``prompt`` or ``messages`` and an
         optional ``expert`` (pinned, not routed). With ``out``, each result is appended to that JSONL
         file as it finishes and a rerun skips the ids already there. ``options``: ``params``,
-        ``concurrency``, ``observer``. In async code: ``await run_batch(coe, items, ...)`` (coe/batch.py)."""
+        ``concurrency``, ``observer``. In async code: ``await coe.batch.run_batch(coe, items, ...)``."""
         from coe.batch.runner import run_batch
 
-        return self.run(run_batch(self, items, out=out, **options))
+        return self.run(run_batch(self, items, out=None if out is None else Path(out), **options))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine from sync code on this CoE's own event loop. The HTTP client and the expert

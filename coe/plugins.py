@@ -17,6 +17,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -159,6 +160,18 @@ def _import(kind: Kind, target: str) -> object:
     except (ImportError, AttributeError) as exc:
         key = "router.type" if kind == "routers" else "aggregator.type"
         raise ConfigError([f"{key}: cannot load {kind[:-1]} {target!r}: {exc}"]) from exc
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], object]:
+    """A module ``__getattr__`` for a strategy package: ``routers.category:CategoryRouter`` keeps
+    working while importing the package (to read its settings model) does not import its runtime."""
+
+    def __getattr__(name: str) -> object:
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
 class _MovedModules(importlib.abc.MetaPathFinder):

@@ -30,8 +30,8 @@ class Request(BaseModel):
     @classmethod
     def from_input(cls, prompt: str | list[Message] | list[dict[str, str]], **kwargs: object) -> Request:
         if isinstance(prompt, str):
-            return cls(messages=[Message(role="user", content=prompt)], **kwargs)  # type: ignore[arg-type]
-        return cls(messages=[m if isinstance(m, Message) else Message(**m) for m in prompt], **kwargs)  # type: ignore[arg-type]
+            return cls(messages=[Message(role="user", content=prompt)], **kwargs)
+        return cls(messages=[m if isinstance(m, Message) else Message(**m) for m in prompt], **kwargs)
 
     @property
     def text(self) -> str:

@@ -22,7 +22,7 @@ def register(root: typer.Typer) -> None:
 def experts_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """The experts of the registry, where they live and which categories map to them."""
     cfg = load(config)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, e in cfg.experts.items():
         cats = [c for c, spec in cfg.router.category_routes().items() if spec.expert == name]
         if cfg.router.fallback_expert() == name:

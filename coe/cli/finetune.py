@@ -71,7 +71,7 @@ def finetune_encoder(
             batch_size=batch_size,
             learning_rate=learning_rate,
             max_per_label=max_per_label or None,
-            precision=precision,  # type: ignore[arg-type]  # validated by pydantic
+            precision=precision,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -110,7 +110,7 @@ def _run(
             build_profile(
                 coe,
                 items,
-                grader,  # type: ignore[arg-type]
+                grader,
                 cache.encode,
                 experts=names,
                 aggregator_questions=aggregator_questions,

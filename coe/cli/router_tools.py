@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -161,7 +161,7 @@ def calibrate(
     reached = (
         (after.accuracy_routed or 0.0) >= target if mode == "accuracy" else after.fallback_rate <= target
     )
-    report = {
+    report: dict[str, Any] = {
         "min_confidence": threshold,
         "target": {mode: target},
         "reached": reached,

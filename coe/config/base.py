@@ -6,14 +6,14 @@ path of the problem and what is wrong, which the loader turns into ``file:line: 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from coe.config.schema import CoEConfig
 
-CONFIG_VERSION = 1
+CONFIG_VERSION: Literal[1] = 1
 
 Loc = tuple[str | int, ...]
 

@@ -11,11 +11,11 @@ from coe.config.base import Strict
 
 
 class GenerationParams(Strict):
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: list[str] | None = None
-    seed: int | None = None
+    temperature: float | None = Field(None, ge=0, description="sampling temperature; 0: greedy")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling: keep this probability mass")
+    max_tokens: int | None = Field(None, ge=1, description="longest answer, in tokens")
+    stop: list[str] | None = Field(None, description="the answer ends before any of these strings")
+    seed: int | None = Field(None, description="sampling seed, for repeatable answers")
     repeat_penalty: float | None = Field(None, gt=0, description="llama.cpp and vLLM sampling extension")
     extra: dict[str, Any] = Field(default_factory=dict, description="engine-specific request fields")
 
@@ -23,16 +23,22 @@ class GenerationParams(Strict):
 class LlamaCppServe(Strict):
     """Run llama.cpp's ``llama-server`` for this expert, one process per expert on a loopback port."""
 
-    engine: Literal["llamacpp"]
+    engine: Literal["llamacpp"] = Field(description="llama.cpp's llama-server")
     gguf: str = Field(description="pkg:MODULE/FILE, pkg:MODULE (assembling package) or a path")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    ctx: int = Field(2048, ge=128)
-    threads: int | None = Field(None, ge=1)
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="expected hash of the GGUF; the packaged models have theirs",
+    )
+    ctx: int = Field(2048, ge=128, description="context length in tokens, shared by the slots")
+    threads: int | None = Field(None, ge=1, description="CPU threads; None: llama-server's default")
     parallel: int = Field(2, ge=1, description="concurrent slots; each gets ctx/parallel tokens")
-    chat_template: str | None = None
-    gpu_layers: int = Field(0, ge=-1)
-    extra_args: list[str] = Field(default_factory=list)
-    startup_timeout_s: float = Field(120.0, gt=0)
+    chat_template: str | None = Field(
+        None, description="a llama.cpp built-in template name (e.g. gemma); None: the GGUF's own"
+    )
+    gpu_layers: int = Field(0, ge=-1, description="layers offloaded to a GPU; -1: all")
+    extra_args: list[str] = Field(default_factory=list, description="passed to llama-server as is")
+    startup_timeout_s: float = Field(120.0, gt=0, description="longest wait for the server to answer /health")
 
     @property
     def where(self) -> str:
@@ -43,7 +49,7 @@ class VllmServe(Strict):
     """Run ``vllm serve`` for this expert (GPU only) with sleep mode on, so that the pool can park it
     (weights to host RAM, level 1) instead of stopping it, and wake it in about a second."""
 
-    engine: Literal["vllm"]
+    engine: Literal["vllm"] = Field(description="vLLM's OpenAI server (GPU only)")
     model: str = Field(description="a local model folder (or a name vLLM can resolve offline)")
     gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="share of the GPU this expert may take while awake"
@@ -54,7 +60,7 @@ class VllmServe(Strict):
     executable: str = Field("vllm", description="the vllm command (a path, or a name on PATH)")
     extra_args: list[str] = Field(default_factory=list, description="passed to `vllm serve` as is")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the process")
-    startup_timeout_s: float = Field(900.0, gt=0)
+    startup_timeout_s: float = Field(900.0, gt=0, description="longest wait for the server to answer /health")
 
     @property
     def parallel(self) -> int:
@@ -73,7 +79,7 @@ class RayAutoscaling(Strict):
     """Ray Serve autoscaling bounds: replicas follow the number of requests in flight."""
 
     min_replicas: int = Field(1, ge=0, description="0 lets an idle expert scale to zero (cold start)")
-    max_replicas: int = Field(ge=1)
+    max_replicas: int = Field(ge=1, description="at most this many replicas")
     target_ongoing_requests: float | None = Field(
         None, gt=0, description="per replica; default: the expert's slots (serve.parallel or max_num_seqs)"
     )
@@ -119,7 +125,7 @@ class ExpertRayDeployment(RayDeployment):
 class ExpertDeploy(Strict):
     """Where this expert runs when the registry is deployed on a cluster."""
 
-    ray: ExpertRayDeployment | None = None
+    ray: ExpertRayDeployment | None = Field(None, description="its deployment on Ray Serve (coe deploy ray)")
 
 
 class IngressRayDeployment(RayDeployment):
@@ -127,29 +133,35 @@ class IngressRayDeployment(RayDeployment):
 
     name: str = Field("coe", pattern=r"^[A-Za-z0-9_-]+$", description="the Serve application name")
     host: str = Field("127.0.0.1", description="where Ray Serve's HTTP proxies listen (0.0.0.0: all)")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="the HTTP port of Ray Serve's proxies")
     route_prefix: str = Field("/", pattern=r"^/", description="the ingress's route")
 
 
 class DeployConfig(Strict):
-    ray: IngressRayDeployment | None = None
+    ray: IngressRayDeployment | None = Field(None, description="the ingress on Ray Serve (coe deploy ray)")
 
 
 class ExpertConfig(Strict):
     """One expert. Exactly one of ``serve`` (CoE runs it), ``endpoint`` (already running) or
     ``provider`` (a litellm model string) says where it lives."""
 
-    model: str | None = None
-    description: str = ""
-    serve: ServeSpec | None = None
-    endpoint: str | None = Field(None, pattern=r"^https?://")
-    provider: str | None = None
-    api_key: SecretStr | None = None
-    system: str | None = None
-    params: GenerationParams = Field(default_factory=GenerationParams)
+    model: str | None = Field(None, description="the model id sent to the server; default: the expert's name")
+    description: str = Field("", description="what the expert is, for people and `coe experts list`")
+    serve: ServeSpec | None = Field(None, description="CoE runs this expert: llama.cpp or vLLM (engine)")
+    endpoint: str | None = Field(
+        None, pattern=r"^https?://", description="an OpenAI-compatible server already running (its /v1 base)"
+    )
+    provider: str | None = Field(None, description="a litellm model string, e.g. openai/gpt-4o-mini")
+    api_key: SecretStr | None = Field(
+        None, description="bearer key for the endpoint or provider, e.g. ${KEY}"
+    )
+    system: str | None = Field(None, description="system prompt added when the request has none")
+    params: GenerationParams = Field(
+        default_factory=GenerationParams, description="default generation settings; a request's own win"
+    )
     params_b: float | None = Field(None, gt=0, description="size in billions, for active-parameter reports")
-    timeout_s: float = Field(120.0, gt=0)
-    retries: int = Field(2, ge=0)
+    timeout_s: float = Field(120.0, gt=0, description="longest wait for one HTTP request to the expert")
+    retries: int = Field(2, ge=0, description="retries of a connection failure before falling back")
     memory_gb: float | None = Field(
         None, gt=0, description="memory it takes while loaded; None: estimated (GGUF size + KV cache)"
     )

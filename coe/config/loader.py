@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -38,10 +38,10 @@ def parse_config(text: str, source: Path | None = None) -> CoEConfig:
     if not isinstance(data, dict):
         raise ConfigError([f"{name}: expected a mapping at the top level, got {type(data).__name__}"])
     lines = line_index(text)
-    env_issues: list[str] = []
+    env_issues: list[tuple[tuple[Any, ...], str]] = []
     data = _interpolate(data, (), env_issues)
     if env_issues:
-        raise ConfigError([format_issue(name, lines, loc, msg) for loc, msg in env_issues])  # type: ignore[arg-type]
+        raise ConfigError([format_issue(name, lines, loc, msg) for loc, msg in env_issues])
     data["source"] = source
     try:
         config = CoEConfig.model_validate(data)
@@ -93,7 +93,11 @@ def _strategy_models(data: dict[str, Any]) -> Strategies:
     """The settings model of each strategy block, for error messages that offer that model's keys.
     A type that cannot be resolved is reported by validation itself."""
     found: dict[str, type[BaseModel]] = {}
-    for key, kind, default in (("router", "routers", "category"), ("aggregator", "aggregators", "first")):
+    blocks: tuple[tuple[str, Literal["routers", "aggregators"], str], ...] = (
+        ("router", "routers", "category"),
+        ("aggregator", "aggregators", "first"),
+    )
+    for key, kind, default in blocks:
         block = data.get(key)
         name = block.get("type", default) if isinstance(block, dict) else default
         if isinstance(name, str):

@@ -20,28 +20,31 @@ GateKind = Literal["never", "always", "category", "similarity", "classifier"]
 class EmbedderConfig(Strict):
     """The sentence encoder. ``model`` names an offline package (see coe.encoding.embedder); ``path`` wins."""
 
-    model: str = "all-MiniLM-L6-v2"
-    path: str | None = None
-    device: str = "cpu"
+    model: str = Field(
+        "all-MiniLM-L6-v2", description="the encoder, found in an installed package (never a hub)"
+    )
+    path: str | None = Field(
+        None, description="a local encoder folder (e.g. from `coe finetune-encoder`); wins over model"
+    )
+    device: str = Field("cpu", description="torch device of the torch backend")
     batch_size: int | None = Field(
         None,
         ge=1,
-        description="prompts per encoder call; None: the backend's best measured on 2 cores (torch 16; "
-        "onnx and onnx-int8 1, 1.8-2.3x the throughput of 16 on router_mix: no padding, activations "
-        "stay in cache, and int8 vectors do not depend on their batch-mates)",
+        description="prompts per encoder call; None: the backend's best (torch 16; onnx and onnx-int8 1: "
+        "no padding, activations stay in cache, and int8 vectors do not depend on their batch-mates)",
     )
     threads: int | None = Field(
         ENCODER_THREADS,
         ge=1,
-        description="encoder threads per prompt. 1: on 2 cores next to llama.cpp experts a 2-thread "
-        "encoder spins against them (routing p50 165-176 ms vs 22-25 ms with 1, measured here); "
-        "null: the library's default (all cores), for a machine with cores to spare",
+        description="encoder threads per prompt. 1: next to llama.cpp experts on a small CPU a second "
+        "encoder thread spins against them and routing gets many times slower; null: the library's "
+        "default (all cores), for a machine with cores to spare",
     )
     backend: Literal["torch", "onnx", "onnx-int8", "static"] = Field(
         "torch",
         description="torch: sentence-transformers; onnx: int8 ONNX export (same vectors, several times "
-        "faster); onnx-int8: the same file quantised to int8 matrix products (2.5x faster again on a "
-        "cold cache, cosine 0.993 to torch: its own space); static: a model2vec-style encoder "
+        "faster); onnx-int8: the same file quantised to int8 matrix products (faster again; close to "
+        "but not the same vectors as torch: its own space); static: a model2vec-style encoder "
         "distilled offline by `coe distil-encoder`",
     )
     max_tokens: int | None = Field(
@@ -71,11 +74,11 @@ class ServerConfig(Strict):
     """``coe serve`` settings; a flag on the command line wins over the file."""
 
     host: str = Field("127.0.0.1", description="loopback unless you mean to expose it")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="the HTTP port")
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="bearer keys, e.g. ${COE_API_KEY}; COE_API_KEYS adds more"
     )
-    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     max_tokens: int = Field(4096, ge=1, description="largest max_tokens a request may ask for")
     max_concurrency: int | None = Field(
         None, ge=1, description="concurrent calls per expert; default: its llama.cpp slots, or 8"
@@ -90,7 +93,7 @@ DEFAULT_RAG_PROMPT = (
 
 
 class RetrievalConfig(Strict):
-    """Retrieval gating (coe/retrieval.py): per prompt, decide whether to fetch documents from an
+    """Retrieval gating (``coe.retrieval``): per prompt, decide whether to fetch documents from an
     index built by `coe index build`, and put the chunks kept into the chosen expert's prompt."""
 
     gate: GateKind = Field(
@@ -120,21 +123,25 @@ class RetrievalConfig(Strict):
 
 
 class CoEConfig(Strict):
-    version: Literal[1] = CONFIG_VERSION
-    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
-    experts: dict[str, ExpertConfig]
+    version: Literal[1] = Field(CONFIG_VERSION, description="the registry format; 1")
+    embedder: EmbedderConfig = Field(
+        default_factory=EmbedderConfig, description="the sentence encoder routing and retrieval share"
+    )
+    experts: dict[str, ExpertConfig] = Field(description="the experts, by name")
     router: SerializeAsAny[RouterConfig] = Field(
-        default_factory=dict,  # type: ignore[arg-type]  # validated into the default router's model
+        default_factory=dict,  # validated into the default router's model
         validate_default=True,
         description="how prompts are routed: `type` picks the router, the rest is its settings",
     )
     aggregator: SerializeAsAny[AggregatorConfig] = Field(
-        default_factory=dict,  # type: ignore[arg-type]
+        default_factory=dict,
         validate_default=True,
         description="how several answers become one: `type` picks the aggregator, the rest is its settings",
     )
-    serving: ServingConfig = Field(default_factory=ServingConfig)
-    server: ServerConfig = Field(default_factory=ServerConfig)
+    serving: ServingConfig = Field(
+        default_factory=ServingConfig, description="how many experts are loaded at once (memory budget)"
+    )
+    server: ServerConfig = Field(default_factory=ServerConfig, description="`coe serve` settings")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="cluster settings (coe deploy)")
     retrieval: RetrievalConfig | None = Field(None, description="retrieval gating; absent: never retrieve")
     # Not part of the file: where it was read from, so relative paths resolve against it.

@@ -23,7 +23,8 @@ def write_npz(path: Path, header_json: str, arrays: dict[str, np.ndarray]) -> No
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:  # an open file keeps numpy from appending ".npz" to the name
-        np.savez(fh, **{HEADER_KEY: np.array(header_json)}, **arrays)
+        named: dict[str, Any] = {HEADER_KEY: np.array(header_json), **arrays}
+        np.savez(fh, **named)
 
 
 def read_npz(path: Path, what: str) -> tuple[Any, dict[str, np.ndarray]]:

@@ -38,7 +38,7 @@ log = logging.getLogger("coe.deploy")
 
 @serve.ingress()
 class ExpertReplica:
-    async def __init__(self, name: str, config: CoEConfig) -> None:
+    async def __init__(self, name: str, config: CoEConfig) -> None:  # type: ignore[misc]  # Ray awaits it
         self.name = name
         self._state_dir = tempfile.TemporaryDirectory(prefix=f"coe-ray-{name}-")
         serving = config.serving.model_copy(update={"state_dir": self._state_dir.name})

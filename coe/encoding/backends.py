@@ -38,9 +38,10 @@ class TorchBackend:
     def encode(self, texts: list[str], batch_size: int, max_tokens: int | None) -> np.ndarray:
         with self._lock:
             self.model.max_seq_length = min(max_tokens or self.default_len, self.default_len)
-            return self.model.encode(
+            vectors: np.ndarray = self.model.encode(
                 texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
             )
+            return vectors
 
 
 class OnnxBackend:

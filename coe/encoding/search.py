@@ -23,12 +23,15 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     import faiss
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    found: tuple[np.ndarray, np.ndarray]
     if len(queries) > FEW:
-        return index.search(queries, k)
+        found = index.search(queries, k)
+        return found
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        return index.search(queries, k)
+        found = index.search(queries, k)
+        return found
     finally:
         faiss.omp_set_num_threads(before)
 

@@ -96,7 +96,8 @@ def choice_at(pred_quality: np.ndarray, pred_cost: np.ndarray, knob: float) -> n
     best = utility.max(axis=1, keepdims=True)
     tie = utility >= best - 1e-12 * np.maximum(1.0, np.abs(best))
     key = np.where(tie, pred_cost - 1e-9 * pred_quality, np.inf)
-    return key.argmin(axis=1)
+    chosen: np.ndarray = key.argmin(axis=1)
+    return chosen
 
 
 def sweep(

@@ -129,7 +129,7 @@ def load_outcomes(fmt: str, files: Sequence[Path]) -> OutcomeTable:
         raise DataError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     if not files:
         raise DataError("no outcome files given")
-    tables = [_READERS[fmt](Path(f)) for f in files]  # type: ignore[index]
+    tables = [_READERS[fmt](Path(f)) for f in files]
     return concat(tables)
 
 

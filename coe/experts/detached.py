@@ -24,7 +24,8 @@ def fingerprint(expert: ExpertConfig) -> str:
 
 def read_records(path: Path) -> dict[str, Entry]:
     try:
-        return json.loads(path.read_text())
+        state: dict[str, dict[str, object]] = json.loads(path.read_text())
+        return state
     except (OSError, ValueError):
         return {}
 

@@ -256,7 +256,7 @@ class ExpertPool:
 
     def _plan_load(self, name: str) -> bool:
         """Start loading ``name`` (after evicting what must go) if it may load now; False: wait."""
-        victims: list[str] | None = []
+        victims: list[str] = []
         if self.budget_gb is not None:
             need = self.footprint(name)
             if need > self.budget_gb:
@@ -269,11 +269,12 @@ class ExpertPool:
                 wanting = {n: t for n, t in self._waiting.items() if t and self._needs_load(n)}
                 if choose_load(wanting, now=now, max_wait_s=self.config.serving.max_wait_s) != name:
                     return False
-                victims = self._victims(need - free, now)
-                if victims is None:
+                chosen = self._victims(need - free, now)
+                if chosen is None:
                     if now - min(self._waiting[name]) >= self.config.serving.max_wait_s:
                         self._drain_for(name, need - free)
                     return False
+                victims = chosen
         self._state[name] = "starting"
         for victim in victims:
             self._state[victim] = "stopping"

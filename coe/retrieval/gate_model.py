@@ -23,7 +23,7 @@ from coe.retrieval.gate_data import GateMetrics, best_threshold, binary_metrics
 if TYPE_CHECKING:
     import numpy as np
 
-FORMAT = "coe-retrieval-gate"
+FORMAT: Literal["coe-retrieval-gate"] = "coe-retrieval-gate"
 FORMAT_VERSION = 1
 C_GRID = (0.25, 1.0, 4.0, 16.0)
 
@@ -107,7 +107,7 @@ def fit_classifier(
     assert best is not None
     c, loss, oof = best
     threshold = best_threshold(oof.tolist(), [bool(v) for v in y])
-    validation = binary_metrics([p >= threshold for p in oof], [bool(v) for v in y])
+    validation = binary_metrics([bool(p >= threshold) for p in oof], [bool(v) for v in y])
     model = LogisticRegression(C=c, max_iter=2000).fit(vectors, y)
     arrays = {
         "coef": model.coef_[0].astype(np.float32),

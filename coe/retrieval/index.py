@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from coe.encoding.embedder import Embedder
 
-FORMAT = "coe-doc-index"
+FORMAT: Literal["coe-doc-index"] = "coe-doc-index"
 FORMAT_VERSION = 1
 META, VECTORS, STORE = "meta.json", "vectors.faiss", "chunks.sqlite"
 APPROXIMATE_ABOVE = 50_000  # chunks; above this `--kind auto` builds HNSW instead of a flat index
@@ -175,6 +175,7 @@ def _write_faiss(path: Path, vectors: np.ndarray, meta: IndexMeta) -> None:
     import faiss
 
     dim = vectors.shape[1]
+    index: Any
     if meta.kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, meta.hnsw_m or 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
@@ -214,7 +215,7 @@ class DocIndex:
 
         meta = read_meta(folder)
         try:
-            index = faiss.read_index(str(folder / VECTORS))
+            index: Any = faiss.read_index(str(folder / VECTORS))
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise DocIndexError(

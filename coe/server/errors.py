@@ -4,6 +4,7 @@ SDKs raise their usual exceptions; and no handler ever puts a stack trace in a r
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,7 +36,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -54,7 +55,7 @@ def error_body(
 
 def error_response(exc: APIError) -> JSONResponse:
     body = error_body(exc.message, exc.type, exc.param, exc.code)
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+    return JSONResponse(body, status_code=exc.status, headers=dict(exc.headers or {}))
 
 
 def install_error_handlers(app: FastAPI) -> None:

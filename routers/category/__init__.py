@@ -10,20 +10,13 @@ category), ``artefact`` (the trained model on disk), ``training`` (``coe train-r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from coe.plugins import lazy_exports
 
 if TYPE_CHECKING:
     from routers.category.router import CategoryRouter
 
 __all__ = ["CategoryRouter"]
-
-# The runtime router imports numpy and the encoder; loading a registry only needs the config.
-_LAZY = {"CategoryRouter": "router"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"routers.category.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The runtime imports numpy and the encoder; reading a registry needs only the settings model.
+__getattr__ = lazy_exports(__name__, {"CategoryRouter": "routers.category.router"})

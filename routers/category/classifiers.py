@@ -16,18 +16,23 @@ import numpy as np
 
 from coe.encoding.search import ExactSearch
 
+# Class indices of the training rows, as a list or an integer array.
+Labels = Sequence[int] | np.ndarray
+
 DEFAULT_TEMPERATURE = 0.05
 _TEMPERATURE_GRID = np.geomspace(0.005, 1.0, 60)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    unit: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return unit
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    probs: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return probs
 
 
 def _best_temperature(score_fn: Any, y: np.ndarray) -> float:
@@ -63,20 +68,21 @@ class CentroidClassifier:
 
     @classmethod
     def fit(
-        cls, vectors: np.ndarray, y: Sequence[int], labels: list[str], temperature: float | None = None
+        cls, vectors: np.ndarray, y: Labels, labels: list[str], temperature: float | None = None
     ) -> CentroidClassifier:
-        y = np.asarray(y)
-        center = np.stack([vectors[y == k].mean(axis=0) for k in range(len(labels))]).mean(axis=0)
+        ys = np.asarray(y)
+        center = np.stack([vectors[ys == k].mean(axis=0) for k in range(len(labels))]).mean(axis=0)
         z = _normalise(vectors - center)
-        sums = np.stack([z[y == k].sum(axis=0) for k in range(len(labels))])
-        counts = np.bincount(y, minlength=len(labels)).astype(np.float32)
+        sums = np.stack([z[ys == k].sum(axis=0) for k in range(len(labels))])
+        counts = np.bincount(ys, minlength=len(labels)).astype(np.float32)
         centroids = _normalise(sums / counts[:, None])
         if temperature is None:
-            temperature = _calibrate_centroid(z, y, sums, counts)
+            temperature = _calibrate_centroid(z, ys, sums, counts)
         return cls(labels, centroids, center, temperature)
 
     def similarities(self, vectors: np.ndarray) -> np.ndarray:
-        return _normalise(vectors - self.center) @ self.centroids.T
+        cosines: np.ndarray = _normalise(vectors - self.center) @ self.centroids.T
+        return cosines
 
     def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sims = self.similarities(vectors)
@@ -133,7 +139,7 @@ class KNNClassifier:
     def fit(
         cls,
         vectors: np.ndarray,
-        y: Sequence[int],
+        y: Labels,
         labels: list[str],
         temperature: float | None = None,
         k: int = 10,
@@ -150,7 +156,8 @@ class KNNClassifier:
         probs = np.zeros((len(sims), len(self.labels)), dtype=np.float64)
         rows = np.repeat(np.arange(len(sims)), sims.shape[1])
         np.add.at(probs, (rows, self.y[idx].ravel()), w.ravel())
-        return probs / probs.sum(axis=1, keepdims=True)
+        normalised: np.ndarray = probs / probs.sum(axis=1, keepdims=True)
+        return normalised
 
     def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sims, idx = self._exact.search(vectors, self.k)
@@ -172,7 +179,7 @@ class KNNClassifier:
         return cls(labels, arrays["vectors"], arrays["y"], int(params["k"]), float(params["temperature"]))
 
 
-def fit_logistic(x: Any, y: Sequence[int], n_labels: int, c: float) -> tuple[np.ndarray, np.ndarray]:
+def fit_logistic(x: Any, y: Labels, n_labels: int, c: float) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression (scikit-learn) as dense (labels, features) weights and biases.
 
     A label absent from training gets a bias of -1e4 (p ~ 0); with two labels present, sklearn keeps
@@ -212,7 +219,7 @@ class LogRegClassifier:
     def fit(
         cls,
         vectors: np.ndarray,
-        y: Sequence[int],
+        y: Labels,
         labels: list[str],
         temperature: float | None = None,
         c: float = 10.0,
@@ -245,7 +252,7 @@ CLASSIFIERS: dict[str, type[CentroidClassifier] | type[KNNClassifier] | type[Log
 
 
 def fit_classifier(
-    kind: str, vectors: np.ndarray, y: Sequence[int], labels: list[str], temperature: float | None = None
+    kind: str, vectors: np.ndarray, y: Labels, labels: list[str], temperature: float | None = None
 ) -> Classifier:
     if kind not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {kind!r}; expected one of: {', '.join(CLASSIFIERS)}")

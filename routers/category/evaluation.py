@@ -77,7 +77,8 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 
 
 def predict(model: Any, embedder: Embedder | None, texts: list[str]) -> np.ndarray:
-    return model.predict(texts, embedder).probs
+    probs: np.ndarray = model.predict(texts, embedder).probs
+    return probs
 
 
 def single_prompt_latency_ms(
@@ -168,7 +169,12 @@ def plot_confusion(result: RouterEvalResult, path: Path) -> None:
     for i in range(len(m)):
         for j in range(len(m)):
             ax.text(
-                j, i, int(m[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black"
+                j,
+                i,
+                str(int(m[i, j])),
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
             )
     ax.set_title(f"accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
     fig.tight_layout()

@@ -197,7 +197,7 @@ class CascadeModel:
         probs, scores, stages = first.probs.copy(), first.scores.copy(), list(first.stages)
         members = [{"tfidf": self._top(p)} for p in first.probs]
         if len(unsure):
-            asked = [texts[i] for i in unsure]
+            asked = [texts[int(i)] for i in unsure]
             pending = [self._pool().submit(m.predict, asked, embedder) for m in self.extras]
             second = self.slow.predict(asked, embedder)
             extras = [(f.result().probs, m.share) for f, m in zip(pending, self.extras, strict=True)]

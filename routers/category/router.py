@@ -60,6 +60,7 @@ class CategoryRouter:
         self._embedder_cfg = embedder_cfg
         self._base_dir = base_dir
         self.llm: LLMClassifier | None = None
+        self.model: RoutingModel
         if model_path is not None:
             self.model, self.labels = self._load_artefact(model_path)
             return
@@ -77,7 +78,6 @@ class CategoryRouter:
             assert cfg.llm is not None  # checked by the config loader
             self.llm = LLMClassifier(cfg.llm, cfg.categories, cfg.temperature)
             kind = "centroid"  # what `route` (no generation) uses
-        self.model: RoutingModel
         if kind == "tfidf":
             self.model = TextModel(TfidfClassifier.fit(texts, y, self.labels))
         else:

@@ -8,11 +8,14 @@ calibrated by the log loss it is trained on.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from routers.category.text_features import TFIDF_MAX_CHARS, CharNgramTfidf
+
+if TYPE_CHECKING:
+    from routers.category.classifiers import Labels
 
 DEFAULT_C = 10.0
 
@@ -30,9 +33,7 @@ class TfidfClassifier:
         self.c = c
 
     @classmethod
-    def fit(
-        cls, texts: Sequence[str], y: Sequence[int], labels: list[str], c: float = DEFAULT_C
-    ) -> TfidfClassifier:
+    def fit(cls, texts: Sequence[str], y: Labels, labels: list[str], c: float = DEFAULT_C) -> TfidfClassifier:
         from routers.category.classifiers import fit_logistic
 
         features = CharNgramTfidf.fit(texts)

@@ -164,14 +164,14 @@ def train(
     params = model.params()
     if evidence:
         params["tuning"] = evidence
-    uses_encoder = model.needs_embedder and embedder is not None
+    encoder = embedder if model.needs_embedder else None
     header = ArtefactHeader(
-        encoder=embedder.space if uses_encoder else None,
-        backend=embedder.backend if uses_encoder else None,
-        encoder_path=recorded_path(embedder.folder, out.parent)
-        if uses_encoder and embedder.files.identity
+        encoder=encoder.space if encoder else None,
+        backend=encoder.backend if encoder else None,
+        encoder_path=recorded_path(encoder.folder, out.parent)
+        if encoder and encoder.files.identity
         else None,
-        max_tokens=max_tokens if uses_encoder else None,
+        max_tokens=max_tokens if encoder else None,
         labels=labels,
         classifier=kind,
         params=params,

@@ -8,20 +8,13 @@ artefact), ``training`` (``coe train-cost-router``: fit and tune on an outcome t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from coe.plugins import lazy_exports
 
 if TYPE_CHECKING:
     from routers.cost.router import CostRouter
 
 __all__ = ["CostRouter"]
-
-# The runtime router imports numpy and the encoder; loading a registry only needs the config.
-_LAZY = {"CostRouter": "router"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"routers.cost.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The runtime imports numpy and the encoder; reading a registry needs only the settings model.
+__getattr__ = lazy_exports(__name__, {"CostRouter": "routers.cost.router"})

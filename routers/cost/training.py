@@ -34,7 +34,7 @@ def default_grid() -> list[KNNParams]:
     shrinks = (0.0, 1.0, 3.0, 10.0, 30.0)
     costs = ("mean", "knn")
     return [
-        KNNParams(k=k, temperature=t, shrink=s, cost=c)  # type: ignore[arg-type]
+        KNNParams(k=k, temperature=t, shrink=s, cost=c)
         for k, t, s, c in itertools.product(ks, temperatures, shrinks, costs)
     ]
 

@@ -11,20 +11,13 @@ graders), ``build`` (running experts over validation data into a profile) and ``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from coe.plugins import lazy_exports
 
 if TYPE_CHECKING:
     from routers.skills.router import SkillsRouter
 
 __all__ = ["SkillsRouter"]
-
-# The runtime router imports numpy and the encoder; loading a registry only needs the config.
-_LAZY = {"SkillsRouter": "router"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"routers.skills.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The runtime imports numpy and the encoder; reading a registry needs only the settings model.
+__getattr__ = lazy_exports(__name__, {"SkillsRouter": "routers.skills.router"})

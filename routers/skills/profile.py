@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from coe.config.experts import LlamaCppServe, VllmServe
 from coe.errors import CoEError
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig, ExpertConfig
 
-PROFILE_VERSION = 1
+PROFILE_VERSION: Literal[1] = 1
 
 
 class ProfileError(CoEError):
@@ -84,15 +85,18 @@ def expert_fingerprint(expert: ExpertConfig) -> str:
     """Model identity and prompt, not sampling settings: a new max_tokens keeps the profile valid,
     another GGUF or system prompt does not."""
     serve = expert.serve
-    identity = {
+    llamacpp = serve if isinstance(serve, LlamaCppServe) else None
+    identity: dict[str, object] = {
         "model": expert.model,
-        "gguf": serve.gguf if serve else None,
-        "sha256": serve.sha256 if serve else None,
-        "chat_template": serve.chat_template if serve else None,
+        "gguf": llamacpp.gguf if llamacpp else None,
+        "sha256": llamacpp.sha256 if llamacpp else None,
+        "chat_template": llamacpp.chat_template if llamacpp else None,
         "endpoint": expert.endpoint,
         "provider": expert.provider,
         "system": expert.system,
     }
+    if isinstance(serve, VllmServe):  # a key of its own: llama.cpp experts keep their fingerprints
+        identity["vllm_model"] = serve.model
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -47,7 +47,8 @@ def local_suitability(scores: np.ndarray, keyword_index: Sequence[int]) -> np.nd
 
     if not keyword_index:
         return np.zeros(scores.shape[0])
-    return scores[:, sorted(set(keyword_index))].sum(axis=1)
+    summed: np.ndarray = scores[:, sorted(set(keyword_index))].sum(axis=1)
+    return summed
 
 
 def recruit_weights(local: np.ndarray, glob: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -113,9 +113,9 @@ class SkillsRouter:
             params=dict(ANNOTATOR_PARAMS),
         )
         t = time.perf_counter()
-        replies = await asyncio.gather(
-            *(call_expert(self.cfg.annotator, ask) for _ in range(self.cfg.samples))
-        )  # type: ignore[arg-type]
+        annotator = self.cfg.annotator
+        assert annotator is not None  # _annotate runs only when one is configured
+        replies = await asyncio.gather(*(call_expert(annotator, ask) for _ in range(self.cfg.samples)))
         samples = [parse_keywords(a.text) for a in replies if a.ok]
         return {
             "expert": self.cfg.annotator,

@@ -1,5 +1,4 @@
-"""``coe profile`` with the real llama.cpp experts on a tiny hand-written validation file, and its
-bad-input paths (which start no expert)."""
+"""``coe profile`` with the real llama.cpp experts on a tiny hand-written validation file."""
 
 from __future__ import annotations
 
@@ -15,16 +14,7 @@ from coe.config import load_config
 from routers.skills.profile import expert_fingerprint, load_profile, registry_fingerprint
 from tests.support.files import write_jsonl
 from tests.support.paths import DEFAULT_REGISTRY
-from tests.support.skills_fixtures import skills_registry
-
-QUESTIONS = [
-    {"question": "What is 2 + 3?", "choices": ["4", "5", "6", "7"], "answer": "B", "subject": "arithmetic"},
-    {"question": "What is 10 - 4?", "choices": ["6", "5", "4", "3"], "answer": "A", "subject": "arithmetic"},
-    {"question": "Which language uses 'def' to define a function?", "choices": ["C", "Java", "Python", "Go"],
-     "answer": "C", "subject": "programming"},
-    {"question": "Which keyword returns a value from a Python function?",
-     "choices": ["yield", "break", "pass", "return"], "answer": "D", "subject": "programming"},
-]  # fmt: skip
+from tests.support.skills_fixtures import QUESTIONS, skills_registry
 
 
 @pytest.mark.e2e

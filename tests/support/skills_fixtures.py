@@ -53,3 +53,14 @@ def skills_registry(
     )
     save_profile(profile or hand_profile(load_config(DEFAULT_REGISTRY)), tmp_path / "profile.json")
     return path
+
+
+# A tiny graded validation file for `coe profile`: two subjects, two questions each.
+QUESTIONS = [
+    {"question": "What is 2 + 3?", "choices": ["4", "5", "6", "7"], "answer": "B", "subject": "arithmetic"},
+    {"question": "What is 10 - 4?", "choices": ["6", "5", "4", "3"], "answer": "A", "subject": "arithmetic"},
+    {"question": "Which language uses 'def' to define a function?", "choices": ["C", "Java", "Python", "Go"],
+     "answer": "C", "subject": "programming"},
+    {"question": "Which keyword returns a value from a Python function?",
+     "choices": ["yield", "break", "pass", "return"], "answer": "D", "subject": "programming"},
+]  # fmt: skip

@@ -22,6 +22,14 @@ BUILT_BY_EXAMPLE = {"examples/trained_router/experts.yaml": ["router_mix.npz"]}
 EXPERTS = "experts:\n  a: {endpoint: 'http://127.0.0.1:9/v1'}\n  b: {endpoint: 'http://127.0.0.1:9/v1'}\n"
 
 
+def issues_of(path: Path, text: str) -> list[str]:
+    """The problems loading ``text`` as the registry at ``path`` reports (it must report some)."""
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.issues
+
+
 def repo_registries() -> list[str]:
     found = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("**/*.yaml") if ".venv" not in p.parts)
     return [p for p in found if p == "experts.yaml" or p.startswith("examples/")]
@@ -74,50 +82,44 @@ def test_settings_survive_a_dump_and_reload() -> None:
 
 def test_another_routers_keys_are_refused_with_this_routers_keys(tmp_path: Path) -> None:
     path = tmp_path / "experts.yaml"
-    path.write_text(EXPERTS + "router:\n  type: cost\n  categories: {x: {expert: a}}\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.issues == [
+    assert issues_of(path, EXPERTS + "router:\n  type: cost\n  categories: {x: {expert: a}}\n") == [
         f"{path}:6: router.categories: unknown key 'categories'; expected one of: type, cost"
     ]
 
 
 def test_an_unknown_router_type_is_a_load_error_at_its_line(tmp_path: Path) -> None:
     path = tmp_path / "experts.yaml"
-    path.write_text(EXPERTS + "router:\n  type: nope\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    [issue] = info.value.issues
+    [issue] = issues_of(path, EXPERTS + "router:\n  type: nope\n")
     assert issue.startswith(f"{path}:5: router.type: unknown router 'nope'; known: category, cost, skills")
 
 
-def test_a_wrong_key_in_a_strategy_block_keeps_its_key_path_and_line(tmp_path: Path) -> None:
-    path = tmp_path / "experts.yaml"
-    path.write_text(
-        EXPERTS + "router:\n  type: skills\n  skills:\n    profile: p.json\n    samples: 99\n"
-        "aggregator:\n  type: vote\n  answr: choice\n"
-    )
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.issues == [
-        f"{path}:8: router.skills.samples: Input should be less than or equal to 16 (got 99)",
-        f"{path}:11: aggregator.answr: unknown key 'answr'; expected one of: type, timeout_s, answer",
-    ]
-
-
-def test_cross_references_are_each_strategys_own_check(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("blocks", "issues"),
+    [
+        (  # validation errors inside a strategy's own model keep their key path and line
+            "router:\n  type: skills\n  skills:\n    profile: p.json\n    samples: 99\n"
+            "aggregator:\n  type: vote\n  answr: choice\n",
+            [
+                "8: router.skills.samples: Input should be less than or equal to 16 (got 99)",
+                "11: aggregator.answr: unknown key 'answr'; expected one of: type, timeout_s, answer",
+            ],
+        ),
+        (  # cross-references are each strategy's own check
+            "router:\n  type: cost\n  cost: {model: cost.npz, costs: {c: 1.0}}\n"
+            "aggregator: {type: synthesize, expert: zed}\n",
+            [
+                "6: router.cost.costs.c: unknown expert 'c'; expected one of: a, b",
+                "7: aggregator.expert: unknown expert 'zed'; expected one of: a, b",
+            ],
+        ),
+    ],
+)
+def test_strategy_blocks_report_each_problem_at_its_key_and_line(
+    blocks: str, issues: list[str], tmp_path: Path
+) -> None:
     path = tmp_path / "experts.yaml"
     (tmp_path / "cost.npz").write_bytes(b"")
-    path.write_text(
-        EXPERTS + "router:\n  type: cost\n  cost: {model: cost.npz, costs: {c: 1.0}}\n"
-        "aggregator: {type: synthesize, expert: zed}\n"
-    )
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.issues == [
-        f"{path}:6: router.cost.costs.c: unknown expert 'c'; expected one of: a, b",
-        f"{path}:7: aggregator.expert: unknown expert 'zed'; expected one of: a, b",
-    ]
+    assert issues_of(path, EXPERTS + blocks) == [f"{path}:{issue}" for issue in issues]
 
 
 PLUGIN = """
@@ -171,16 +173,11 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_a_plugins_settings_model_gives_the_same_errors_as_a_built_in(plugin: Path) -> None:
     path = plugin / "experts.yaml"
-    path.write_text(EXPERTS + "router:\n  type: pin_plugin:PinRouter\n  expert: zed\n  wieght: 2\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.issues == [
+    pin = EXPERTS + "router:\n  type: pin_plugin:PinRouter\n  expert: zed\n"
+    assert issues_of(path, pin + "  wieght: 2\n") == [
         f"{path}:7: router.wieght: unknown key 'wieght'; expected one of: type, expert, weight"
     ]
-    path.write_text(EXPERTS + "router:\n  type: pin_plugin:PinRouter\n  expert: zed\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.issues == [f"{path}:6: router.expert: unknown expert 'zed'; expected one of: a, b"]
+    assert issues_of(path, pin) == [f"{path}:6: router.expert: unknown expert 'zed'; expected one of: a, b"]
     path.write_text(EXPERTS + "router:\n  type: pin_plugin:PinRouter\n  expert: b\n")
     from coe import CoE
 
