@@ -3,7 +3,8 @@
 One pooled ``httpx.AsyncClient`` per CoE (created inside the running loop, never at import time).
 Retries with exponential backoff cover connection errors, 429 and 5xx, and, for streams, only what
 happens before the first byte: after that a retry would duplicate text the caller already has.
-litellm costs 6-10 ms per call over a reused httpx client, so it is never used for local experts.
+litellm adds milliseconds per call over a reused httpx client (docs/benchmarks), so it is never
+used for local experts.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def load_for_eval(
     """``backend`` overrides the one the artefact was trained with (torch and onnx share vectors).
     ``threads`` defaults to ``embedder.threads``' default, so latency is what a registry serves: with
     two encoder threads on two cores, onnxruntime's spinning workers and faiss's OpenMP threads
-    contend, and kNN routing measured 9-15 ms at p50 instead of 6. Warns on stderr when the artefact
+    contend and kNN routing gets slower. Warns on stderr when the artefact
     was trained on some of the prompts: their accuracy, and a threshold picked on them, flatter it."""
     import numpy  # noqa: F401  (imported before timing: the load time is the artefact's own)
 

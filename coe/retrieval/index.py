@@ -42,7 +42,7 @@ META, VECTORS, STORE = "meta.json", "vectors.faiss", "chunks.sqlite"
 APPROXIMATE_ABOVE = 50_000  # chunks; above this `--kind auto` builds HNSW instead of a flat index
 DOC_TOKENS = 256  # MiniLM's own limit: chunks are embedded whole, whatever the router's truncation
 PROBE = "CoE index probe: a fixed sentence whose vector identifies the encoder."
-PROBE_MIN_COSINE = 0.99  # torch vs int8 ONNX MiniLM measure 0.9996; another encoder far below
+PROBE_MIN_COSINE = 0.99  # torch and the int8 ONNX MiniLM agree above it; another encoder falls far below
 _BATCH = 256
 
 

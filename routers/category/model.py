@@ -8,9 +8,9 @@ Three shapes share ``predict(texts, embedder) -> Prediction``:
   embedded, and the distributions are combined (weighted geometric mean, renormalised). Optional
   ``extras`` are kNN members on further encoders (``ExtraMember``), asked with the main one.
 
-Why a cascade: on our validation split of router_mix, TF-IDF alone is sure (p >= 0.8) of ~80% of
-prompts and right on 97.5% of those, at about a millisecond; the encoder, tens of milliseconds on
-long prompts, is paid only for the rest, and combining both scores better than either alone.
+Why a cascade: TF-IDF alone is sure of most benchmark prompts and nearly always right on those, at
+about a millisecond; the encoder, much slower on long prompts, is paid only for the rest, and
+combining both scores better than either alone (docs/benchmarks).
 """
 
 from __future__ import annotations

