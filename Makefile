@@ -37,7 +37,7 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_PROMPT ?= Write a Python function that reverses a string
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint docs bench venv clean
 
 venv: $(STAMP)
 
@@ -64,9 +64,10 @@ demo: $(STAMP)
 	$(BIN)/coe validate
 	$(BIN)/coe ask "$(DEMO_PROMPT)"
 
-# Lint first (ruff, formatting, the type checker), then the whole suite.
+# Lint first (ruff, formatting, the type checker), then the whole suite, then the docs build.
 test: lint
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -285,7 +285,7 @@ def pgr_warning(weak: CostQuality, strong: CostQuality, n: int) -> str | None:
     """Why APGR may mean nothing on a table: it divides by strong − weak quality, and when that gap is
     within noise (under two standard errors of a difference of two means over ``n`` prompts, with
     the p(1 − p) variance bound that holds for any score in [0, 1]) a few prompts swing it by whole
-    units: RouterDC's best and cheapest models differ by 3 prompts of 2,608 and APGR read 24 and 30."""
+    units (RouterDC's best and cheapest models are that close: docs/benchmarks/outcome_curves.md)."""
     gap = strong.quality - weak.quality
     spread = 2 * math.sqrt(
         (strong.quality * (1 - strong.quality) + weak.quality * (1 - weak.quality)) / max(n, 1)

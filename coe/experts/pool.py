@@ -12,8 +12,8 @@ never stopped, put to sleep or evicted until the block exits (a whole stream inc
   budget) and left running.
 
 Memory budget (``serving.memory_budget_gb``; None = no limit, everything loads on first use). Each
-expert weighs its footprint (coe/serving/footprint.py). An expert that does not fit evicts idle
-experts chosen by ``serving.eviction`` (coe/serving/planner.py): ``lru``, or ``lookahead`` (next use
+expert weighs its footprint (coe.experts.footprint). An expert that does not fit evicts idle
+experts chosen by ``serving.eviction`` (coe.experts.planner): ``lru``, or ``lookahead`` (next use
 furthest away in the known queue: the batch runner's plan given to ``expect()``, and the requests
 waiting right now).
 

@@ -62,7 +62,7 @@ SCIENCE = {"physics", "chemistry", "biology", "computer science", "engineering"}
 # Chosen on the 15% of the training side the encoder never sees, with domain labels: held-out
 # accuracy 0.939 after 3 epochs of a 3-epoch run, 0.945 after 4 of a 4-epoch run (the validation
 # side played no part). With the source labels the 4-epoch run keeps its best epoch (3: 0.849 on the
-# 92 labels). Result on the validation side: cascade 0.950 (see the README).
+# 92 labels). Result on the validation side: cascade 0.950 (see docs/benchmarks/router-accuracy.md).
 EPOCHS = 4
 FINE = "fine"  # the label the encoder is fine-tuned on; the router itself learns "domain"
 CAPS = {"medmcqa": 600, "gsm8k": 500, "math_prealgebra": 300}  # easy domains: a sample is enough

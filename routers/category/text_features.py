@@ -3,8 +3,8 @@
 Why characters: benchmark prompts carry their domain in surface form (``\\frac``, ``def ``,
 ``mg/dL``, ``Statement 1 |``) and in word stems that a small sentence encoder smooths away. On our
 validation split of router_mix, a logistic regression on these features alone scores about as well as
-kNN on MiniLM embeddings (0.90), costs about a millisecond per prompt, and the two err on different
-prompts, which is what makes the cascade in ``routers.cascade`` work.
+kNN on MiniLM embeddings at a fraction of its cost (docs/benchmarks), and the two err on different
+prompts, which is what makes the cascade in ``routers.category.model`` work.
 
 Features: lower-cased words padded with spaces, n-grams of 2..5 characters inside each word (like
 scikit-learn's ``char_wb``), sublinear tf (1 + log tf), idf = ln((1 + n) / (1 + df)) + 1, L2 norm.
