@@ -34,6 +34,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
 DEMO_PROMPT ?= Write a Python function that reverses a string
 PYTEST_ARGS ?=
 
@@ -42,6 +44,10 @@ PYTEST_ARGS ?=
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@# Real services the suite starts itself (on free loopback ports): Debian's redis-server.
+	@command -v redis-server >/dev/null || { echo ">> installing Debian's redis-server"; \
+	  $(SUDO) apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# The CPU build of torch first (it lies on disk here), so nothing pulls a multi-GB CUDA build.

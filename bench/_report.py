@@ -26,3 +26,16 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def machine() -> dict[str, Any]:
+    """The machine a bench ran on, as measured now (not fixed text)."""
+    import os
+    import platform
+
+    return {
+        "cores": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "processor": platform.machine(),
+        "python": platform.python_version(),
+    }

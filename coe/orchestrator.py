@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from coe import plugins
 from coe.clients import ChatClient, provider_chat
@@ -30,6 +31,7 @@ from coe.types import (
     Message,
     Request,
     RouteDecision,
+    SessionRef,
     StreamEvent,
     Trace,
     Usage,
@@ -38,15 +40,23 @@ from coe.types import (
 if TYPE_CHECKING:
     from coe.batch.runner import BatchReport
     from coe.retrieval.retriever import Retriever
+    from coe.sessions import Sessions, Turn
 
 T = TypeVar("T")
 Prompt = str | list[Message] | list[dict[str, str]]
 
 
 class CoE:
-    def __init__(self, config: CoEConfig) -> None:
+    def __init__(
+        self, config: CoEConfig, *, session_store: Literal["memory", "sqlite", "redis"] = "memory"
+    ) -> None:
+        """``session_store``: where sessions live when ``router.sessions.store`` does not say (the
+        library keeps them in memory; ``coe serve`` passes sqlite, so a restart keeps them)."""
         self.config = config
         self.pool = ExpertPool(config)
+        self._session_store = session_store
+        self._sessions: Sessions | None = None
+        self._sessions_lock = threading.Lock()
         self._router: Router | None = None
         self._aggregator: Aggregator | None = None
         self._retriever: Retriever | None = None
@@ -67,6 +77,17 @@ class CoE:
         if self._router is None:
             self._router = plugins.router_factory(self.config.router.type).from_config(self.config)
         return self._router
+
+    @property
+    def sessions(self) -> Sessions | None:
+        """The conversation sessions (coe.sessions); None when ``router.sessions.enabled`` is false."""
+        if self._sessions is None and self.config.router.sessions.enabled:
+            with self._sessions_lock:  # concurrent first requests build it once
+                if self._sessions is None:
+                    from coe.sessions import build_sessions
+
+                    self._sessions = build_sessions(self.config, self._session_store, self.pool.state_dir)
+        return self._sessions
 
     @property
     def aggregator(self) -> Aggregator:
@@ -140,17 +161,24 @@ class CoE:
         *,
         expert: str | None = None,
         decision: RouteDecision | None = None,
+        session: str | SessionRef | None = None,
+        trace: Trace | None = None,
         **params: Any,
     ) -> Answer:
-        """Answer one prompt. ``decision`` skips the router (the server's ``coe/category/NAME``)."""
+        """Answer one prompt. ``decision`` skips the router (the server's ``coe/category/NAME``).
+        ``session`` names the conversation (without it, a resent history finds its own); ``trace`` is
+        filled in as the request goes (a caller that wants the decision before the answer)."""
         started = time.perf_counter()
         request = Request.from_input(prompt, expert=expert, params=params)
-        trace = Trace()
-        with request_scope():  # the router and the retrieval gate embed the prompt once
-            decision = await self._route_one(request, trace, decision)
+        trace = trace if trace is not None else Trace()
+        with request_scope():  # the router, the session and the retrieval gate embed the prompt once
+            turn = await self._open_session(request, session, trace)
+            decision = await self._route_one(request, trace, decision, turn)
             request = await self._retrieve(request, decision, trace)
         answers = await self._answers(request, decision, trace)
-        return await self.combine(request, answers, decision, trace, started)
+        answer = await self.combine(request, answers, decision, trace, started)
+        await self._close_session(turn, request, answer, decision)
+        return answer
 
     async def combine(
         self,
@@ -194,21 +222,27 @@ class CoE:
         *,
         expert: str | None = None,
         decision: RouteDecision | None = None,
+        session: str | SessionRef | None = None,
+        trace: Trace | None = None,
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Yield text deltas, then one ``done`` event with the full Answer and trace.
 
         A candidate that fails before its first token is skipped for the next one; after the first
         token a failure raises ExpertError, since the caller already holds part of the text.
+        ``session`` and ``trace`` as for ``aask``: ``trace.decision`` is set before the first event.
         """
         started = time.perf_counter()
         request = Request.from_input(prompt, expert=expert, params=params)
-        trace = Trace()
-        with request_scope():  # the router and the retrieval gate embed the prompt once
-            decision = await self._route_one(request, trace, decision)
+        trace = trace if trace is not None else Trace()
+        with request_scope():  # the router, the session and the retrieval gate embed the prompt once
+            turn = await self._open_session(request, session, trace)
+            decision = await self._route_one(request, trace, decision, turn)
             request = await self._retrieve(request, decision, trace)
         stream = self._stream_aggregate if decision.fanout > 1 else self._stream_candidates
         async for event in stream(request, decision, trace, started):
+            if event.type == "done" and event.answer is not None:
+                await self._close_session(turn, request, event.answer, decision)
             yield event
 
     async def _stream_candidates(
@@ -370,22 +404,54 @@ class CoE:
         }
 
     async def _route_one(
-        self, request: Request, trace: Trace, decision: RouteDecision | None = None
+        self, request: Request, trace: Trace, decision: RouteDecision | None = None, turn: Turn | None = None
     ) -> RouteDecision:
         t = time.perf_counter()
         if decision is None and request.expert is not None:
             decision = self.decide([request])[0]  # pinned: nothing to compute
-        if decision is None:
+        if decision is not None:
+            if turn is not None and self.sessions is not None:
+                self.sessions.pinned(turn)
+        else:
             # Built off the loop the first time: constructing a router loads the encoder (seconds).
             router = self._router or await asyncio.to_thread(lambda: self.router)
             if isinstance(router, AsyncRouter):  # it calls experts while routing (skills annotator)
                 decision = (await router.aroute([request], self.call_expert))[0]
+                if turn is not None:
+                    decision = await asyncio.to_thread(self._steer, turn, request, decision)
             else:
                 # The encoder is CPU-bound; off the loop so a server keeps serving while it runs.
-                decision = (await asyncio.to_thread(self.decide, [request]))[0]
+                decision = await asyncio.to_thread(self._decide_one, request, turn)
         trace.timings_ms["route"] = _ms(t)
         trace.decision = decision
         return decision
+
+    def _decide_one(self, request: Request, turn: Turn | None) -> RouteDecision:
+        decision = self.decide([request])[0]
+        return self._steer(turn, request, decision) if turn is not None else decision
+
+    def _steer(self, turn: Turn, request: Request, decision: RouteDecision) -> RouteDecision:
+        assert self.sessions is not None  # a turn exists only when sessions are on
+        return self.sessions.steer(turn, request, decision, set(self.config.experts))
+
+    async def _open_session(
+        self, request: Request, session: str | SessionRef | None, trace: Trace
+    ) -> Turn | None:
+        sessions = (
+            await asyncio.to_thread(lambda: self.sessions) if self._sessions is None else self._sessions
+        )
+        if sessions is None:
+            return None
+        ref = SessionRef(id=session) if isinstance(session, str) else session
+        turn = await sessions.open(request, ref.id if ref else None, ref.source if ref else "argument")
+        trace.session = turn.trace
+        return turn
+
+    async def _close_session(
+        self, turn: Turn | None, request: Request, answer: Answer, decision: RouteDecision
+    ) -> None:
+        if turn is not None and self.sessions is not None:
+            await self.sessions.close(turn, request, answer.text, answer.expert, decision)
 
     def _finish(self, trace: Trace, decision: RouteDecision, used: str, usage: Usage, started: float) -> None:
         # A synthesised answer is "by" the aggregator expert: what counts is whether a recruited one answered.
@@ -397,8 +463,15 @@ class CoE:
 
     # ----------------------------------------------------------------------- sync API, lifetime
 
-    def ask(self, prompt: Prompt, *, expert: str | None = None, **params: Any) -> Answer:
-        return self.run(self.aask(prompt, expert=expert, **params))
+    def ask(
+        self,
+        prompt: Prompt,
+        *,
+        expert: str | None = None,
+        session: str | SessionRef | None = None,
+        **params: Any,
+    ) -> Answer:
+        return self.run(self.aask(prompt, expert=expert, session=session, **params))
 
     def batch(
         self, items: Iterable[Any], *, out: str | os.PathLike[str] | None = None, **options: Any
@@ -424,11 +497,15 @@ class CoE:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._sessions is not None:
+            await self._sessions.aclose()
         self.pool.stop_all()
 
     def close(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.run_until_complete(self._client.aclose())
+            if self._sessions is not None:
+                self._loop.run_until_complete(self._sessions.aclose())
             self._loop.close()
         self.pool.stop_all()
 

@@ -103,6 +103,36 @@ class Attempt(BaseModel):
     latency_ms: float = 0.0
 
 
+SessionSource = Literal["header", "argument", "metadata", "previous_response_id"]
+
+
+class SessionRef(BaseModel):
+    """A session the caller names, and how it named it (the trace says which)."""
+
+    id: str = Field(min_length=1, max_length=256)
+    source: SessionSource = "argument"
+
+
+class SessionTrace(BaseModel):
+    """What the conversation's session did to the routing decision, and the decision without it."""
+
+    id: str | None = Field(None, description="the session (send it back as x-coe-session or session=)")
+    source: Literal["header", "argument", "metadata", "previous_response_id", "history", "new", "none"] = (
+        Field(
+            "none",
+            description="how the session was found: given by the caller, by the resent history, or new",
+        )
+    )
+    action: Literal["new", "kept", "switched", "tool_loop", "pinned", "stateless", "off"] = "off"
+    reason: str = ""
+    expert: str | None = Field(None, description="the session's expert before this turn")
+    turn: int = Field(0, description="this turn's number in the session (1: its first)")
+    continuation: float | None = Field(None, description="how much the turn continues the conversation (0-1)")
+    stateless: RouteDecision | None = Field(None, description="the decision this turn would get on its own")
+    lookup_ms: float = 0.0
+    error: str | None = Field(None, description="the store did not answer: routed statelessly")
+
+
 class RetrievalTrace(BaseModel):
     """What the retrieval gate decided for one request, and which documents went into the prompt."""
 
@@ -133,6 +163,7 @@ class Trace(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     decision: RouteDecision | None = None
+    session: SessionTrace | None = None
     retrieval: RetrievalTrace | None = None
     aggregation: AggregationTrace | None = None
     attempts: list[Attempt] = Field(default_factory=list)

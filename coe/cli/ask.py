@@ -98,7 +98,7 @@ def ask(
     from coe.orchestrator import CoE
 
     text = sys.stdin.read() if prompt == "-" else prompt
-    params = {
+    params: dict[str, Any] = {
         k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None
     }
     exit_on_sigterm()

@@ -22,6 +22,7 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "ask",
     "experts",
+    "sessions",
     "batch",
     "serve",
     "deploy",

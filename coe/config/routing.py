@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import Field
 
 from coe.config.base import Issue, Strict
+from coe.config.sessions import SessionsConfig
 from coe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class RouterConfig(Strict):
     the group ``coe.routers`` or a dotted path ``pkg.module:Class``."""
 
     type: str = Field("category", description="the router: category, cost, skills, or a plug-in")
+    sessions: SessionsConfig = Field(
+        default_factory=SessionsConfig, description="conversation-aware routing: follow-ups keep their expert"
+    )
 
     def category_routes(self) -> Mapping[str, CategoryConfig]:
         """The categories this router routes to, by name (none unless the router has categories)."""

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coe.config import CoEConfig
 from coe.orchestrator import CoE
 from coe.protocols import WarmRouter
-from coe.server.chat import ChatHandler, attempted, model_ids
+from coe.server.chat import ChatHandler, attempted, model_ids, session_ref
 from coe.server.errors import APIError, install_error_handlers
 from coe.server.limits import ExpertLimiter
 from coe.server.metrics import Metrics
@@ -34,7 +34,7 @@ log = logging.getLogger("coe.server")
 
 def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
-    coe = CoE(config)
+    coe = CoE(config, session_store="sqlite")  # a restart keeps the conversations
     metrics = Metrics(coe.pool)
     limiter = ExpertLimiter(
         _concurrency(config, settings),
@@ -89,7 +89,8 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
             raise APIError(400, "the request body is not valid JSON") from None
         req = parse_chat_request(data, settings.max_tokens_limit)
         wanted = request.headers.get("x-coe-trace", "").lower() in ("1", "true", "yes")
-        return await chat.handle(req, wanted or bool(req.coe and req.coe.trace))
+        session = session_ref(request.headers.get("x-coe-session"), req.metadata)
+        return await chat.handle(req, wanted or bool(req.coe and req.coe.trace), session)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> JSONResponse:

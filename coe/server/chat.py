@@ -7,7 +7,6 @@ the router had chosen that category (its expert, then the fallback expert). The 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -17,14 +16,13 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, CoEError, ExpertError
 from coe.orchestrator import CoE
 from coe.server.errors import APIError, error_body, log
 from coe.server.limits import ExpertBusy
 from coe.server.metrics import Metrics
 from coe.server.schemas import ChatCompletionRequest
-from coe.types import Answer, RouteDecision, StreamEvent
+from coe.types import Answer, RouteDecision, SessionRef, StreamEvent, Trace
 
 ROUTED = "coe"
 EXPERT_PREFIX = "coe/expert/"
@@ -70,12 +68,25 @@ def resolve_model(coe: CoE, model: str) -> tuple[str | None, RouteDecision | Non
     )
 
 
-def coe_headers(answer_expert: str, decision: RouteDecision | None) -> dict[str, str]:
+def session_ref(header: str | None, metadata: dict[str, str] | None) -> SessionRef | None:
+    """The session a request names: the ``x-coe-session`` header, else ``metadata.session_id``."""
+    if header:
+        return SessionRef(id=header[:256], source="header")
+    if metadata and metadata.get("session_id"):
+        return SessionRef(id=metadata["session_id"][:256], source="metadata")
+    return None
+
+
+def coe_headers(
+    answer_expert: str, decision: RouteDecision | None, trace: Trace | None = None
+) -> dict[str, str]:
     headers = {"x-coe-expert": answer_expert}
     if decision is not None and decision.category is not None:
         headers["x-coe-category"] = decision.category
     if decision is not None and decision.confidence is not None:
         headers["x-coe-confidence"] = f"{decision.confidence:.4f}"
+    if trace is not None and trace.session is not None and trace.session.id:
+        headers["x-coe-session"] = trace.session.id
     return headers
 
 
@@ -108,15 +119,17 @@ class ChatHandler:
         self.metrics = metrics
 
     async def handle(
-        self, req: ChatCompletionRequest, trace_wanted: bool
+        self, req: ChatCompletionRequest, trace_wanted: bool, session: SessionRef | None = None
     ) -> JSONResponse | StreamingResponse:
         expert, decision = resolve_model(self.coe, req.model)
         messages = [m.as_coe() for m in req.messages]
         params = req.params()
         if req.stream:
-            return await self._stream(req, messages, expert, decision, params, trace_wanted)
+            return await self._stream(req, messages, expert, decision, params, trace_wanted, session)
         try:
-            answer = await self.coe.aask(messages, expert=expert, decision=decision, **params)
+            answer = await self.coe.aask(
+                messages, expert=expert, decision=decision, session=session, **params
+            )
         except Exception as exc:
             raise error_for(exc) from None
         self.metrics.observe_answer(answer)
@@ -136,7 +149,8 @@ class ChatHandler:
         }
         if trace_wanted:
             body["coe"] = answer.trace.model_dump()
-        return JSONResponse(body, headers=coe_headers(answer.expert, answer.trace.decision))
+        self.metrics.observe_session(answer.trace.session)
+        return JSONResponse(body, headers=coe_headers(answer.expert, answer.trace.decision, answer.trace))
 
     async def _stream(
         self,
@@ -146,25 +160,24 @@ class ChatHandler:
         decision: RouteDecision | None,
         params: dict[str, Any],
         trace_wanted: bool,
+        session: SessionRef | None = None,
     ) -> StreamingResponse:
         tried: list[str] = []
         attempted.set(tried)
+        # astream fills the trace as it goes: routing (and the session) are decided before its first
+        # event, so the headers can carry the category, confidence and session.
+        trace = Trace()
         try:
-            route_ms = 0.0
-            with request_scope():  # astream's retrieval reuses the vectors routing computed here
-                if expert is None and decision is None:
-                    # Route here, not inside astream, so the headers can carry category and confidence.
-                    t = time.perf_counter()
-                    decision = (await asyncio.to_thread(self.coe.route, messages))[0]
-                    route_ms = round((time.perf_counter() - t) * 1000, 2)
-                events = self.coe.astream(messages, expert=expert, decision=decision, **params)
-                # Wait for the first event: 429 and "every expert failed" still get a status code.
-                first = await anext(events)
+            events = self.coe.astream(
+                messages, expert=expert, decision=decision, session=session, trace=trace, **params
+            )
+            # Wait for the first event: 429 and "every expert failed" still get a status code.
+            first = await anext(events)
         except Exception as exc:
             raise error_for(exc) from None
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
-        headers = coe_headers(answering, decision)
-        sse = _SSE(self, req, params, answering, trace_wanted, route_ms)
+        headers = coe_headers(answering, trace.decision, trace)
+        sse = _SSE(self, req, params, answering, trace_wanted)
         return StreamingResponse(
             sse.run(first, events),
             media_type="text/event-stream",
@@ -182,9 +195,7 @@ class _SSE:
         params: dict[str, Any],
         expert: str,
         trace: bool,
-        route_ms: float,
     ) -> None:
-        self.route_ms = route_ms
         self.handler = handler
         self.include_usage = bool(req.stream_options and req.stream_options.include_usage)
         self.max_tokens = params.get("max_tokens")
@@ -229,11 +240,8 @@ class _SSE:
             await events.aclose()  # type: ignore[attr-defined]
 
     def _final(self, answer: Answer) -> list[bytes]:
-        if self.route_ms:  # routed before astream: put the real routing time back into the trace
-            timings = answer.trace.timings_ms
-            timings["route"] = self.route_ms
-            timings["total"] = round(timings.get("total", 0.0) + self.route_ms, 2)
         self.handler.metrics.observe_answer(answer)
+        self.handler.metrics.observe_session(answer.trace.session)
         extra: dict[str, Any] = {}
         if self.trace:
             extra["coe"] = answer.trace.model_dump()

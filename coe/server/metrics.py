@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from coe.types import Answer
+from coe.types import Answer, SessionTrace
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -55,6 +55,17 @@ class Metrics:
             "coe_stream_errors", "streams ended by an error after the first token", ["expert"], registry=r
         )
         self.inflight = Gauge("coe_inflight_requests", "requests in progress", registry=r)
+        self.sessions = Counter(
+            "coe_session_turns",
+            "turns by what the session did (new, kept, switched, ...)",
+            ["action"],
+            registry=r,
+        )
+        self.session_errors = Counter(
+            "coe_session_store_errors",
+            "turns routed statelessly because the session store failed",
+            registry=r,
+        )
 
     def observe_answer(self, answer: Answer) -> None:
         trace = answer.trace
@@ -67,6 +78,13 @@ class Metrics:
             self.decisions.labels(category=decision.category or "none").inc()
             if trace.fallback_used:
                 self.fallbacks.labels(routed_to=decision.expert, answered_by=answer.expert).inc()
+
+    def observe_session(self, session: SessionTrace | None) -> None:
+        if session is None:
+            return
+        self.sessions.labels(action=session.action).inc()
+        if session.error:
+            self.session_errors.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -61,6 +61,7 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     n: int | None = Field(None, ge=1, le=1)
+    metadata: dict[str, str] | None = Field(None, max_length=16)
     coe: TraceOptions | None = None
 
     def params(self) -> dict[str, Any]:

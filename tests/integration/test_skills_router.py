@@ -140,7 +140,7 @@ def test_category_settings_under_a_skills_router_are_unknown_keys_of_that_router
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "experts.yaml")
     line = next(n for n, row in enumerate(text.splitlines(), 1) if row.startswith("  classifier:"))
-    want = "router.classifier: unknown key 'classifier'; expected one of: type, skills, fallback"
+    want = "router.classifier: unknown key 'classifier'; expected one of: type, sessions, skills, fallback"
     assert f"experts.yaml:{line}: {want}" in str(info.value)
 
 

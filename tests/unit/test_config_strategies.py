@@ -83,7 +83,7 @@ def test_settings_survive_a_dump_and_reload() -> None:
 def test_another_routers_keys_are_refused_with_this_routers_keys(tmp_path: Path) -> None:
     path = tmp_path / "experts.yaml"
     assert issues_of(path, EXPERTS + "router:\n  type: cost\n  categories: {x: {expert: a}}\n") == [
-        f"{path}:6: router.categories: unknown key 'categories'; expected one of: type, cost"
+        f"{path}:6: router.categories: unknown key 'categories'; expected one of: type, sessions, cost"
     ]
 
 
@@ -175,7 +175,7 @@ def test_a_plugins_settings_model_gives_the_same_errors_as_a_built_in(plugin: Pa
     path = plugin / "experts.yaml"
     pin = EXPERTS + "router:\n  type: pin_plugin:PinRouter\n  expert: zed\n"
     assert issues_of(path, pin + "  wieght: 2\n") == [
-        f"{path}:7: router.wieght: unknown key 'wieght'; expected one of: type, expert, weight"
+        f"{path}:7: router.wieght: unknown key 'wieght'; expected one of: type, sessions, expert, weight"
     ]
     assert issues_of(path, pin) == [f"{path}:6: router.expert: unknown expert 'zed'; expected one of: a, b"]
     path.write_text(EXPERTS + "router:\n  type: pin_plugin:PinRouter\n  expert: b\n")

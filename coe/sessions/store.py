@@ -1,0 +1,363 @@
+"""Where sessions live: in process (LRU with expiry), SQLite (survives a restart), Redis (shared by
+several ``coe serve`` processes or Ray ingress replicas).
+
+A session is found by its id, or by an alias: the fingerprint of a conversation's history, which
+changes every turn (``coe.sessions.identity``). Each store keeps the two apart, so ``coe sessions
+list`` shows conversations, not turns. Every store forgets a session ``ttl_s`` after its last turn
+and keeps at most ``max_sessions``, dropping the least recently continued first.
+
+A store that cannot answer raises ``StoreUnavailable``; the caller then routes statelessly (the trace
+and a metric say so): a session is a routing hint, never a reason to fail a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, Field, ValidationError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer (down, unreachable, corrupt, too slow); ``str`` says why."""
+
+
+class SessionRecord(BaseModel):
+    """What a conversation has been routed to so far."""
+
+    id: str
+    expert: str = Field(description="the expert that answered the last turn")
+    experts: list[str] = Field(default_factory=list, description="the recruited experts of the last turn")
+    category: str | None = None
+    confidence: float | None = None
+    turns: int = Field(0, description="turns answered in this session")
+    created: float = Field(default_factory=time.time)
+    updated: float = Field(default_factory=time.time)
+    vector: str | None = Field(None, description="the last user turn's embedding, float16 base64")
+    space: str | None = Field(None, description="the embedding space of vector")
+
+    def last_vector(self, space: str) -> np.ndarray | None:
+        import numpy as np
+
+        if self.vector is None or self.space != space:
+            return None
+        return np.frombuffer(base64.b64decode(self.vector), dtype=np.float16).astype(np.float32)
+
+    @staticmethod
+    def pack(vector: np.ndarray) -> str:
+        import numpy as np
+
+        return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode()
+
+
+class SessionStore(Protocol):
+    kind: str
+
+    async def get(self, session_id: str | None, alias: str | None) -> SessionRecord | None: ...
+
+    async def put(self, record: SessionRecord, alias: str | None) -> None: ...
+
+    async def list(self, limit: int) -> list[SessionRecord]: ...
+
+    async def delete(self, session_id: str) -> bool: ...
+
+    async def clear(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _parse(raw: str | bytes | None) -> SessionRecord | None:
+    if raw is None:
+        return None
+    try:
+        return SessionRecord.model_validate_json(raw)
+    except ValidationError:
+        return None  # written by another version; the conversation starts afresh
+
+
+class MemoryStore:
+    """In process: the library's default. Sessions end with the process."""
+
+    kind = "memory"
+
+    def __init__(self, ttl_s: float, max_sessions: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._records: OrderedDict[str, SessionRecord] = OrderedDict()
+        self._aliases: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()  # the batch runner routes from threads
+
+    async def get(self, session_id: str | None, alias: str | None) -> SessionRecord | None:
+        now = time.time()
+        with self._lock:
+            if session_id is None and alias is not None and (found := self._aliases.get(alias)):
+                session_id = found[0] if now - found[1] < self.ttl_s else None
+            record = self._records.get(session_id) if session_id is not None else None
+            if record is None or now - record.updated >= self.ttl_s:
+                return None
+            self._records.move_to_end(record.id)
+            return record.model_copy()
+
+    async def put(self, record: SessionRecord, alias: str | None) -> None:
+        with self._lock:
+            self._records[record.id] = record
+            self._records.move_to_end(record.id)
+            if alias is not None:
+                self._aliases[alias] = (record.id, record.updated)
+                self._aliases.move_to_end(alias)
+            while len(self._records) > self.max_sessions:
+                self._records.popitem(last=False)
+            while len(self._aliases) > 4 * self.max_sessions:
+                self._aliases.popitem(last=False)
+
+    async def list(self, limit: int) -> list[SessionRecord]:
+        now = time.time()
+        with self._lock:
+            live = [r for r in reversed(self._records.values()) if now - r.updated < self.ttl_s]
+        return live[:limit]
+
+    async def delete(self, session_id: str) -> bool:
+        with self._lock:
+            return self._records.pop(session_id, None) is not None
+
+    async def clear(self) -> int:
+        with self._lock:
+            n = len(self._records)
+            self._records.clear()
+            self._aliases.clear()
+        return n
+
+    async def aclose(self) -> None:
+        return None
+
+
+class SqliteStore:
+    """One database file: ``coe serve``'s default, in its state directory, so that a restart keeps
+    the conversations. Queries are primary-key lookups on one connection, fast enough to run on the
+    event loop; a corrupt or unwritable file raises StoreUnavailable."""
+
+    kind = "sqlite"
+    _TRIM_EVERY = 256  # puts between expiry and size sweeps
+
+    def __init__(self, path: Path, ttl_s: float, max_sessions: int) -> None:
+        self.path = path
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._puts = 0
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=1.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, updated REAL, data TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, id TEXT, updated REAL)")
+            db.execute("CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated)")
+            self._db = db
+        return self._db
+
+    def _run(self, fn: Any) -> Any:
+        try:
+            with self._lock:
+                return fn(self._conn())
+        except (sqlite3.Error, OSError) as exc:
+            self._db = None  # reopen next time: the file may have been repaired or replaced
+            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
+
+    async def get(self, session_id: str | None, alias: str | None) -> SessionRecord | None:
+        oldest = time.time() - self.ttl_s
+
+        def read(db: sqlite3.Connection) -> str | None:
+            sid = session_id
+            if sid is None and alias is not None:
+                row = db.execute(
+                    "SELECT id FROM aliases WHERE alias = ? AND updated > ?", (alias, oldest)
+                ).fetchone()
+                sid = row[0] if row else None
+            if sid is None:
+                return None
+            row = db.execute(
+                "SELECT data FROM sessions WHERE id = ? AND updated > ?", (sid, oldest)
+            ).fetchone()
+            return row[0] if row else None
+
+        return _parse(self._run(read))
+
+    async def put(self, record: SessionRecord, alias: str | None) -> None:
+        self._puts += 1
+        trim = self._puts % self._TRIM_EVERY == 0
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO sessions (id, updated, data) VALUES (?, ?, ?)",
+                (record.id, record.updated, record.model_dump_json()),
+            )
+            if alias is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO aliases (alias, id, updated) VALUES (?, ?, ?)",
+                    (alias, record.id, record.updated),
+                )
+            if trim:
+                self._trim(db)
+
+        self._run(write)
+
+    def _trim(self, db: sqlite3.Connection) -> None:
+        oldest = time.time() - self.ttl_s
+        db.execute("DELETE FROM sessions WHERE updated <= ?", (oldest,))
+        db.execute("DELETE FROM aliases WHERE updated <= ?", (oldest,))
+        newest_first = "SELECT id FROM sessions ORDER BY updated DESC LIMIT -1 OFFSET ?"
+        db.execute(f"DELETE FROM sessions WHERE id IN ({newest_first})", (self.max_sessions,))
+        db.execute("DELETE FROM aliases WHERE id NOT IN (SELECT id FROM sessions)")
+
+    async def list(self, limit: int) -> list[SessionRecord]:
+        oldest = time.time() - self.ttl_s
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT data FROM sessions WHERE updated > ? ORDER BY updated DESC LIMIT ?", (oldest, limit)
+            ).fetchall()
+        )
+        return [r for r in (_parse(row[0]) for row in rows) if r is not None]
+
+    async def delete(self, session_id: str) -> bool:
+        def remove(db: sqlite3.Connection) -> bool:
+            gone = db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount
+            db.execute("DELETE FROM aliases WHERE id = ?", (session_id,))
+            return bool(gone)
+
+        return bool(self._run(remove))
+
+    async def clear(self) -> int:
+        def wipe(db: sqlite3.Connection) -> int:
+            n = db.execute("DELETE FROM sessions").rowcount
+            db.execute("DELETE FROM aliases")
+            return int(n)
+
+        return int(self._run(wipe))
+
+    async def aclose(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class RedisStore:
+    """A Redis server shared by several processes. Records and aliases expire with Redis's own TTL;
+    a sorted set of ids by last turn bounds the count and orders ``list``. The client is created on
+    first use, inside the running event loop, and every call is bounded by ``timeout_s``."""
+
+    kind = "redis"
+
+    def __init__(
+        self, url: str, ttl_s: float, max_sessions: int, timeout_s: float, prefix: str = "coe:"
+    ) -> None:
+        self.url = url
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self.timeout_s = timeout_s
+        self.prefix = prefix
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _redis(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:  # a client belongs to one event loop
+            import redis.asyncio as aioredis
+
+            self._client = aioredis.Redis.from_url(
+                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+            )
+            self._loop = loop
+        return self._client
+
+    async def _call(self, make: Any) -> Any:
+        import redis
+
+        try:
+            return await asyncio.wait_for(make(self._redis()), self.timeout_s)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"redis {self.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}{kind}:{name}"
+
+    async def get(self, session_id: str | None, alias: str | None) -> SessionRecord | None:
+        async def read(r: Any) -> Any:
+            sid = session_id
+            if sid is None and alias is not None:
+                found = await r.get(self._key("alias", alias))
+                sid = found.decode() if found else None
+            return await r.get(self._key("session", sid)) if sid is not None else None
+
+        return _parse(await self._call(read))
+
+    async def put(self, record: SessionRecord, alias: str | None) -> None:
+        ttl = max(1, int(self.ttl_s))
+
+        async def write(r: Any) -> None:
+            index = self._key("index", "sessions")
+            pipe = r.pipeline(transaction=False)
+            pipe.set(self._key("session", record.id), record.model_dump_json(), ex=ttl)
+            if alias is not None:
+                pipe.set(self._key("alias", alias), record.id, ex=ttl)
+            pipe.zadd(index, {record.id: record.updated})
+            pipe.zremrangebyscore(index, "-inf", time.time() - self.ttl_s)
+            pipe.zcard(index)
+            *_, count = await pipe.execute()
+            if count > self.max_sessions:
+                evicted = await r.zpopmin(index, count - self.max_sessions)
+                if evicted:
+                    await r.delete(*(self._key("session", sid.decode()) for sid, _ in evicted))
+
+        await self._call(write)
+
+    async def list(self, limit: int) -> list[SessionRecord]:
+        async def read(r: Any) -> Any:
+            ids = await r.zrevrange(self._key("index", "sessions"), 0, limit - 1)
+            return await r.mget([self._key("session", i.decode()) for i in ids]) if ids else []
+
+        return [rec for rec in (_parse(raw) for raw in await self._call(read)) if rec is not None]
+
+    async def delete(self, session_id: str) -> bool:
+        async def remove(r: Any) -> Any:
+            await r.zrem(self._key("index", "sessions"), session_id)
+            return await r.delete(self._key("session", session_id))
+
+        return bool(await self._call(remove))
+
+    async def clear(self) -> int:
+        async def wipe(r: Any) -> int:
+            keys = [k async for k in r.scan_iter(match=f"{self.prefix}*")]
+            sessions = sum(1 for k in keys if k.decode().startswith(f"{self.prefix}session:"))
+            if keys:
+                await r.delete(*keys)
+            return sessions
+
+        return int(await self._call(wipe))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            # RuntimeError: its loop is gone (a sync CoE closed after its loop); nothing to flush.
+            with contextlib.suppress(RuntimeError):
+                await client.aclose()
+
+
+def dumps(records: list[SessionRecord]) -> str:
+    """JSON lines for ``coe sessions list --json``, without the stored vectors."""
+    return "\n".join(json.dumps(r.model_dump(exclude={"vector"})) for r in records)
