@@ -254,10 +254,12 @@ class CoE:
         logprobs: bool | None = None,
         top_logprobs: int | None = None,
         reasoning_effort: ReasoningEffort | None = None,
+        trace: Trace | None = None,
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Yield deltas (text, tool-call fragments), then one ``done`` event with the full Answer and
-        trace. Arguments as for ``aask``.
+        trace. Arguments as for ``aask``; ``trace``: a Trace to fill in, for a caller that needs the
+        final decision (after the capability check) before the stream ends (the server's headers).
 
         A candidate that fails before its first delta is skipped for the next one; after it a failure
         raises ExpertError, since the caller already holds part of the answer.
@@ -275,7 +277,7 @@ class CoE:
             top_logprobs=top_logprobs,
             reasoning_effort=reasoning_effort,
         )
-        trace = Trace()
+        trace = trace if trace is not None else Trace()
         with request_scope():  # the router and the retrieval gate embed the prompt once
             decision = await self._route_one(request, trace, decision)
             request = await self._retrieve(request, decision, trace)

@@ -89,8 +89,12 @@ class Message(BaseModel):
         return self.content or ""
 
     def payload(self) -> dict[str, Any]:
-        """The OpenAI wire form: unset optional keys left out (llama.cpp templates test for them)."""
-        return self.model_dump(exclude_none=True, by_alias=True)
+        """The OpenAI wire form: unset optional keys left out (llama.cpp templates test for them),
+        except an assistant turn's null content beside its tool calls, as OpenAI sends it."""
+        out = self.model_dump(exclude_none=True, by_alias=True)
+        if self.content is None:
+            out["content"] = None if self.tool_calls else ""
+        return out
 
 
 class FunctionDef(BaseModel):

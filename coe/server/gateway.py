@@ -1,37 +1,63 @@
-"""POST /v1/chat/completions: resolve the model id, answer through CoE, shape the OpenAI reply.
+"""The one request path behind every API: resolve the model id, answer (or stream) through CoE, map
+failures to status codes, count metrics, and name the answering expert in the ``x-coe-*`` headers.
+Each API module (coe/server/apis/) only translates its wire shape to a ``Call`` and an ``Answer``
+(or ``StreamEvent``s) back to its wire shape, so routing, limits, fallbacks and metrics are the same
+for all of them.
 
 Model ids: ``coe`` routes; ``coe/expert/NAME`` pins an expert; ``coe/category/NAME`` answers as if
-the router had chosen that category (its expert, then the fallback expert). The reply's ``model`` is
-``coe/expert/NAME`` of the expert that answered, also in the ``x-coe-*`` headers.
+the router had chosen that category (its expert, then the fallback expert). A reply's model is
+``coe/expert/NAME`` of the expert that answered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from coe.encoding.embedder import request_scope
-from coe.errors import AllExpertsFailed, CoEError, ExpertError
+from coe.errors import AllExpertsFailed, CoEError, ExpertError, NoCapableExpert
 from coe.orchestrator import CoE
-from coe.server.errors import APIError, error_body, log
+from coe.server.errors import APIError, log
 from coe.server.limits import ExpertBusy
 from coe.server.metrics import Metrics
-from coe.server.schemas import ChatCompletionRequest
-from coe.types import Answer, RouteDecision, StreamEvent
+from coe.types import Answer, Request, RouteDecision, StreamEvent, Trace
 
 ROUTED = "coe"
 EXPERT_PREFIX = "coe/expert/"
 CATEGORY_PREFIX = "coe/category/"
+EMBEDDER = "coe/embedder"
 
 # The experts whose admission slot this request entered, in order; the last one is the one answering.
 attempted: ContextVar[list[str] | None] = ContextVar("coe_attempted", default=None)
+
+
+@dataclass
+class Call:
+    """One request in CoE's terms, whichever API it came through."""
+
+    request: Request
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    trace: bool = False
+
+
+class Writer(Protocol):
+    """One streamed reply in one API's event format."""
+
+    def start(self) -> list[bytes]: ...
+
+    def delta(self, event: StreamEvent) -> list[bytes]: ...
+
+    def done(self, answer: Answer) -> list[bytes]: ...
+
+    def error(self, message: str) -> list[bytes]: ...
 
 
 def model_ids(coe: CoE) -> list[str]:
@@ -40,11 +66,12 @@ def model_ids(coe: CoE) -> list[str]:
         [ROUTED]
         + [EXPERT_PREFIX + name for name in cfg.experts]
         + [CATEGORY_PREFIX + name for name in cfg.router.category_routes()]
+        + [EMBEDDER]
     )
 
 
 def resolve_model(coe: CoE, model: str) -> tuple[str | None, RouteDecision | None]:
-    """(pinned expert, pre-made decision) for a model id; 404 in OpenAI's shape when unknown."""
+    """(pinned expert, pre-made decision) for a model id; 404 when unknown."""
     cfg = coe.config
     if model == ROUTED:
         return None, None
@@ -65,8 +92,12 @@ def resolve_model(coe: CoE, model: str) -> tuple[str | None, RouteDecision | Non
             reason=f"category {category!r} chosen by the caller (model {model}) maps to expert {expert!r}",
         )
         return None, decision
+    hint = f"; {EMBEDDER} is for /v1/embeddings" if model == EMBEDDER else ""
     raise APIError(
-        404, f"the model {model!r} does not exist; see GET /v1/models", param="model", code="model_not_found"
+        404,
+        f"the model {model!r} does not exist; see GET /v1/models{hint}",
+        param="model",
+        code="model_not_found",
     )
 
 
@@ -79,9 +110,13 @@ def coe_headers(answer_expert: str, decision: RouteDecision | None) -> dict[str,
     return headers
 
 
-def _finish_reason(answer: Answer, max_tokens: int | None) -> str:
-    """Answer has no finish reason; hitting the token budget is what "length" means."""
-    limit = max_tokens
+def finish_reason(answer: Answer, max_tokens: object) -> str:
+    """OpenAI's: the expert's own when it gave one, else "length" when the budget was used up."""
+    if answer.tool_calls:
+        return "tool_calls"
+    if answer.finish_reason in ("stop", "length", "content_filter"):
+        return answer.finish_reason
+    limit = max_tokens if isinstance(max_tokens, int) else None
     return "length" if limit is not None and answer.usage.completion_tokens >= limit else "stop"
 
 
@@ -89,6 +124,8 @@ def error_for(exc: Exception) -> APIError:
     """Map CoE failures before the first byte to status codes; never leak a traceback."""
     if isinstance(exc, ExpertBusy):
         return APIError(429, str(exc), code="expert_busy", headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, NoCapableExpert):
+        return APIError(400, str(exc), param=exc.param, code="no_capable_expert")
     if isinstance(exc, AllExpertsFailed):
         log.warning("%s", exc)
         return APIError(
@@ -98,73 +135,46 @@ def error_for(exc: Exception) -> APIError:
         return APIError(503, str(exc), code="expert_failed", type="api_error", headers={"Retry-After": "1"})
     if isinstance(exc, APIError):
         return exc
-    log.error("chat completion failed: %s", type(exc).__name__, exc_info=exc)
+    log.error("request failed: %s", type(exc).__name__, exc_info=exc)
     return APIError(500, "internal server error", code="internal_error")
 
 
-class ChatHandler:
+class Gateway:
     def __init__(self, coe: CoE, metrics: Metrics) -> None:
         self.coe = coe
         self.metrics = metrics
 
-    async def handle(
-        self, req: ChatCompletionRequest, trace_wanted: bool
-    ) -> JSONResponse | StreamingResponse:
-        expert, decision = resolve_model(self.coe, req.model)
-        messages = [m.as_coe() for m in req.messages]
-        params = req.params()
-        if req.stream:
-            return await self._stream(req, messages, expert, decision, params, trace_wanted)
+    async def answer(self, call: Call) -> Answer:
+        expert, decision = resolve_model(self.coe, call.model)
         try:
-            answer = await self.coe.aask(messages, expert=expert, decision=decision, **params)
+            answer = await self.coe.aask(call.request, expert=expert, decision=decision)
         except Exception as exc:
             raise error_for(exc) from None
         self.metrics.observe_answer(answer)
-        body: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": EXPERT_PREFIX + answer.expert,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer.text},
-                    "finish_reason": _finish_reason(answer, params.get("max_tokens")),
-                }
-            ],
-            "usage": answer.usage.model_dump(),
-        }
-        if trace_wanted:
-            body["coe"] = answer.trace.model_dump()
-        return JSONResponse(body, headers=coe_headers(answer.expert, answer.trace.decision))
+        return answer
 
-    async def _stream(
-        self,
-        req: ChatCompletionRequest,
-        messages: list[dict[str, str]],
-        expert: str | None,
-        decision: RouteDecision | None,
-        params: dict[str, Any],
-        trace_wanted: bool,
-    ) -> StreamingResponse:
+    async def stream(self, call: Call, writer: Callable[[str], Writer]) -> StreamingResponse:
+        """Wait for the first event before answering, so that 429, 400 no_capable_expert and "every
+        expert failed" still get a status code; after it, failures go in-band (``Writer.error``)."""
+        expert, decision = resolve_model(self.coe, call.model)
         tried: list[str] = []
         attempted.set(tried)
+        trace = Trace()
         try:
             route_ms = 0.0
             with request_scope():  # astream's retrieval reuses the vectors routing computed here
                 if expert is None and decision is None:
                     # Route here, not inside astream, so the headers can carry category and confidence.
                     t = time.perf_counter()
-                    decision = (await asyncio.to_thread(self.coe.route, messages))[0]
+                    decision = (await asyncio.to_thread(self.coe.decide, [call.request]))[0]
                     route_ms = round((time.perf_counter() - t) * 1000, 2)
-                events = self.coe.astream(messages, expert=expert, decision=decision, **params)
-                # Wait for the first event: 429 and "every expert failed" still get a status code.
+                events = self.coe.astream(call.request, expert=expert, decision=decision, trace=trace)
                 first = await anext(events)
         except Exception as exc:
             raise error_for(exc) from None
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
-        headers = coe_headers(answering, decision)
-        sse = _SSE(self, req, params, answering, trace_wanted, route_ms)
+        headers = coe_headers(answering, trace.decision or decision)
+        sse = _Stream(self.metrics, writer(answering), answering, route_ms)
         return StreamingResponse(
             sse.run(first, events),
             media_type="text/event-stream",
@@ -172,81 +182,42 @@ class ChatHandler:
         )
 
 
-class _SSE:
-    """One streamed reply: OpenAI chunks, then usage/trace, then ``[DONE]``; or an error event."""
-
-    def __init__(
-        self,
-        handler: ChatHandler,
-        req: ChatCompletionRequest,
-        params: dict[str, Any],
-        expert: str,
-        trace: bool,
-        route_ms: float,
-    ) -> None:
-        self.route_ms = route_ms
-        self.handler = handler
-        self.include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        self.max_tokens = params.get("max_tokens")
+class _Stream:
+    def __init__(self, metrics: Metrics, writer: Writer, expert: str, route_ms: float) -> None:
+        self.metrics = metrics
+        self.writer = writer
         self.expert = expert
-        self.trace = trace
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        body = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": EXPERT_PREFIX + self.expert,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+        self.route_ms = route_ms
 
     async def run(self, first: StreamEvent, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
-        yield self._chunk({"role": "assistant", "content": ""})
+        for part in self.writer.start():
+            yield part
         try:
             event: StreamEvent | None = first
             while event is not None:
                 if event.type == "delta":
-                    yield self._chunk({"content": event.text})
+                    for part in self.writer.delta(event):
+                        yield part
                 elif event.answer is not None:
-                    for part in self._final(event.answer):
+                    for part in self.writer.done(self._finish(event.answer)):
                         yield part
                     return
                 event = await anext(events, None)
         except Exception as exc:  # after the first byte the status is sent: say it in-band
-            self.handler.metrics.stream_errors.labels(expert=self.expert).inc()
+            self.metrics.stream_errors.labels(expert=self.expert).inc()
             log.warning("stream from %s interrupted after the first token: %s", self.expert, exc)
             message = str(exc) if isinstance(exc, CoEError) else "internal server error"
             if not isinstance(exc, CoEError):
                 log.error("stream failed: %s", type(exc).__name__, exc_info=exc)
-            body = error_body(message, "api_error", None, "stream_interrupted")
-            yield f"data: {json.dumps(body)}\n\n".encode()
-            yield b"data: [DONE]\n\n"
+            for part in self.writer.error(message):
+                yield part
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    def _final(self, answer: Answer) -> list[bytes]:
+    def _finish(self, answer: Answer) -> Answer:
         if self.route_ms:  # routed before astream: put the real routing time back into the trace
             timings = answer.trace.timings_ms
             timings["route"] = self.route_ms
             timings["total"] = round(timings.get("total", 0.0) + self.route_ms, 2)
-        self.handler.metrics.observe_answer(answer)
-        extra: dict[str, Any] = {}
-        if self.trace:
-            extra["coe"] = answer.trace.model_dump()
-        out = [self._chunk({}, _finish_reason(answer, self.max_tokens), **extra)]
-        if self.include_usage:
-            usage = {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": EXPERT_PREFIX + self.expert,
-                "choices": [],
-                "usage": answer.usage.model_dump(),
-            }
-            out.append(f"data: {json.dumps(usage)}\n\n".encode())
-        out.append(b"data: [DONE]\n\n")
-        return out
+        self.metrics.observe_answer(answer)
+        return answer
