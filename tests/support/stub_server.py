@@ -97,7 +97,10 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                     chunk = {"model": "stub", "choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if state.tool_calls:
-                done = {"model": "stub", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+                done = {
+                    "model": "stub",
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+                }
                 self.wfile.write(f"data: {json.dumps(done)}\n\n".encode())
             usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
             self.wfile.write(
@@ -118,7 +121,9 @@ def _completion(text: str, tool_calls: list[dict[str, Any]] | None = None) -> di
         "id": "stub-1",
         "object": "chat.completion",
         "model": "stub",
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}
+        ],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
 
