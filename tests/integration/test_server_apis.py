@@ -21,7 +21,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from coe import CoE, load_config
-from coe.server import ServerSettings, create_app
 from coe.server.apis.policy import CHAT
 from coe.types import RouteDecision
 from tests.integration.test_server_faults import assert_openai_error, client_for, make_registry, sse_events
@@ -182,6 +181,10 @@ def test_unknown_fields_are_refused_by_default_or_forwarded_when_configured(stub
         assert sent["top_k"] == 5 and sent["messages"][0]["x_note"] == 1
 
 
+def image(url: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+
+
 @pytest.mark.parametrize(
     ("change", "param"),
     [
@@ -190,12 +193,13 @@ def test_unknown_fields_are_refused_by_default_or_forwarded_when_configured(stub
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name"),
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"messages": [*USER, {"role": "tool", "tool_call_id": "call_x", "content": "18"}]}, "messages.1.tool_call_id"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]},
-         "messages.0.content.0.image_url.url"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]},
-         "messages.0.content.0.image_url.url"),
-        ({"messages": [{"role": "user", "content": [{"type": "video", "video": {}}]}]}, "messages.0.content.0.type"),
+        ({"messages": [*USER, {"role": "tool", "tool_call_id": "call_x", "content": "18"}]},
+         "messages.1.tool_call_id"),
+        ({"messages": [image("data:image/png;base64,@@")]}, "messages.0.content.0.image_url.url"),
+        ({"messages": [image("data:text/plain;base64,aGk=")]}, "messages.0.content.0.image_url.url"),
+        ({"messages": [image("file:///etc/passwd")]}, "messages.0.content.0.image_url.url"),
+        ({"messages": [{"role": "user", "content": [{"type": "video", "video": {}}]}]},
+         "messages.0.content.0.type"),
         ({"messages": [{"role": "user", "content": 12}]}, "messages.0.content"),
         ({"messages": [{"role": "bot", "content": "x"}]}, "messages.0.role"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 12}}}},
@@ -406,11 +410,13 @@ def test_anthropic_messages_with_the_sdk(stubs) -> None:  # type: ignore[no-unty
             model="coe/expert/ok", max_tokens=20, system="Be brief.", messages=USER
         )  # type: ignore[arg-type]
         assert reply.content[0].text == "answer from ok" and reply.stop_reason == "end_turn"  # type: ignore[union-attr]
+        use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+        result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"}
         conversation = [
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"}, {"type": "text", "text": "Thanks"}]},
-        ]  # fmt: skip
+            {"role": "assistant", "content": [use]},
+            {"role": "user", "content": [result, {"type": "text", "text": "Thanks"}]},
+        ]
         states["ok"].tool_calls = [CALL]
         reply = client.messages.create(
             model="coe/expert/ok",
