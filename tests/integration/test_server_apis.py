@@ -106,7 +106,7 @@ def stubs(tmp_path: Path) -> Iterator[tuple[Path, dict[str, StubState]]]:
             ("blind", "ok", "capabilities: [tools, json_schema]"),
             ("bad", "500", ""),
         ):
-            url, state = stack.enter_context(stub_server(mode, text=f"answer from {name}"))  # type: ignore[arg-type]
+            url, state = stack.enter_context(stub_server(mode, text=f"answer from {name}"))
             experts[name], states[name] = (url, extra), state
         yield make_registry(tmp_path, experts), states
 
@@ -188,27 +188,40 @@ def image(url: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]},
-         "tools.0.function.parameters"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]},
+            "tools.0.function.parameters",
+        ),
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name"),
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"messages": [*USER, {"role": "tool", "tool_call_id": "call_x", "content": "18"}]},
-         "messages.1.tool_call_id"),
+        (
+            {"messages": [*USER, {"role": "tool", "tool_call_id": "call_x", "content": "18"}]},
+            "messages.1.tool_call_id",
+        ),
         ({"messages": [image("data:image/png;base64,@@")]}, "messages.0.content.0.image_url.url"),
         ({"messages": [image("data:text/plain;base64,aGk=")]}, "messages.0.content.0.image_url.url"),
         ({"messages": [image("file:///etc/passwd")]}, "messages.0.content.0.image_url.url"),
-        ({"messages": [{"role": "user", "content": [{"type": "video", "video": {}}]}]},
-         "messages.0.content.0.type"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "video", "video": {}}]}]},
+            "messages.0.content.0.type",
+        ),
         ({"messages": [{"role": "user", "content": 12}]}, "messages.0.content"),
         ({"messages": [{"role": "bot", "content": "x"}]}, "messages.0.role"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 12}}}},
-         "response_format.json_schema.schema"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": 12}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"temperature": 3}, "temperature"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_a_400_naming_the_field(stubs, change: dict[str, Any], param: str) -> None:  # type: ignore[no-untyped-def]
     path, states = stubs
     with client_for(path) as client:
@@ -244,7 +257,7 @@ def test_an_image_goes_only_to_a_vision_expert_and_arrives_intact(stubs) -> None
     assert states["eyes"].bodies[-1]["messages"][0]["content"] == image
     caps = answer.trace.capabilities
     assert caps is not None and caps.needed == {"vision": "messages.0.content.1"}
-    assert "lacks vision" in caps.excluded["blind"] and answer.trace.decision.category == "to_eyes"  # type: ignore[union-attr]
+    assert "lacks vision" in caps.excluded["blind"] and answer.trace.decision.category == "to_eyes"
 
 
 def test_several_recruited_experts_with_tools_only_the_top_weighted_answers(stubs) -> None:  # type: ignore[no-untyped-def]
@@ -258,8 +271,8 @@ def test_several_recruited_experts_with_tools_only_the_top_weighted_answers(stub
         assert states["bad"].calls == 0  # recruited, but not the top-weighted one: not asked
         plain = coe.run(coe.aask("weather?", decision=decision))
     assert answer.tool_calls is not None and answer.tool_calls[0].function.name == "get_weather"
-    assert answer.trace.capabilities.tool_answerer == "ok"  # type: ignore[union-attr]
-    assert answer.trace.decision.fanout == 1 and "only 'ok'" in answer.trace.decision.reason  # type: ignore[union-attr]
+    assert answer.trace.capabilities.tool_answerer == "ok"
+    assert answer.trace.decision.fanout == 1 and "only 'ok'" in answer.trace.decision.reason
     assert plain.trace.capabilities is None and states["bad"].calls == 1  # without tools both are asked
 
 
@@ -272,15 +285,15 @@ def test_tool_calls_pass_through_whole_and_streamed_with_the_sdk(stubs) -> None:
     states["ok"].text = ""
     with client_for(path) as http:
         client = sdk(http)
-        whole = client.chat.completions.create(model="coe/expert/ok", messages=USER, tools=TOOLS)  # type: ignore[arg-type]
+        whole = client.chat.completions.create(model="coe/expert/ok", messages=USER, tools=TOOLS)
         assert whole.choices[0].finish_reason == "tool_calls"
-        assert whole.choices[0].message.tool_calls[0].function.arguments == CALL["function"]["arguments"]  # type: ignore[index, union-attr]
+        assert whole.choices[0].message.tool_calls[0].function.arguments == CALL["function"]["arguments"]
         stream = client.chat.completions.create(
             model="coe/expert/ok",
             messages=USER,
             tools=TOOLS,
             stream=True,
-            stream_options={"include_usage": True},  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
         )
         fragments, finish, usage = [], None, None
         for chunk in stream:
@@ -290,7 +303,7 @@ def test_tool_calls_pass_through_whole_and_streamed_with_the_sdk(stubs) -> None:
                 finish = choice.finish_reason or finish
                 for d in choice.delta.tool_calls or []:
                     assert d.index == 0
-                    fragments.append(d.function.arguments or "")  # type: ignore[union-attr]
+                    fragments.append(d.function.arguments or "")
         assert len(fragments) == 2 and json.loads("".join(fragments)) == {"city": "Paris"}
         assert finish == "tool_calls" and usage is not None
 
@@ -317,15 +330,15 @@ def test_coe_forces_the_call_where_the_engine_would_not(stubs) -> None:  # type:
                 messages=USER,
                 tools=TOOLS,
                 tool_choice=choice,
-                extra_body={"coe": {"trace": True}},  # type: ignore[arg-type]
+                extra_body={"coe": {"trace": True}},
             )
             reply = raw.parse()
-            call = reply.choices[0].message.tool_calls[0]  # type: ignore[index]
+            call = reply.choices[0].message.tool_calls[0]
             assert (
                 json.loads(call.function.arguments) == {"city": "Oslo"}
                 and reply.choices[0].finish_reason == "tool_calls"
-            )  # type: ignore[union-attr]
-            assert reply.model_extra["coe"]["capabilities"]["enforced_tool_choice"] is True  # type: ignore[index]
+            )
+            assert reply.model_extra["coe"]["capabilities"]["enforced_tool_choice"] is True
             sent = states["blind"].bodies[-1]
             assert "tool_choice" not in sent and sent["tools"] == TOOLS
             schema = sent["response_format"]["json_schema"]["schema"]
@@ -335,11 +348,11 @@ def test_coe_forces_the_call_where_the_engine_would_not(stubs) -> None:  # type:
             messages=USER,
             tools=TOOLS,
             tool_choice="required",
-            stream=True,  # type: ignore[arg-type]
+            stream=True,
         )
         deltas = [d for c in stream for ch in c.choices for d in ch.delta.tool_calls or []]
-        assert deltas[0].function.name == "get_weather" and deltas[0].id  # type: ignore[union-attr]
-        assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Oslo"}  # type: ignore[union-attr]
+        assert deltas[0].function.name == "get_weather" and deltas[0].id
+        assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Oslo"}
     states["blind"].text = "I would rather chat."  # not a call: the next candidate answers
     states["ok"].tool_calls = [CALL]
     with CoE(load_config(path)) as coe:
@@ -375,7 +388,7 @@ def test_responses_api_with_the_sdk(stubs) -> None:  # type: ignore[no-untyped-d
             {"type": "function_call_output", "call_id": "call_1", "output": "18 C"},
         ]
         fmt = {"format": {"type": "json_schema", "name": "w", "schema": PARAMS}}
-        client.responses.create(model="coe/expert/ok", input=turn, tools=[fn], text=fmt, max_output_tokens=30)  # type: ignore[arg-type]
+        client.responses.create(model="coe/expert/ok", input=turn, tools=[fn], text=fmt, max_output_tokens=30)
         sent = states["ok"].bodies[-1]
         assert sent["messages"][1]["tool_calls"][0]["id"] == "call_1"
         assert sent["messages"][2] == {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}
@@ -385,15 +398,15 @@ def test_responses_api_with_the_sdk(stubs) -> None:  # type: ignore[no-untyped-d
         assert sent["response_format"]["json_schema"]["schema"] == PARAMS and sent["max_tokens"] == 30
         with pytest.raises(openai.BadRequestError) as refused:
             client.responses.create(model="coe/expert/ok", input="hi", previous_response_id="resp_1")
-        assert refused.value.body["param"] == "previous_response_id"  # type: ignore[index]
+        assert refused.value.body["param"] == "previous_response_id"
         states["ok"].tool_calls = [CALL]
-        events = list(client.responses.create(model="coe/expert/ok", input="hi", tools=[fn], stream=True))  # type: ignore[arg-type]
+        events = list(client.responses.create(model="coe/expert/ok", input="hi", tools=[fn], stream=True))
         kinds = [e.type for e in events]
         assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
         assert "response.output_text.delta" in kinds and "response.function_call_arguments.delta" in kinds
-        args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")  # type: ignore[union-attr]
+        args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
         assert json.loads(args) == {"city": "Paris"}
-        final = events[-1].response  # type: ignore[union-attr]
+        final = events[-1].response
         assert [o.type for o in final.output] == ["message", "function_call"] and final.output[
             1
         ].call_id == "call_1"
@@ -408,8 +421,8 @@ def test_anthropic_messages_with_the_sdk(stubs) -> None:  # type: ignore[no-unty
         )
         reply = client.messages.create(
             model="coe/expert/ok", max_tokens=20, system="Be brief.", messages=USER
-        )  # type: ignore[arg-type]
-        assert reply.content[0].text == "answer from ok" and reply.stop_reason == "end_turn"  # type: ignore[union-attr]
+        )
+        assert reply.content[0].text == "answer from ok" and reply.stop_reason == "end_turn"
         use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
         result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"}
         conversation = [
@@ -424,32 +437,35 @@ def test_anthropic_messages_with_the_sdk(stubs) -> None:  # type: ignore[no-unty
             messages=conversation,
             tools=[tool],
             tool_choice={"type": "any"},
-            stop_sequences=["END"],  # type: ignore[arg-type]
+            stop_sequences=["END"],
         )
-        assert reply.stop_reason == "tool_use" and reply.content[-1].input == {"city": "Paris"}  # type: ignore[union-attr]
+        assert reply.stop_reason == "tool_use" and reply.content[-1].input == {"city": "Paris"}
         sent = states["ok"].bodies[-1]
         assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool", "user"]
         assert sent["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'
         assert sent["tool_choice"] == "required" and sent["stop"] == ["END"] and sent["max_tokens"] == 20
         with client.messages.stream(
             model="coe/expert/ok", max_tokens=20, messages=USER, tools=[tool]
-        ) as stream:  # type: ignore[arg-type]
+        ) as stream:
             final = stream.get_final_message()
         assert [b.type for b in final.content] == ["text", "tool_use"] and final.content[1].input == {
             "city": "Paris"
-        }  # type: ignore[union-attr]
+        }
         with pytest.raises(anthropic.BadRequestError) as refused:
             client.messages.create(
                 model="coe/expert/ok",
                 max_tokens=20,
                 messages=USER,
                 thinking={"type": "enabled", "budget_tokens": 1024},
-            )  # type: ignore[arg-type]
-        assert refused.value.body["error"]["message"].startswith("thinking: ")  # type: ignore[index]
+            )
+        assert refused.value.body["error"]["message"].startswith("thinking: ")
         with pytest.raises(anthropic.NotFoundError):
-            client.messages.create(model="gpt-4", max_tokens=20, messages=USER)  # type: ignore[arg-type]
-        bearer = http.post("/v1/messages", json={"model": "coe/expert/ok", "max_tokens": 5, "messages": USER},
-                           headers={"Authorization": "Bearer sk-1"})  # fmt: skip
+            client.messages.create(model="gpt-4", max_tokens=20, messages=USER)
+        bearer = http.post(
+            "/v1/messages",
+            json={"model": "coe/expert/ok", "max_tokens": 5, "messages": USER},
+            headers={"Authorization": "Bearer sk-1"},
+        )
         assert bearer.status_code == 200
         nokey = http.post("/v1/messages", json={"model": "coe/expert/ok", "max_tokens": 5, "messages": USER})
         assert nokey.status_code == 401 and nokey.json()["error"]["type"] == "authentication_error"

@@ -46,7 +46,7 @@ def default_pair(tmp_path: Path, general_extra: str = "", vision_extra: str = ""
 
 
 def routed(*experts: str, scores: dict[str, float] | None = None, **kw: object) -> RouteDecision:
-    return RouteDecision(router="category", experts=list(experts), scores=scores or {}, **kw)  # type: ignore[arg-type]
+    return RouteDecision(router="category", experts=list(experts), scores=scores or {}, **kw)
 
 
 # ------------------------------------------------------------------------------ what it needs
@@ -98,7 +98,7 @@ def test_llama_experts_have_tools_only_with_a_template_that_renders_them(tmp_pat
     assert expert_capabilities(coder, None)[0] == {"tools", "json_schema", "logprobs"}
     assert expert_capabilities(general, None)[0] == {"json_schema", "logprobs"}  # built-in gemma: no Jinja
     assert coder.serve is not None and general.serve is not None
-    assert renders_tools(coder.serve) and not renders_tools(general.serve)  # type: ignore[arg-type]
+    assert renders_tools(coder.serve) and not renders_tools(general.serve)
     assert context_window(coder, None) == 2048
 
 
@@ -127,20 +127,20 @@ def test_llama_command_runs_jinja_with_the_shipped_template(tmp_path: Path) -> N
     cfg = default_pair(tmp_path)
     coder = cfg.experts["coder"].serve
     general = cfg.experts["general"].serve
-    template = template_file(coder, cfg.base_dir)  # type: ignore[arg-type]
+    template = template_file(coder, cfg.base_dir)
     assert template is not None and template.name == "chatml-tools.jinja" and template.is_file()
     cmd = build_command(
         Path("llama-server"), Path("m.gguf"), coder, alias="c", port=1, threads=1, template_file=template
-    )  # type: ignore[arg-type]
+    )
     assert "--jinja" in cmd and cmd[cmd.index("--chat-template-file") + 1] == str(template)
-    builtin = build_command(Path("llama-server"), Path("m.gguf"), general, alias="g", port=1, threads=1)  # type: ignore[arg-type]
+    builtin = build_command(Path("llama-server"), Path("m.gguf"), general, alias="g", port=1, threads=1)
     assert "--no-jinja" in builtin and "--jinja" not in builtin
     gemma = registry(
         tmp_path,
         f"  g: {{serve: {{engine: llamacpp, gguf: '{GEMMA}'}}}}\n",
         "    a: {expert: g, examples: [x]}\n",
     )
-    shipped = template_file(gemma.experts["g"].serve, tmp_path)  # type: ignore[arg-type]
+    shipped = template_file(gemma.experts["g"].serve, tmp_path)
     assert shipped is not None and shipped.name == "gemma-tools.jinja"
 
 
