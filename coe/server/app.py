@@ -16,8 +16,9 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import ModuleType
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -29,11 +30,10 @@ from coe.orchestrator import CoE
 from coe.protocols import WarmRouter
 from coe.server.apis import chat, completions, embeddings, messages, responses
 from coe.server.errors import APIError, install_error_handlers
-from coe.server.gateway import Call, Gateway, Writer, attempted, coe_headers, model_ids
+from coe.server.gateway import Call, Gateway, attempted, coe_headers, model_ids
 from coe.server.limits import ExpertLimiter
 from coe.server.metrics import Metrics
 from coe.server.settings import ServerSettings
-from coe.types import Answer
 
 log = logging.getLogger("coe.server")
 
@@ -99,35 +99,22 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
             raise APIError(400, "the request body is not valid JSON") from None
         return data, request.headers.get("x-coe-trace", "").lower() in ("1", "true", "yes")
 
-    async def serve(
-        call: Call, render: Callable[[Answer, Call], dict[str, object]], writer: Callable[[Call, str], Writer]
-    ) -> Response:
-        if call.stream:
-            return await gateway.stream(call, lambda expert: writer(call, expert))
-        answer = await gateway.answer(call)
-        return JSONResponse(render(answer, call), headers=coe_headers(answer.expert, answer.trace.decision))
+    def generating(api: ModuleType) -> Callable[[Request], Awaitable[Response]]:
+        """The route of one generating API: its module parses, the gateway answers, it writes back."""
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        data, trace = await body_of(request)
-        return await serve(chat.parse(data, settings, trace), chat.body, chat.ChatWriter)
+        async def route(request: Request) -> Response:
+            data, trace = await body_of(request)
+            call: Call = api.parse(data, settings, trace)
+            if call.stream:
+                return await gateway.stream(call, lambda expert: api.Writer(call, expert))
+            answer = await gateway.answer(call)
+            headers = coe_headers(answer.expert, answer.trace.decision)
+            return JSONResponse(api.body(answer, call), headers=headers)
 
-    @app.post("/v1/responses")
-    async def create_response(request: Request) -> Response:
-        data, trace = await body_of(request)
-        return await serve(responses.parse(data, settings, trace), responses.body, responses.ResponsesWriter)
+        return route
 
-    @app.post("/v1/messages")
-    async def create_message(request: Request) -> Response:
-        data, trace = await body_of(request)
-        return await serve(messages.parse(data, settings, trace), messages.body, messages.MessagesWriter)
-
-    @app.post("/v1/completions")
-    async def create_completion(request: Request) -> Response:
-        data, trace = await body_of(request)
-        return await serve(
-            completions.parse(data, settings, trace), completions.body, completions.CompletionsWriter
-        )
+    for api in (chat, responses, messages, completions):
+        app.add_api_route(api.API.path, generating(api), methods=["POST"], name=api.API.name)
 
     @app.post("/v1/embeddings")
     async def create_embeddings(request: Request) -> Response:

@@ -3,7 +3,6 @@ into a Request as the caller wrote it, and the Answer back as a chat.completion 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -11,17 +10,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from coe.orchestrator import OPTIONS
-from coe.server.apis.policy import CHAT, check_fields
+from coe.server.apis.policy import CHAT
+from coe.server.apis.sse import OpenAIChunks
 from coe.server.apis.translate import (
-    body_object,
+    bad,
     chat_messages,
     check_max_tokens,
     check_response_format,
     check_tools,
     forwarded_params,
-    validate,
+    parse_body,
 )
-from coe.server.errors import error_body
 from coe.server.gateway import EXPERT_PREFIX, Call, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import Answer, ReasoningEffort, Request, ResponseFormat, StreamEvent, Tool, ToolChoice
@@ -88,17 +87,13 @@ class ChatBody(BaseModel):
 
 
 def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
-    data = body_object(data)
-    extra = check_fields(CHAT, data, settings.unknown_fields)
-    body = validate(ChatBody, data)
+    data, body, extra = parse_body(CHAT, ChatBody, data, settings.unknown_fields)
     messages = chat_messages(body.messages, settings.unknown_fields)
     check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
     check_max_tokens(body.max_completion_tokens, settings.max_tokens_limit, "max_completion_tokens")
     check_tools(body.tools, body.tool_choice)
     check_response_format(body.response_format)
     if body.top_logprobs is not None and not body.logprobs:
-        from coe.server.apis.translate import bad
-
         raise bad("top_logprobs", "needs logprobs: true")
     params = forwarded_params(data, CHAT.forwarded_names(), skip=("messages", *OPTIONS)) | extra
     if body.max_completion_tokens is not None:
@@ -143,32 +138,15 @@ def body(answer: Answer, call: Call) -> dict[str, Any]:
     return out
 
 
-class ChatWriter:
+class Writer(OpenAIChunks):
     """OpenAI chunks: a role chunk, deltas (content, tool-call fragments, logprobs), a finish chunk
     (with the trace when asked), usage when asked, ``[DONE]``; or an error event and ``[DONE]``."""
 
-    def __init__(self, call: Call, expert: str) -> None:
-        self.call = call
-        self.expert = expert
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        body = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": EXPERT_PREFIX + self.expert,
-            "choices": choices,
-            **extra,
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
-
-    def _delta(self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+    def _delta(self, delta: dict[str, Any], logprobs: Any = None) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
         if logprobs is not None:
             choice["logprobs"] = {"content": logprobs}
-        return self._chunk([choice])
+        return self.chunk([choice])
 
     def start(self) -> list[bytes]:
         return [self._delta({"role": "assistant", "content": ""})]
@@ -179,17 +157,11 @@ class ChatWriter:
             delta["content"] = event.text
         if event.tool_calls:
             delta["tool_calls"] = [d.model_dump(exclude_none=True) for d in event.tool_calls]
-        return [self._delta(delta, logprobs=event.logprobs)] if delta or event.logprobs else []
+        return [self._delta(delta, event.logprobs)] if delta or event.logprobs else []
 
     def done(self, answer: Answer) -> list[bytes]:
-        extra: dict[str, Any] = {"coe": answer.trace.model_dump()} if self.call.trace else {}
         finish = finish_reason(answer, self.call.request.params.get("max_tokens"))
-        out = [self._chunk([{"index": 0, "delta": {}, "finish_reason": finish}], **extra)]
-        if self.call.include_usage:
-            out.append(self._chunk([], usage=answer.usage.model_dump()))
-        out.append(b"data: [DONE]\n\n")
-        return out
+        return self.finish(answer, {"index": 0, "delta": {}, "finish_reason": finish})
 
-    def error(self, message: str) -> list[bytes]:
-        body = error_body(message, "api_error", None, "stream_interrupted")
-        return [f"data: {json.dumps(body)}\n\n".encode(), b"data: [DONE]\n\n"]
+
+API = CHAT

@@ -4,7 +4,6 @@ experts are chat models; there is no raw-text path through routing and fallbacks
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
@@ -13,9 +12,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from coe.server.apis.chat import StreamOptions, TraceOptions
-from coe.server.apis.policy import COMPLETIONS, check_fields
-from coe.server.apis.translate import body_object, check_max_tokens, forwarded_params, validate
-from coe.server.errors import error_body
+from coe.server.apis.policy import COMPLETIONS
+from coe.server.apis.sse import OpenAIChunks
+from coe.server.apis.translate import check_max_tokens, forwarded_params, parse_body
 from coe.server.gateway import EXPERT_PREFIX, Call, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import Answer, Message, Request, StreamEvent
@@ -49,9 +48,7 @@ class CompletionsBody(BaseModel):
 
 
 def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
-    data = body_object(data)
-    extra = check_fields(COMPLETIONS, data, settings.unknown_fields)
-    body = validate(CompletionsBody, data)
+    data, body, extra = parse_body(COMPLETIONS, CompletionsBody, data, settings.unknown_fields)
     check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     params = forwarded_params(data, COMPLETIONS.forwarded_names(), skip=()) | extra
@@ -106,24 +103,13 @@ def body(answer: Answer, call: Call) -> dict[str, Any]:
     return out
 
 
-class CompletionsWriter:
-    def __init__(self, call: Call, expert: str) -> None:
-        self.call = call
-        self.expert = expert
-        self.id = f"cmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.offset = 0
+class Writer(OpenAIChunks):
+    prefix = "cmpl"
+    object = "text_completion"
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        body = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": EXPERT_PREFIX + self.expert,
-            "choices": choices,
-            **extra,
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+    def __init__(self, call: Call, expert: str) -> None:
+        super().__init__(call, expert)
+        self.offset = 0
 
     def start(self) -> list[bytes]:
         return []
@@ -133,16 +119,11 @@ class CompletionsWriter:
             return []
         logprobs = legacy_logprobs(event.logprobs, self.offset) if self.call.request.logprobs else None
         self.offset += len(event.text)
-        return [self._chunk([{"index": 0, "text": event.text, "logprobs": logprobs, "finish_reason": None}])]
+        return [self.chunk([{"index": 0, "text": event.text, "logprobs": logprobs, "finish_reason": None}])]
 
     def done(self, answer: Answer) -> list[bytes]:
         finish = finish_reason(answer, self.call.request.params.get("max_tokens"))
-        extra: dict[str, Any] = {"coe": answer.trace.model_dump()} if self.call.trace else {}
-        out = [self._chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}], **extra)]
-        if self.call.include_usage:
-            out.append(self._chunk([], usage=answer.usage.model_dump()))
-        return [*out, b"data: [DONE]\n\n"]
+        return self.finish(answer, {"index": 0, "text": "", "logprobs": None, "finish_reason": finish})
 
-    def error(self, message: str) -> list[bytes]:
-        body = error_body(message, "api_error", None, "stream_interrupted")
-        return [f"data: {json.dumps(body)}\n\n".encode(), b"data: [DONE]\n\n"]
+
+API = COMPLETIONS

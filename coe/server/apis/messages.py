@@ -14,17 +14,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from coe.server.apis.chat import TraceOptions
-from coe.server.apis.policy import MESSAGES, check_fields
+from coe.server.apis.policy import MESSAGES
 from coe.server.apis.translate import (
     bad,
-    body_object,
     check_max_tokens,
     check_response_format,
     check_tool_results,
     check_tools,
     content_part,
     forwarded_params,
-    validate,
+    parse_body,
 )
 from coe.server.gateway import EXPERT_PREFIX, Call
 from coe.server.settings import ServerSettings
@@ -115,9 +114,7 @@ class MessagesBody(BaseModel):
 
 
 def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
-    data = body_object(data)
-    extra = check_fields(MESSAGES, data, settings.unknown_fields)
-    body = validate(MessagesBody, data)
+    data, body, extra = parse_body(MESSAGES, MessagesBody, data, settings.unknown_fields)
     check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
     messages = conversation(body.messages)
     if body.system:
@@ -314,7 +311,7 @@ def body(answer: Answer, call: Call) -> dict[str, Any]:
     return out
 
 
-class MessagesWriter:
+class Writer:
     """message_start, then per block content_block_start / deltas (text_delta, input_json_delta) /
     content_block_stop, then message_delta (stop reason, output tokens) and message_stop. A failure
     after the first byte: an ``error`` event (the SDKs raise it)."""
@@ -399,3 +396,6 @@ class MessagesWriter:
 
     def error(self, message: str) -> list[bytes]:
         return [self._event("error", error={"type": "api_error", "message": message})]
+
+
+API = MESSAGES

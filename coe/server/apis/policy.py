@@ -124,6 +124,16 @@ _MODEL = (
     "(that category's expert, then the fallback); the expert gets its own model id"
 )
 
+# OpenAI's identification and prompt-cache hints, in Chat Completions and Responses alike.
+_OPENAI_PASSTHROUGH = (
+    forwarded("user"),
+    forwarded("safety_identifier"),
+    forwarded("metadata"),
+    forwarded("prompt_cache_key"),
+    forwarded("prompt_cache_retention"),
+    forwarded("prompt_cache_options"),
+)
+
 CHAT = Api(
     "chat",
     "POST",
@@ -179,12 +189,7 @@ CHAT = Api(
         forwarded("logprobs", "routed only to experts with `logprobs`"),
         forwarded("top_logprobs", "needs `logprobs: true`"),
         applied("n", "one choice", refuse=_n_one, when="n > 1"),
-        forwarded("user"),
-        forwarded("safety_identifier"),
-        forwarded("metadata"),
-        forwarded("prompt_cache_key"),
-        forwarded("prompt_cache_retention"),
-        forwarded("prompt_cache_options"),
+        *_OPENAI_PASSTHROUGH,
         forwarded("reasoning_effort", "routed only to experts with `reasoning` (llama-server reports it)"),
         refused_unless("service_tier", _is("auto", "default"), _TIER, "not auto or default"),
         refused_unless("store", _is(False), _STORE, "true"),
@@ -257,12 +262,7 @@ RESPONSES = Api(
             "`effort` sent as `reasoning_effort`; other keys are refused",
             when="a key other than effort",
         ),
-        forwarded("user"),
-        forwarded("safety_identifier"),
-        forwarded("metadata"),
-        forwarded("prompt_cache_key"),
-        forwarded("prompt_cache_retention"),
-        forwarded("prompt_cache_options"),
+        *_OPENAI_PASSTHROUGH,
         refused("previous_response_id", "CoE stores no responses yet; send the whole conversation as input"),
         refused_unless("store", _is(False), "CoE stores no responses yet (store: false only)", "true"),
         refused("conversation", "CoE stores no conversations yet; send the whole conversation as input"),

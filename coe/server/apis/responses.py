@@ -13,17 +13,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from coe.server.apis.chat import StreamOptions, TraceOptions
-from coe.server.apis.policy import RESPONSES, check_fields
+from coe.server.apis.policy import RESPONSES
 from coe.server.apis.translate import (
     bad,
-    body_object,
     chat_message,
     check_max_tokens,
     check_response_format,
     check_tool_results,
     check_tools,
     forwarded_params,
-    validate,
+    parse_body,
 )
 from coe.server.gateway import EXPERT_PREFIX, Call, finish_reason
 from coe.server.settings import ServerSettings
@@ -121,9 +120,7 @@ class ResponsesBody(BaseModel):
 
 
 def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
-    data = body_object(data)
-    extra = check_fields(RESPONSES, data, settings.unknown_fields)
-    body = validate(ResponsesBody, data)
+    data, body, extra = parse_body(RESPONSES, ResponsesBody, data, settings.unknown_fields)
     check_max_tokens(body.max_output_tokens, settings.max_tokens_limit, "max_output_tokens")
     messages = input_messages(body.input, settings)
     if body.instructions:
@@ -355,7 +352,7 @@ def body(answer: Answer, call: Call) -> dict[str, Any]:
     return response(call, _ids("resp"), int(time.time()), output, answer, answer.expert)
 
 
-class ResponsesWriter:
+class Writer:
     """Typed events, in order: response.created, response.in_progress; per output item
     output_item.added, its deltas (output_text.delta, function_call_arguments.delta), its .done
     events and output_item.done; response.completed. A failure after the first byte: an ``error``
@@ -514,3 +511,6 @@ class ResponsesWriter:
             self._event("error", code="stream_interrupted", message=message, param=None),
             self._event("response.failed", response=failed),
         ]
+
+
+API = RESPONSES

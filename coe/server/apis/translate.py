@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from coe.server.apis.policy import Api, check_fields
 from coe.server.errors import APIError
 from coe.types import (
     AudioPart,
@@ -68,6 +69,16 @@ def body_object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     return data
+
+
+def parse_body(
+    api: Api, model: type[M], data: Any, unknown: Literal["refuse", "forward"]
+) -> tuple[dict[str, Any], M, dict[str, Any]]:
+    """(the raw body, it validated, its unknown fields to forward): the table's refusals first, so
+    a refused field is named as refused rather than as mistyped."""
+    raw = body_object(data)
+    extra = check_fields(api, raw, unknown)
+    return raw, validate(model, raw), extra
 
 
 def check_max_tokens(value: int | None, limit: int, param: str) -> None:
