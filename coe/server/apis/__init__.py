@@ -6,4 +6,4 @@ completion), ``embeddings``.
 A generating API's module has ``API`` (its field table, from ``policy``), ``parse`` (body -> a
 ``Call``), ``body`` (Answer -> its reply) and ``Writer`` (stream events -> its events); the app
 routes each through the one coe.server.gateway. ``policy`` holds every field's fate, ``translate``
-the checks the modules share, ``sse`` OpenAI's chunk format, ``docs`` the generated API page."""
+the checks the modules share, ``openai_format`` the OpenAI reply shapes, ``docs`` the generated API page."""

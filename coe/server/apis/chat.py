@@ -3,15 +3,13 @@ into a Request as the caller wrote it, and the Answer back as a chat.completion 
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from coe.orchestrator import OPTIONS
+from coe.server.apis.openai_format import OpenAIChunks, whole
 from coe.server.apis.policy import CHAT
-from coe.server.apis.sse import OpenAIChunks
 from coe.server.apis.translate import (
     bad,
     chat_messages,
@@ -21,7 +19,7 @@ from coe.server.apis.translate import (
     forwarded_params,
     parse_body,
 )
-from coe.server.gateway import EXPERT_PREFIX, Call, finish_reason
+from coe.server.gateway import Call, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import Answer, ReasoningEffort, Request, ResponseFormat, StreamEvent, Tool, ToolChoice
 
@@ -125,17 +123,7 @@ def body(answer: Answer, call: Call) -> dict[str, Any]:
         "logprobs": {"content": answer.logprobs} if call.request.logprobs else None,
         "finish_reason": finish_reason(answer, call.request.params.get("max_tokens")),
     }
-    out: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": EXPERT_PREFIX + answer.expert,
-        "choices": [choice],
-        "usage": answer.usage.model_dump(),
-    }
-    if call.trace:
-        out["coe"] = answer.trace.model_dump()
-    return out
+    return whole("chatcmpl", "chat.completion", answer, call, choice)
 
 
 class Writer(OpenAIChunks):

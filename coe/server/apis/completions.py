@@ -5,17 +5,15 @@ experts are chat models; there is no raw-text path through routing and fallbacks
 from __future__ import annotations
 
 import math
-import time
-import uuid
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from coe.server.apis.chat import StreamOptions, TraceOptions
+from coe.server.apis.openai_format import OpenAIChunks, whole
 from coe.server.apis.policy import COMPLETIONS
-from coe.server.apis.sse import OpenAIChunks
 from coe.server.apis.translate import check_max_tokens, forwarded_params, parse_body
-from coe.server.gateway import EXPERT_PREFIX, Call, finish_reason
+from coe.server.gateway import Call, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import Answer, Message, Request, StreamEvent
 
@@ -90,17 +88,7 @@ def body(answer: Answer, call: Call) -> dict[str, Any]:
         "logprobs": legacy_logprobs(answer.logprobs or []) if call.request.logprobs else None,
         "finish_reason": finish_reason(answer, call.request.params.get("max_tokens")),
     }
-    out: dict[str, Any] = {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": EXPERT_PREFIX + answer.expert,
-        "choices": [choice],
-        "usage": answer.usage.model_dump(),
-    }
-    if call.trace:
-        out["coe"] = answer.trace.model_dump()
-    return out
+    return whole("cmpl", "text_completion", answer, call, choice)
 
 
 class Writer(OpenAIChunks):

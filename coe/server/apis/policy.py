@@ -102,6 +102,10 @@ def _only_tool_types(*types: str | None) -> Refusal:
     return refuse
 
 
+def _stream_options(note: str) -> Rule:
+    return applied("stream_options", note, refuse=_no_obfuscation, when="include_obfuscation: true")
+
+
 def _n_one(v: Any) -> str | None:
     return (
         None
@@ -150,12 +154,7 @@ CHAT = Api(
             "decode; image, audio and file parts route to experts with vision, audio, file",
         ),
         applied("stream", "server-sent events; tool calls stream as `delta.tool_calls` fragments"),
-        applied(
-            "stream_options",
-            "`include_usage`: a last chunk with usage",
-            refuse=_no_obfuscation,
-            when="include_obfuscation: true",
-        ),
+        _stream_options("`include_usage`: a last chunk with usage"),
         forwarded("max_tokens", "at most `server.max_tokens`; counts in the context-window check"),
         applied(
             "max_completion_tokens",
@@ -230,12 +229,7 @@ RESPONSES = Api(
             "typed events: response.created, response.output_text.delta, function-call argument events, "
             "response.completed",
         ),
-        applied(
-            "stream_options",
-            "accepted without obfuscation",
-            refuse=_no_obfuscation,
-            when="include_obfuscation: true",
-        ),
+        _stream_options("accepted without obfuscation"),
         applied("max_output_tokens", "sent as `max_tokens`; at most server.max_tokens"),
         forwarded("temperature"),
         forwarded("top_p"),
@@ -370,12 +364,7 @@ COMPLETIONS = Api(
             when="several prompts or token ids",
         ),
         applied("stream", "server-sent text_completion chunks"),
-        applied(
-            "stream_options",
-            "`include_usage`: a last chunk with usage",
-            refuse=_no_obfuscation,
-            when="include_obfuscation: true",
-        ),
+        _stream_options("`include_usage`: a last chunk with usage"),
         forwarded("max_tokens", "at most server.max_tokens"),
         forwarded("temperature"),
         forwarded("top_p"),

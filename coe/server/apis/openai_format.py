@@ -1,5 +1,6 @@
-"""OpenAI's server-sent chunks, shared by Chat Completions and Completions: ``data: {...}`` lines
-with one id, the model that answers, a usage chunk on request, an error event and ``[DONE]``."""
+"""OpenAI's reply shapes, shared by Chat Completions and Completions: the whole reply, and the
+server-sent chunks (``data: {...}`` lines with one id, the model that answers, a usage chunk on
+request, an error event and ``[DONE]``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ from coe.server.gateway import EXPERT_PREFIX, Call
 from coe.types import Answer
 
 DONE = b"data: [DONE]\n\n"
+
+
+def whole(prefix: str, kind: str, answer: Answer, call: Call, choice: dict[str, Any]) -> dict[str, Any]:
+    """A non-streamed reply of one choice, with the trace when asked."""
+    out: dict[str, Any] = {
+        "id": f"{prefix}-{uuid.uuid4().hex}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": EXPERT_PREFIX + answer.expert,
+        "choices": [choice],
+        "usage": answer.usage.model_dump(),
+    }
+    if call.trace:
+        out["coe"] = answer.trace.model_dump()
+    return out
 
 
 class OpenAIChunks:
