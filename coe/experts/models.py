@@ -97,7 +97,12 @@ def check_serve(spec: LlamaCppServe | VllmServe, base_dir: Path) -> tuple[str, s
     """For ``coe validate``: (key, problem) when the expert's model cannot be found, else None."""
     if isinstance(spec, LlamaCppServe):
         why = check_reference(spec.gguf, base_dir)
-        return ("gguf", why) if why else None
+        if why:
+            return "gguf", why
+        template = spec.chat_template_file and _as_path(spec.chat_template_file, base_dir)
+        if template and not template.is_file():
+            return "chat_template_file", f"chat template file not found: {template}"
+        return None
     local = spec.model.startswith((".", "/", "~"))  # otherwise a name vLLM resolves (offline cache)
     path = _as_path(spec.model, base_dir)
     return ("model", f"model folder not found: {path}") if local and not path.exists() else None
