@@ -18,4 +18,13 @@ class FirstAggregator:
 
     async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer:
         best = next(a for a in answers if a.ok)
-        return Answer(text=best.text, expert=best.expert, model=best.model, usage=best.usage, trace=ctx.trace)
+        return Answer(
+            text=best.text,
+            expert=best.expert,
+            model=best.model,
+            usage=best.usage,
+            trace=ctx.trace,
+            tool_calls=best.tool_calls,
+            finish_reason=best.finish_reason,
+            logprobs=best.logprobs,
+        )

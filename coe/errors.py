@@ -35,3 +35,17 @@ class AllExpertsFailed(CoEError):
         self.errors = errors
         detail = "; ".join(f"{name}: {why}" for name, why in errors.items())
         super().__init__(f"no expert could answer ({detail})")
+
+
+class NoCapableExpert(CoEError):
+    """No candidate expert can serve the request: it needs a capability (tools, image parts, a JSON
+    schema...) or more context than each of them has. ``needed`` maps capability to the request field
+    that needs it, ``excluded`` each considered expert to why it cannot serve it."""
+
+    def __init__(self, needed: dict[str, str], excluded: dict[str, str]) -> None:
+        self.needed = needed
+        self.excluded = excluded
+        self.param = next(iter(needed.values()), None)
+        wants = ", ".join(f"{cap} (for {field})" for cap, field in needed.items()) or "nothing special"
+        why = "; ".join(f"{name}: {reason}" for name, reason in excluded.items())
+        super().__init__(f"no expert can serve this request, which needs {wants}; considered {why}")

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from coe import plugins
+from coe.capabilities import expert_capabilities, restrict
+from coe.capabilities import forced as forced_calls
 from coe.clients import ChatClient, provider_chat
 from coe.config import CoEConfig, load_config
 from coe.config.routing import PluginAggregatorConfig
@@ -24,15 +26,20 @@ from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, ExpertError
 from coe.experts.pool import ExpertPool
 from coe.protocols import Aggregator, AggregatorFactory, AsyncRouter, Context, Router, StreamingAggregator
+from coe.replies import StreamedReply, tool_calls_of, usage_fields
 from coe.types import (
     Answer,
     Attempt,
     ExpertAnswer,
     Message,
+    ReasoningEffort,
     Request,
+    ResponseFormat,
     RouteDecision,
     SessionRef,
     StreamEvent,
+    Tool,
+    ToolChoice,
     Trace,
     Usage,
 )
@@ -43,7 +50,17 @@ if TYPE_CHECKING:
     from coe.sessions import Sessions, Turn
 
 T = TypeVar("T")
-Prompt = str | list[Message] | list[dict[str, str]]
+Prompt = str | list[Message] | list[dict[str, Any]]
+# Request fields CoE acts on (capabilities, forced tool calls), sent to the expert when set.
+OPTIONS = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+)
 
 
 class CoE:
@@ -157,28 +174,64 @@ class CoE:
 
     async def aask(
         self,
-        prompt: Prompt,
+        prompt: Prompt | Request,
         *,
         expert: str | None = None,
         decision: RouteDecision | None = None,
         session: str | SessionRef | None = None,
         trace: Trace | None = None,
+        tools: Sequence[Tool | dict[str, Any]] | None = None,
+        tool_choice: ToolChoice | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: ResponseFormat | dict[str, Any] | None = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        reasoning_effort: ReasoningEffort | None = None,
         **params: Any,
     ) -> Answer:
-        """Answer one prompt. ``decision`` skips the router (the server's ``coe/category/NAME``).
-        ``session`` names the conversation (without it, a resent history finds its own); ``trace`` is
-        filled in as the request goes (a caller that wants the decision before the answer)."""
+        """Answer one prompt: a string, a conversation (OpenAI-shaped messages) or a whole Request.
+        ``decision`` skips the router (the server's ``coe/category/NAME``). ``session`` names the
+        conversation (without it, a resent history finds its own); ``trace`` is filled in as the
+        request goes (a caller that wants the decision before the answer). ``tools`` and the other
+        keywords are OpenAI's Chat Completions fields; ``params`` are generation settings (max_tokens,
+        temperature, ...) sent over the expert's defaults."""
         started = time.perf_counter()
-        request = Request.from_input(prompt, expert=expert, params=params)
+        request = make_request(
+            prompt,
+            expert,
+            params,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            response_format=response_format,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            reasoning_effort=reasoning_effort,
+        )
         trace = trace if trace is not None else Trace()
         with request_scope():  # the router, the session and the retrieval gate embed the prompt once
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
             request = await self._retrieve(request, decision, trace)
+        decision = self._restrict(request, decision, trace)
         answers = await self._answers(request, decision, trace)
         answer = await self.combine(request, answers, decision, trace, started)
         await self._close_session(turn, request, answer, decision)
         return answer
+
+    def _restrict(self, request: Request, decision: RouteDecision, trace: Trace) -> RouteDecision:
+        """Only experts that can serve the request stay candidates (coe/capabilities/restrict.py)."""
+        decision, trace.capabilities = restrict(decision, request, self.config, self.pool.detected)
+        trace.decision = decision
+        return decision
+
+    def capabilities(self, name: str) -> frozenset[str]:
+        """What expert ``name`` serves now: declared, else detected from its engine, else defaults."""
+        return expert_capabilities(self.config.experts[name], self.pool.detected.get(name))[0]
+
+    def _enforces(self, name: str, request: Request) -> bool:
+        """CoE forces the tool call itself: the request requires one and the engine would not."""
+        return request.forced_tool and "tool_choice" not in self.capabilities(name)
 
     async def combine(
         self,
@@ -218,27 +271,48 @@ class CoE:
 
     async def astream(
         self,
-        prompt: Prompt,
+        prompt: Prompt | Request,
         *,
         expert: str | None = None,
         decision: RouteDecision | None = None,
         session: str | SessionRef | None = None,
+        tools: Sequence[Tool | dict[str, Any]] | None = None,
+        tool_choice: ToolChoice | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: ResponseFormat | dict[str, Any] | None = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        reasoning_effort: ReasoningEffort | None = None,
         trace: Trace | None = None,
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
-        """Yield text deltas, then one ``done`` event with the full Answer and trace.
+        """Yield deltas (text, tool-call fragments), then one ``done`` event with the full Answer and
+        trace. Arguments as for ``aask``; ``trace``: a Trace to fill in, for a caller that needs the
+        final decision (after the capability check) before the stream ends (the server's headers).
 
-        A candidate that fails before its first token is skipped for the next one; after the first
-        token a failure raises ExpertError, since the caller already holds part of the text.
-        ``session`` and ``trace`` as for ``aask``: ``trace.decision`` is set before the first event.
+        A candidate that fails before its first delta is skipped for the next one; after it a failure
+        raises ExpertError, since the caller already holds part of the answer. ``session`` as for
+        ``aask``; the session and the routing decision are in ``trace`` before the first event.
         """
         started = time.perf_counter()
-        request = Request.from_input(prompt, expert=expert, params=params)
+        request = make_request(
+            prompt,
+            expert,
+            params,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            response_format=response_format,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            reasoning_effort=reasoning_effort,
+        )
         trace = trace if trace is not None else Trace()
         with request_scope():  # the router, the session and the retrieval gate embed the prompt once
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
             request = await self._retrieve(request, decision, trace)
+        decision = self._restrict(request, decision, trace)
         stream = self._stream_aggregate if decision.fanout > 1 else self._stream_candidates
         async for event in stream(request, decision, trace, started):
             if event.type == "done" and event.answer is not None:
@@ -248,35 +322,34 @@ class CoE:
     async def _stream_candidates(
         self, request: Request, decision: RouteDecision, trace: Trace, started: float
     ) -> AsyncIterator[StreamEvent]:
-        """One answering expert: candidates in order until one streams its first token."""
+        """One answering expert: candidates in order until one streams its first delta."""
         errors: dict[str, str] = {}
         for name in decision.experts:
             t = time.perf_counter()
-            parts: list[str] = []
-            usage = Usage()
-            model: str | None = None
+            reply = StreamedReply(
+                name,
+                request,
+                forced_calls.CallStream(name, request) if self._enforces(name, request) else None,
+            )
             try:
                 async with self._admit(name):
                     async for chunk in self._stream_expert(name, request, trace):
-                        model = chunk.get("model", model)
-                        if chunk.get("usage"):
-                            usage = Usage(**_usage_fields(chunk["usage"]))
-                        for choice in chunk.get("choices") or []:
-                            delta = (choice.get("delta") or {}).get("content")
-                            if delta:
-                                parts.append(delta)
-                                yield StreamEvent(type="delta", text=delta)
+                        for event in reply.take(chunk):
+                            yield event
+                    for event in reply.close():
+                        yield event
             except ExpertError as exc:
                 trace.attempts.append(Attempt(expert=name, ok=False, error=exc.reason, latency_ms=_ms(t)))
-                if parts:
+                if reply.started:
                     raise
                 errors[name] = exc.reason
                 continue
+            if reply.forced is not None and trace.capabilities is not None:
+                trace.capabilities.enforced_tool_choice = True
             trace.attempts.append(Attempt(expert=name, ok=True, latency_ms=_ms(t)))
             trace.timings_ms[f"expert:{name}"] = _ms(t)
-            self._finish(trace, decision, name, usage, started)
-            answer = Answer(text="".join(parts), expert=name, model=model, usage=usage, trace=trace)
-            yield StreamEvent(type="done", answer=answer)
+            self._finish(trace, decision, name, reply.usage, started)
+            yield StreamEvent(type="done", answer=reply.answer(trace))
             return
         raise AllExpertsFailed(errors)
 
@@ -315,17 +388,27 @@ class CoE:
         ``timeout_s`` bounds the whole call, a cold start included (the expert's own ``timeout_s``
         bounds each HTTP request)."""
         t = time.perf_counter()
+        enforced = self._enforces(name, request)
         try:
             async with self._admit(name):
                 call = self._complete(name, request, trace)
                 data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
             choice = (data.get("choices") or [{}])[0]
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+            calls = tool_calls_of(name, message.get("tool_calls"))
+            finish = choice.get("finish_reason")
+            if enforced:  # the reply is the call's JSON, constrained by coe.capabilities.forced
+                calls, text, finish = [forced_calls.parse_call(name, text, request)], "", "tool_calls"
+                if trace is not None and trace.capabilities is not None:
+                    trace.capabilities.enforced_tool_choice = True
             answer = ExpertAnswer(
                 expert=name,
                 model=data.get("model"),
-                text=(choice.get("message") or {}).get("content") or "",
-                usage=Usage(**_usage_fields(data.get("usage") or {})),
-                finish_reason=choice.get("finish_reason"),
+                text=text,
+                tool_calls=calls,
+                usage=Usage(**usage_fields(data.get("usage") or {})),
+                finish_reason=finish,
                 latency_ms=_ms(t),
                 logprobs=(choice.get("logprobs") or {}).get("content"),
             )
@@ -360,10 +443,14 @@ class CoE:
         expert = self.config.experts[name]
         if expert.provider is not None:  # litellm streaming is not on the local path; answer whole
             data = await self._complete(name, request, trace)
-            text = ((data.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
+            choice = (data.get("choices") or [{}])[0]
+            message = choice.get("message") or {}
+            delta: dict[str, Any] = {"content": message.get("content") or ""}
+            if message.get("tool_calls"):
+                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
             yield {
                 "model": data.get("model"),
-                "choices": [{"delta": {"content": text}}],
+                "choices": [{"delta": delta, "finish_reason": choice.get("finish_reason")}],
                 "usage": data.get("usage"),
             }
             return
@@ -390,18 +477,36 @@ class CoE:
             yield url
 
     def _payload(self, name: str, request: Request) -> dict[str, Any]:
+        """The Chat Completions body for one expert: the request's messages and fields as the caller
+        sent them, over the expert's defaults. Two changes, both for engines CoE runs: ``developer``
+        becomes ``system`` (chat templates know no developer role), and a forced tool choice the
+        engine would ignore becomes a JSON schema (coe.capabilities.forced)."""
         expert = self.config.experts[name]
-        messages = [m.model_dump() for m in request.messages]
-        if expert.system and not any(m["role"] == "system" for m in messages):
+        managed = expert.serve is not None
+        messages = [m.payload() for m in request.messages]
+        if managed:
+            messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+        if expert.system and not any(m["role"] in ("system", "developer") for m in messages):
             messages.insert(0, {"role": "system", "content": expert.system})
         defaults = expert.params.model_dump(exclude_none=True, exclude={"extra"})
-        return {
+        payload: dict[str, Any] = {
             "model": expert.model or name,
             "messages": messages,
             **expert.params.extra,
             **defaults,
             **request.params,
         }
+        for key in OPTIONS:
+            value = getattr(request, key)
+            if isinstance(value, list):
+                payload[key] = [v.model_dump(exclude_none=True, by_alias=True) for v in value]
+            elif hasattr(value, "model_dump"):
+                payload[key] = value.model_dump(exclude_none=True, by_alias=True)
+            elif value is not None:
+                payload[key] = value
+        if self._enforces(name, request):
+            payload = forced_calls.constrain(payload, request)
+        return payload
 
     async def _route_one(
         self, request: Request, trace: Trace, decision: RouteDecision | None = None, turn: Turn | None = None
@@ -451,7 +556,8 @@ class CoE:
         self, turn: Turn | None, request: Request, answer: Answer, decision: RouteDecision
     ) -> None:
         if turn is not None and self.sessions is not None:
-            await self.sessions.close(turn, request, answer.text, answer.expert, decision)
+            said = Message(role="assistant", content=answer.text or None, tool_calls=answer.tool_calls)
+            await self.sessions.close(turn, request, said, answer.expert, decision)
 
     def _finish(self, trace: Trace, decision: RouteDecision, used: str, usage: Usage, started: float) -> None:
         # A synthesised answer is "by" the aggregator expert: what counts is whether a recruited one answered.
@@ -463,15 +569,9 @@ class CoE:
 
     # ----------------------------------------------------------------------- sync API, lifetime
 
-    def ask(
-        self,
-        prompt: Prompt,
-        *,
-        expert: str | None = None,
-        session: str | SessionRef | None = None,
-        **params: Any,
-    ) -> Answer:
-        return self.run(self.aask(prompt, expert=expert, session=session, **params))
+    def ask(self, prompt: Prompt | Request, *, expert: str | None = None, **options: Any) -> Answer:
+        """``aask`` from sync code (the same keywords, ``session=`` included)."""
+        return self.run(self.aask(prompt, expert=expert, **options))
 
     def batch(
         self, items: Iterable[Any], *, out: str | os.PathLike[str] | None = None, **options: Any
@@ -531,5 +631,14 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 2)
 
 
-def _usage_fields(usage: dict[str, Any]) -> dict[str, int]:
-    return {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+def make_request(
+    prompt: Prompt | Request, expert: str | None, params: dict[str, Any], **options: Any
+) -> Request:
+    """One Request from what ``aask`` was given: a Request as is (keywords override its fields)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if isinstance(prompt, Request):
+        update: dict[str, Any] = {**given, "params": {**prompt.params, **params}}
+        if expert is not None:
+            update["expert"] = expert
+        return Request.model_validate({**prompt.model_dump(exclude_unset=True), **update})
+    return Request.from_input(prompt, expert=expert, params=params, **given)

@@ -155,6 +155,9 @@ def _show_trace(summary: dict[str, Any]) -> None:
     if r := trace.get("retrieval"):
         docs = ", ".join(r["documents"]) or "no documents"
         out.print(f"retrieval ({r['gate']}): {docs}; {r['error'] or r['reason']}", highlight=False)
+    if caps := trace.get("capabilities"):
+        for name, why in caps["excluded"].items():
+            out.print(f"expert {name}: excluded, {why}", highlight=False)
     for a in trace.get("attempts", []):
         status = "[green]ok[/green]" if a["ok"] else f"[red]failed[/red]: {a['error']}"
         out.print(f"expert {a['expert']}: {status} in {a['latency_ms']:.0f} ms", highlight=False)

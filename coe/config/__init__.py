@@ -11,6 +11,7 @@ strategy's settings; each router and aggregator declares its own model beside it
 
 from coe.config.base import CONFIG_VERSION, Issue, Strict, unknown_experts
 from coe.config.experts import (
+    Capability,
     DeployConfig,
     ExpertConfig,
     ExpertDeploy,
@@ -39,6 +40,7 @@ from coe.errors import ConfigError  # re-exported: callers catch it where they l
 __all__ = [
     "CONFIG_VERSION",
     "AggregatorConfig",
+    "Capability",
     "CategoryConfig",
     "CoEConfig",
     "ConfigError",

@@ -9,6 +9,15 @@ from pydantic import Field, SecretStr, model_validator
 
 from coe.config.base import Strict
 
+# What a request may need from an expert (coe/capabilities): tools (function tools in the prompt, tool
+# calls parsed from the reply), tool_choice (the engine itself enforces `required` and a named
+# function; without it CoE enforces them with a JSON schema), json_schema (response_format json_object
+# and json_schema enforced), logprobs, vision (image parts), audio (input_audio parts), file (file
+# parts), reasoning (reasoning_effort).
+Capability = Literal[
+    "tools", "tool_choice", "json_schema", "logprobs", "vision", "audio", "file", "reasoning"
+]
+
 
 class GenerationParams(Strict):
     temperature: float | None = Field(None, ge=0, description="sampling temperature; 0: greedy")
@@ -30,11 +39,20 @@ class LlamaCppServe(Strict):
         pattern=r"^[0-9a-f]{64}$",
         description="expected hash of the GGUF; the packaged models have theirs",
     )
-    ctx: int = Field(2048, ge=128, description="context length in tokens, shared by the slots")
+    ctx: int = Field(
+        2048, ge=128, description="context length in tokens of each slot (llama-server gets ctx x parallel)"
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads; None: llama-server's default")
-    parallel: int = Field(2, ge=1, description="concurrent slots; each gets ctx/parallel tokens")
+    parallel: int = Field(2, ge=1, description="concurrent slots, each with ctx tokens")
     chat_template: str | None = Field(
-        None, description="a llama.cpp built-in template name (e.g. gemma); None: the GGUF's own"
+        None,
+        description="a llama.cpp built-in template name (e.g. gemma; rendered without Jinja, so no tools) "
+        "or a Jinja template text",
+    )
+    chat_template_file: str | None = Field(
+        None,
+        description="a Jinja chat template file (relative to this file); default: the template CoE ships "
+        "for a known model whose GGUF template cannot render tools, else the GGUF's own",
     )
     gpu_layers: int = Field(0, ge=-1, description="layers offloaded to a GPU; -1: all")
     extra_args: list[str] = Field(default_factory=list, description="passed to llama-server as is")
@@ -164,6 +182,21 @@ class ExpertConfig(Strict):
     retries: int = Field(2, ge=0, description="retries of a connection failure before falling back")
     memory_gb: float | None = Field(
         None, gt=0, description="memory it takes while loaded; None: estimated (GGUF size + KV cache)"
+    )
+    capabilities: list[Capability] | None = Field(
+        None,
+        description="what it serves: tools, tool_choice, json_schema, logprobs, vision, audio, file, "
+        "reasoning; a request needing one it lacks is routed to another expert. None: detected from the "
+        "engine once it runs (llama-server /props), else the engine's defaults (llama.cpp: json_schema, "
+        "logprobs, and tools with a template that renders them; vLLM: json_schema, logprobs, tool_choice, "
+        "and tools with --enable-auto-tool-choice); an endpoint or provider: every capability (the remote "
+        "server decides)",
+    )
+    context_window: int | None = Field(
+        None,
+        ge=1,
+        description="tokens one request may use, prompt plus answer; None: serve.ctx (llama.cpp) or "
+        "serve.max_model_len (vLLM), or what the engine reports once it runs; unknown for an endpoint",
     )
 
     deploy: ExpertDeploy | None = Field(None, description="replicas and resources on a cluster (coe deploy)")

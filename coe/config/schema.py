@@ -84,6 +84,11 @@ class ServerConfig(Strict):
         None, ge=1, description="concurrent calls per expert; default: its llama.cpp slots, or 8"
     )
     max_queue: int = Field(64, ge=0, description="requests waiting per expert before 429")
+    unknown_fields: Literal["refuse", "forward"] = Field(
+        "refuse",
+        description="a request field CoE does not know (an engine extension such as top_k): refuse (400 "
+        "naming it) or forward it to the expert unchanged",
+    )
 
 
 DEFAULT_RAG_PROMPT = (

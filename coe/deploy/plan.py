@@ -152,11 +152,24 @@ def _scaling(
 
 
 def ingress_config(config: CoEConfig, deploy_plan: DeployPlan) -> CoEConfig:
-    """The registry the ingress runs: managed experts rewritten as endpoints on their deployments."""
+    """The registry the ingress runs: managed experts rewritten as endpoints on their deployments.
+    They keep what their engine serves and their context: an endpoint without ``capabilities`` would
+    be assumed to serve everything (and a llama.cpp expert would be sent forced tool choices it
+    ignores)."""
+    from coe.capabilities import context_window, expert_capabilities
+
     experts = dict(config.experts)
     for name in deploy_plan.experts:
-        experts[name] = config.experts[name].model_copy(
-            update={"serve": None, "deploy": None, "endpoint": deploy_plan.expert_url(name)}
+        expert = config.experts[name]
+        caps, _ = expert_capabilities(expert, None)
+        experts[name] = expert.model_copy(
+            update={
+                "serve": None,
+                "deploy": None,
+                "endpoint": deploy_plan.expert_url(name),
+                "capabilities": sorted(caps),
+                "context_window": context_window(expert, None),
+            }
         )
     return config.model_copy(update={"experts": experts})
 

@@ -18,10 +18,10 @@ import signal
 from pathlib import Path
 
 from coe.config import CoEConfig, LlamaCppServe
-from coe.experts.models import known_model, resolve_model
+from coe.experts.models import resolve_model, shipped_template
 from coe.experts.process import ServerProcess, free_port, tail
 
-__all__ = ["LlamaServer", "build_command", "find_llama_server", "llamacpp_server"]
+__all__ = ["LlamaServer", "build_command", "find_llama_server", "llamacpp_server", "renders_tools"]
 
 
 def find_llama_server() -> Path:
@@ -49,8 +49,17 @@ def find_llama_server() -> Path:
 
 
 def build_command(
-    binary: Path, model: Path, spec: LlamaCppServe, *, alias: str, port: int, threads: int
+    binary: Path,
+    model: Path,
+    spec: LlamaCppServe,
+    *,
+    alias: str,
+    port: int,
+    threads: int,
+    template_file: Path | None = None,
 ) -> list[str]:
+    """Jinja on (llama-server renders tools only through a Jinja template), with ``template_file``
+    when one is given; a built-in template name turns Jinja off, and with it tools."""
     cmd = [
         str(binary),
         "--model", str(model),
@@ -69,8 +78,27 @@ def build_command(
         if "{{" not in spec.chat_template and "{%" not in spec.chat_template:
             # A built-in template name ("gemma", "chatml"): with Jinja on, llama-server would take the
             # name itself as the template text and send the model only that word.
-            cmd.append("--no-jinja")
-    return cmd + list(spec.extra_args)
+            return [*cmd, "--no-jinja", *spec.extra_args]
+    elif template_file is not None:
+        cmd += ["--chat-template-file", str(template_file)]
+    return [*cmd, "--jinja", *spec.extra_args]
+
+
+def template_file(spec: LlamaCppServe, base_dir: Path) -> Path | None:
+    """The Jinja template file this expert runs with: its own ``chat_template_file``, else the one CoE
+    ships for a known model (``chat_template`` text or name wins over both)."""
+    if spec.chat_template:
+        return None
+    if spec.chat_template_file:
+        path = Path(os.path.expanduser(spec.chat_template_file))
+        return path if path.is_absolute() else base_dir / path
+    return shipped_template(spec.gguf)
+
+
+def renders_tools(spec: LlamaCppServe) -> bool:
+    """Known before the process runs: the template is one CoE ships, and those render tools. Anything
+    else is found out from llama-server's /props once it runs (or declared in ``capabilities``)."""
+    return not spec.chat_template and not spec.chat_template_file and shipped_template(spec.gguf) is not None
 
 
 class LlamaServer(ServerProcess):
@@ -94,9 +122,12 @@ def llamacpp_server(
 ) -> LlamaServer:
     """Resolve the model (offline, hash-checked) and prepare the process; nothing runs yet."""
     model = resolve_model(spec.gguf, config.base_dir, spec.sha256)
-    if spec.chat_template is None and (known := known_model(spec.gguf)) and known.chat_template:
-        spec = spec.model_copy(update={"chat_template": known.chat_template})
+    template = template_file(spec, config.base_dir)
+    if template is not None and not template.is_file():
+        raise FileNotFoundError(f"chat template file not found: {template}")
     port = free_port()
     alias = config.experts[name].model or name
-    command = build_command(find_llama_server(), model, spec, alias=alias, port=port, threads=threads)
+    command = build_command(
+        find_llama_server(), model, spec, alias=alias, port=port, threads=threads, template_file=template
+    )
     return LlamaServer(name, command, port, log_path)

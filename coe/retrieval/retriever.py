@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from coe.errors import CoEError
 from coe.retrieval.gates import Gate, Probe, Verdict, make_gate
 from coe.retrieval.index import DocIndex, Hit
-from coe.types import Message, Request, RetrievalTrace, RouteDecision
+from coe.types import ContentPart, Request, RetrievalTrace, RouteDecision, TextPart
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig, RetrievalConfig
@@ -140,11 +140,19 @@ def inject(request: Request, hits: Sequence[Hit], template: str) -> Request:
     values = {
         "documents": format_documents(hits),
         "first_id": hits[0].id if hits else "",
-        "question": messages[last].content,
+        "question": messages[last].text,
     }
     # One pass, so braces inside a document or the question are never taken for placeholders.
-    content = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-    messages[last] = Message(role=messages[last].role, content=content)
+    text = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    turn = messages[last]
+    if isinstance(turn.content, list):  # the text parts become the one text; images and files stay
+        content: str | list[ContentPart] = [
+            TextPart(text=text),
+            *(p for p in turn.content if not isinstance(p, TextPart)),
+        ]
+    else:
+        content = text
+    messages[last] = turn.model_copy(update={"content": content})
     return request.model_copy(update={"messages": messages})
 
 

@@ -1,5 +1,9 @@
 """The FastAPI app: routes, authentication, body limits and the CoE's lifetime.
 
+Every generating route (chat completions, responses, messages, completions) parses its body with its
+API module (coe/server/apis/) and runs through the one Gateway, so routing, trace headers, limits,
+fallbacks and metrics are the same for all; /v1/embeddings answers from the registry's encoder.
+
 ``create_app(config)`` builds a CoE whose per-expert calls pass through an ExpertLimiter, starts the
 router and the managed experts in the background (so /readyz turns 200 once they are up), and stops
 every expert process it started when the server shuts down, after in-flight requests finish.
@@ -12,21 +16,23 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import ModuleType
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coe.config import CoEConfig
+from coe.encoding.embedder import shared_embedder
 from coe.orchestrator import CoE
 from coe.protocols import WarmRouter
-from coe.server.chat import ChatHandler, attempted, model_ids, session_ref
+from coe.server.apis import chat, completions, embeddings, messages, responses
 from coe.server.errors import APIError, install_error_handlers
+from coe.server.gateway import Call, Gateway, attempted, coe_headers, model_ids, session_ref
 from coe.server.limits import ExpertLimiter
 from coe.server.metrics import Metrics
-from coe.server.schemas import parse_chat_request
 from coe.server.settings import ServerSettings
 
 log = logging.getLogger("coe.server")
@@ -48,7 +54,7 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
         return limiter.slot(name)
 
     coe.admission = admit
-    chat = ChatHandler(coe, metrics)
+    gateway = Gateway(coe, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -68,29 +74,56 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
     install_error_handlers(app)
 
     def authorize(request: Request) -> None:
+        """A bearer key, or Anthropic's ``x-api-key`` header (its SDK sends that one)."""
         if not settings.api_keys:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        ok = scheme.lower() == "bearer" and any(
-            hmac.compare_digest(token.strip().encode(), key.encode()) for key in settings.api_keys
+        offered = (
+            token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "").strip()
+        )
+        ok = bool(offered) and any(
+            hmac.compare_digest(offered.encode(), key.encode()) for key in settings.api_keys
         )
         if not ok:  # the offered key is never echoed or logged
             raise APIError(401, "missing or invalid API key", code="invalid_api_key")
 
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def body_of(request: Request) -> tuple[object, bool]:
+        """(the parsed JSON body, whether the x-coe-trace header asks for the trace)."""
         authorize(request)
         raw = await _read_body(request, settings.max_body_bytes)
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):
             raise APIError(400, "the request body is not valid JSON") from None
-        req = parse_chat_request(data, settings.max_tokens_limit)
-        wanted = request.headers.get("x-coe-trace", "").lower() in ("1", "true", "yes")
-        session = session_ref(request.headers.get("x-coe-session"), req.metadata)
-        return await chat.handle(req, wanted or bool(req.coe and req.coe.trace), session)
+        return data, request.headers.get("x-coe-trace", "").lower() in ("1", "true", "yes")
+
+    def generating(api: ModuleType) -> Callable[[Request], Awaitable[Response]]:
+        """The route of one generating API: its module parses, the gateway answers, it writes back."""
+
+        async def route(request: Request) -> Response:
+            data, trace = await body_of(request)
+            call: Call = api.parse(data, settings, trace)
+            call.session = session_ref(request.headers.get("x-coe-session"), call.request)
+            if call.stream:
+                return await gateway.stream(call, lambda expert: api.Writer(call, expert))
+            answer = await gateway.answer(call)
+            headers = coe_headers(answer.expert, answer.trace.decision, answer.trace)
+            return JSONResponse(api.body(answer, call), headers=headers)
+
+        return route
+
+    for api in (chat, responses, messages, completions):
+        app.add_api_route(api.API.path, generating(api), methods=["POST"], name=api.API.name)
+
+    @app.post("/v1/embeddings")
+    async def create_embeddings(request: Request) -> Response:
+        data, _ = await body_of(request)
+        body = embeddings.parse(data, settings)
+        encoder = shared_embedder(config.embedder, config.base_dir)
+        vectors = await asyncio.to_thread(encoder.encode, embeddings.texts_of(body))
+        return JSONResponse(embeddings.reply(vectors, body))
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> JSONResponse:
@@ -163,7 +196,17 @@ class _MetricsMiddleware:
             self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
 
 
-_KNOWN = {"/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics"}
+_KNOWN = {
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+}
 
 
 def _concurrency(config: CoEConfig, settings: ServerSettings) -> dict[str, int]:

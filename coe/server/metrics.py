@@ -69,6 +69,7 @@ class Metrics:
 
     def observe_answer(self, answer: Answer) -> None:
         trace = answer.trace
+        self.observe_session(trace.session)
         for key, ms in trace.timings_ms.items():
             self.stage.labels(stage=key.split(":", 1)[0]).observe(ms / 1000)
         self.tokens.labels(expert=answer.expert, kind="prompt").inc(answer.usage.prompt_tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from coe.config import ServerConfig
 
@@ -20,6 +20,7 @@ class ServerSettings:
     max_concurrency: int | None = _YAML["max_concurrency"].default  # per expert; None: ExpertConfig.slots
     max_queue: int = _YAML["max_queue"].default  # per expert, waiting beyond the concurrency limit; then 429
     warm: bool = True  # start the router and every managed expert at startup, for /readyz
+    unknown_fields: Literal["refuse", "forward"] = _YAML["unknown_fields"].default  # see ServerConfig
 
     @classmethod
     def from_config(cls, server: ServerConfig, warm: bool = True, **overrides: Any) -> ServerSettings:
@@ -29,6 +30,7 @@ class ServerSettings:
             "max_tokens_limit": server.max_tokens,
             "max_concurrency": server.max_concurrency,
             "max_queue": server.max_queue,
+            "unknown_fields": server.unknown_fields,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         keys = {k.get_secret_value() for k in server.api_keys if k.get_secret_value().strip()}

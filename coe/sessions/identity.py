@@ -22,7 +22,8 @@ _HASHED_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def _text(message: Message) -> str:
-    return " ".join(message.content.split())
+    calls = [f"{c.function.name}({c.function.arguments})" for c in message.tool_calls or []]
+    return " ".join(" ".join([message.text, *calls]).split())
 
 
 def fingerprint(messages: Sequence[Message]) -> str:
@@ -44,17 +45,17 @@ def history_key(messages: Sequence[Message]) -> str | None:
     return fingerprint(before)
 
 
-def continued_key(messages: Sequence[Message], answer: str) -> str:
+def continued_key(messages: Sequence[Message], answer: Message) -> str:
     """The fingerprint the next turn's history will have: these messages and the answer."""
-    return fingerprint([*messages, Message(role="assistant", content=answer)])
+    return fingerprint([*messages, answer])
 
 
 def user_turns(messages: Sequence[Message]) -> list[str]:
     """The text of every user turn, oldest first."""
-    return [m.content for m in messages if m.role == "user"]
+    return [m.text for m in messages if m.role == "user"]
 
 
 def tool_loop_open(messages: Sequence[Message]) -> bool:
-    """The request continues a tool call: it ends with tool results the assistant asked for, so the
-    expert that asked must read them."""
-    return bool(messages) and messages[-1].role == "tool"
+    """The request continues a tool call: it ends with tool results the assistant asked for (or with
+    the assistant's call itself), so the expert that asked must read them."""
+    return bool(messages) and (messages[-1].role == "tool" or bool(messages[-1].tool_calls))

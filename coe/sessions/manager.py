@@ -24,7 +24,7 @@ from coe.sessions.store import (
     SqliteStore,
     StoreUnavailable,
 )
-from coe.types import Request, RouteDecision, SessionSource, SessionTrace
+from coe.types import Message, Request, RouteDecision, SessionSource, SessionTrace
 
 if TYPE_CHECKING:
     import numpy as np
@@ -138,9 +138,10 @@ class Sessions:
         turn.trace.reason = "the caller pinned the expert: the session records it, routing is not changed"
 
     async def close(
-        self, turn: Turn, request: Request, answer: str, expert: str, decision: RouteDecision
+        self, turn: Turn, request: Request, answer: Message, expert: str, decision: RouteDecision
     ) -> None:
-        """Remember who answered, under the id and under the history the next turn will resend."""
+        """Remember who answered, under the id and under the history the next turn will resend
+        (``answer``: the assistant turn as the client will send it back, tool calls included)."""
         record = turn.record or SessionRecord(id=turn.explicit or uuid.uuid4().hex[:16], expert=expert)
         record.expert = expert
         record.experts = decision.recruited if expert in decision.recruited else [expert]

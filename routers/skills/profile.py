@@ -95,6 +95,8 @@ def expert_fingerprint(expert: ExpertConfig) -> str:
         "provider": expert.provider,
         "system": expert.system,
     }
+    if llamacpp is not None and llamacpp.chat_template_file:  # only when set: older fingerprints stay valid
+        identity["chat_template_file"] = llamacpp.chat_template_file
     if isinstance(serve, VllmServe):  # a key of its own: llama.cpp experts keep their fingerprints
         identity["vllm_model"] = serve.model
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -78,6 +78,7 @@ def test_readyz_and_models(server: ServerThread, client: openai.OpenAI) -> None:
         "coe/category/code",
         "coe/category/math",
         "coe/category/general",
+        "coe/embedder",  # /v1/embeddings
     ]
 
 

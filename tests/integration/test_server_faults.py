@@ -1,6 +1,7 @@
 """`coe serve` without real models: fault-injecting stub experts (tests/stub_server.py) behind the
 real FastAPI app, driven in-process. Covers fallback, in-band stream errors, 429, auth, limits, the
-OpenAI error shape, and hypothesis fuzzing of the request body (bad input is 4xx, never 5xx).
+OpenAI error shape, and hypothesis fuzzing of the request bodies of every endpoint, the agent fields
+(tools, tool calls, content parts, response formats) included: bad input is 4xx, never 5xx.
 
 Models used here are ``coe/expert/*`` and ``coe/category/*``, which skip the router, so no encoder
 is loaded and no LLM runs.
@@ -264,11 +265,61 @@ _json = st.recursive(
     ),
     max_leaves=12,
 )
+_url = st.sampled_from(
+    ["https://example.com/a.png", "data:image/png;base64,aGk=", "data:image/png;base64,@@", "ftp://x", ""]
+)
+_part = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image_url", "input_audio", "file", "video"]) | _json},
+    optional={
+        "text": st.text(max_size=10) | _json,
+        "image_url": st.fixed_dictionaries({"url": _url | _json}) | _json,
+        "input_audio": st.fixed_dictionaries(
+            {"data": st.sampled_from(["aGk=", "@@"]), "format": st.text(max_size=4)}
+        ),
+        "file": st.fixed_dictionaries({}, optional={"file_data": _url, "file_id": st.text(max_size=5)})
+        | _json,
+    },
+)
+_call = st.fixed_dictionaries(
+    {"id": st.sampled_from(["call_1", "call_2"]) | _json, "type": st.just("function") | _json},
+    optional={
+        "function": st.fixed_dictionaries({"name": st.text(max_size=8), "arguments": st.text(max_size=8)})
+        | _json
+    },
+)
 _message = st.fixed_dictionaries(
     {
-        "role": st.sampled_from(["user", "system", "assistant", "bot", ""]) | _json,
-        "content": st.text(max_size=30) | _json,
-    }
+        "role": st.sampled_from(["user", "system", "developer", "assistant", "tool", "bot", ""]) | _json,
+        "content": st.text(max_size=30) | st.lists(_part, max_size=3) | _json,
+    },
+    optional={
+        "tool_calls": st.lists(_call, max_size=2) | _json,
+        "tool_call_id": st.sampled_from(["call_1", "call_9"]) | _json,
+        "name": st.text(max_size=5) | _json,
+    },
+)
+_schema = st.sampled_from([{"type": "object"}, {"type": "objekt"}, {"type": 12}, {}, {"properties": []}])
+_tool = st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "custom"]) | _json},
+    optional={
+        "function": st.fixed_dictionaries(
+            {"name": st.sampled_from(["get_weather", "bad name", ""]) | _json},
+            optional={"parameters": _schema | _json, "description": st.text(max_size=5)},
+        )
+        | _json
+    },
+)
+_choice = st.sampled_from(
+    ["auto", "none", "required", {"type": "function", "function": {"name": "get_weather"}}, {"type": "any"}]
+)
+_format = st.sampled_from(
+    [
+        {"type": "text"},
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 12}}},
+        {"type": "json_schema"},
+    ]
 )
 _body = st.fixed_dictionaries(
     {},
@@ -277,6 +328,7 @@ _body = st.fixed_dictionaries(
         "messages": st.lists(_message, max_size=3) | _json,
         "stream": st.booleans() | _json,
         "max_tokens": st.integers(-5, 10_000) | _json,
+        "max_completion_tokens": st.integers(-5, 10_000) | _json,
         "temperature": st.floats(allow_nan=True, allow_infinity=True) | _json,
         "top_p": st.floats() | _json,
         "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=3) | _json,
@@ -284,8 +336,136 @@ _body = st.fixed_dictionaries(
         "seed": st.integers() | _json,
         "stream_options": _json,
         "coe": _json,
+        "tools": st.lists(_tool, max_size=2) | _json,
+        "tool_choice": _choice | _json,
+        "parallel_tool_calls": st.booleans() | _json,
+        "response_format": _format | _json,
+        "logprobs": st.booleans() | _json,
+        "top_logprobs": st.integers(-1, 30) | _json,
+        "logit_bias": st.dictionaries(st.text(max_size=3), st.integers(-200, 200), max_size=2) | _json,
+        "presence_penalty": st.floats() | _json,
+        "user": _json,
+        "metadata": _json,
+        "reasoning_effort": st.sampled_from(["low", "max"]) | _json,
+        "store": _json,
+        "functions": _json,
+        "top_k": _json,
     },
 )
+# The other endpoints: their own fields, shaped and garbled.
+_ITEMS = ["message", "function_call", "function_call_output", "reasoning"]
+_BLOCKS = ["text", "image", "tool_use", "tool_result", "doc"]
+_ANTHROPIC_CHOICES = [{"type": "any"}, {"type": "tool"}, {"type": "tool", "name": "x"}]
+_responses_tool = st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "web_search"]), "name": st.text(max_size=4), "parameters": _schema}
+)
+_anthropic_tool = st.fixed_dictionaries({"name": st.text(max_size=4), "input_schema": _schema | _json})
+_other = {
+    "/v1/responses": st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.sampled_from(["coe/expert/ok", "x"]) | _json,
+            "input": st.text(max_size=10)
+            | st.lists(
+                st.fixed_dictionaries(
+                    {"type": st.sampled_from(_ITEMS)},
+                    optional={
+                        "role": st.sampled_from(["user", "assistant"]),
+                        "content": st.text(max_size=5) | st.lists(_part, max_size=2),
+                        "call_id": st.sampled_from(["c1", "c2"]),
+                        "name": st.text(max_size=4),
+                        "arguments": st.text(max_size=4),
+                        "output": st.text(max_size=4) | _json,
+                    },
+                ),
+                max_size=3,
+            )
+            | _json,
+            "instructions": _json,
+            "tools": st.lists(_responses_tool, max_size=2)
+            | _json,
+            "tool_choice": _choice | _json,
+            "text": st.fixed_dictionaries({"format": _format | _json}) | _json,
+            "stream": st.booleans(),
+            "previous_response_id": _json,
+            "include": _json,
+            "reasoning": _json,
+        },
+    ),
+    "/v1/messages": st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.sampled_from(["coe/expert/ok", "x"]) | _json,
+            "max_tokens": st.integers(-1, 10_000) | _json,
+            "messages": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "role": st.sampled_from(["user", "assistant", "system"]),
+                        "content": st.text(max_size=5)
+                        | st.lists(
+                            st.fixed_dictionaries(
+                                {"type": st.sampled_from(_BLOCKS)},
+                                optional={
+                                    "text": _json,
+                                    "id": st.sampled_from(["t1", "t2"]),
+                                    "tool_use_id": st.sampled_from(["t1", "t2"]),
+                                    "name": st.text(max_size=4),
+                                    "input": _json,
+                                    "content": _json,
+                                    "source": st.fixed_dictionaries(
+                                        {"type": st.sampled_from(["base64", "url", "file"]),
+                                         "media_type": st.sampled_from(["image/png", "text/plain"]),
+                                         "data": st.sampled_from(["aGk=", "@@"])}
+                                    ) | _json,
+                                },
+                            ),
+                            max_size=2,
+                        ),
+                    }
+                ),
+                max_size=3,
+            )
+            | _json,
+            "system": _json,
+            "tools": st.lists(_anthropic_tool, max_size=2) | _json,
+            "tool_choice": st.sampled_from(_ANTHROPIC_CHOICES) | _json,
+            "stop_sequences": _json,
+            "stream": st.booleans(),
+            "thinking": _json,
+        },
+    ),
+    "/v1/completions": st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.sampled_from(["coe/expert/ok", "x"]) | _json,
+            "prompt": st.text(max_size=10) | st.lists(st.text(max_size=4), max_size=2) | _json,
+            "max_tokens": st.integers(-1, 10_000) | _json,
+            "logprobs": st.integers(-1, 8) | _json,
+            "stream": st.booleans(),
+            "echo": _json,
+            "suffix": _json,
+        },
+    ),
+    "/v1/embeddings": st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.sampled_from(["coe/embedder", "coe"]) | _json,
+            "input": st.text(max_size=10) | st.lists(st.text(max_size=6), max_size=3) | _json,
+            "encoding_format": st.sampled_from(["float", "base64", "hex"]) | _json,
+            "dimensions": _json,
+        },
+    ),
+}  # fmt: skip
+
+
+def assert_api_error(resp: httpx.Response, path: str) -> None:
+    """The error shape of the API at ``path``: Anthropic's for /v1/messages, else OpenAI's."""
+    if path != "/v1/messages":
+        assert_openai_error(resp, resp.status_code)
+        return
+    body = resp.json()
+    assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    assert "Traceback" not in resp.text
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +477,10 @@ def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient
 
 
 @settings(
-    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(body=_body | _json)
 def test_fuzzed_bodies_never_cause_5xx(fuzz_client: TestClient, body: Any) -> None:
@@ -308,10 +491,35 @@ def test_fuzzed_bodies_never_cause_5xx(fuzz_client: TestClient, body: Any) -> No
 
 
 @settings(
+    max_examples=120,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_fuzzed_bodies_of_every_endpoint_never_cause_5xx(
+    fuzz_client: TestClient, data: st.DataObject
+) -> None:
+    path = data.draw(st.sampled_from(sorted(_other)))
+    body = data.draw(_other[path] | _json)
+    resp = fuzz_client.post(path, content=json.dumps(body))
+    assert resp.status_code < 500, resp.text
+    if resp.status_code >= 400:
+        assert_api_error(resp, path)
+
+
+@settings(
     max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(raw=st.binary(max_size=200))
 def test_fuzzed_raw_bytes_never_cause_5xx(fuzz_client: TestClient, raw: bytes) -> None:
-    resp = fuzz_client.post("/v1/chat/completions", content=raw)
-    assert 400 <= resp.status_code < 500, resp.text
-    assert_openai_error(resp, resp.status_code)
+    for path in (
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/completions",
+        "/v1/embeddings",
+    ):
+        resp = fuzz_client.post(path, content=raw)
+        assert 400 <= resp.status_code < 500, resp.text
+        assert_api_error(resp, path)

@@ -1,7 +1,9 @@
-"""A tiny OpenAI-compatible HTTP server for fault injection only (timeouts, 500s, dropped streams).
+"""A tiny OpenAI-compatible HTTP server for fault injection (timeouts, 500s, dropped streams) and for
+capturing exactly what CoE forwarded (``StubState.bodies``).
 
 The real path is always tested against llama-server; this stub exists because a real server cannot
-be told to fail on cue.
+be told to fail on cue, and cannot show what it was sent. ``StubState.tool_calls`` makes it answer
+with those tool calls (whole, or streamed as OpenAI tool-call deltas in two argument fragments).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Literal
+from typing import Any, Literal
 
 Mode = Literal["ok", "500", "500-then-ok", "400", "hang", "drop-stream", "drop-before-stream"]
 
@@ -24,7 +26,8 @@ class StubState:
         self.mode = mode
         self.text = text
         self.calls = 0
-        self.bodies: list[dict[str, object]] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.tool_calls: list[dict[str, Any]] | None = None
 
 
 def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
@@ -68,7 +71,7 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 return None
             if body.get("stream"):
                 return self._stream(drop=mode == "drop-stream")
-            return self._send(200, _completion(state.text))
+            return self._send(200, _completion(state.text, state.tool_calls))
 
         def _stream(self, drop: bool) -> None:
             self.send_response(200)
@@ -84,6 +87,21 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
+            for i, call in enumerate(state.tool_calls or []):
+                args = call["function"]["arguments"]
+                half = len(args) // 2
+                first = {"index": i, "id": call["id"], "type": "function"}
+                first["function"] = {"name": call["function"]["name"], "arguments": args[:half]}
+                rest = {"index": i, "function": {"arguments": args[half:]}}
+                for delta in (first, rest):
+                    chunk = {"model": "stub", "choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if state.tool_calls:
+                done = {
+                    "model": "stub",
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+                }
+                self.wfile.write(f"data: {json.dumps(done)}\n\n".encode())
             usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
             self.wfile.write(
                 f"data: {json.dumps({'model': 'stub', 'choices': [], 'usage': usage})}\n\n".encode()
@@ -95,12 +113,17 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _completion(text: str) -> dict[str, object]:
+def _completion(text: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, object]:
+    message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": "stub-1",
         "object": "chat.completion",
         "model": "stub",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}
+        ],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
 

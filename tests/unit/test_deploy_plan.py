@@ -61,6 +61,11 @@ def test_ingress_registry_rewrites_only_managed_experts() -> None:
     assert rewritten.experts["small"].model == "qwen-0.5b"  # the name the expert's server answers to
     assert rewritten.experts["remote"] == config.experts["remote"]
     assert rewritten.router == config.router
+    # They keep what their engine serves: this GGUF's template is unknown (no tools until declared);
+    # vLLM enforces tool choices itself. And their context, for the ingress's context check.
+    assert rewritten.experts["small"].capabilities == ["json_schema", "logprobs"]
+    assert rewritten.experts["big"].capabilities == ["json_schema", "logprobs", "tool_choice"]
+    assert rewritten.experts["small"].context_window == 2048
 
 
 def test_vllm_experts_map_to_ray_serve_llm_configs() -> None:

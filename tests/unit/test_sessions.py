@@ -31,9 +31,29 @@ def msgs(*pairs: tuple[str, str]) -> list[Message]:
 def test_a_resent_history_finds_the_session_its_last_answer_was_stored_under() -> None:
     turn1 = msgs(("system", "Be brief."), ("user", "Write a sort in Python"))
     assert history_key(turn1) is None  # a first turn starts a session of its own
-    stored = continued_key(turn1, "def sort(x):\n    return sorted(x)")
+    stored = continued_key(turn1, Message(role="assistant", content="def sort(x):\n    return sorted(x)"))
     turn2 = [*turn1, *msgs(("assistant", "def sort(x):  \n  return sorted(x) "), ("user", "Now in Rust"))]
     assert history_key(turn2) == stored  # trimmed and re-wrapped by the client: the same conversation
+
+
+def test_an_answer_with_tool_calls_is_found_again_when_resent_with_them() -> None:
+    call = {"id": "c1", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    said = Message.model_validate({"role": "assistant", "content": None, "tool_calls": [call]})
+    turn1 = msgs(("user", "Weather in Paris?"))
+    resent = [*turn1, said, Message.model_validate({"role": "tool", "tool_call_id": "c1", "content": "12 C"})]
+    assert tool_loop_open(resent)
+    other = Message.model_validate(
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {**call, "id": "c2", "function": {"name": "weather", "arguments": '{"city": "Rome"}'}}
+            ],
+        }
+    )
+    assert continued_key(turn1, said) != continued_key(turn1, other)
+    follow = [*turn1, said, *msgs(("user", "And tomorrow?"))]
+    assert history_key(follow) == continued_key(turn1, said)
 
 
 def test_another_history_or_another_role_is_another_conversation() -> None:

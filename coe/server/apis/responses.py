@@ -1,0 +1,516 @@
+"""POST /v1/responses (OpenAI's Responses API) over the chat request: ``input`` items become
+messages (function_call and function_call_output items an assistant tool call and its tool result),
+``instructions`` a system message, ``text.format`` the response_format; the Answer comes back as
+output items (a message with output_text, function_call items), streamed as typed events."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from coe.server.apis.chat import StreamOptions, TraceOptions
+from coe.server.apis.policy import RESPONSES
+from coe.server.apis.translate import (
+    bad,
+    chat_message,
+    check_max_tokens,
+    check_response_format,
+    check_tool_results,
+    check_tools,
+    forwarded_params,
+    parse_body,
+)
+from coe.server.gateway import EXPERT_PREFIX, Call, finish_reason
+from coe.server.settings import ServerSettings
+from coe.types import (
+    Answer,
+    FunctionCall,
+    FunctionDef,
+    JsonSchemaSpec,
+    Message,
+    NamedFunction,
+    NamedToolChoice,
+    ReasoningEffort,
+    Request,
+    ResponseFormat,
+    StreamEvent,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    name: str
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: TextFormat | None = None
+    verbosity: None = Field(None, description="refused when set: no expert controls verbosity")
+
+
+class Reasoning(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    effort: ReasoningEffort | None = None
+
+
+class ResponsesBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[Any]
+    instructions: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: Finite | None = Field(None, ge=0, le=2)
+    top_p: Finite | None = Field(None, gt=0, le=1)
+    tools: list[FunctionTool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    include: list[Literal["message.output_text.logprobs"]] | None = None
+    reasoning: Reasoning | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    metadata: dict[str, str] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    previous_response_id: Any = None
+    store: bool | None = None
+    conversation: Any = None
+    background: Any = None
+    prompt: Any = None
+    truncation: str | None = None
+    max_tool_calls: Any = None
+    service_tier: str | None = None
+    moderation: Any = None
+    context_management: Any = None
+    coe: TraceOptions | None = None
+
+
+def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
+    data, body, extra = parse_body(RESPONSES, ResponsesBody, data, settings.unknown_fields)
+    check_max_tokens(body.max_output_tokens, settings.max_tokens_limit, "max_output_tokens")
+    messages = input_messages(body.input, settings)
+    if body.instructions:
+        messages.insert(0, Message(role="system", content=body.instructions))
+    tools = [
+        Tool(
+            function=FunctionDef(
+                name=t.name, description=t.description, parameters=t.parameters, strict=t.strict
+            )
+        )
+        for t in body.tools or []
+    ] or None
+    choice: ToolChoice | None = (
+        NamedToolChoice(function=NamedFunction(name=body.tool_choice.name))
+        if isinstance(body.tool_choice, NamedChoice)
+        else body.tool_choice
+    )
+    check_tools(tools, choice)
+    fmt = response_format(body.text.format if body.text else None)
+    check_response_format(fmt, "text.format")
+    params = forwarded_params(data, RESPONSES.forwarded_names(), skip=("parallel_tool_calls",)) | extra
+    if body.max_output_tokens is not None:
+        params["max_tokens"] = body.max_output_tokens
+    logprobs = bool(body.include) or body.top_logprobs is not None
+    request = Request(
+        messages=messages,
+        params=params,
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=fmt,
+        logprobs=logprobs or None,
+        top_logprobs=body.top_logprobs,
+        reasoning_effort=body.reasoning.effort if body.reasoning else None,
+    )
+    return Call(
+        request=request,
+        model=body.model,
+        stream=body.stream,
+        trace=trace_header or bool(body.coe and body.coe.trace),
+    )
+
+
+def response_format(fmt: TextFormat | None) -> ResponseFormat | None:
+    if fmt is None:
+        return None
+    if fmt.type != "json_schema":
+        return ResponseFormat(type=fmt.type)
+    if not fmt.name:
+        raise bad("text.format.name", "is required with type json_schema")
+    spec = JsonSchemaSpec(name=fmt.name, description=fmt.description, schema=fmt.schema_, strict=fmt.strict)
+    return ResponseFormat(type="json_schema", json_schema=spec)
+
+
+_PART_TYPES = {"input_text": "text", "output_text": "text", "input_image": "image_url", "input_file": "file"}
+
+
+def input_messages(raw: str | list[Any], settings: ServerSettings) -> list[Message]:
+    if isinstance(raw, str):
+        return [Message(role="user", content=raw)]
+    if not raw:
+        raise bad("input", "must be a string or a non-empty list of items")
+    messages: list[Message] = []
+    for i, item in enumerate(raw):
+        param = f"input.{i}"
+        if not isinstance(item, dict):
+            raise bad(param, "must be an input item object")
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            messages.append(chat_message(_as_chat(item, param), settings.unknown_fields, param))
+        elif kind == "function_call":
+            call = _function_call(item, param)
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant" and (last.tool_calls or not last.text):
+                last.tool_calls = [*(last.tool_calls or []), call]
+            else:
+                messages.append(Message(role="assistant", content=None, tool_calls=[call]))
+        elif kind == "function_call_output":
+            messages.append(_function_output(item, param))
+        else:
+            raise bad(
+                f"{param}.type",
+                f"unsupported input item {kind!r}; expected message, function_call, function_call_output",
+            )
+    check_tool_results(messages, "input")
+    return messages
+
+
+def _as_chat(item: dict[str, Any], param: str) -> dict[str, Any]:
+    content = item.get("content")
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in _PART_TYPES:
+                raise bad(
+                    f"{param}.content.{j}.type",
+                    f"unsupported content part {kind!r}; expected one of {', '.join(_PART_TYPES)}",
+                )
+            if kind in ("input_text", "output_text"):
+                parts.append({"type": "text", "text": part.get("text")})
+            elif kind == "input_image":
+                if not part.get("image_url"):
+                    raise bad(
+                        f"{param}.content.{j}.image_url", "is required (CoE has no file store for file_id)"
+                    )
+                parts.append(
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": part["image_url"], "detail": part.get("detail")},
+                    }
+                )
+            else:
+                parts.append(
+                    {"type": "file", "file": {k: part.get(k) for k in ("file_data", "file_id", "filename")}}
+                )
+        content = parts
+    return {"role": item.get("role"), "content": content}
+
+
+def _function_call(item: dict[str, Any], param: str) -> ToolCall:
+    call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+    if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
+        raise bad(param, "a function_call item needs call_id, name and arguments (a JSON text)")
+    return ToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+
+
+def _function_output(item: dict[str, Any], param: str) -> Message:
+    call_id, output = item.get("call_id"), item.get("output")
+    if isinstance(output, list):
+        output = "".join(
+            p.get("text", "") for p in output if isinstance(p, dict) and p.get("type") == "input_text"
+        )
+    if not isinstance(call_id, str) or not isinstance(output, str):
+        raise bad(param, "a function_call_output item needs call_id and output (a string)")
+    return Message(role="tool", tool_call_id=call_id, content=output)
+
+
+# ------------------------------------------------------------------------------------- replies
+
+
+def _ids(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def usage_of(answer: Answer) -> dict[str, Any]:
+    u = answer.usage
+    return {
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": u.total_tokens,
+    }
+
+
+def text_item(
+    item_id: str, text: str, logprobs: list[dict[str, Any]] | None, status: str = "completed"
+) -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": [part]}
+
+
+def call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call.id,
+        "name": call.function.name,
+        "arguments": call.function.arguments,
+        "status": status,
+    }
+
+
+def response(
+    call: Call, resp_id: str, created: int, output: list[dict[str, Any]], answer: Answer | None, expert: str
+) -> dict[str, Any]:
+    req = call.request
+    status, incomplete = "in_progress", None
+    if answer is not None:
+        length = finish_reason(answer, req.params.get("max_tokens")) == "length"
+        status = "incomplete" if length else "completed"
+        incomplete = {"reason": "max_output_tokens"} if length else None
+    fmt = req.response_format
+    out: dict[str, Any] = {
+        "id": resp_id,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "model": EXPERT_PREFIX + expert,
+        "output": output,
+        "error": None,
+        "incomplete_details": incomplete,
+        "instructions": next((m.text for m in req.messages[:1] if m.role == "system"), None),
+        "max_output_tokens": req.params.get("max_tokens"),
+        "parallel_tool_calls": req.parallel_tool_calls if req.parallel_tool_calls is not None else True,
+        "previous_response_id": None,
+        "store": False,
+        "temperature": req.params.get("temperature"),
+        "top_p": req.params.get("top_p"),
+        "text": {"format": _format_out(fmt)},
+        "tool_choice": req.tool_choice.model_dump()
+        if isinstance(req.tool_choice, NamedToolChoice)
+        else (req.tool_choice or "auto"),
+        "tools": [{"type": "function", **t.function.model_dump(exclude_none=True)} for t in req.tools or []],
+        "truncation": "disabled",
+        "metadata": req.params.get("metadata") or {},
+        "usage": usage_of(answer) if answer is not None else None,
+    }
+    if isinstance(req.tool_choice, NamedToolChoice):
+        out["tool_choice"] = {"type": "function", "name": req.tool_choice.function.name}
+    if answer is not None and call.trace:
+        out["coe"] = answer.trace.model_dump()
+    return out
+
+
+def _format_out(fmt: ResponseFormat | None) -> dict[str, Any]:
+    if fmt is None or fmt.json_schema is None:
+        return {"type": fmt.type if fmt else "text"}
+    spec = fmt.json_schema
+    return {"type": "json_schema", **spec.model_dump(exclude_none=True, by_alias=True)}
+
+
+def body(answer: Answer, call: Call) -> dict[str, Any]:
+    output: list[dict[str, Any]] = []
+    if answer.text or not answer.tool_calls:
+        output.append(text_item(_ids("msg"), answer.text, answer.logprobs if call.request.logprobs else None))
+    output += [call_item(_ids("fc"), c) for c in answer.tool_calls or []]
+    return response(call, _ids("resp"), int(time.time()), output, answer, answer.expert)
+
+
+class Writer:
+    """Typed events, in order: response.created, response.in_progress; per output item
+    output_item.added, its deltas (output_text.delta, function_call_arguments.delta), its .done
+    events and output_item.done; response.completed. A failure after the first byte: an ``error``
+    event, then response.failed."""
+
+    def __init__(self, call: Call, expert: str) -> None:
+        self.call = call
+        self.expert = expert
+        self.id = _ids("resp")
+        self.created = int(time.time())
+        self.seq = 0
+        self.items: list[dict[str, Any]] = []
+        self.open: dict[str, Any] | None = None  # the item receiving deltas
+        self.calls: dict[int, dict[str, Any]] = {}  # stream index -> function_call item
+        self.text: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []
+
+    def _event(self, kind: str, **data: Any) -> bytes:
+        body = {"type": kind, "sequence_number": self.seq, **data}
+        self.seq += 1
+        return f"event: {kind}\ndata: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+    def _response(self, answer: Answer | None) -> dict[str, Any]:
+        return response(self.call, self.id, self.created, self.items, answer, self.expert)
+
+    def start(self) -> list[bytes]:
+        snapshot = self._response(None)
+        return [
+            self._event("response.created", response=snapshot),
+            self._event("response.in_progress", response=snapshot),
+        ]
+
+    def _index(self, item: dict[str, Any]) -> int:
+        return self.items.index(item)
+
+    def _close(self) -> list[bytes]:
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        index = self._index(item)
+        out = []
+        if item["type"] == "message":
+            text = "".join(self.text)
+            item.update(text_item(item["id"], text, self.logprobs if self.call.request.logprobs else None))
+            part = item["content"][0]
+            out += [
+                self._event(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=text,
+                    logprobs=part["logprobs"],
+                ),
+                self._event(
+                    "response.content_part.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=part,
+                ),
+            ]
+        else:
+            item["status"] = "completed"
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            )
+        out.append(self._event("response.output_item.done", output_index=index, item=item))
+        return out
+
+    def _open_text(self) -> list[bytes]:
+        out = self._close()
+        item = text_item(_ids("msg"), "", None, status="in_progress")
+        item["content"] = []
+        self.items.append(item)
+        self.open = item
+        index = self._index(item)
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        out.append(self._event("response.output_item.added", output_index=index, item=item))
+        out.append(
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
+            )
+        )
+        return out
+
+    def delta(self, event: StreamEvent) -> list[bytes]:
+        out: list[bytes] = []
+        if event.text:
+            if self.open is None or self.open["type"] != "message":
+                out += self._open_text()
+            assert self.open is not None
+            self.text.append(event.text)
+            self.logprobs += event.logprobs or []
+            out.append(
+                self._event(
+                    "response.output_text.delta",
+                    item_id=self.open["id"],
+                    output_index=self._index(self.open),
+                    content_index=0,
+                    delta=event.text,
+                    logprobs=event.logprobs or [],
+                )
+            )
+        for d in event.tool_calls or []:
+            item = self.calls.get(d.index)
+            if item is None:
+                out += self._close()
+                call = ToolCall(
+                    id=d.id or _ids("call"), function=FunctionCall(name=d.function.name or "", arguments="")
+                )
+                item = call_item(_ids("fc"), call, status="in_progress")
+                self.calls[d.index] = item
+                self.items.append(item)
+                self.open = item
+                out.append(
+                    self._event("response.output_item.added", output_index=self._index(item), item=dict(item))
+                )
+            elif d.function.name:
+                item["name"] += d.function.name
+            if d.function.arguments:
+                item["arguments"] += d.function.arguments
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=item["id"],
+                        output_index=self._index(item),
+                        delta=d.function.arguments,
+                    )
+                )
+        return out
+
+    def done(self, answer: Answer) -> list[bytes]:
+        out = []
+        if not self.items:  # nothing streamed: the reply still has its (empty) message
+            out += self._open_text()
+        out += self._close()
+        return [*out, self._event("response.completed", response=self._response(answer))]
+
+    def error(self, message: str) -> list[bytes]:
+        failed = self._response(None) | {
+            "status": "failed",
+            "error": {"code": "server_error", "message": message},
+        }
+        return [
+            self._event("error", code="stream_interrupted", message=message, param=None),
+            self._event("response.failed", response=failed),
+        ]
+
+
+API = RESPONSES

@@ -1,0 +1,227 @@
+"""The one request path behind every API: resolve the model id, answer (or stream) through CoE, map
+failures to status codes, count metrics, and name the answering expert in the ``x-coe-*`` headers.
+Each API module (coe/server/apis/) only translates its wire shape to a ``Call`` and an ``Answer``
+(or ``StreamEvent``s) back to its wire shape, so routing, limits, fallbacks and metrics are the same
+for all of them.
+
+Model ids: ``coe`` routes; ``coe/expert/NAME`` pins an expert; ``coe/category/NAME`` answers as if
+the router had chosen that category (its expert, then the fallback expert). A reply's model is
+``coe/expert/NAME`` of the expert that answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastapi.responses import StreamingResponse
+
+from coe.errors import AllExpertsFailed, CoEError, ExpertError, NoCapableExpert
+from coe.orchestrator import CoE
+from coe.server.errors import APIError, log
+from coe.server.limits import ExpertBusy
+from coe.server.metrics import Metrics
+from coe.types import Answer, Request, RouteDecision, SessionRef, StreamEvent, Trace
+
+ROUTED = "coe"
+EXPERT_PREFIX = "coe/expert/"
+CATEGORY_PREFIX = "coe/category/"
+EMBEDDER = "coe/embedder"
+
+# The experts whose admission slot this request entered, in order; the last one is the one answering.
+attempted: ContextVar[list[str] | None] = ContextVar("coe_attempted", default=None)
+
+
+@dataclass
+class Call:
+    """One request in CoE's terms, whichever API it came through."""
+
+    request: Request
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    trace: bool = False
+    session: SessionRef | None = None
+
+
+class Writer(Protocol):
+    """One streamed reply in one API's event format."""
+
+    def start(self) -> list[bytes]: ...
+
+    def delta(self, event: StreamEvent) -> list[bytes]: ...
+
+    def done(self, answer: Answer) -> list[bytes]: ...
+
+    def error(self, message: str) -> list[bytes]: ...
+
+
+def model_ids(coe: CoE) -> list[str]:
+    cfg = coe.config
+    return (
+        [ROUTED]
+        + [EXPERT_PREFIX + name for name in cfg.experts]
+        + [CATEGORY_PREFIX + name for name in cfg.router.category_routes()]
+        + [EMBEDDER]
+    )
+
+
+def resolve_model(coe: CoE, model: str) -> tuple[str | None, RouteDecision | None]:
+    """(pinned expert, pre-made decision) for a model id; 404 when unknown."""
+    cfg = coe.config
+    if model == ROUTED:
+        return None, None
+    if model.startswith(EXPERT_PREFIX) and model[len(EXPERT_PREFIX) :] in cfg.experts:
+        return model[len(EXPERT_PREFIX) :], None
+    routes = cfg.router.category_routes()
+    if model.startswith(CATEGORY_PREFIX) and (category := model[len(CATEGORY_PREFIX) :]) in routes:
+        expert = routes[category].expert
+        experts = [expert]
+        fallback = cfg.router.fallback_expert()
+        if fallback is not None and fallback != expert:
+            experts.append(fallback)
+        decision = RouteDecision(
+            router="category-pinned",
+            experts=experts,
+            category=category,
+            confidence=1.0,
+            reason=f"category {category!r} chosen by the caller (model {model}) maps to expert {expert!r}",
+        )
+        return None, decision
+    hint = f"; {EMBEDDER} is for /v1/embeddings" if model == EMBEDDER else ""
+    raise APIError(
+        404,
+        f"the model {model!r} does not exist; see GET /v1/models{hint}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def session_ref(header: str | None, request: Request) -> SessionRef | None:
+    """The session a request names: the ``x-coe-session`` header, else ``metadata.session_id``."""
+    metadata = request.params.get("metadata")
+    if header:
+        return SessionRef(id=header[:256], source="header")
+    if isinstance(metadata, dict) and isinstance(metadata.get("session_id"), str) and metadata["session_id"]:
+        return SessionRef(id=metadata["session_id"][:256], source="metadata")
+    return None
+
+
+def coe_headers(
+    answer_expert: str, decision: RouteDecision | None, trace: Trace | None = None
+) -> dict[str, str]:
+    headers = {"x-coe-expert": answer_expert}
+    if decision is not None and decision.category is not None:
+        headers["x-coe-category"] = decision.category
+    if decision is not None and decision.confidence is not None:
+        headers["x-coe-confidence"] = f"{decision.confidence:.4f}"
+    if trace is not None and trace.session is not None and trace.session.id:
+        headers["x-coe-session"] = trace.session.id
+    return headers
+
+
+def finish_reason(answer: Answer, max_tokens: object) -> str:
+    """OpenAI's: the expert's own when it gave one, else "length" when the budget was used up."""
+    if answer.tool_calls:
+        return "tool_calls"
+    if answer.finish_reason in ("stop", "length", "content_filter"):
+        return answer.finish_reason
+    limit = max_tokens if isinstance(max_tokens, int) else None
+    return "length" if limit is not None and answer.usage.completion_tokens >= limit else "stop"
+
+
+def error_for(exc: Exception) -> APIError:
+    """Map CoE failures before the first byte to status codes; never leak a traceback."""
+    if isinstance(exc, ExpertBusy):
+        return APIError(429, str(exc), code="expert_busy", headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, NoCapableExpert):
+        return APIError(400, str(exc), param=exc.param, code="no_capable_expert")
+    if isinstance(exc, AllExpertsFailed):
+        log.warning("%s", exc)
+        return APIError(
+            503, str(exc), code="all_experts_failed", type="api_error", headers={"Retry-After": "1"}
+        )
+    if isinstance(exc, ExpertError):
+        return APIError(503, str(exc), code="expert_failed", type="api_error", headers={"Retry-After": "1"})
+    if isinstance(exc, APIError):
+        return exc
+    log.error("request failed: %s", type(exc).__name__, exc_info=exc)
+    return APIError(500, "internal server error", code="internal_error")
+
+
+class Gateway:
+    def __init__(self, coe: CoE, metrics: Metrics) -> None:
+        self.coe = coe
+        self.metrics = metrics
+
+    async def answer(self, call: Call) -> Answer:
+        expert, decision = resolve_model(self.coe, call.model)
+        try:
+            answer = await self.coe.aask(call.request, expert=expert, decision=decision, session=call.session)
+        except Exception as exc:
+            raise error_for(exc) from None
+        self.metrics.observe_answer(answer)
+        return answer
+
+    async def stream(self, call: Call, writer: Callable[[str], Writer]) -> StreamingResponse:
+        """Wait for the first event before answering, so that 429, 400 no_capable_expert and "every
+        expert failed" still get a status code; after it, failures go in-band (``Writer.error``).
+        ``astream`` fills the trace as it goes: routing and the session are decided before its first
+        event, so the headers carry the category, confidence and session."""
+        expert, decision = resolve_model(self.coe, call.model)
+        tried: list[str] = []
+        attempted.set(tried)
+        trace = Trace()
+        try:
+            events = self.coe.astream(
+                call.request, expert=expert, decision=decision, session=call.session, trace=trace
+            )
+            first = await anext(events)
+        except Exception as exc:
+            raise error_for(exc) from None
+        answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
+        headers = coe_headers(answering, trace.decision or decision, trace)
+        sse = _Stream(self.metrics, writer(answering), answering)
+        return StreamingResponse(
+            sse.run(first, events),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+
+class _Stream:
+    def __init__(self, metrics: Metrics, writer: Writer, expert: str) -> None:
+        self.metrics = metrics
+        self.writer = writer
+        self.expert = expert
+
+    async def run(self, first: StreamEvent, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
+        for part in self.writer.start():
+            yield part
+        try:
+            event: StreamEvent | None = first
+            while event is not None:
+                if event.type == "delta":
+                    for part in self.writer.delta(event):
+                        yield part
+                elif event.answer is not None:
+                    for part in self.writer.done(self._finish(event.answer)):
+                        yield part
+                    return
+                event = await anext(events, None)
+        except Exception as exc:  # after the first byte the status is sent: say it in-band
+            self.metrics.stream_errors.labels(expert=self.expert).inc()
+            log.warning("stream from %s interrupted after the first token: %s", self.expert, exc)
+            message = str(exc) if isinstance(exc, CoEError) else "internal server error"
+            if not isinstance(exc, CoEError):
+                log.error("stream failed: %s", type(exc).__name__, exc_info=exc)
+            for part in self.writer.error(message):
+                yield part
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    def _finish(self, answer: Answer) -> Answer:
+        self.metrics.observe_answer(answer)
+        return answer
