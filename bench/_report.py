@@ -4,6 +4,8 @@ JSON (``--json``, for scripts) or a table (for people)."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,3 +28,15 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers come from; callers add the load average before and after their run."""
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    return info
