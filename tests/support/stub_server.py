@@ -24,6 +24,7 @@ class StubState:
         self.mode = mode
         self.text = text
         self.calls = 0
+        self.connections = 0  # TCP connections accepted: a client that reuses its connection opens one
         self.bodies: list[dict[str, object]] = []
 
 
@@ -36,6 +37,10 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: object) -> None:
             pass
+
+        def setup(self) -> None:
+            state.connections += 1
+            super().setup()
 
         def _send(self, code: int, body: dict[str, object]) -> None:
             data = json.dumps(body).encode()
@@ -71,26 +76,28 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             return self._send(200, _completion(state.text))
 
         def _stream(self, drop: bool) -> None:
+            # Chunked, like llama-server: the connection stays open for the next request.
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             words = state.text.split(" ")
             for i, word in enumerate(words):
                 delta = word if i == 0 else " " + word
                 chunk = {"model": "stub", "choices": [{"index": 0, "delta": {"content": delta}}]}
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.flush()
+                self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
                 if drop and i == 0:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
             usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
-            self.wfile.write(
-                f"data: {json.dumps({'model': 'stub', 'choices': [], 'usage': usage})}\n\n".encode()
-            )
-            self.wfile.write(b"data: [DONE]\n\n")
+            self._chunk(f"data: {json.dumps({'model': 'stub', 'choices': [], 'usage': usage})}\n\n".encode())
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")  # the last chunk: the body ends here
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
-            self.close_connection = True
 
     return Handler
 
