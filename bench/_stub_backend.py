@@ -67,4 +67,6 @@ if __name__ == "__main__":
     p.add_argument("--model", required=True, help="the model id it answers as (llama-server's --alias)")
     p.add_argument("--token-ms", type=float, default=2.0)
     args = p.parse_args()
-    uvicorn.run(create(args.model, args.token_ms / 1000), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(
+        create(args.model, args.token_ms / 1000), host="127.0.0.1", port=args.port, log_level="warning"
+    )

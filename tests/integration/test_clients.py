@@ -96,7 +96,9 @@ async def test_streams_reuse_one_connection() -> None:
     with stub_server("ok", "one two") as (url, state):
         for _ in range(3):
             chunks = [c async for c in client.stream("stub", url, PAYLOAD)]
-            assert "".join(c["choices"][0]["delta"]["content"] for c in chunks if c.get("choices")) == "one two"
+            assert (
+                "".join(c["choices"][0]["delta"]["content"] for c in chunks if c.get("choices")) == "one two"
+            )
         await client.chat("stub", url, PAYLOAD)
     await client.aclose()
     assert state.calls == 4 and state.connections == 1
