@@ -512,67 +512,64 @@ def versions(litellm: Path) -> dict[str, str]:
     return found
 
 
+def coe_gateway(tmp: Path, cfg: CoEConfig, backends: Backends, key: str) -> Gateway:
+    registry = coe_registry(tmp, cfg, backends)
+    port = free_port()
+    cmd = [sys.executable, "-m", "coe", "serve", "-c", str(registry), "--port", str(port)]
+    env = offline_env(COE_API_KEYS=key)
+    return Gateway("coe serve", [*cmd, "--log-level", "warning"], port, "/readyz", tmp / "coe.log", env)
+
+
+def litellm_gateway(
+    tmp: Path, cfg: CoEConfig, backends: Backends, key: str, exe: Path
+) -> tuple[Gateway, dict[str, Any]]:
+    config, settings = litellm_config(tmp, cfg, backends)
+    port = free_port()
+    cmd = [
+        str(exe),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    env = offline_env(LITELLM_MASTER_KEY=key)
+    return Gateway("litellm", cmd, port, "/health/liveliness", tmp / "litellm.log", env), settings
+
+
+async def sample_load(into: list[float], every_s: float = 5.0) -> None:
+    """The 1-minute load average through the run: other jobs on a shared machine show here."""
+    while True:
+        into.append(os.getloadavg()[0])
+        await asyncio.sleep(every_s)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.litellm.exists():
         raise SystemExit(
             f"{args.litellm} not found: `make test` (or `make gateway`) installs LiteLLM's proxy there"
         )
-    load_before = round(os.getloadavg()[0], 2)
+    loads: list[float] = []
+    sampler = asyncio.create_task(sample_load(loads))
     cfg = load_config(REPO / "experts.yaml")
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     with tempfile.TemporaryDirectory(prefix="coe-gateway-peers-") as name:
         tmp = Path(name)
         backends = Backends(args.backends, cfg, tmp / "logs")
-        coe_port, litellm_port = free_port(), free_port()
         # Both gateways check a bearer key, as each recommends (LiteLLM refuses to start without one).
         key = f"sk-{secrets.token_hex(32)}"
-
-        registry = coe_registry(tmp, cfg, backends)
-        coe = Gateway(
-            "coe serve",
-            [
-                sys.executable,
-                "-m",
-                "coe",
-                "serve",
-                "-c",
-                str(registry),
-                "--port",
-                str(coe_port),
-                "--log-level",
-                "warning",
-            ],
-            coe_port,
-            "/readyz",
-            tmp / "coe.log",
-            offline_env(COE_API_KEYS=key),
-        )
-        litellm_yaml, litellm_settings = litellm_config(tmp, cfg, backends)
-        litellm = Gateway(
-            "litellm",
-            [
-                str(args.litellm),
-                "--config",
-                str(litellm_yaml),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(litellm_port),
-                "--num_workers",
-                "1",
-            ],
-            litellm_port,
-            "/health/liveliness",
-            tmp / "litellm.log",
-            offline_env(LITELLM_MASTER_KEY=key),
-        )
+        auth = {"Authorization": f"Bearer {key}"}
+        coe = coe_gateway(tmp, cfg, backends, key)
+        litellm, litellm_settings = litellm_gateway(tmp, cfg, backends, key, args.litellm)
         gateways = {"coe": coe.base, "litellm": litellm.base}
         with running(coe, litellm, backends) as exit_codes:
             async with httpx.AsyncClient(trust_env=False, limits=limits, timeout=args.timeout) as client:
                 await backends.start()
                 await asyncio.gather(coe.start(client), litellm.start(client))
                 paths = targets(gateways, key, cfg, backends, args.max_tokens)
-                auth = {"Authorization": f"Bearer {key}"}
                 runs = {c: await overhead(client, paths, c, args) for c in args.concurrency}
                 summary = overhead_summary(runs)
                 before = coe_fallbacks((await client.get(coe.base + "/metrics", headers=auth)).text)
@@ -584,31 +581,33 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await backends.start([VICTIM])  # back on its port for the second run
                 faults["litellm"] = await fault_run(client, "litellm", gateways, key, cfg, backends, args)
             pids = backends.pids()
+        sampler.cancel()
         time.sleep(0.5)
         for path, fault in faults.items():
             summary[path].update(
                 {k: fault.pop(k) for k in ("lost", "errors_5xx", "fallbacks", "streams_cut")}
             )
             summary[path]["fault"] = fault
-        result = {
-            "backends": args.backends,
-            "requests": args.requests,
-            "concurrency": args.concurrency,
-            "max_tokens": args.max_tokens,
-            "paths": summary,
-            "litellm_config": litellm_settings,
-            "exit_codes": exit_codes,
-            "left_running": sum(1 for pid in pids if Path(f"/proc/{pid}").exists()),
-            "versions": versions(args.litellm),
-            "machine": {
-                **machine(),
-                "load_avg_1m_before": load_before,
-                "load_avg_1m_after": round(os.getloadavg()[0], 2),
-            },
-        }
-        if any(summary[p].get("lost") or summary[p].get("errors_5xx") for p in ("coe_routed", "litellm")):
+        if any(summary[p]["lost"] or summary[p]["errors_5xx"] for p in ("coe_routed", "litellm")):
             sys.stderr.write(f"--- coe serve log\n{coe.tail()}\n--- litellm log\n{litellm.tail()}\n")
-    return result
+    return {
+        "backends": args.backends,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "paths": summary,
+        "litellm_config": litellm_settings,
+        "exit_codes": exit_codes,
+        "left_running": sum(1 for pid in pids if Path(f"/proc/{pid}").exists()),
+        "versions": versions(args.litellm),
+        "machine": {
+            **machine(),
+            "load_avg_1m_before": round(loads[0], 2),
+            "load_avg_1m_after": round(os.getloadavg()[0], 2),
+            "load_avg_1m_max": round(max(loads), 2),
+            "load_avg_1m_mean": round(sum(loads) / len(loads), 2),
+        },
+    }
 
 
 def show(result: dict[str, Any]) -> None:
@@ -656,7 +655,8 @@ def show(result: dict[str, Any]) -> None:
     console.print(faults)
     m = result["machine"]
     console.print(
-        f"{m['cpu_count']} CPUs, load {m['load_avg_1m_before']} -> {m['load_avg_1m_after']}; "
+        f"{m['cpu_count']} CPUs, load {m['load_avg_1m_before']} -> {m['load_avg_1m_after']} "
+        f"(mean {m['load_avg_1m_mean']}, max {m['load_avg_1m_max']}); "
         f"{', '.join(f'{k} {v}' for k, v in result['versions'].items())}"
     )
 
