@@ -58,6 +58,7 @@ from typing import Any
 import httpx
 import yaml
 from _report import emit, machine, pct  # bench/ is on sys.path when a bench runs as a script
+from serve_load import fallbacks_from_metrics
 
 from coe import load_config
 from coe.config import CoEConfig
@@ -467,16 +468,6 @@ async def fault_run(
     }
 
 
-def coe_fallbacks(metrics: str) -> int:
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("coe_fallbacks_total{")
-        )
-    )
-
-
 # ----------------------------------------------------------------------------------------- main
 
 
@@ -572,11 +563,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 paths = targets(gateways, key, cfg, backends, args.max_tokens)
                 runs = {c: await overhead(client, paths, c, args) for c in args.concurrency}
                 summary = overhead_summary(runs)
-                before = coe_fallbacks((await client.get(coe.base + "/metrics", headers=auth)).text)
+                before = fallbacks_from_metrics((await client.get(coe.base + "/metrics", headers=auth)).text)
                 faults = {
                     "coe_routed": await fault_run(client, "coe_routed", gateways, key, cfg, backends, args)
                 }
-                after = coe_fallbacks((await client.get(coe.base + "/metrics", headers=auth)).text)
+                after = fallbacks_from_metrics((await client.get(coe.base + "/metrics", headers=auth)).text)
                 faults["coe_routed"]["fallbacks"] = after - before
                 await backends.start([VICTIM])  # back on its port for the second run
                 faults["litellm"] = await fault_run(client, "litellm", gateways, key, cfg, backends, args)
