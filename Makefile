@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.coe-installed
+# LiteLLM's proxy (bench/gateway_peers.py) lives in a venv of its own: `litellm[proxy]` pins rich<14 and
+# websockets<16, older than what CoE installs, so in .venv it would downgrade CoE's own dependencies.
+# Its pin is the `gateway` extra in pyproject.toml, read from there.
+GATEWAY_VENV ?= .venv-gateway
+GATEWAY_STAMP := $(GATEWAY_VENV)/.gateway-installed
 
 # llama.cpp is compiled from source (about 15-20 min on 2 cores). The wheel is cached outside the
 # clone, keyed by the build recipe below, so later runs and fresh clones on this machine install it
@@ -39,7 +44,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 DEMO_PROMPT ?= Write a Python function that reverses a string
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint docs bench venv clean
+.PHONY: demo test lint docs bench venv gateway clean
 
 venv: $(STAMP)
 
@@ -66,12 +71,22 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m compileall -q coe routers aggregators
 	@touch $@
 
+gateway: $(GATEWAY_STAMP)
+
+$(GATEWAY_STAMP): pyproject.toml Makefile
+	@test -x $(GATEWAY_VENV)/bin/python || $(PYTHON) -m venv $(GATEWAY_VENV)
+	$(GATEWAY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GATEWAY_VENV)/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gateway"], sep="\n")' > $(GATEWAY_VENV)/requirements.txt
+	$(GATEWAY_VENV)/bin/pip install -q -r $(GATEWAY_VENV)/requirements.txt
+	@touch $@
+
 demo: $(STAMP)
 	$(BIN)/coe validate
 	$(BIN)/coe ask "$(DEMO_PROMPT)"
 
-# Lint first (ruff, formatting, the type checker), then the whole suite, then the docs build.
-test: lint
+# Lint first (ruff, formatting, the type checker), then the whole suite (which runs the gateway bench's
+# harness against LiteLLM's proxy, hence its venv), then the docs build.
+test: lint $(GATEWAY_STAMP)
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory docs
 
@@ -87,4 +102,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/route_latency.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(GATEWAY_VENV)

@@ -4,6 +4,8 @@ JSON (``--json``, for scripts) or a table (for people)."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,13 +31,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 def machine() -> dict[str, Any]:
-    """The machine a bench ran on, as measured now (not fixed text)."""
-    import os
-    import platform
-
-    return {
-        "cores": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "processor": platform.machine(),
+    """Where the numbers come from; callers add the load average before and after their run."""
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
         "python": platform.python_version(),
     }
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    return info

@@ -27,7 +27,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import subprocess
@@ -37,7 +36,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from _report import emit  # bench/ is on sys.path when a bench runs as a script
+import _report  # bench/ is on sys.path when a bench runs as a script
+from _report import emit
 
 REPO = Path(__file__).resolve().parent.parent
 IMPORT_RUNS = 5
@@ -191,13 +191,7 @@ def _load_avg() -> float | None:
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    info = _report.machine()
     try:
         import torch
 

@@ -10,6 +10,7 @@ used for local experts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -123,12 +124,14 @@ async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     HTTP/1.1 without chunking a dropped connection looks like a normal end of body."""
     data: list[str] = []
     finished = False
-    async for line in resp.aiter_lines():
+    lines = resp.aiter_lines()
+    async for line in lines:
         if line.startswith("data:"):
             data.append(line[5:].lstrip())
         elif line == "" and data:
             payload, data = "\n".join(data), []
             if payload == "[DONE]":
+                await _read_to_end(lines)
                 return
             event = json.loads(payload)
             if isinstance(event, dict) and "error" in event:
@@ -139,6 +142,17 @@ async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         yield json.loads("\n".join(data))
     elif not finished:
         raise httpx.RemoteProtocolError("stream ended without [DONE] or a finish_reason")
+
+
+async def _read_to_end(lines: AsyncIterator[str], within_s: float = 1.0) -> None:
+    """Read what follows ``[DONE]`` (the end of the chunked body): httpx puts a connection back in
+    its pool only once the body is read to its end, so returning at ``[DONE]`` opened a new TCP
+    connection to the expert for every streamed request. A server that keeps the body open after
+    ``[DONE]`` costs at most ``within_s``, and that connection is closed instead."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            async for _ in lines:
+                pass
 
 
 async def provider_chat(

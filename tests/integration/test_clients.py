@@ -89,6 +89,21 @@ async def test_stream_yields_deltas_and_usage() -> None:
     assert chunks[-1]["usage"]["completion_tokens"] == 3
 
 
+async def test_streams_reuse_one_connection() -> None:
+    """A stream read to [DONE] hands its connection back: without that, every streamed request paid
+    for a new TCP connection to the expert."""
+    client = ChatClient()
+    with stub_server("ok", "one two") as (url, state):
+        for _ in range(3):
+            chunks = [c async for c in client.stream("stub", url, PAYLOAD)]
+            assert (
+                "".join(c["choices"][0]["delta"]["content"] for c in chunks if c.get("choices")) == "one two"
+            )
+        await client.chat("stub", url, PAYLOAD)
+    await client.aclose()
+    assert state.calls == 4 and state.connections == 1
+
+
 async def test_stream_dropped_after_first_token_raises() -> None:
     client = ChatClient(backoff_s=0.01)
     got: list[str] = []

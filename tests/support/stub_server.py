@@ -26,6 +26,7 @@ class StubState:
         self.mode = mode
         self.text = text
         self.calls = 0
+        self.connections = 0  # TCP connections accepted: a client that reuses its connection opens one
         self.bodies: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] | None = None
 
@@ -39,6 +40,10 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: object) -> None:
             pass
+
+        def setup(self) -> None:
+            state.connections += 1
+            super().setup()
 
         def _send(self, code: int, body: dict[str, object]) -> None:
             data = json.dumps(body).encode()
@@ -74,15 +79,16 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             return self._send(200, _completion(state.text, state.tool_calls))
 
         def _stream(self, drop: bool) -> None:
+            # Chunked, like llama-server: the connection stays open for the next request.
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             words = state.text.split(" ")
             for i, word in enumerate(words):
                 delta = word if i == 0 else " " + word
                 chunk = {"model": "stub", "choices": [{"index": 0, "delta": {"content": delta}}]}
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.flush()
+                self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
                 if drop and i == 0:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
@@ -95,20 +101,21 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 rest = {"index": i, "function": {"arguments": args[half:]}}
                 for delta in (first, rest):
                     chunk = {"model": "stub", "choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]}
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
             if state.tool_calls:
                 done = {
                     "model": "stub",
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
                 }
-                self.wfile.write(f"data: {json.dumps(done)}\n\n".encode())
+                self._chunk(f"data: {json.dumps(done)}\n\n".encode())
             usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
-            self.wfile.write(
-                f"data: {json.dumps({'model': 'stub', 'choices': [], 'usage': usage})}\n\n".encode()
-            )
-            self.wfile.write(b"data: [DONE]\n\n")
+            self._chunk(f"data: {json.dumps({'model': 'stub', 'choices': [], 'usage': usage})}\n\n".encode())
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")  # the last chunk: the body ends here
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
-            self.close_connection = True
 
     return Handler
 
