@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from coe.batch.runner import BatchReport
     from coe.retrieval.retriever import Retriever
     from coe.sessions import Sessions, Turn
+    from coe.traces import Feedback, Recorder, ThumbsValue
 
 T = TypeVar("T")
 Prompt = str | list[Message] | list[dict[str, Any]]
@@ -65,11 +66,19 @@ OPTIONS = (
 
 class CoE:
     def __init__(
-        self, config: CoEConfig, *, session_store: Literal["memory", "sqlite", "redis"] = "memory"
+        self,
+        config: CoEConfig,
+        *,
+        session_store: Literal["memory", "sqlite", "redis"] = "memory",
+        traces: bool = False,
     ) -> None:
         """``session_store``: where sessions live when ``router.sessions.store`` does not say (the
-        library keeps them in memory; ``coe serve`` passes sqlite, so a restart keeps them)."""
+        library keeps them in memory; ``coe serve`` passes sqlite, so a restart keeps them).
+        ``traces``: record each answer in the trace store (``traces:`` settings; ``Answer.trace.id``
+        names the record for ``feedback``). ``coe serve`` records on its own, under its response ids."""
         self.config = config
+        self._traces = traces
+        self._recorder: Recorder | None = None
         self.pool = ExpertPool(config)
         self._session_store = session_store
         self._sessions: Sessions | None = None
@@ -105,6 +114,39 @@ class CoE:
 
                     self._sessions = build_sessions(self.config, self._session_store, self.pool.state_dir)
         return self._sessions
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """The trace store's writer when this CoE records (``traces=True``)."""
+        if self._recorder is None and self._traces:
+            from coe.traces import Recorder
+
+            self._recorder = Recorder(self.config, self.pool.state_dir)
+        return self._recorder
+
+    def _record(self, request: Request, answer: Answer) -> None:
+        if self._traces and (recorder := self.recorder) is not None:
+            from coe.traces import new_id
+
+            answer.trace.id = new_id()
+            recorder.record(answer.trace.id, request, answer, api="library")
+
+    def feedback(
+        self,
+        rid: str,
+        score: float | None = None,
+        *,
+        thumbs: ThumbsValue | None = None,
+        label: str | None = None,
+    ) -> Feedback:
+        """Grade a recorded answer (``Answer.trace.id``) with a score in [0, 1] or thumbs up/down.
+        KeyError (coe.traces.UnknownTrace) when the store holds no such id."""
+        from coe.traces import Feedback, Recorder, score_of
+
+        item = Feedback(id=rid, score=score_of(score, thumbs), label=label)
+        recorder = self.recorder or Recorder(self.config, self.pool.state_dir)
+        recorder.feedback(item)
+        return item
 
     @property
     def aggregator(self) -> Aggregator:
@@ -209,6 +251,7 @@ class CoE:
             reasoning_effort=reasoning_effort,
         )
         trace = trace if trace is not None else Trace()
+        asked = request
         with request_scope():  # the router, the session and the retrieval gate embed the prompt once
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
@@ -217,6 +260,7 @@ class CoE:
         answers = await self._answers(request, decision, trace)
         answer = await self.combine(request, answers, decision, trace, started)
         await self._close_session(turn, request, answer, decision)
+        self._record(asked, answer)
         return answer
 
     def _restrict(self, request: Request, decision: RouteDecision, trace: Trace) -> RouteDecision:
@@ -308,6 +352,7 @@ class CoE:
             reasoning_effort=reasoning_effort,
         )
         trace = trace if trace is not None else Trace()
+        asked = request
         with request_scope():  # the router, the session and the retrieval gate embed the prompt once
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
@@ -317,6 +362,7 @@ class CoE:
         async for event in stream(request, decision, trace, started):
             if event.type == "done" and event.answer is not None:
                 await self._close_session(turn, request, event.answer, decision)
+                self._record(asked, event.answer)
             yield event
 
     async def _stream_candidates(
@@ -597,6 +643,8 @@ class CoE:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._recorder is not None:
+            await asyncio.to_thread(self._recorder.close)
         if self._sessions is not None:
             await self._sessions.aclose()
         self.pool.stop_all()
@@ -607,6 +655,8 @@ class CoE:
             if self._sessions is not None:
                 self._loop.run_until_complete(self._sessions.aclose())
             self._loop.close()
+        if self._recorder is not None:
+            self._recorder.close()
         self.pool.stop_all()
 
     def __enter__(self) -> CoE:

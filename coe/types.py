@@ -327,6 +327,7 @@ class Trace(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    id: str | None = Field(None, description="the trace store's record id, for feedback (when recorded)")
     decision: RouteDecision | None = None
     session: SessionTrace | None = None
     retrieval: RetrievalTrace | None = None

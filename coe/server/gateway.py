@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fastapi.responses import StreamingResponse
 
@@ -24,6 +24,9 @@ from coe.server.errors import APIError, log
 from coe.server.limits import ExpertBusy
 from coe.server.metrics import Metrics
 from coe.types import Answer, Request, RouteDecision, SessionRef, StreamEvent, Trace
+
+if TYPE_CHECKING:
+    from coe.traces import Recorder
 
 ROUTED = "coe"
 EXPERT_PREFIX = "coe/expert/"
@@ -44,10 +47,13 @@ class Call:
     include_usage: bool = False
     trace: bool = False
     session: SessionRef | None = None
+    api: str | None = None  # the API's name, for the trace store
 
 
 class Writer(Protocol):
-    """One streamed reply in one API's event format."""
+    """One streamed reply in one API's event format; ``id`` is the response id it sends."""
+
+    id: str
 
     def start(self) -> list[bytes]: ...
 
@@ -152,9 +158,15 @@ def error_for(exc: Exception) -> APIError:
 
 
 class Gateway:
-    def __init__(self, coe: CoE, metrics: Metrics) -> None:
+    def __init__(self, coe: CoE, metrics: Metrics, recorder: Recorder | None = None) -> None:
         self.coe = coe
         self.metrics = metrics
+        self.recorder = recorder
+
+    def record(self, rid: object, call: Call, answer: Answer) -> None:
+        """Hand the answer to the trace store under the response id the client got (non-blocking)."""
+        if self.recorder is not None and isinstance(rid, str):
+            self.recorder.record(rid, call.request, answer, model=call.model, api=call.api)
 
     async def answer(self, call: Call) -> Answer:
         expert, decision = resolve_model(self.coe, call.model)
@@ -183,7 +195,7 @@ class Gateway:
             raise error_for(exc) from None
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
         headers = coe_headers(answering, trace.decision or decision, trace)
-        sse = _Stream(self.metrics, writer(answering), answering)
+        sse = _Stream(self, call, writer(answering), answering)
         return StreamingResponse(
             sse.run(first, events),
             media_type="text/event-stream",
@@ -192,8 +204,10 @@ class Gateway:
 
 
 class _Stream:
-    def __init__(self, metrics: Metrics, writer: Writer, expert: str) -> None:
-        self.metrics = metrics
+    def __init__(self, gateway: Gateway, call: Call, writer: Writer, expert: str) -> None:
+        self.gateway = gateway
+        self.metrics = gateway.metrics
+        self.call = call
         self.writer = writer
         self.expert = expert
 
@@ -224,4 +238,5 @@ class _Stream:
 
     def _finish(self, answer: Answer) -> Answer:
         self.metrics.observe_answer(answer)
+        self.gateway.record(self.writer.id, self.call, answer)
         return answer

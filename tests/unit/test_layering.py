@@ -199,3 +199,12 @@ def test_each_strategy_room_holds_its_settings_runtime_and_training() -> None:
     for room, training in (("category", "training"), ("cost", "training"), ("skills", "build")):
         files = {p.stem for p in (ROOT / "routers" / room).glob("*.py")}
         assert {"__init__", "config", "router", training} <= files, (room, files)
+
+
+def test_the_request_path_records_traces_but_never_loads_the_offline_tools() -> None:
+    """Serving writes trace records (coe.traces: record, store, writer); replay, refit and the judge
+    (numpy, the fit-map solver, an expert as judge) are for commands, never the request path."""
+    reached = runtime_modules(graph())
+    assert {"coe.traces", "coe.traces.writer", "coe.traces.store"} <= set(reached)
+    offline = ("coe.traces.replay", "coe.traces.refit", "coe.traces.judge")
+    assert [show(reached[m]) for m in offline if m in reached] == []
