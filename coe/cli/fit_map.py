@@ -32,6 +32,10 @@ def fit_map(
         int,
         typer.Option("--min-feedback", min=1, help="--from-traces: grades a (category, expert) cell needs"),
     ] = 5,
+    confidence_z: Annotated[
+        float,
+        typer.Option("--confidence-z", min=0, help="--from-traces: compare cells at mean - z std. errors"),
+    ] = 1.645,
     max_cost: Annotated[
         float | None, typer.Option("--max-cost", help="budget: average cost per prompt, in the table's unit")
     ] = None,
@@ -65,7 +69,7 @@ def fit_map(
     if from_traces is not None:
         if outcomes:
             raise fail("give outcome files or --from-traces, not both")
-        _from_traces(from_traces, min_feedback, max_params, config, out, as_json)
+        _from_traces(from_traces, min_feedback, confidence_z, max_params, config, out, as_json)
         return
     if not outcomes:
         raise fail("give outcome files, or --from-traces STORE")
@@ -112,6 +116,7 @@ def fit_map(
 def _from_traces(
     source: Path,
     min_feedback: int,
+    confidence_z: float,
     max_params: float | None,
     config: Path | None,
     out: Path | None,
@@ -126,7 +131,10 @@ def _from_traces(
     try:
         records, feedback = load(source)
         params = _params_from(config) if config is not None else None
-        report = refit(records, feedback, min_feedback=min_feedback, cost=params, budget=max_params)
+        report = refit(
+            records, feedback, min_feedback=min_feedback, confidence_z=confidence_z, cost=params,
+            budget=max_params,
+        )  # fmt: skip
     except (OSError, ValueError) as exc:
         raise fail(exc) from None
     text = to_yaml(report, str(source))

@@ -7,6 +7,12 @@ expert) cell's quality is the mean grade of the requests it served; a cell with 
 faith), and a category with no such cell keeps the expert that served it most. So a refit can only
 move a category to an expert that has served it: exploration (some traffic to other experts, or a
 judge grading shadow answers) is what gives it somewhere to move to.
+
+The solver sees each cell's lower confidence bound, mean - z * sd / sqrt(n), not its mean. Why: the
+incumbent expert has most of a category's grades and the explored ones a few dozen each, so the best
+of six noisy means beats the incumbent by chance (the winner's curse; bench/refit_loop.py measured a
+refit on raw means losing 0.02 on later traffic while the replay predicted +0.09). ``z = 0`` is the
+raw means.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ from pydantic import BaseModel, Field
 from coe.traces.record import Feedback, TraceRecord
 from coe.traces.store import mean_scores
 
-UNTRIED = -1.0  # quality of a cell without enough feedback: below every real grade, never chosen
+UNTRIED = -1e6  # quality of a cell without enough feedback: below every real bound, never chosen
 
 
 class CellStats(BaseModel):
     expert: str
     graded: int
-    quality: float
+    quality: float = Field(description="mean grade")
+    lower: float = Field(description="mean - z * standard error: what the solver compares")
 
 
 class RefitCategory(BaseModel):
@@ -40,6 +47,7 @@ class RefitReport(BaseModel):
     records: int
     graded: int
     min_feedback: int
+    confidence_z: float
     expected_quality: float | None = Field(description="share-weighted mean grade of the chosen cells")
     served_quality: float | None = Field(description="the same for the experts that served them")
     categories: dict[str, RefitCategory]
@@ -51,10 +59,12 @@ def refit(
     feedback: Sequence[Feedback],
     *,
     min_feedback: int = 5,
+    confidence_z: float = 1.645,
     cost: Mapping[str, float] | None = None,
     budget: float | None = None,
 ) -> RefitReport:
-    """Fit the map; ``cost`` per expert and ``budget`` (average cost) bound it like ``--max-params``."""
+    """Fit the map; ``cost`` per expert and ``budget`` (average cost) bound it like ``--max-params``;
+    ``confidence_z``: how many standard errors below its mean a cell counts (1.645: one-sided 95%)."""
     from routers.category.fit_map import CategoryStats, Frontier
 
     graded = mean_scores(feedback)
@@ -79,7 +89,7 @@ def refit(
         row = []
         for e in experts:
             g = grades.get((c, e), [])
-            row.append(sum(g) / len(g) if len(g) >= min_feedback else UNTRIED)
+            row.append(_lower(g, confidence_z) if len(g) >= min_feedback else UNTRIED)
         quality.append(row)
         costs.append([float((cost or {}).get(e, 0.0)) for e in experts])
     stats = CategoryStats(
@@ -102,19 +112,21 @@ def refit(
         tried = choice.quality > UNTRIED
         expert = choice.expert if tried else was
         cells = [
-            CellStats(expert=e, graded=len(grades.get((c, e), [])), quality=sum(g) / len(g))
+            CellStats(expert=e, graded=len(g), quality=sum(g) / len(g), lower=_lower(g, confidence_z))
             for e in experts
             if (g := grades.get((c, e)) or [])
         ]
+        chosen = grades.get((c, expert)) or []
+        mean = sum(chosen) / len(chosen) if tried and chosen else None
         out[c] = RefitCategory(
             expert=expert,
             share=stats.share[i],
-            quality=choice.quality if tried else None,
+            quality=mean,
             was=was,
             cells=cells,
         )
-        if tried:
-            exp_q += stats.share[i] * choice.quality
+        if mean is not None:
+            exp_q += stats.share[i] * mean
             exp_w += stats.share[i]
         was_g = grades.get((c, was)) or []
         if len(was_g) >= min_feedback:
@@ -124,11 +136,20 @@ def refit(
         records=len(records),
         graded=sum(len(g) for g in grades.values()),
         min_feedback=min_feedback,
+        confidence_z=confidence_z,
         expected_quality=exp_q / exp_w if exp_w else None,
         served_quality=served_q / served_w if served_w else None,
         categories=out,
         changed=[c for c, m in out.items() if m.expert != m.was],
     )
+
+
+def _lower(grades: Sequence[float], z: float) -> float:
+    """mean - z * sd / sqrt(n), the sd floored so a cell of identical grades still pays for its size."""
+    n = len(grades)
+    mean = sum(grades) / n
+    var = sum((g - mean) ** 2 for g in grades) / (n - 1) if n > 1 else 0.25
+    return float(mean - z * max(var, 0.01) ** 0.5 / n**0.5)
 
 
 def to_yaml(report: RefitReport, source: str) -> str:
