@@ -10,9 +10,11 @@ production feedback can see.
 2. Feedback: the served model's stored score on that prompt (the table's correctness), one grade per
    request. Traces are recorded as `coe serve` records them (coe.traces.TraceRecord).
 3. Refit on the early slice (``--train-fraction`` of the traffic) with coe.traces.refit (the same
-   solver as `coe fit-map`), then on the later slice compare the hand-written and refit maps by the
-   table's scores for every model (the true counterfactual, which production never sees), next to
-   what `coe replay` predicts from the early slice's feedback alone (with its bootstrap interval).
+   solver as `coe fit-map`, at each ``--confidence-z``), then on the later slice compare the starting
+   and refit maps by the table's scores for every model (the true counterfactual, which production
+   never sees), next to what `coe replay` predicts: from the early slice's feedback (the grades the
+   refit was fitted on) and from the later slice's own feedback (held out from the refit).
+   Two starting maps: the hand-written one above, and one model (base Mistral-7B) for everything.
 
     .venv/bin/python bench/refit_loop.py --json
 """
@@ -51,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--explore", type=float, nargs="+", default=[0.0, 0.1, 0.2])
     p.add_argument("--train-fraction", type=float, default=0.5)
     p.add_argument("--min-feedback", type=int, default=20)
-    p.add_argument("--confidence-z", type=float, nargs="+", default=[0.0, 1.645])
+    p.add_argument("--confidence-z", type=float, nargs="+", default=[0.0, 1.645, 3.0])
     p.add_argument("--no-replay", dest="replay", action="store_false", help="skip the replay predictions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
@@ -80,6 +82,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from coe import CoE, load_config
+    from coe.encoding.embedder import request_scope
     from coe.evaluation.outcomes import load_outcomes
     from coe.traces import Feedback, TraceDecision, TraceRecord
     from coe.traces.refit import refit
@@ -107,6 +110,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
         oracle = _oracle_map(table, order[:cut], decisions[:cut], col)
         runs = []
+        scope = request_scope()  # the replays route the same prompts: encode each batch once
+        scope.__enter__()
         for start_name, start_map in STARTS.items():
             for explore in args.explore:
                 rng = random.Random(args.seed + 1)
@@ -150,13 +155,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                             for r, d in zip(late, decisions[cut:], strict=True)
                         ]
                         predicted = replay(served_start, feedback[:cut], cand, draws=500, history=early)
+                        # the same question asked with feedback the refit never saw: the later
+                        # slice as it was served (exploration included) and its own grades
+                        heldout = replay(late, feedback[cut:], cand, draws=500)
                         cand.close()
                         run["replay_predicted_change"] = predicted.quality.change
                         run["replay_interval"] = predicted.quality.interval
                         run["replay_moved"] = predicted.moved
+                        run["replay_heldout_change"] = heldout.quality.change
+                        run["replay_heldout_interval"] = heldout.quality.interval
                     elif args.replay:
                         run["replay_predicted_change"], run["replay_moved"] = 0.0, 0
+                        run["replay_heldout_change"] = 0.0
                     runs.append(run)
+        scope.__exit__(None, None, None)
     return {
         "table": "routerdc_7models (main side)",
         "prompts": len(table),
@@ -192,11 +204,15 @@ def _oracle_map(table: Any, idx: list[int], decisions: list[Any], col: dict[str,
     return out
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
 def show(result: dict[str, Any]) -> None:
     print(f"{result['prompts']} prompts, refit on {result['train']}, judged on {result['test']}")
     print(
         f"{'start':>7} {'explore':>7} {'z':>6} {'start q':>8} {'refit q':>8} {'oracle':>7} "
-        f"{'predicted':>10}  changed"
+        f"{'predicted':>10} {'held-out':>9}  changed"
     )
     for r in result["runs"]:
         pred = r.get("replay_predicted_change")
@@ -204,7 +220,8 @@ def show(result: dict[str, Any]) -> None:
             f"{r['start']:>7} {r['explore']:>7} {r['confidence_z']:>6} "
             f"{r['later_slice_quality_start']:>8.4f} "
             f"{r['later_slice_quality_refit']:>8.4f} {r['later_slice_quality_oracle_map']:>7.4f} "
-            f"{'-' if pred is None else round(pred, 4)!s:>10}  {', '.join(r['changed']) or '-'}"
+            f"{'-' if pred is None else round(pred, 4)!s:>10} {_num(r.get('replay_heldout_change')):>9}  "
+            f"{', '.join(r['changed']) or '-'}"
         )
 
 

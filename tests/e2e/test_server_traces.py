@@ -178,3 +178,37 @@ def test_an_unwritable_store_still_answers_and_counts(folder: Path) -> None:
         assert 'coe_trace_records_dropped_total{reason="write_error"} 1.0' in metrics
     finally:
         stop(running)
+
+
+def test_the_judge_grades_stored_answers_with_a_real_expert(server: ServerThread, folder: Path) -> None:
+    """`coe judge` on the store the server wrote: each stored answer is put to the judge once; a
+    135M judge rarely writes a rating, so what it must do is count, and store what parses."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from coe.cli import app
+
+    assert server.app.state.recorder.writer.flush()  # type: ignore[attr-defined]
+    store = TraceStore(folder / "traces.db")
+    answered = [r for r in store.records() if r.answer]
+    store.close()
+    result = CliRunner().invoke(
+        app,
+        [
+            "judge",
+            str(folder / "traces.db"),
+            "--judge",
+            "reader",
+            "-c",
+            str(folder / "experts.yaml"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["graded"] + report["unparsed"] + report["failed"] == len(answered) > 0
+    store = TraceStore(folder / "traces.db")
+    judged = [f for f in store.feedback() if f.source == "judge:reader"]
+    store.close()
+    assert len(judged) == report["graded"] and all(0 <= f.score <= 1 for f in judged)
