@@ -147,6 +147,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     run["refit_minus_start"] = round(
                         run["later_slice_quality_refit"] - run["later_slice_quality_start"], 4
                     )
+                    # replay compares with the traffic as it was served, exploration included
+                    served_q = float(np.mean([f.score for f in feedback[cut:]]))
+                    run["later_slice_quality_as_served"] = round(served_q, 4)
+                    run["refit_minus_as_served"] = round(run["later_slice_quality_refit"] - served_q, 4)
                     if args.replay and fitted.changed:
                         # what `coe replay` predicts from the early slice's feedback for the later traffic
                         cand = CoE(load_config(registry(Path(tmp), refit_map, f"refit-{len(runs)}")))
@@ -208,11 +212,15 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:+.4f}"
 
 
+def _ci(interval: list[float] | None) -> str:
+    return "" if not interval else f" [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+
+
 def show(result: dict[str, Any]) -> None:
     print(f"{result['prompts']} prompts, refit on {result['train']}, judged on {result['test']}")
     print(
         f"{'start':>7} {'explore':>7} {'z':>6} {'start q':>8} {'refit q':>8} {'oracle':>7} "
-        f"{'predicted':>10} {'held-out':>9}  changed"
+        f"{'served':>7} {'true':>8} {'held-out [95%]':>26} {'in-sample':>9}  changed"
     )
     for r in result["runs"]:
         pred = r.get("replay_predicted_change")
@@ -220,8 +228,9 @@ def show(result: dict[str, Any]) -> None:
             f"{r['start']:>7} {r['explore']:>7} {r['confidence_z']:>6} "
             f"{r['later_slice_quality_start']:>8.4f} "
             f"{r['later_slice_quality_refit']:>8.4f} {r['later_slice_quality_oracle_map']:>7.4f} "
-            f"{'-' if pred is None else round(pred, 4)!s:>10} {_num(r.get('replay_heldout_change')):>9}  "
-            f"{', '.join(r['changed']) or '-'}"
+            f"{r['later_slice_quality_as_served']:>7.4f} {r['refit_minus_as_served']:>+8.4f} "
+            f"{_num(r.get('replay_heldout_change')) + _ci(r.get('replay_heldout_interval')):>26} "
+            f"{_num(pred):>9}  {', '.join(r['changed']) or '-'}"
         )
 
 

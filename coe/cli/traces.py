@@ -146,6 +146,16 @@ def replay(
         bool, typer.Option("--allow-mismatch", help="Replay even when categories or experts do not match.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap interval.")] = 0,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Prompts per encoder call (faster in bulk); default: the registry's embedder.batch_size. "
+            "With onnx-int8 a vector then depends slightly on its batch-mates: a few borderline "
+            "decisions may differ from what serving decides.",
+        ),
+    ] = None,
 ) -> None:
     """Route the logged requests with a candidate registry, calling no expert, and report what would
     move: `agreement`, `moved`, per category and expert, predicted quality (from feedback) and cost."""
@@ -153,6 +163,8 @@ def replay(
     from coe.traces import replay as rp
 
     cfg = load(config)
+    if batch_size is not None:
+        cfg = cfg.model_copy(update={"embedder": cfg.embedder.model_copy(update={"batch_size": batch_size})})
     try:
         records, grades = rp.load(traces)
     except (OSError, ValueError) as exc:
