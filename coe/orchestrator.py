@@ -252,7 +252,7 @@ class CoE:
         """The aggregator merges the answers; the trace gets its time and the totals. For callers that
         collect the answers their own way (the batch runner); ``started`` is ``time.perf_counter()``
         when the request began, for the trace's total."""
-        ctx = Context(decision=decision, trace=trace, call_expert=self.call_expert)
+        ctx = Context(decision=decision, trace=trace, call_expert=self._ask_for_coe)
         t = time.perf_counter()
         result = await self.aggregator.combine(request, answers, ctx)
         trace.timings_ms["aggregate"] = _ms(t)
@@ -368,7 +368,7 @@ class CoE:
         (token by token when it can, e.g. an LLM synthesis; otherwise as one delta)."""
         answers = await self._answers(request, decision, trace)
         ctx = Context(
-            decision=decision, trace=trace, call_expert=self.call_expert, stream_expert=self._stream_pinned
+            decision=decision, trace=trace, call_expert=self._ask_for_coe, stream_expert=self._stream_pinned
         )
         t = time.perf_counter()
         aggregator = self.aggregator
@@ -431,6 +431,16 @@ class CoE:
             )
             trace.timings_ms[f"expert:{name}"] = answer.latency_ms
         return answer
+
+    async def _ask_for_coe(self, name: str, request: Request) -> ExpertAnswer:
+        """``call_expert`` for CoE's own requests (an aggregator's judge or writer, a router's
+        annotator): a JSON schema constrains the reply where the expert enforces one and is left out
+        where it does not, since these callers parse the reply as text either way. (A caller's own
+        request never gets here: routing sends it only to experts that serve what it asks.)"""
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_schema" and "json_schema" not in self.capabilities(name):
+            request = request.model_copy(update={"response_format": None})
+        return await self.call_expert(name, request)
 
     def _admit(self, name: str) -> AbstractAsyncContextManager[object]:
         return self.admission(name) if self.admission is not None else nullcontext()
@@ -533,7 +543,7 @@ class CoE:
             # Built off the loop the first time: constructing a router loads the encoder (seconds).
             router = self._router or await asyncio.to_thread(lambda: self.router)
             if isinstance(router, AsyncRouter):  # it calls experts while routing (skills annotator)
-                decision = (await router.aroute([request], self.call_expert))[0]
+                decision = (await router.aroute([request], self._ask_for_coe))[0]
                 if turn is not None:
                     decision = await asyncio.to_thread(self._steer, turn, request, decision)
             else:
