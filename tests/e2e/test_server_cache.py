@@ -146,3 +146,11 @@ def test_state_dir_database_is_the_default_for_serve(default_config: CoEConfig) 
     coe = CoE(with_cache(default_config), session_store="sqlite")
     assert coe.cache is not None and coe.cache.store.kind == "sqlite"
     assert str(coe.cache.store.path) == str(coe.pool.state_dir / "cache.db")  # type: ignore[attr-defined]
+
+
+def test_the_responses_api_shares_the_gateway_cache(client: openai.OpenAI) -> None:
+    ask = {"model": "coe", "input": "Name three primary colours", "max_output_tokens": 16, "temperature": 0}
+    first = client.responses.with_raw_response.create(**ask)  # type: ignore[call-overload]
+    second = client.responses.with_raw_response.create(**ask)  # type: ignore[call-overload]
+    assert (first.headers["x-coe-cache"], second.headers["x-coe-cache"]) == ("miss", "hit")
+    assert second.parse().output_text == first.parse().output_text

@@ -4,6 +4,10 @@ file, a real Redis), with the router's encoder for the vectors."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from coe.signals.cache.matcher import SHIPPED, Matcher, Verifier
 from coe.signals.cache.runtime import Embedding, SemanticCache
 from coe.signals.cache.store import MemoryCache, RedisCache, SqliteCache
 from coe.types import Answer, Request, Tool
+from tests.support.paths import DEFAULT_REGISTRY, ROOT
 from tests.support.redis import redis_binary, redis_server
 
 needs_redis = pytest.mark.skipif(redis_binary() is None, reason="redis-server is not installed (make venv)")
@@ -218,3 +223,65 @@ def test_redis_shares_entries_and_a_dead_redis_degrades(embedder: Any) -> None:
 
     with redis_server() as (url, proc):
         asyncio.run(go(url, proc))
+
+
+def coe_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COE_CACHE_DIR": str(cwd / "state")}
+    return subprocess.run(
+        [sys.executable, "-m", "coe", *args], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+
+
+def test_cache_stats_and_clear_read_the_registrys_sqlite_store(tmp_path: Path, embedder: Any) -> None:
+    db = tmp_path / "answers.db"
+    registry = tmp_path / "experts.yaml"
+    text = DEFAULT_REGISTRY.read_text() + f"\nsignals:\n  cache: {{store: sqlite, path: '{db}'}}\n"
+    registry.write_text(text)
+    request = ask("How do I reverse a string in Python?")
+
+    async def fill() -> None:
+        c = cache(SqliteCache(db, 3600, 100))
+        await miss_then_put(c, request, embed(embedder, request.text))
+        await c.aclose()
+
+    asyncio.run(fill())
+    stats = coe_cli("cache", "stats", "--json", "-c", str(registry), cwd=tmp_path)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout) == {"store": "sqlite", "path": str(db), "entries": 1, "scopes": 1}
+    cleared = coe_cli("cache", "clear", "-c", str(registry), cwd=tmp_path)
+    assert cleared.returncode == 0 and cleared.stdout.strip() == "cleared 1 cached answers"
+    assert (
+        json.loads(coe_cli("cache", "stats", "--json", "-c", str(registry), cwd=tmp_path).stdout)["entries"]
+        == 0
+    )
+
+
+def test_eval_cache_reports_its_keys_and_every_bad_line(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        {
+            "a": "How do I reverse a string in Python?",
+            "b": "How can I reverse a string in Python?",
+            "label": 1,
+        },
+        {"a": "Convert 5 km to miles", "b": "Convert 50 km to miles", "label": 0, "score": 2.0},
+        {
+            "a": "How do I sort a list in Python?",
+            "b": "How do I sort a list in Java?",
+            "label": 0,
+            "score": 1.5,
+        },
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = coe_cli(
+        "eval", "cache", str(pairs), "--split", "all", "--json", "-c", str(DEFAULT_REGISTRY), cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert {"precision", "recall", "threshold", "by_score_band"} <= set(result)
+    assert (result["hits"], result["precision"], result["recall"]) == (1, 1.0, 1.0)
+    assert result["blocked_by_guard"] == 1 and result["by_score_band"]["2-3"]["hits"] == 0
+    pairs.write_text(json.dumps(rows[0]) + "\n{oops\n" + '{"a": "x", "b": "y", "label": "yes"}\n')
+    bad = coe_cli("eval", "cache", str(pairs), "--split", "all", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert f"{pairs}:2: not JSON" in bad.stderr and f"{pairs}:3: 'label' must be 0 or 1" in bad.stderr
