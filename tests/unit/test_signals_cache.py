@@ -118,6 +118,35 @@ def test_exact_and_paraphrase_hits_within_one_scope(embedder: Any) -> None:
     asyncio.run(go())
 
 
+def test_without_the_routers_vector_only_exact_matches_hit_and_the_trace_says_so(embedder: Any) -> None:
+    async def go() -> None:
+        c = cache()
+        first = ask("How do I reverse a string in Python?")
+        await miss_then_put(c, first, embed(embedder, first.text))
+        trace, answer, pending = await c.lookup(ask("How can I reverse a string in Python?"), "routed", None)
+        assert trace.status == "miss" and answer is None and pending is not None
+        assert "router embedded nothing" in trace.reason and "exact matches only" in trace.reason
+
+    asyncio.run(go())
+
+
+def test_the_category_router_hands_over_the_vector_it_computed_and_never_encodes_again() -> None:
+    from coe import CoE, load_config
+    from coe.encoding.embedder import request_scope
+    from coe.signals.cache.runtime import router_embedding
+
+    coe = CoE(load_config(DEFAULT_REGISTRY))
+    request = ask("Write a Python function that reverses a string")
+    assert router_embedding(coe.router, request) is None  # outside a request scope: nothing computed
+    with request_scope():
+        assert router_embedding(coe.router, request) is None  # not routed yet: nothing to reuse
+        coe.decide([request])
+        found = router_embedding(coe.router, request)
+    assert found is not None
+    expected = coe.router.embedder.encode([request.text])[0]  # type: ignore[attr-defined]
+    assert np.allclose(found.vector, expected) and found.encoder == Verifier.load(SHIPPED).encoder
+
+
 def test_zero_hits_across_conversations_tools_system_prompts_params_and_models(embedder: Any) -> None:
     text = "How do I reverse a string in Python?"
     tool = Tool.model_validate(
