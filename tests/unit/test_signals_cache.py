@@ -62,6 +62,7 @@ def test_the_guard_refuses_pairs_that_differ_in_a_number_a_date_or_a_negation() 
     assert guard("Stocks close lower on Monday", "Stocks close lower on Friday") is not None
     assert guard("Is Python typed?", "Isn't Python typed?") == "one is negated"
     assert guard("How do I sort a list in Python?", "How can I sort a Python list?") is None
+    assert guard("Two eagles on a branch.", "Two bald eagles on a high dead branch.") is not None
 
 
 def test_the_shipped_verifier_names_the_default_encoder_and_its_threshold(embedder: Any) -> None:

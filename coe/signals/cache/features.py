@@ -38,6 +38,10 @@ PINNED = _vocabulary(
     "august september october november december today yesterday tomorrow higher lower up down rise rises "
     "fall falls more less first last"
 )
+# More content words than this in one turn and not the other and the pair is refused: an added detail
+# ("two bald eagles", "a dark brown horse") is what most wrong hits had left. Chosen by 5-fold
+# cross-validation on the training split (2: precision 0.94; 3: 0.93; 4: 0.92; no limit: 0.91).
+MAX_DIFFERENT_WORDS = 2
 FEATURES = ("cosine", "jaccard", "content_diff", "extra_words", "name_diff", "length_ratio")
 
 
@@ -73,6 +77,9 @@ def guard(a: str, b: str) -> str | None:
         return "different dates or directions"
     if negations(a) != negations(b):
         return "one is negated"
+    different = len(stems(a) ^ stems(b))
+    if different > MAX_DIFFERENT_WORDS:
+        return f"{different} content words differ (at most {MAX_DIFFERENT_WORDS})"
     return None
 
 
