@@ -207,10 +207,7 @@ def show_cache(c: dict[str, Any]) -> None:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
-    result: dict[str, Any] = {"machine": machine(), "load_before": os.getloadavg()[0]}
-    result["cache"] = await cache_rows(args, config)
-    result["load_after"] = os.getloadavg()[0]
-    return result
+    return {"config": str(args.config), "cache": await cache_rows(args, config)}
 
 
 def show(r: dict[str, Any]) -> None:
@@ -219,4 +216,5 @@ def show(r: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     args = parse_args()
-    emit(asyncio.run(main(args)), args.out, args.json, show)
+    started = machine()
+    emit(asyncio.run(main(args)), args.out, args.json, show, started)
