@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -154,3 +155,15 @@ def test_the_responses_api_shares_the_gateway_cache(client: openai.OpenAI) -> No
     second = client.responses.with_raw_response.create(**ask)  # type: ignore[call-overload]
     assert (first.headers["x-coe-cache"], second.headers["x-coe-cache"]) == ("miss", "hit")
     assert second.parse().output_text == first.parse().output_text
+
+
+def test_the_messages_api_replays_from_the_cache_too(server: ServerThread) -> None:
+    client = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0, timeout=120)
+    messages: Any = user("Name a large ocean")
+    greedy = {"temperature": 0}  # this SDK version has no temperature argument: sent as is
+    ask = {"model": "coe", "max_tokens": 16, "messages": messages, "extra_body": greedy}
+    first = client.messages.with_raw_response.create(**ask)
+    second = client.messages.with_raw_response.create(**ask)
+    assert (first.headers["x-coe-cache"], second.headers["x-coe-cache"]) == ("miss", "hit")
+    a, b = first.parse().content[0], second.parse().content[0]
+    assert a.type == b.type == "text" and a.text == b.text
