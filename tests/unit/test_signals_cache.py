@@ -311,6 +311,12 @@ def test_eval_cache_reports_its_keys_and_every_bad_line(tmp_path: Path) -> None:
     assert {"precision", "recall", "threshold", "by_score_band"} <= set(result)
     assert (result["hits"], result["precision"], result["recall"]) == (1, 1.0, 1.0)
     assert result["blocked_by_guard"] == 1 and result["by_score_band"]["2-3"]["hits"] == 0
+    fitted = coe_cli(
+        "train-cache", str(pairs), "--split", "all", "--out", str(tmp_path / "v.npz"), cwd=tmp_path
+    )
+    assert fitted.returncode == 0, fitted.stderr
+    assert Verifier.load(tmp_path / "v.npz").trained_on["pairs"] == 3  # too few to reach the target:
+    assert Verifier.load(tmp_path / "v.npz").threshold == 1.0  # the threshold stays at its ceiling
     pairs.write_text(json.dumps(rows[0]) + "\n{oops\n" + '{"a": "x", "b": "y", "label": "yes"}\n')
     bad = coe_cli("eval", "cache", str(pairs), "--split", "all", cwd=tmp_path)
     assert bad.returncode == 1
