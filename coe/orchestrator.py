@@ -25,6 +25,7 @@ from coe.config.routing import PluginAggregatorConfig
 from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, ExpertError
 from coe.experts.pool import ExpertPool
+from coe.experts.templates import strip_markers, turn_markers, with_turn_stops
 from coe.protocols import Aggregator, AggregatorFactory, AsyncRouter, Context, Router, StreamingAggregator
 from coe.replies import StreamedReply, tool_calls_of, usage_fields
 from coe.types import (
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from coe.batch.runner import BatchReport
     from coe.retrieval.retriever import Retriever
     from coe.sessions import Sessions, Turn
+    from coe.signals.cache.runtime import Pending, SemanticCache
     from coe.traces import Feedback, Recorder, ThumbsValue
 
 T = TypeVar("T")
@@ -83,6 +85,8 @@ class CoE:
         self._session_store = session_store
         self._sessions: Sessions | None = None
         self._sessions_lock = threading.Lock()
+        self._cache: SemanticCache | None = None
+        self._cache_built = False
         self._router: Router | None = None
         self._aggregator: Aggregator | None = None
         self._retriever: Retriever | None = None
@@ -114,6 +118,26 @@ class CoE:
 
                     self._sessions = build_sessions(self.config, self._session_store, self.pool.state_dir)
         return self._sessions
+
+    async def asessions(self) -> Sessions | None:
+        """``sessions`` from async code: the first call builds them (it may load the encoder) off the
+        event loop."""
+        if self._sessions is not None:
+            return self._sessions
+        return await asyncio.to_thread(lambda: self.sessions)
+
+    @property
+    def cache(self) -> SemanticCache | None:
+        """The semantic response cache (coe.signals.cache); None without ``signals.cache``. Its
+        default store follows the sessions': memory for the library, sqlite for ``coe serve``."""
+        if not self._cache_built:
+            with self._sessions_lock:
+                if not self._cache_built:
+                    from coe.signals.cache.runtime import build_cache
+
+                    self._cache = build_cache(self.config, self._session_store, self.pool.state_dir)
+                    self._cache_built = True
+        return self._cache
 
     @property
     def recorder(self) -> Recorder | None:
@@ -251,17 +275,59 @@ class CoE:
             reasoning_effort=reasoning_effort,
         )
         trace = trace if trace is not None else Trace()
-        asked = request
-        with request_scope():  # the router, the session and the retrieval gate embed the prompt once
+        original = request  # before retrieval adds documents: what the trace store hashes
+        asked = _asked(request, decision)
+        with request_scope():  # the router, the session, the cache and the retrieval gate embed it once
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
-            request = await self._retrieve(request, decision, trace)
+            cached, pending = await self._cache_lookup(request, asked, decision, trace)
+            if cached is None:
+                request = await self._retrieve(request, decision, trace)
+        if cached is not None:
+            self._finish_replay(trace, cached, started)
+            await self._close_session(turn, request, cached, decision)
+            self._record(original, cached)
+            return cached
         decision = self._restrict(request, decision, trace)
         answers = await self._answers(request, decision, trace)
         answer = await self.combine(request, answers, decision, trace, started)
         await self._close_session(turn, request, answer, decision)
-        self._record(asked, answer)
+        await self._cache_put(pending, answer, trace)
+        self._record(original, answer)
         return answer
+
+    async def _cache_lookup(
+        self, request: Request, asked: str, decision: RouteDecision, trace: Trace
+    ) -> tuple[Answer | None, Pending | None]:
+        """Inside the request scope, after routing: the router's vector of the prompt is there to reuse.
+        A store failure is a miss with a note (``trace.cache.status == "error"``), never a failure."""
+        cache = self.cache
+        if cache is None:
+            return None, None
+        from coe.signals.cache.runtime import router_embedding
+
+        expert = decision.experts[0] if decision.experts else None
+        known = self.config.experts
+        temperature = known[expert].params.temperature if expert is not None and expert in known else None
+        embedding = router_embedding(self._router, request) if self._router is not None else None
+        trace.cache, answer, pending = await cache.lookup(request, asked, embedding, temperature)
+        trace.timings_ms["cache"] = trace.cache.lookup_ms
+        return answer, pending
+
+    async def _cache_put(self, pending: Pending | None, answer: Answer, trace: Trace) -> None:
+        if pending is None or self._cache is None:
+            return
+        error = await self._cache.put(pending, answer)
+        if error is not None and trace.cache is not None:
+            trace.cache.error = error
+            trace.cache.reason += "; the answer could not be stored"
+
+    def _finish_replay(self, trace: Trace, answer: Answer, started: float) -> None:
+        """A replayed answer: no expert was called, so no attempts, no fallback."""
+        trace.usage = answer.usage
+        trace.fallback_used = False
+        trace.timings_ms["total"] = _ms(started)
+        answer.trace = trace
 
     def _restrict(self, request: Request, decision: RouteDecision, trace: Trace) -> RouteDecision:
         """Only experts that can serve the request stay candidates (coe/capabilities/restrict.py)."""
@@ -288,7 +354,7 @@ class CoE:
         """The aggregator merges the answers; the trace gets its time and the totals. For callers that
         collect the answers their own way (the batch runner); ``started`` is ``time.perf_counter()``
         when the request began, for the trace's total."""
-        ctx = Context(decision=decision, trace=trace, call_expert=self.call_expert)
+        ctx = Context(decision=decision, trace=trace, call_expert=self._ask_for_coe)
         t = time.perf_counter()
         result = await self.aggregator.combine(request, answers, ctx)
         trace.timings_ms["aggregate"] = _ms(t)
@@ -352,17 +418,31 @@ class CoE:
             reasoning_effort=reasoning_effort,
         )
         trace = trace if trace is not None else Trace()
-        asked = request
-        with request_scope():  # the router, the session and the retrieval gate embed the prompt once
+        original = request  # before retrieval adds documents: what the trace store hashes
+        asked = _asked(request, decision)
+        with request_scope():  # the router, the session, the cache and the retrieval gate embed it once
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
-            request = await self._retrieve(request, decision, trace)
+            cached, pending = await self._cache_lookup(request, asked, decision, trace)
+            if cached is None:
+                request = await self._retrieve(request, decision, trace)
+        if cached is not None:  # a replay streams too: deltas, then done
+            from coe.signals.cache.runtime import replay_events
+
+            self._finish_replay(trace, cached, started)
+            for event in replay_events(cached, trace):
+                if event.type == "done":
+                    await self._close_session(turn, request, cached, decision)
+                    self._record(original, cached)
+                yield event
+            return
         decision = self._restrict(request, decision, trace)
         stream = self._stream_aggregate if decision.fanout > 1 else self._stream_candidates
         async for event in stream(request, decision, trace, started):
             if event.type == "done" and event.answer is not None:
                 await self._close_session(turn, request, event.answer, decision)
-                self._record(asked, event.answer)
+                await self._cache_put(pending, event.answer, trace)
+                self._record(original, event.answer)
             yield event
 
     async def _stream_candidates(
@@ -406,7 +486,7 @@ class CoE:
         (token by token when it can, e.g. an LLM synthesis; otherwise as one delta)."""
         answers = await self._answers(request, decision, trace)
         ctx = Context(
-            decision=decision, trace=trace, call_expert=self.call_expert, stream_expert=self._stream_pinned
+            decision=decision, trace=trace, call_expert=self._ask_for_coe, stream_expert=self._stream_pinned
         )
         t = time.perf_counter()
         aggregator = self.aggregator
@@ -435,13 +515,14 @@ class CoE:
         bounds each HTTP request)."""
         t = time.perf_counter()
         enforced = self._enforces(name, request)
+        markers = turn_markers(self.config.experts.get(name))
         try:
             async with self._admit(name):
                 call = self._complete(name, request, trace)
                 data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
             choice = (data.get("choices") or [{}])[0]
             message = choice.get("message") or {}
-            text = message.get("content") or ""
+            text = strip_markers(message.get("content") or "", markers)
             calls = tool_calls_of(name, message.get("tool_calls"))
             finish = choice.get("finish_reason")
             if enforced:  # the reply is the call's JSON, constrained by coe.capabilities.forced
@@ -468,6 +549,16 @@ class CoE:
             )
             trace.timings_ms[f"expert:{name}"] = answer.latency_ms
         return answer
+
+    async def _ask_for_coe(self, name: str, request: Request) -> ExpertAnswer:
+        """``call_expert`` for CoE's own requests (an aggregator's judge or writer, a router's
+        annotator): a JSON schema constrains the reply where the expert enforces one and is left out
+        where it does not, since these callers parse the reply as text either way. (A caller's own
+        request never gets here: routing sends it only to experts that serve what it asks.)"""
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_schema" and "json_schema" not in self.capabilities(name):
+            request = request.model_copy(update={"response_format": None})
+        return await self.call_expert(name, request)
 
     def _admit(self, name: str) -> AbstractAsyncContextManager[object]:
         return self.admission(name) if self.admission is not None else nullcontext()
@@ -501,6 +592,7 @@ class CoE:
             }
             return
         key = expert.api_key.get_secret_value() if expert.api_key else None
+        markers = turn_markers(expert)
         async with self._lease(name, trace) as url:
             async for chunk in self._client.stream(
                 name,
@@ -510,6 +602,8 @@ class CoE:
                 timeout_s=expert.timeout_s,
                 retries=expert.retries,
             ):
+                if markers:
+                    _strip_chunk(chunk, markers)
                 yield chunk
 
     @asynccontextmanager
@@ -552,7 +646,7 @@ class CoE:
                 payload[key] = value
         if self._enforces(name, request):
             payload = forced_calls.constrain(payload, request)
-        return payload
+        return with_turn_stops(payload, turn_markers(expert))  # the template's turns end an answer
 
     async def _route_one(
         self, request: Request, trace: Trace, decision: RouteDecision | None = None, turn: Turn | None = None
@@ -567,7 +661,7 @@ class CoE:
             # Built off the loop the first time: constructing a router loads the encoder (seconds).
             router = self._router or await asyncio.to_thread(lambda: self.router)
             if isinstance(router, AsyncRouter):  # it calls experts while routing (skills annotator)
-                decision = (await router.aroute([request], self.call_expert))[0]
+                decision = (await router.aroute([request], self._ask_for_coe))[0]
                 if turn is not None:
                     decision = await asyncio.to_thread(self._steer, turn, request, decision)
             else:
@@ -588,9 +682,7 @@ class CoE:
     async def _open_session(
         self, request: Request, session: str | SessionRef | None, trace: Trace
     ) -> Turn | None:
-        sessions = (
-            await asyncio.to_thread(lambda: self.sessions) if self._sessions is None else self._sessions
-        )
+        sessions = await self.asessions()
         if sessions is None:
             return None
         ref = SessionRef(id=session) if isinstance(session, str) else session
@@ -647,6 +739,8 @@ class CoE:
             await asyncio.to_thread(self._recorder.close)
         if self._sessions is not None:
             await self._sessions.aclose()
+        if self._cache is not None:
+            await self._cache.aclose()
         self.pool.stop_all()
 
     def close(self) -> None:
@@ -654,6 +748,8 @@ class CoE:
             self._loop.run_until_complete(self._client.aclose())
             if self._sessions is not None:
                 self._loop.run_until_complete(self._sessions.aclose())
+            if self._cache is not None:
+                self._loop.run_until_complete(self._cache.aclose())
             self._loop.close()
         if self._recorder is not None:
             self._recorder.close()
@@ -677,6 +773,16 @@ async def _whole(answer: Answer) -> AsyncIterator[StreamEvent]:
     yield StreamEvent(type="done", answer=answer)
 
 
+def _asked(request: Request, decision: RouteDecision | None) -> str:
+    """What the caller asked for, as the cache's ``model`` scope: a pinned expert, a pinned
+    category, or routing (the server's ``coe/expert/NAME``, ``coe/category/NAME``, ``coe``)."""
+    if request.expert is not None:
+        return f"expert:{request.expert}"
+    if decision is not None:
+        return f"decision:{decision.category}:{','.join(decision.experts)}"
+    return "routed"
+
+
 def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 2)
 
@@ -692,3 +798,11 @@ def make_request(
             update["expert"] = expert
         return Request.model_validate({**prompt.model_dump(exclude_unset=True), **update})
     return Request.from_input(prompt, expert=expert, params=params, **given)
+
+
+def _strip_chunk(chunk: dict[str, Any], markers: tuple[str, ...]) -> None:
+    """Turn markers out of a stream chunk's text (see coe.experts.templates)."""
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if isinstance(delta.get("content"), str):
+            delta["content"] = strip_markers(delta["content"], markers)

@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "eval_gate",
     "eval_outcomes",
     "eval_recruit",
+    "cache",
 )
 
 for _name in COMMAND_MODULES:

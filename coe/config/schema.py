@@ -13,6 +13,7 @@ from coe.config.base import CONFIG_VERSION, Strict
 from coe.config.experts import DeployConfig, ExpertConfig
 from coe.config.routing import AggregatorConfig, RouterConfig
 from coe.config.traces import TracesConfig
+from coe.signals.config import SignalsConfig
 
 ENCODER_THREADS = 1  # embedder.threads' default; `coe eval router` times latency with it too
 GateKind = Literal["never", "always", "category", "similarity", "classifier"]
@@ -152,6 +153,9 @@ class CoEConfig(Strict):
     retrieval: RetrievalConfig | None = Field(None, description="retrieval gating; absent: never retrieve")
     traces: TracesConfig = Field(
         default_factory=TracesConfig, description="the trace store: each request recorded (coe traces)"
+    )
+    signals: SignalsConfig = Field(
+        default_factory=SignalsConfig, description="checks before the expert: the semantic cache"
     )
     # Not part of the file: where it was read from, so relative paths resolve against it.
     source: Path | None = Field(None, exclude=True)

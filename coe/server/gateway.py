@@ -11,7 +11,7 @@ the router had chosen that category (its expert, then the fallback expert). A re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -20,10 +20,12 @@ from fastapi.responses import StreamingResponse
 
 from coe.errors import AllExpertsFailed, CoEError, ExpertError, NoCapableExpert
 from coe.orchestrator import CoE
+from coe.server.apis.translate import check_tool_results
 from coe.server.errors import APIError, log
 from coe.server.limits import ExpertBusy
 from coe.server.metrics import Metrics
-from coe.types import Answer, Request, RouteDecision, SessionRef, StreamEvent, Trace
+from coe.sessions.store import StoredResponse, StoreUnavailable
+from coe.types import Answer, Message, Request, RouteDecision, SessionRef, StreamEvent, Trace
 
 if TYPE_CHECKING:
     from coe.traces import Recorder
@@ -48,6 +50,11 @@ class Call:
     trace: bool = False
     session: SessionRef | None = None
     api: str | None = None  # the API's name, for the trace store
+    # A reply that can be continued later (the Responses API's ``store``): its id, made before the
+    # answer so that the stored record and the reply carry the same one.
+    response_id: str | None = None
+    store: bool = False
+    previous_response_id: str | None = None  # the stored reply this request continues
 
 
 class Writer(Protocol):
@@ -125,6 +132,22 @@ def coe_headers(
         headers["x-coe-confidence"] = f"{decision.confidence:.4f}"
     if trace is not None and trace.session is not None and trace.session.id:
         headers["x-coe-session"] = trace.session.id
+    if trace is not None and trace.cache is not None:
+        headers.update(cache_headers(trace))
+    return headers
+
+
+def cache_headers(trace: Trace) -> dict[str, str]:
+    """``x-coe-cache: hit|miss`` (skip: not cacheable; error: the store failed, answered uncached),
+    with the matched entry and its similarity on a hit."""
+    cache = trace.cache
+    assert cache is not None
+    headers: dict[str, str] = {"x-coe-cache": cache.status}
+    if cache.status == "hit":
+        headers["x-coe-cache-match"] = cache.match or ""
+        headers["x-coe-cache-entry"] = cache.entry or ""
+        if cache.similarity is not None:
+            headers["x-coe-cache-similarity"] = f"{cache.similarity:.4f}"
     return headers
 
 
@@ -170,12 +193,60 @@ class Gateway:
 
     async def answer(self, call: Call) -> Answer:
         expert, decision = resolve_model(self.coe, call.model)
+        await self._resume(call)
         try:
             answer = await self.coe.aask(call.request, expert=expert, decision=decision, session=call.session)
         except Exception as exc:
             raise error_for(exc) from None
         self.metrics.observe_answer(answer)
+        await self._remember(call, answer)
         return answer
+
+    async def _resume(self, call: Call) -> None:
+        """Put the stored conversation of ``previous_response_id`` before the request's own turns (its
+        system turns stay first, as OpenAI does not carry instructions over), in the same session."""
+        if not call.store and call.previous_response_id is None:
+            return
+        sessions = await self.coe.asessions()
+        call.store = call.store and sessions is not None  # the reply says whether it was kept
+        if call.previous_response_id is None:
+            return
+        name = call.previous_response_id
+        if sessions is None:
+            raise APIError(
+                400,
+                "previous_response_id needs conversations on (router.sessions.enabled: true)",
+                param="previous_response_id",
+            )
+        try:
+            stored = await sessions.recall_response(name)
+        except StoreUnavailable as exc:
+            raise APIError(503, f"the session store is unavailable: {exc}", type="api_error") from None
+        if stored is None:
+            raise APIError(
+                400,
+                f"previous response {name!r} not found: it expired, was stored with store: false,"
+                " or never existed",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        own = call.request.messages
+        system = [m for m in own if m.role in ("system", "developer")]
+        earlier = [Message.model_validate(m) for m in stored.messages]
+        rest = [m for m in own if m.role not in ("system", "developer")]
+        check_tool_results([*earlier, *rest], "input")  # offsets count the stored turns first
+        call.request = call.request.model_copy(update={"messages": [*system, *earlier, *rest]})
+        if call.session is None and stored.session:
+            call.session = SessionRef(id=stored.session, source="previous_response_id")
+
+    async def _remember(self, call: Call, answer: Answer) -> None:
+        if not (call.store and call.response_id) or self.coe.sessions is None:
+            return
+        said = Message(role="assistant", content=answer.text or None, tool_calls=answer.tool_calls or None)
+        turns = [m.payload() for m in call.request.messages if m.role not in ("system", "developer")]
+        session = answer.trace.session.id if answer.trace.session is not None else None
+        record = StoredResponse(id=call.response_id, session=session, messages=[*turns, said.payload()])
+        await self.coe.sessions.remember_response(record)
 
     async def stream(self, call: Call, writer: Callable[[str], Writer]) -> StreamingResponse:
         """Wait for the first event before answering, so that 429, 400 no_capable_expert and "every
@@ -183,6 +254,7 @@ class Gateway:
         ``astream`` fills the trace as it goes: routing and the session are decided before its first
         event, so the headers carry the category, confidence and session."""
         expert, decision = resolve_model(self.coe, call.model)
+        await self._resume(call)
         tried: list[str] = []
         attempted.set(tried)
         trace = Trace()
@@ -195,7 +267,13 @@ class Gateway:
             raise error_for(exc) from None
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
         headers = coe_headers(answering, trace.decision or decision, trace)
-        sse = _Stream(self, call, writer(answering), answering)
+        sse_writer = writer(answering)
+
+        async def after(answer: Answer) -> None:
+            await self._remember(call, answer)
+            self.record(sse_writer.id, call, answer)
+
+        sse = _Stream(self.metrics, sse_writer, answering, after)
         return StreamingResponse(
             sse.run(first, events),
             media_type="text/event-stream",
@@ -204,12 +282,13 @@ class Gateway:
 
 
 class _Stream:
-    def __init__(self, gateway: Gateway, call: Call, writer: Writer, expert: str) -> None:
-        self.gateway = gateway
-        self.metrics = gateway.metrics
-        self.call = call
+    def __init__(
+        self, metrics: Metrics, writer: Writer, expert: str, after: Callable[[Answer], Awaitable[None]]
+    ) -> None:
+        self.metrics = metrics
         self.writer = writer
         self.expert = expert
+        self.after = after  # once the whole answer is known
 
     async def run(self, first: StreamEvent, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
         for part in self.writer.start():
@@ -221,6 +300,7 @@ class _Stream:
                     for part in self.writer.delta(event):
                         yield part
                 elif event.answer is not None:
+                    await self.after(event.answer)  # stored before the client can continue from it
                     for part in self.writer.done(self._finish(event.answer)):
                         yield part
                     return
@@ -238,5 +318,4 @@ class _Stream:
 
     def _finish(self, answer: Answer) -> Answer:
         self.metrics.observe_answer(answer)
-        self.gateway.record(self.writer.id, self.call, answer)
         return answer

@@ -130,7 +130,7 @@ def build_record(
         cost, unit = price_per_mtok * tokens / 1e6, "usd"
     elif params_b is not None:
         cost, unit = params_b * tokens / 1e6, "params_b_x_mtok"
-    extra = trace.model_extra or {}
+    extra = {**(trace.model_extra or {}), **{k: getattr(trace, k, None) for k in ("cache", "guard")}}
     return TraceRecord(
         id=rid,
         session=trace.session.id if trace.session is not None else None,

@@ -118,9 +118,18 @@ class CategoryRouter:
                 )
                 + " or retrain with `coe train-router`"
             )
+        # Another label set either way is refused: a label without a category has no expert to go to,
+        # and a category the artefact never learned would silently never be chosen.
         missing = [label for label in header.labels if label not in self.cfg.categories]
         if missing:
             raise ModelNotFoundError(f"{path}: labels {missing} have no entry in router.categories")
+        unknown = [name for name in self.cfg.categories if name not in header.labels]
+        if unknown:
+            raise ModelNotFoundError(
+                f"{path}: router.categories {unknown} are not among the labels it was trained on "
+                f"({', '.join(header.labels)}), so it could never pick them: remove them or retrain "
+                "with `coe train-router` on data that has them"
+            )
         return model, list(header.labels)
 
     @classmethod
@@ -137,6 +146,20 @@ class CategoryRouter:
     def _predict(self, texts: list[str]) -> Prediction:
         embedder = self.embedder if self.model.needs_embedder else None
         return self.model.predict(texts, embedder)
+
+    def prompt_embedding(self, request: Request) -> tuple[np.ndarray, str, str] | None:
+        """(vector, its exact space, the encoder space) the router computed for this request in the
+        current request scope, or None when it encoded nothing (tfidf, a cascade that stopped at its
+        first stage): the semantic cache reuses it instead of encoding the prompt again."""
+        if self._embedder is None or not self.model.needs_embedder:
+            return None
+        encoding = getattr(self.model, "slow", self.model)  # a cascade encodes with its second stage
+        max_tokens = getattr(encoding, "max_tokens", None)
+        found = self._embedder.peek([request.text], max_tokens)
+        if found is None:
+            return None
+        space = self._embedder.space
+        return found[0], f"{space}@{max_tokens or self._embedder.max_tokens or 'full'}", space
 
     def route(self, requests: Sequence[Request]) -> list[RouteDecision]:
         if not requests:

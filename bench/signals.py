@@ -1,0 +1,220 @@
+"""Signals before routing: what each costs a request and what it saves.
+
+Semantic cache (``cache_*`` functions; ``coe.signals.cache``):
+
+* ``cache.miss_overhead_ms``: what the cache adds to a request it cannot answer: the lookup (exact
+  key, then the nearest neighbour over the router's own vector among K entries of the same scope)
+  plus storing the new answer, p50 and p99, per store (memory, SQLite, a real Redis on loopback) and
+  per K. The router's encoding is not counted: the cache reuses it (no second encode).
+* ``cache.hit_speedup``: real llama-server experts of the default registry: the same questions
+  answered by their expert (warm, greedy, ``--max-tokens``), then asked again and replayed from the
+  cache; p50 of each request's total and their ratio.
+
+    .venv/bin/python bench/signals.py [--config experts.yaml] [--no-e2e] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from _report import emit, machine, pct  # noqa: E402
+
+from coe import CoE, load_config  # noqa: E402
+from coe.config import CoEConfig  # noqa: E402
+from coe.encoding.embedder import request_scope  # noqa: E402
+from coe.signals.cache.config import CacheConfig  # noqa: E402
+from coe.signals.cache.runtime import SemanticCache, build_cache, router_embedding  # noqa: E402
+from coe.signals.config import SignalsConfig  # noqa: E402
+from coe.types import Answer, Request  # noqa: E402
+
+PAIRS = ROOT.parent / "shared" / "data" / "paraphrase_stsb" / "pairs.jsonl"
+QUESTIONS = [
+    "Write a Python function that reverses a string",
+    "What is the capital of France?",
+    "Explain what a hash table is in two sentences",
+    "Write a SQL query that counts the rows of a table named users",
+    "How many days are there in a leap year?",
+    "Give me three tips for writing clear emails",
+    "What does the Unix command ls -la show?",
+    "Summarise the plot of Romeo and Juliet in one sentence",
+]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, default=ROOT / "experts.yaml")
+    p.add_argument("--entries", type=int, nargs="+", default=[0, 100, 1000], help="entries per scope (K)")
+    p.add_argument("--lookups", type=int, default=300, help="misses timed per store and K")
+    p.add_argument("--max-tokens", type=int, default=64, help="answer length of the expert runs")
+    p.add_argument("--no-e2e", action="store_true", help="skip the real-expert hit/miss comparison")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "signals.json")
+    p.add_argument("--json", action="store_true")
+    return p.parse_args()
+
+
+def with_cache(config: CoEConfig, **cache: Any) -> CoEConfig:
+    return config.model_copy(update={"signals": SignalsConfig(cache=CacheConfig(**cache))})
+
+
+def sentences(n: int) -> list[str]:
+    """Distinct declarative sentences (STS-B captions and headlines) to fill a scope with."""
+    seen: dict[str, None] = {}
+    with PAIRS.open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            for t in (row["a"], row["b"]):
+                seen.setdefault(t, None)
+            if len(seen) >= n:
+                break
+    return list(seen)[:n]
+
+
+async def _fill(cache: SemanticCache, coe: CoE, texts: list[str], answer: Answer) -> None:
+    for text in texts:
+        request = Request.from_input(text)
+        with request_scope():
+            coe.decide([request])
+            _, _, pending = await cache.lookup(request, "routed", router_embedding(coe.router, request))
+        if pending is not None:
+            await cache.put(pending, answer)
+
+
+async def cache_miss_overhead(
+    config: CoEConfig, store: str, url: str | None, k: int, lookups: int, pool: list[str]
+) -> dict[str, Any]:
+    """p50/p99 ms the cache adds to a miss with ``k`` entries in the request's scope."""
+    answer = Answer(text="an answer of a few words " * 8, expert="general", finish_reason="stop")
+    with tempfile.TemporaryDirectory() as tmp:
+        extra: dict[str, Any] = {"store": store}
+        if store == "sqlite":
+            extra["path"] = str(Path(tmp) / "cache.db")
+        if store == "redis":
+            extra["url"] = url
+        cfg = with_cache(config, max_entries=max(k + lookups, 1), **extra)
+        coe = CoE(cfg)
+        cache = build_cache(cfg, store, Path(tmp))
+        assert cache is not None
+        if store == "redis":
+            await cache.store.clear()
+        await _fill(cache, coe, pool[:k], answer)
+        added, lookup_only, statuses = [], [], []
+        for text in pool[k : k + lookups]:
+            request = Request.from_input(text)
+            with request_scope():
+                coe.decide([request])  # the router's encode: not the cache's cost
+                embedding = router_embedding(coe.router, request)
+                t = time.perf_counter()
+                trace, _, pending = await cache.lookup(request, "routed", embedding)
+                looked = time.perf_counter()
+            if pending is not None:
+                await cache.put(pending, answer)
+            done = time.perf_counter()
+            statuses.append(trace.status)
+            added.append((done - t) * 1000)
+            lookup_only.append((looked - t) * 1000)
+        await cache.aclose()
+        return {
+            "store": store,
+            "entries": k,
+            "misses": statuses.count("miss"),
+            "hits": statuses.count("hit"),
+            "added_ms_p50": round(sorted(added)[len(added) // 2], 3),
+            "added_ms_p99": pct(added, 0.99),
+            "lookup_ms_p50": round(sorted(lookup_only)[len(lookup_only) // 2], 3),
+        }
+
+
+async def cache_hit_speedup(config: CoEConfig, max_tokens: int) -> dict[str, Any]:
+    """Real experts: each question answered (miss), then asked again (hit)."""
+    async with CoE(with_cache(config, store="memory")) as coe:
+        await coe.aask("warm up", expert="general", max_tokens=4, temperature=0)
+        await coe.aask("warm up", expert="coder", max_tokens=4, temperature=0)
+        miss, hit, experts = [], [], []
+        for q in QUESTIONS:
+            t = time.perf_counter()
+            first = await coe.aask(q, max_tokens=max_tokens, temperature=0)
+            miss.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            again = await coe.aask(q, max_tokens=max_tokens, temperature=0)
+            hit.append((time.perf_counter() - t) * 1000)
+            assert first.trace.cache is not None and first.trace.cache.status == "miss", first.trace.cache
+            assert again.trace.cache is not None and again.trace.cache.status == "hit", again.trace.cache
+            assert again.text == first.text
+            experts.append(first.expert)
+    miss_p50, hit_p50 = sorted(miss)[len(miss) // 2], sorted(hit)[len(hit) // 2]
+    return {
+        "questions": len(QUESTIONS),
+        "experts": sorted(set(experts)),
+        "max_tokens": max_tokens,
+        "expert_ms_p50": round(miss_p50, 1),
+        "hit_ms_p50": round(hit_p50, 2),
+        "speedup_p50": round(miss_p50 / hit_p50, 1),
+    }
+
+
+async def cache_rows(args: argparse.Namespace, config: CoEConfig) -> dict[str, Any]:
+    pool = sentences(max(args.entries) + args.lookups)
+    rows = []
+    stores: list[tuple[str, str | None]] = [("memory", None), ("sqlite", None)]
+    redis_cm: Any = contextlib.nullcontext(None)
+    try:
+        from tests.support.redis import redis_binary, redis_server
+
+        if redis_binary() is not None:
+            redis_cm = redis_server()
+    except ImportError:
+        pass
+    with redis_cm as running:
+        if running is not None:
+            stores.append(("redis", running[0]))
+        for store, url in stores:
+            for k in args.entries:
+                rows.append(await cache_miss_overhead(config, store, url, k, args.lookups, pool))
+    out: dict[str, Any] = {"miss_overhead": rows}
+    if not args.no_e2e:
+        out["hit_speedup"] = await cache_hit_speedup(config, args.max_tokens)
+    return out
+
+
+def show_cache(c: dict[str, Any]) -> None:
+    print("| cache store | entries in scope | added to a miss p50 ms | p99 ms | lookup p50 ms |")
+    print("|---|---|---|---|---|")
+    for r in c["miss_overhead"]:
+        cells = (r["store"], r["entries"], r["added_ms_p50"], r["added_ms_p99"], r["lookup_ms_p50"])
+        print("| " + " | ".join(str(x) for x in cells) + " |")
+    if "hit_speedup" in c:
+        h = c["hit_speedup"]
+        print(
+            f"hit vs expert ({h['questions']} questions, {', '.join(h['experts'])}, "
+            f"max_tokens {h['max_tokens']}): expert p50 {h['expert_ms_p50']} ms, "
+            f"hit p50 {h['hit_ms_p50']} ms, {h['speedup_p50']}x faster"
+        )
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.config)
+    return {"config": str(args.config), "cache": await cache_rows(args, config)}
+
+
+def show(r: dict[str, Any]) -> None:
+    show_cache(r["cache"])
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    started = machine()
+    emit(asyncio.run(main(args)), args.out, args.json, show, started)
