@@ -12,6 +12,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from coe.config.base import CONFIG_VERSION, Strict
 from coe.config.experts import DeployConfig, ExpertConfig
 from coe.config.routing import AggregatorConfig, RouterConfig
+from coe.signals.config import SignalsConfig
 
 ENCODER_THREADS = 1  # embedder.threads' default; `coe eval router` times latency with it too
 GateKind = Literal["never", "always", "category", "similarity", "classifier"]
@@ -149,6 +150,9 @@ class CoEConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig, description="`coe serve` settings")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="cluster settings (coe deploy)")
     retrieval: RetrievalConfig | None = Field(None, description="retrieval gating; absent: never retrieve")
+    signals: SignalsConfig | None = Field(
+        None, description="checks before routing (guard, PII): docs/signals.md; absent: none"
+    )
     # Not part of the file: where it was read from, so relative paths resolve against it.
     source: Path | None = Field(None, exclude=True)
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from fastapi.responses import StreamingResponse
 
-from coe.errors import AllExpertsFailed, CoEError, ExpertError, NoCapableExpert
+from coe.errors import AllExpertsFailed, CoEError, ExpertError, NoCapableExpert, RequestBlocked
 from coe.orchestrator import CoE
 from coe.server.errors import APIError, log
 from coe.server.limits import ExpertBusy
@@ -138,6 +138,8 @@ def error_for(exc: Exception) -> APIError:
         return APIError(429, str(exc), code="expert_busy", headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, NoCapableExpert):
         return APIError(400, str(exc), param=exc.param, code="no_capable_expert")
+    if isinstance(exc, RequestBlocked):  # a signal's verdict (signals: in experts.yaml); no expert called
+        return APIError(400, str(exc), param="messages", code=exc.code)
     if isinstance(exc, AllExpertsFailed):
         log.warning("%s", exc)
         return APIError(
@@ -161,9 +163,14 @@ class Gateway:
         try:
             answer = await self.coe.aask(call.request, expert=expert, decision=decision, session=call.session)
         except Exception as exc:
+            self._count_blocked(exc)
             raise error_for(exc) from None
         self.metrics.observe_answer(answer)
         return answer
+
+    def _count_blocked(self, exc: Exception) -> None:
+        if isinstance(exc, RequestBlocked):
+            self.metrics.observe_blocked(exc.signal, exc.verdict)
 
     async def stream(self, call: Call, writer: Callable[[str], Writer]) -> StreamingResponse:
         """Wait for the first event before answering, so that 429, 400 no_capable_expert and "every
@@ -180,6 +187,7 @@ class Gateway:
             )
             first = await anext(events)
         except Exception as exc:
+            self._count_blocked(exc)
             raise error_for(exc) from None
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
         headers = coe_headers(answering, trace.decision or decision, trace)
