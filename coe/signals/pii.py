@@ -44,8 +44,7 @@ def _recognizers(types: Sequence[str]) -> list[Any]:
             except ImportError:
                 raise CoEError("signals.pii needs Presidio's analyzer: pip install 'coe[signals]'") from None
             _offline_email_check()
-            registry = RecognizerRegistry(supported_languages=["en"])
-            registry.load_predefined_recognizers(languages=["en"])
+            registry = _registry(RecognizerRegistry)
             for extra in _coe_recognizers():
                 registry.add_recognizer(extra)
             found = [
@@ -55,6 +54,22 @@ def _recognizers(types: Sequence[str]) -> list[Any]:
             ]
             _RECOGNIZERS[key] = found
         return _RECOGNIZERS[key]
+
+
+def _registry(cls: Any) -> Any:
+    """Presidio's English predefined recognizers; its warnings about the other languages' ones it
+    leaves out are noise here."""
+    import logging
+
+    logger = logging.getLogger("presidio-analyzer")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        registry = cls(supported_languages=["en"])
+        registry.load_predefined_recognizers(languages=["en"])
+    finally:
+        logger.setLevel(level)
+    return registry
 
 
 def _offline_email_check() -> None:
@@ -124,8 +139,7 @@ def supported_types() -> set[str]:
     keeps coe.signals.config.PATTERN_TYPES honest)."""
     from presidio_analyzer import RecognizerRegistry
 
-    registry = RecognizerRegistry(supported_languages=["en"])
-    registry.load_predefined_recognizers(languages=["en"])
+    registry = _registry(RecognizerRegistry)
     return {
         e
         for r in registry.recognizers
