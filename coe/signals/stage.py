@@ -204,7 +204,7 @@ class SignalStage:
         what = (
             f"PII ({', '.join(verdict.evidence.get('types', []))})"
             if verdict.signal == "pii"
-            else f"a likely {verdict.verdict} (score {verdict.score:.2f} >= {verdict.threshold:.2f})"
+            else f"a likely {verdict.verdict} (score {verdict.score:.2f} > threshold {verdict.threshold:.2f})"
         )
         return RequestBlocked(
             verdict.signal, verdict.verdict, code, f"{code}: the request was blocked: it contains {what}"

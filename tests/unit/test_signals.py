@@ -139,7 +139,7 @@ def test_the_split_rule_is_deterministic_and_keeps_an_email_with_its_injected_co
 
 def test_the_guard_blocks_an_attack_and_lets_a_harmless_kill_question_through(guard_file: Path) -> None:
     config = parse_config(
-        REGISTRY + f"\nsignals:\n  guard: {{model: '{guard_file}', action: block, threshold: 0.5}}\n"
+        REGISTRY + f"\nsignals:\n  guard: {{model: '{guard_file}', action: block, threshold: 0.9}}\n"
     )
     stage = SignalStage(config)
     _, trace = stage.run(Request.from_input("How do I kill a Python process that hangs?"))
@@ -152,12 +152,12 @@ def test_the_guard_blocks_an_attack_and_lets_a_harmless_kill_question_through(gu
 
 def test_flag_and_route_answer_normally_and_say_so_in_the_trace(guard_file: Path) -> None:
     flag = parse_config(
-        REGISTRY + f"\nsignals:\n  guard: {{model: '{guard_file}', action: flag, threshold: 0.5}}\n"
+        REGISTRY + f"\nsignals:\n  guard: {{model: '{guard_file}', action: flag, threshold: 0.9}}\n"
     )
     _, trace = SignalStage(flag).run(Request.from_input(BLOCKED_PROMPT))
     assert trace.flagged == ["guard"] and trace.blocked_by is None
     route = parse_config(
-        REGISTRY + f"\nsignals:\n  guard: {{model: '{guard_file}', threshold: 0.5, "
+        REGISTRY + f"\nsignals:\n  guard: {{model: '{guard_file}', threshold: 0.9, "
         "action: flag, categories: {jailbreak: {route: general}}}\n"
     )
     coe = CoE(route)
@@ -168,7 +168,7 @@ def test_flag_and_route_answer_normally_and_say_so_in_the_trace(guard_file: Path
 
 
 def test_the_guard_reads_tool_results_since_the_last_assistant_turn(guard_file: Path) -> None:
-    config = parse_config(REGISTRY + f"\nsignals:\n  guard: {{model: '{guard_file}', threshold: 0.5}}\n")
+    config = parse_config(REGISTRY + f"\nsignals:\n  guard: {{model: '{guard_file}', threshold: 0.9}}\n")
     messages = [
         {"role": "user", "content": BLOCKED_PROMPT},  # an old turn: checked when it was new
         {
