@@ -6,7 +6,6 @@ answered by a real expert, which got it redacted (the trace says so without the 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
