@@ -150,6 +150,9 @@ def _show_decision(d: dict[str, Any]) -> None:
 def _show_trace(summary: dict[str, Any]) -> None:
     trace = summary["trace"]
     out.rule("routing trace")
+    for v in (trace.get("signals") or {}).get("verdicts", []):
+        score = f" (score {v['score']:.2f})" if v.get("score") is not None else ""
+        out.print(f"signal {v['signal']}: {v['verdict']}{score}, action {v['action']}", highlight=False)
     if trace.get("decision"):
         _show_decision(trace["decision"])
     if r := trace.get("retrieval"):

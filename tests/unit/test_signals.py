@@ -253,3 +253,9 @@ def test_eval_pii_json_has_the_issue_keys_and_reports_bad_lines(tmp_path: Path) 
 def test_signals_config_model_leaves_room_for_the_cache() -> None:
     assert set(SignalsConfig.model_fields) >= {"guard", "pii"}
     assert GuardConfig(model="g.npz").action == "block" and PiiConfig().action == "redact"
+
+
+def test_coe_ask_reports_a_block_and_starts_no_expert(tmp_path: Path, guard_file: Path) -> None:
+    registry(tmp_path, f"guard: {{model: '{guard_file}', threshold: 0.9}}")
+    result = runner.invoke(app, ["ask", BLOCKED_PROMPT, "-c", str(tmp_path / "experts.yaml")])
+    assert result.exit_code == 1 and "content_policy: the request was blocked" in result.output

@@ -31,6 +31,7 @@ PART_TOKENS = 64  # a line or a window
 WINDOW_CHARS = 400  # lines are grouped into windows of about this many characters
 MAX_WINDOWS = 12  # a very long text: its first and last windows (injections sit at either end)
 TFIDF_CHARS = 2000
+SHORT_CHARS = 60  # at most 60 word pieces + 2 special tokens: below PART_TOKENS, never truncated
 DENSE_BLOCKS = ("whole", "first", "last", "window_max", "window_mean")
 SURFACE = ("log_chars", "log_lines", "newline_share", "upper_share", "symbol_share")
 EDGE_CHARS = 200  # SURFACE again for the first and the last 200 characters (a GCG suffix is symbols)
@@ -74,11 +75,28 @@ def surface(text: str) -> list[float]:
     ]
 
 
+def _encode_unique(embedder: Embedder, jobs: list[tuple[str, int]]) -> np.ndarray:
+    """Each distinct (text, token limit) encoded once. A text of at most ``SHORT_CHARS`` characters
+    has fewer tokens than either limit, so its vector is the same at both and is encoded once: a
+    one-line prompt is one encoder call, not four."""
+    import numpy as np
+
+    keys = [(t, WHOLE_TOKENS if len(t) <= SHORT_CHARS else limit) for t, limit in jobs]
+    unique = list(dict.fromkeys(keys))
+    index = {k: i for i, k in enumerate(unique)}
+    by_limit: dict[int, list[int]] = {}
+    for i, (_, limit) in enumerate(unique):
+        by_limit.setdefault(limit, []).append(i)
+    out = np.zeros((len(unique), embedder.dim), dtype=np.float32)
+    for limit, rows in by_limit.items():
+        out[rows] = embedder.encode([unique[i][0] for i in rows], limit)
+    return out[[index[k] for k in keys]]
+
+
 def dense(texts: Sequence[str], embedder: Embedder) -> np.ndarray:
     """(len(texts), 5 * dim + 3 * len(SURFACE)) float32: the dense features of each text."""
     import numpy as np
 
-    wholes = embedder.encode(list(texts), WHOLE_TOKENS)
     firsts: list[str] = []
     lasts: list[str] = []
     spans: list[tuple[int, int]] = []
@@ -90,9 +108,12 @@ def dense(texts: Sequence[str], embedder: Embedder) -> np.ndarray:
         windows = windows_of(text)
         spans.append((len(parts), len(parts) + len(windows)))
         parts.extend(windows)
-    first_v = embedder.encode(firsts, PART_TOKENS)
-    last_v = embedder.encode(lasts, PART_TOKENS)
-    window_v = embedder.encode(parts, PART_TOKENS)
+    vectors = _encode_unique(
+        embedder, [(t, WHOLE_TOKENS) for t in texts] + [(t, PART_TOKENS) for t in (*firsts, *lasts, *parts)]
+    )
+    n = len(texts)
+    wholes, first_v, last_v = vectors[:n], vectors[n : 2 * n], vectors[2 * n : 3 * n]
+    window_v = vectors[3 * n :]
     pooled_max = np.stack([window_v[a:b].max(axis=0) for a, b in spans])
     pooled_mean = np.stack([window_v[a:b].mean(axis=0) for a, b in spans])
     extra = np.array(
