@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _report import emit  # bench/ is on sys.path when a bench runs as a script
+from _report import emit, machine  # bench/ is on sys.path when a bench runs as a script
 
 from coe.evaluation.curves import best_single, single_experts
 from coe.evaluation.outcomes import OutcomeTable, split_sides
@@ -138,4 +138,5 @@ if __name__ == "__main__":
     a = parse_args()
     if not a.data.is_dir():
         sys.exit(f"error {a.data} not found; pass --data")
-    emit(run(a), a.out, a.json, show)
+    started = machine()
+    emit(run(a), a.out, a.json, show, started)

@@ -29,7 +29,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse
 import asyncio
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _report import emit  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
+from _report import emit, machine  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
 
 from coe import CoE  # noqa: E402
 from coe.config import CoEConfig, parse_config  # noqa: E402
@@ -189,6 +188,7 @@ def run_online(items: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    started = machine()
     items = load_items(args.data, args.items)
     planned = run_planned(items, args)
     fcfs = run_fcfs(items, args)
@@ -204,9 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         "fcfs_lru": fcfs,
         "speedup": round(planned["items_per_s"] / fcfs["items_per_s"], 2),
         f"online_{args.clients}_clients": online,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
     }
-    emit(result, args.out, args.json, show)
+    emit(result, args.out, args.json, show, started)
 
 
 def show(result: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _report import emit  # bench/ is on sys.path when a bench runs as a script
+from _report import emit, machine  # bench/ is on sys.path when a bench runs as a script
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "examples" / "trained_router" / "build"
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.train.is_file() or not (args.encoder / "coe_encoder.json").is_file():
         print(f"error: {args.train} or {args.encoder} missing; run examples/trained_router/reproduce.py")
         return 1
-    emit(run(args), args.out, args.json, show)
+    started = machine()
+    emit(run(args), args.out, args.json, show, started)
     return 0
 
 

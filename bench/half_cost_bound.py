@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _report import emit  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
+from _report import emit, machine  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
 from outcome_curves import DATA, TABLES  # noqa: E402
 
 if TYPE_CHECKING:
@@ -173,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "half_cost_bound.json")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    started = machine()
     result = {"tables": {name: run_table(name, args) for name in args.tables}}
-    emit(result, args.out, args.json, show)
+    emit(result, args.out, args.json, show, started)
     return 0
 
 

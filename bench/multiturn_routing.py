@@ -190,7 +190,7 @@ async def ttft(coe: CoE, convs: list[Conversation]) -> dict[str, Any]:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     convs = [c for c in read_conversations(args.data) if len(c.turns) >= 2]
-    result: dict[str, Any] = {"data": str(args.data), "machine": machine()}
+    result: dict[str, Any] = {"data": str(args.data)}
     async with CoE(config) as coe:
         result.update(await routing(coe, convs, "all"))
         if args.data == DATA:  # our own split: the part the shipped continuation model never saw
@@ -222,4 +222,5 @@ def show(r: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     args = parse_args()
-    emit(asyncio.run(main(args)), args.out, args.json, show)
+    started = machine()
+    emit(asyncio.run(main(args)), args.out, args.json, show, started)

@@ -23,7 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _report import emit, machine  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
 
 DATA = REPO.parent / "shared" / "data"
 TABLES = {"routerbench": "routerbench", "routerdc": "routerdc_7models", "routellm": "routellm_outcomes"}
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--plots", type=Path, help="write <table>.png here")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "outcome_curves.json")
+    p.add_argument("--json", action="store_true", help="print the JSON object instead of the table")
     return p.parse_args(argv)
 
 
@@ -124,15 +126,9 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = machine()
     results = {name: run_table(name, args) for name in args.tables}
-    out = {
-        "note": "timings measured on a loaded, shared 2-core machine",
-        "tables": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print_table(results)
-    print(f"\nwrote {args.out}")
+    emit({"tables": results}, args.out, args.json, lambda out: print_table(out["tables"]), started)
     return 0
 
 

@@ -28,8 +28,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import argparse
 import asyncio
 import hashlib
-import json
-import platform
 import re
 import statistics
 import sys
@@ -146,6 +144,8 @@ def summarise(results: list[dict]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
+    from _report import emit, machine
+
     from coe import CoE, load_config
     from coe.retrieval.retriever import Retriever
 
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "gated": Retriever(config),
     }
     rows = sample(args)
+    machine_at_start = machine()
     started = time.perf_counter()
     answering = config.model_copy(update={"retrieval": None})  # the bench does the retrieval step itself
     with CoE(answering) as coe:
@@ -176,14 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         "quality_measure": "gold answer contained in the answer (normalised)",
         "conditions": summarise(results),
         "wall_s": round(time.perf_counter() - started, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, loaded)",
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    if args.json:
-        sys.stdout.write(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=2) + "\n")
-        return 0
+    emit(report, args.out, args.json, show, machine_at_start)
+    return 0
+
+
+def show(report: dict[str, Any]) -> None:
     print(
         f"{report['questions']} questions ({report['needs_retrieval']} need retrieval), gate {report['gate']}"
     )
@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [m["quality"], m["quality_needs_retrieval"], m["quality_self_contained"], m["retrieve_rate"]]
         cells += [m["gold_in_context"], m["prompt_tokens_mean"], m["answer_ms_p50"]]
         print(" | ".join([name, *(str(c) for c in cells)]))
-    print(f"wall {report['wall_s']} s; per-question results in {args.out}")
-    return 0
+    print(f"wall {report['wall_s']} s")
 
 
 if __name__ == "__main__":

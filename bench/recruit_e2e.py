@@ -31,7 +31,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import asyncio
-import platform
 import random
 import sys
 import time
@@ -41,7 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _report import emit  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
+from _report import emit, machine  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
 
 from coe import CoE  # noqa: E402
 from coe.config import CoEConfig, load_config  # noqa: E402
@@ -236,7 +235,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 skills_config(config, profile_path, aggregator, args, min_k), test, args
             )
     return {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs (loaded)",
         "n_per_dataset": args.n,
         "val_per_dataset": args.val,
         "max_tokens": {"mc": args.mc_tokens, "number": args.number_tokens},
@@ -249,7 +247,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    emit(asyncio.run(main_async(args)), args.out, args.json, lambda result: print(table(result)))
+    started = machine()
+    emit(asyncio.run(main_async(args)), args.out, args.json, lambda result: print(table(result)), started)
 
 
 if __name__ == "__main__":

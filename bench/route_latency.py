@@ -36,8 +36,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import _report  # bench/ is on sys.path when a bench runs as a script
-from _report import emit
+from _report import describe, emit, machine  # bench/ is on sys.path when a bench runs as a script
 
 REPO = Path(__file__).resolve().parent.parent
 IMPORT_RUNS = 5
@@ -123,7 +122,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    load_before = _load_avg()
     coe = CoE(load_config(args.config))
     try:
         t = time.perf_counter()
@@ -182,16 +180,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "experts": dict(experts.most_common()),
         "categories": dict(categories.most_common()),
         "categories_by_domain": {k: dict(v.most_common()) for k, v in sorted(by_domain.items())},
-        "machine": {**machine(), "load_avg_1m_before": load_before, "load_avg_1m_after": _load_avg()},
+        "machine": torch_info(),  # emit adds the cores, load and other busy processes
     }
 
 
-def _load_avg() -> float | None:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def machine() -> dict[str, Any]:
-    info = _report.machine()
+def torch_info() -> dict[str, Any]:
+    info: dict[str, Any] = {}
     try:
         import torch
 
@@ -212,8 +206,7 @@ def show(result: dict[str, Any]) -> None:
         "metric",
         "value",
         title=f"CoE routing ({result['router']}, {result['n_prompts']} prompts, "
-        f"{m['cpu_count']} CPUs, {m.get('torch_threads', '?')} torch threads, Python {m['python']}, "
-        f"load {m['load_avg_1m_before']} -> {m['load_avg_1m_after']})",
+        f"{m.get('torch_threads', '?')} torch threads; {describe(m)})",
         title_justify="left",
     )
     table.add_row("import coe (median of 5)", f"{result['import_coe_ms_p50']:.0f} ms")
@@ -243,7 +236,8 @@ def show(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    emit(run(args), args.out, args.json, show)
+    started = machine()
+    emit(run(args), args.out, args.json, show, started)
     return 0
 
 

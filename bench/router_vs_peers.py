@@ -27,7 +27,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import argparse
 import hashlib
 import json
-import platform
 import random
 import sys
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import emit  # bench/ is on sys.path when a bench runs as a script
+from _report import describe, emit, machine  # bench/ is on sys.path when a bench runs as a script
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -191,7 +190,6 @@ def semantic_router(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     train, test = split(args.data, args.per_label, args.test)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     contenders = [*ours(args, train, test), semantic_router(args, train, test)]
     timed = [(row, fn) for row, fn in contenders if fn is not None]
     texts = [r["text"] for r in test]
@@ -206,13 +204,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_prompts": args.latency_prompts,
         "latency_rounds": args.rounds,
         "results": rows,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_avg_1m_before": load,
-            "load_avg_1m_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        },
     }
 
 
@@ -224,7 +215,7 @@ def show(result: dict[str, Any]) -> None:
     table = Table(
         "router", "encoder", "accuracy", "macro-F1", "p50 ms", "p99 ms",
         title=f"router_mix: {result['train_prompts']} training / {result['test_prompts']} test prompts, "
-        f"{m['cpu_count']} CPUs, load {m['load_avg_1m_before']} -> {m['load_avg_1m_after']}",
+        f"{describe(m)}",
         title_justify="left",
     )  # fmt: skip
     for r in result["results"]:
@@ -240,7 +231,8 @@ def show(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    emit(run(args), args.out, args.json, show)
+    started = machine()
+    emit(run(args), args.out, args.json, show, started)
     return 0
 
 

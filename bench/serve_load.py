@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _report import emit, pct  # bench/ is on sys.path when a bench runs as a script
+from _report import emit, machine, pct  # bench/ is on sys.path when a bench runs as a script
 
 from coe.experts.process import free_port
 
@@ -382,4 +382,5 @@ def show(result: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     args = parse_args()
-    emit(asyncio.run(main(args)), args.out, args.json, show)
+    started = machine()
+    emit(asyncio.run(main(args)), args.out, args.json, show, started)

@@ -25,6 +25,7 @@ from coe.config.routing import PluginAggregatorConfig
 from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, ExpertError
 from coe.experts.pool import ExpertPool
+from coe.experts.templates import strip_markers, turn_markers, with_turn_stops
 from coe.protocols import Aggregator, AggregatorFactory, AsyncRouter, Context, Router, StreamingAggregator
 from coe.replies import StreamedReply, tool_calls_of, usage_fields
 from coe.types import (
@@ -107,6 +108,13 @@ class CoE:
 
                     self._sessions = build_sessions(self.config, self._session_store, self.pool.state_dir)
         return self._sessions
+
+    async def asessions(self) -> Sessions | None:
+        """``sessions`` from async code: the first call builds them (it may load the encoder) off the
+        event loop."""
+        if self._sessions is not None:
+            return self._sessions
+        return await asyncio.to_thread(lambda: self.sessions)
 
     @property
     def aggregator(self) -> Aggregator:
@@ -438,13 +446,14 @@ class CoE:
         bounds each HTTP request)."""
         t = time.perf_counter()
         enforced = self._enforces(name, request)
+        markers = turn_markers(self.config.experts.get(name))
         try:
             async with self._admit(name):
                 call = self._complete(name, request, trace)
                 data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
             choice = (data.get("choices") or [{}])[0]
             message = choice.get("message") or {}
-            text = message.get("content") or ""
+            text = strip_markers(message.get("content") or "", markers)
             calls = tool_calls_of(name, message.get("tool_calls"))
             finish = choice.get("finish_reason")
             if enforced:  # the reply is the call's JSON, constrained by coe.capabilities.forced
@@ -504,6 +513,7 @@ class CoE:
             }
             return
         key = expert.api_key.get_secret_value() if expert.api_key else None
+        markers = turn_markers(expert)
         async with self._lease(name, trace) as url:
             async for chunk in self._client.stream(
                 name,
@@ -513,6 +523,8 @@ class CoE:
                 timeout_s=expert.timeout_s,
                 retries=expert.retries,
             ):
+                if markers:
+                    _strip_chunk(chunk, markers)
                 yield chunk
 
     @asynccontextmanager
@@ -555,7 +567,7 @@ class CoE:
                 payload[key] = value
         if self._enforces(name, request):
             payload = forced_calls.constrain(payload, request)
-        return payload
+        return with_turn_stops(payload, turn_markers(expert))  # the template's turns end an answer
 
     async def _route_one(
         self, request: Request, trace: Trace, decision: RouteDecision | None = None, turn: Turn | None = None
@@ -591,9 +603,7 @@ class CoE:
     async def _open_session(
         self, request: Request, session: str | SessionRef | None, trace: Trace
     ) -> Turn | None:
-        sessions = (
-            await asyncio.to_thread(lambda: self.sessions) if self._sessions is None else self._sessions
-        )
+        sessions = await self.asessions()
         if sessions is None:
             return None
         ref = SessionRef(id=session) if isinstance(session, str) else session
@@ -691,3 +701,11 @@ def make_request(
             update["expert"] = expert
         return Request.model_validate({**prompt.model_dump(exclude_unset=True), **update})
     return Request.from_input(prompt, expert=expert, params=params, **given)
+
+
+def _strip_chunk(chunk: dict[str, Any], markers: tuple[str, ...]) -> None:
+    """Turn markers out of a stream chunk's text (see coe.experts.templates)."""
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if isinstance(delta.get("content"), str):
+            delta["content"] = strip_markers(delta["content"], markers)

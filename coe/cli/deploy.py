@@ -42,6 +42,13 @@ def deploy_ray(
         bool, typer.Option(help="Refuse to deploy when the cluster lacks the GPUs/CPUs asked for.")
     ] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every application to run.")] = 900.0,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unauthenticated",
+            help="Deploy the ingress without API keys on a non-loopback deploy.ray.host (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """Deploy experts.yaml on Ray Serve: one ingress (router, gate, aggregator and the API of `coe serve`)
     and one deployment per managed expert, with the replicas and resources of each expert's
@@ -52,6 +59,12 @@ def deploy_ray(
 
         typer.echo(json.dumps(plan(cfg, ray_llm_available()).model_dump(), indent=2))
         return
+    if not delete:  # before any cluster is joined: the refusal is about the registry alone
+        from coe.deploy.plan import ingress_settings, plan
+
+        settings = ingress_settings(cfg, plan(cfg), allow_unauthenticated)
+        if (why := settings.refusal("deploy.ray.host")) is not None:
+            raise fail(why)
     try:
         from coe.deploy import ray as coe_ray
     except ImportError as exc:
@@ -63,7 +76,9 @@ def deploy_ray(
             removed = coe_ray.delete(cfg)
             out.print(f"removed: {', '.join(removed) or 'nothing (no such applications)'}")
             return
-        deployed = coe_ray.deploy(cfg, timeout_s=timeout, check=check_resources)
+        deployed = coe_ray.deploy(
+            cfg, timeout_s=timeout, check=check_resources, allow_unauthenticated=allow_unauthenticated
+        )
     except coe_ray.DeployError as exc:
         raise fail(exc) from None
     _print_plan(deployed)

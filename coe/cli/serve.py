@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, load
+from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, fail, load
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +28,13 @@ def serve(
     max_queue: Annotated[int | None, typer.Option(help="Requests waiting per expert before 429.")] = None,
     warm: Annotated[bool, typer.Option(help="Start the router and managed experts at startup.")] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unauthenticated",
+            help="Serve without API keys on a non-loopback --host (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the registry as an OpenAI-compatible API (/v1/chat/completions, /v1/models, /metrics).
 
@@ -37,8 +44,9 @@ def serve(
 
     For the routing trace as a `coe` field: body `"coe": {"trace": true}` or header `x-coe-trace: 1`.
 
-    Bearer keys: `server.api_keys` in the registry and COE_API_KEYS (comma-separated); with neither the
-    API is open, so keep it on loopback. Flags override the registry's `server:` block.
+    Bearer keys: `server.api_keys` in the registry and COE_API_KEYS (comma-separated). Without keys
+    only a loopback --host is served, unless --allow-unauthenticated. Flags override the registry's
+    `server:` block.
     """
     import uvicorn
 
@@ -52,13 +60,17 @@ def serve(
         max_tokens_limit=max_tokens,
         max_concurrency=max_concurrency,
         max_queue=max_queue,
+        host=host,
+        allow_unauthenticated=allow_unauthenticated,
     )
+    if (why := settings.refusal("--host" if host else "server.host")) is not None:
+        raise fail(why)
     app = create_app(cfg, settings)
     # uvicorn turns SIGINT/SIGTERM into a graceful shutdown: in-flight requests finish (up to 30 s),
     # then the lifespan stops the experts.
     uvicorn.run(
         app,
-        host=host or cfg.server.host,
+        host=settings.host,
         port=port or cfg.server.port,
         log_level=log_level,
         timeout_graceful_shutdown=30,

@@ -10,12 +10,15 @@ and headers are the single-machine code, and Ray balances each expert's traffic 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from coe.config import CoEConfig, ExpertConfig, ExpertRayDeployment, IngressRayDeployment, RayDeployment
 from coe.errors import CoEError
+
+if TYPE_CHECKING:
+    from coe.server.settings import ServerSettings
 
 
 def ray_llm_available() -> bool:
@@ -151,14 +154,16 @@ def _scaling(
     return {"min_replicas": lo, "max_replicas": hi, "per_replica": per_replica, "options": options}
 
 
-def ingress_config(config: CoEConfig, deploy_plan: DeployPlan) -> CoEConfig:
-    """The registry the ingress runs: managed experts rewritten as endpoints on their deployments.
+def ingress_config(config: CoEConfig, deploy_plan: DeployPlan, api_key: str | None = None) -> CoEConfig:
+    """The registry the ingress runs: managed experts rewritten as endpoints on their deployments,
+    called with ``api_key`` (one of the server's keys, which the expert deployments then require).
     They keep what their engine serves and their context: an endpoint without ``capabilities`` would
     be assumed to serve everything (and a llama.cpp expert would be sent forced tool choices it
     ignores)."""
     from coe.capabilities import context_window, expert_capabilities
 
     experts = dict(config.experts)
+    key = SecretStr(api_key) if api_key else None
     for name in deploy_plan.experts:
         expert = config.experts[name]
         caps, _ = expert_capabilities(expert, None)
@@ -167,6 +172,7 @@ def ingress_config(config: CoEConfig, deploy_plan: DeployPlan) -> CoEConfig:
                 "serve": None,
                 "deploy": None,
                 "endpoint": deploy_plan.expert_url(name),
+                "api_key": key,
                 "capabilities": sorted(caps),
                 "context_window": context_window(expert, None),
             }
@@ -186,6 +192,23 @@ def replica_config(config: CoEConfig, name: str, deploy_plan: DeployPlan) -> CoE
     serving = config.serving.model_copy(update={"memory_budget_gb": None})
     experts = {name: expert.model_copy(update={"serve": spec})}
     return config.model_copy(update={"experts": experts, "serving": serving})
+
+
+def ingress_settings(
+    config: CoEConfig, deploy_plan: DeployPlan, allow_unauthenticated: bool = False
+) -> ServerSettings:
+    """The registry's ``server:`` block, on the address of Serve's proxies (``deploy.ray.host``); the
+    per-expert concurrency limit, unless set, grows with the replicas (the single-machine default is
+    one llama.cpp server's slots)."""
+    concurrency = config.server.max_concurrency or max(8, expert_capacity(deploy_plan))
+    from coe.server.settings import ServerSettings  # FastAPI comes with it: not for --dry-run
+
+    return ServerSettings.from_config(
+        config.server,
+        max_concurrency=concurrency,
+        host=deploy_plan.host,
+        allow_unauthenticated=allow_unauthenticated,
+    )
 
 
 def expert_capacity(deploy_plan: DeployPlan) -> int:

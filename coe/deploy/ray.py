@@ -17,6 +17,7 @@ not a Ray-specific copy. The cost is one loopback hop through the proxy (see ben
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -36,8 +37,8 @@ from coe.deploy.plan import (
     DeployError,
     DeploymentPlan,
     DeployPlan,
-    expert_capacity,
     ingress_config,
+    ingress_settings,
     missing_resources,
     plan,
     ray_llm_available,
@@ -58,6 +59,8 @@ def build_app(
     """The Serve applications for ``config``: one per managed expert, then the ingress. Pass them to
     ``ray.serve.run_many``; ``deploy`` does that after checking the cluster."""
     deploy_plan = deploy_plan or plan(config, ray_llm_available())
+    if settings is None:
+        settings = ingress_settings(config, deploy_plan)
     targets = []
     for name, p in deploy_plan.experts.items():
         if p.backend == "ray_llm":
@@ -70,23 +73,15 @@ def build_app(
             deployment = serve.deployment(ExpertReplica).options(
                 name=f"expert-{name}", health_check_period_s=HEALTH_CHECK_PERIOD_S, **p.options
             )
-            app = deployment.bind(name, replica_config(config, name, deploy_plan))
+            app = deployment.bind(name, replica_config(config, name, deploy_plan), settings.api_keys)
         targets.append(RunTarget(target=app, name=p.app, route_prefix=p.route_prefix))
-    if settings is None:
-        settings = ingress_settings(config, deploy_plan)
     ingress = serve.deployment(IngressReplica).options(name="ingress", **deploy_plan.ingress.options)
-    app = ingress.bind(ingress_config(config, deploy_plan), settings)
+    key = min(settings.api_keys) if settings.api_keys else None  # the ingress's own key to its experts
+    app = ingress.bind(ingress_config(config, deploy_plan, key), settings)
     targets.append(
         RunTarget(target=app, name=deploy_plan.ingress.app, route_prefix=deploy_plan.ingress.route_prefix)
     )
     return targets
-
-
-def ingress_settings(config: CoEConfig, deploy_plan: DeployPlan) -> ServerSettings:
-    """The registry's ``server:`` block; the per-expert concurrency limit, unless set, grows with the
-    replicas (the single-machine default is one llama.cpp server's slots)."""
-    concurrency = config.server.max_concurrency or max(8, expert_capacity(deploy_plan))
-    return ServerSettings.from_config(config.server, max_concurrency=concurrency)
 
 
 # ----------------------------------------------------------------------------- the cluster
@@ -156,9 +151,22 @@ def deploy(
     settings: ServerSettings | None = None,
     timeout_s: float = 900.0,
     check: bool = True,
+    allow_unauthenticated: bool = False,
 ) -> DeployPlan:
-    """Check the cluster, start Serve's proxies, deploy every application and wait until all run."""
+    """Check the cluster, start Serve's proxies, deploy every application and wait until all run.
+    Without API keys the ingress is deployed on a loopback ``deploy.ray.host`` only, unless
+    ``allow_unauthenticated``."""
     deploy_plan = plan(config, ray_llm_available())
+    if settings is None:
+        settings = ingress_settings(config, deploy_plan, allow_unauthenticated)
+    else:  # the proxies bind deploy.ray.host, whatever host the given settings name
+        settings = dataclasses.replace(
+            settings,
+            host=deploy_plan.host,
+            allow_unauthenticated=settings.allow_unauthenticated or allow_unauthenticated,
+        )
+    if (why := settings.refusal("deploy.ray.host")) is not None:
+        raise DeployError(why)
     if check:
         check_resources(deploy_plan)
     _start_serve(deploy_plan)

@@ -14,6 +14,8 @@ because a CoE holds locks, processes and an HTTP pool that must live in the repl
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,16 +32,24 @@ from starlette.types import ASGIApp
 
 from coe.config import CoEConfig
 from coe.experts.pool import ExpertPool
+from coe.experts.templates import turn_markers, with_turn_stops
 from coe.server import ServerSettings, create_app
 from coe.server.errors import error_body
+from coe.server.settings import authorized
 
 log = logging.getLogger("coe.deploy")
 
 
 @serve.ingress()
 class ExpertReplica:
-    async def __init__(self, name: str, config: CoEConfig) -> None:  # type: ignore[misc]  # Ray awaits it
+    async def __init__(  # type: ignore[misc]  # Ray awaits it
+        self, name: str, config: CoEConfig, api_keys: frozenset[str] = frozenset()
+    ) -> None:
         self.name = name
+        # The ingress's keys: Serve's proxy exposes this application on deploy.ray.host too, so with
+        # keys set it must not be an open side door to the expert.
+        self.api_keys = api_keys
+        self.markers = turn_markers(config.experts[name])
         self._state_dir = tempfile.TemporaryDirectory(prefix=f"coe-ray-{name}-")
         serving = config.serving.model_copy(update={"state_dir": self._state_dir.name})
         self.pool = ExpertPool(config.model_copy(update={"serving": serving}))
@@ -53,7 +63,7 @@ class ExpertReplica:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._get("/v1/models"), methods=["GET"]),
-                Route("/health", self._get("/health"), methods=["GET"]),
+                Route("/health", self._get("/health", open_=True), methods=["GET"]),
             ]
         )
 
@@ -66,8 +76,23 @@ class ExpertReplica:
         self.pool.stop_all()
         self._state_dir.cleanup()
 
+    def _refused(self, request: Request) -> Response | None:
+        if authorized(request.headers.get("authorization", ""), self.api_keys):
+            return None
+        return JSONResponse(
+            error_body("missing or invalid API key", "authentication_error", code="invalid_api_key"),
+            status_code=401,
+        )
+
     async def _chat(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         body = await request.body()
+        if self.markers:  # the ingress sees an endpoint: the turn stops of its template are added here
+            with contextlib.suppress(ValueError, TypeError, AttributeError):  # not a JSON object:
+                body = json.dumps(
+                    with_turn_stops(json.loads(body), self.markers)
+                ).encode()  # llama-server says so
         upstream = self.http.build_request(
             "POST",
             f"{self.upstream}/chat/completions",
@@ -76,10 +101,13 @@ class ExpertReplica:
         )
         return await self._relay(upstream)
 
-    def _get(self, path: str) -> Callable[[Request], Awaitable[Response]]:
+    def _get(self, path: str, open_: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        """A GET passed through; ``open_`` ones (health) need no key, as on ``coe serve``."""
         url = self.upstream.removesuffix("/v1") + path
 
-        async def forward(_: Request) -> Response:
+        async def forward(request: Request) -> Response:
+            if not open_ and (refused := self._refused(request)) is not None:
+                return refused
             return await self._relay(self.http.build_request("GET", url))
 
         return forward

@@ -13,7 +13,8 @@
 
 A folder written by ``coe finetune-encoder`` (torch or onnx) carries ``coe_encoder.json``; its
 ``identity`` (base name + hash of the weights) becomes the embedding space, so a router trained on
-the fine-tuned vectors refuses the base encoder and the other way round.
+the fine-tuned vectors refuses the base encoder and the other way round; the file a backend loads
+must have the hash the header records (coe.encoding.header.checked_identity).
 
 Every failure is a ModelNotFoundError that names the missing package, file or command to run.
 """
@@ -84,12 +85,13 @@ def encoder_space(model: str, backend: str) -> str:
     return canonical + suffix
 
 
-def finetuned_identity(folder: Path) -> str | None:
-    """The embedding space of a folder written by ``coe finetune-encoder``; None for any other folder."""
-    from coe.encoding.header import read_header
+def finetuned_identity(folder: Path, loaded: Path) -> str | None:
+    """The embedding space of a folder written by ``coe finetune-encoder``, after checking that
+    ``loaded``, the weights file the backend will load, is the one it was written with; None for any
+    other folder."""
+    from coe.encoding.header import checked_identity
 
-    header = read_header(folder)
-    return header.identity if header is not None else None
+    return checked_identity(folder, loaded)
 
 
 def _package_dir(module: str, dist: str, what: str) -> Path:
@@ -153,7 +155,8 @@ def resolve_encoder_files(
     """Resolve everything ``backend`` needs for ``model``; raise ModelNotFoundError naming what is missing."""
     if backend == "torch":
         folder = resolve_encoder_dir(model, path, base_dir)
-        return EncoderFiles(model, "torch", folder, identity=finetuned_identity(folder) if path else None)
+        identity = finetuned_identity(folder, folder / "model.safetensors") if path else None
+        return EncoderFiles(model, "torch", folder, identity=identity)
     if backend in ONNX_BACKENDS:
         if importlib.util.find_spec("onnxruntime") is None:
             raise ModelNotFoundError(f"embedder.backend {backend} needs onnxruntime: pip install 'coe[onnx]'")
@@ -169,7 +172,7 @@ def resolve_encoder_files(
             )
             if onnx is None or not (folder / "tokenizer.json").is_file():
                 raise ModelNotFoundError(f"embedder.path {folder} needs model.onnx and tokenizer.json")
-            identity = finetuned_identity(folder)
+            identity = finetuned_identity(folder, onnx)
             return EncoderFiles(model, "onnx", folder, onnx, folder / "tokenizer.json", identity=identity)
         folder = resolve_encoder_dir(model)
         packaged, sha256 = _checked_onnx(model)

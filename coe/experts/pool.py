@@ -187,6 +187,19 @@ class ExpertPool:
                 raise ExpertError(name, str(exc)) from None
         return self._footprints[name]
 
+    def never_fits(self, name: str) -> str | None:
+        """Why the expert can never load under the memory budget (it needs more than all of it, or its
+        size cannot be known), or None: it is loadable, if need be after evictions."""
+        if self.budget_gb is None:
+            return None
+        try:
+            need = self.footprint(name)
+        except ExpertError as exc:
+            return exc.reason
+        if need > self.budget_gb + 1e-9:
+            return f"needs {need:.2f} GB, more than serving.memory_budget_gb ({self.budget_gb:g} GB)"
+        return None
+
     def fits(self, names: Sequence[str]) -> bool:
         """Whether these experts can be loaded at the same time under the budget."""
         budget = self.budget_gb
@@ -261,11 +274,9 @@ class ExpertPool:
         """Start loading ``name`` (after evicting what must go) if it may load now; False: wait."""
         victims: list[str] = []
         if self.budget_gb is not None:
+            if (why := self.never_fits(name)) is not None:
+                raise ExpertError(name, why)
             need = self.footprint(name)
-            if need > self.budget_gb:
-                raise ExpertError(
-                    name, f"needs {need:.2f} GB, more than serving.memory_budget_gb ({self.budget_gb:g} GB)"
-                )
             free = self.budget_gb - self._resident_gb()
             if need > free + 1e-9:
                 now = time.monotonic()

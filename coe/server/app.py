@@ -12,7 +12,6 @@ every expert process it started when the server shuts down, after in-flight requ
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -33,7 +32,7 @@ from coe.server.errors import APIError, install_error_handlers
 from coe.server.gateway import Call, Gateway, attempted, coe_headers, model_ids, session_ref
 from coe.server.limits import ExpertLimiter
 from coe.server.metrics import Metrics
-from coe.server.settings import ServerSettings
+from coe.server.settings import ServerSettings, authorized
 
 log = logging.getLogger("coe.server")
 
@@ -55,9 +54,12 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
 
     coe.admission = admit
     gateway = Gateway(coe, metrics)
+    exposure = settings.exposure_warning()  # served open on purpose: said at start-up and by /readyz
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if exposure is not None:
+            log.warning(exposure)
         warm = asyncio.create_task(_warm(coe)) if settings.warm else None
         try:
             yield
@@ -74,18 +76,10 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
     install_error_handlers(app)
 
     def authorize(request: Request) -> None:
-        """A bearer key, or Anthropic's ``x-api-key`` header (its SDK sends that one)."""
-        if not settings.api_keys:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        offered = (
-            token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "").strip()
-        )
-        ok = bool(offered) and any(
-            hmac.compare_digest(offered.encode(), key.encode()) for key in settings.api_keys
-        )
-        if not ok:  # the offered key is never echoed or logged
-            raise APIError(401, "missing or invalid API key", code="invalid_api_key")
+        """A bearer key, or Anthropic's ``x-api-key`` header."""
+        headers = request.headers
+        if not authorized(headers.get("authorization", ""), settings.api_keys, headers.get("x-api-key", "")):
+            raise APIError(401, "missing or invalid API key", code="invalid_api_key")  # never echoes it
 
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
@@ -140,18 +134,24 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        # Under a memory budget an evicted (cold) or sleeping expert is loadable on demand, not down.
+        # Under a memory budget an evicted (cold) or sleeping expert is loadable on demand, not down,
+        # unless it failed to start or is larger than the whole budget.
         loadable = {"ready", "asleep", "cold"} if coe.pool.budget_gb is not None else {"ready"}
         not_ready = {}
         for s in await coe.pool.status():
-            ready = (s.state in loadable and not (s.state == "cold" and s.detail)) or (
+            if s.state in ("cold", "asleep") and s.state in loadable and not s.detail:
+                why: str | None = await asyncio.to_thread(coe.pool.never_fits, s.name)
+                s.detail = why or ""
+            ready = (s.state in loadable and not (s.state in ("cold", "asleep") and s.detail)) or (
                 s.state == "external" and s.detail in ("reachable", "hosted")
             )
             if not ready:
                 not_ready[s.name] = s.detail or s.state
+        open_api = {"unauthenticated": True, "warning": exposure} if exposure else {}
         if not_ready:
-            return JSONResponse({"status": "not ready", "not_ready": not_ready}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            body = {"status": "not ready", "not_ready": not_ready, **open_api}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready", **open_api})
 
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Response:

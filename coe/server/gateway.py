@@ -11,7 +11,7 @@ the router had chosen that category (its expert, then the fallback expert). A re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,10 +20,12 @@ from fastapi.responses import StreamingResponse
 
 from coe.errors import AllExpertsFailed, CoEError, ExpertError, NoCapableExpert, RequestBlocked
 from coe.orchestrator import CoE
+from coe.server.apis.translate import check_tool_results
 from coe.server.errors import APIError, log
 from coe.server.limits import ExpertBusy
 from coe.server.metrics import Metrics
-from coe.types import Answer, Request, RouteDecision, SessionRef, StreamEvent, Trace
+from coe.sessions.store import StoredResponse, StoreUnavailable
+from coe.types import Answer, Message, Request, RouteDecision, SessionRef, StreamEvent, Trace
 
 ROUTED = "coe"
 EXPERT_PREFIX = "coe/expert/"
@@ -44,6 +46,11 @@ class Call:
     include_usage: bool = False
     trace: bool = False
     session: SessionRef | None = None
+    # A reply that can be continued later (the Responses API's ``store``): its id, made before the
+    # answer so that the stored record and the reply carry the same one.
+    response_id: str | None = None
+    store: bool = False
+    previous_response_id: str | None = None  # the stored reply this request continues
 
 
 class Writer(Protocol):
@@ -160,17 +167,65 @@ class Gateway:
 
     async def answer(self, call: Call) -> Answer:
         expert, decision = resolve_model(self.coe, call.model)
+        await self._resume(call)
         try:
             answer = await self.coe.aask(call.request, expert=expert, decision=decision, session=call.session)
         except Exception as exc:
             self._count_blocked(exc)
             raise error_for(exc) from None
         self.metrics.observe_answer(answer)
+        await self._remember(call, answer)
         return answer
 
     def _count_blocked(self, exc: Exception) -> None:
         if isinstance(exc, RequestBlocked):
             self.metrics.observe_blocked(exc.signal, exc.verdict)
+
+    async def _resume(self, call: Call) -> None:
+        """Put the stored conversation of ``previous_response_id`` before the request's own turns (its
+        system turns stay first, as OpenAI does not carry instructions over), in the same session."""
+        if not call.store and call.previous_response_id is None:
+            return
+        sessions = await self.coe.asessions()
+        call.store = call.store and sessions is not None  # the reply says whether it was kept
+        if call.previous_response_id is None:
+            return
+        name = call.previous_response_id
+        if sessions is None:
+            raise APIError(
+                400,
+                "previous_response_id needs conversations on (router.sessions.enabled: true)",
+                param="previous_response_id",
+            )
+        try:
+            stored = await sessions.recall_response(name)
+        except StoreUnavailable as exc:
+            raise APIError(503, f"the session store is unavailable: {exc}", type="api_error") from None
+        if stored is None:
+            raise APIError(
+                400,
+                f"previous response {name!r} not found: it expired, was stored with store: false,"
+                " or never existed",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        own = call.request.messages
+        system = [m for m in own if m.role in ("system", "developer")]
+        earlier = [Message.model_validate(m) for m in stored.messages]
+        rest = [m for m in own if m.role not in ("system", "developer")]
+        check_tool_results([*earlier, *rest], "input")  # offsets count the stored turns first
+        call.request = call.request.model_copy(update={"messages": [*system, *earlier, *rest]})
+        if call.session is None and stored.session:
+            call.session = SessionRef(id=stored.session, source="previous_response_id")
+
+    async def _remember(self, call: Call, answer: Answer) -> None:
+        if not (call.store and call.response_id) or self.coe.sessions is None:
+            return
+        said = Message(role="assistant", content=answer.text or None, tool_calls=answer.tool_calls or None)
+        turns = [m.payload() for m in call.request.messages if m.role not in ("system", "developer")]
+        session = answer.trace.session.id if answer.trace.session is not None else None
+        record = StoredResponse(id=call.response_id, session=session, messages=[*turns, said.payload()])
+        await self.coe.sessions.remember_response(record)
 
     async def stream(self, call: Call, writer: Callable[[str], Writer]) -> StreamingResponse:
         """Wait for the first event before answering, so that 429, 400 no_capable_expert and "every
@@ -178,6 +233,7 @@ class Gateway:
         ``astream`` fills the trace as it goes: routing and the session are decided before its first
         event, so the headers carry the category, confidence and session."""
         expert, decision = resolve_model(self.coe, call.model)
+        await self._resume(call)
         tried: list[str] = []
         attempted.set(tried)
         trace = Trace()
@@ -191,7 +247,7 @@ class Gateway:
             raise error_for(exc) from None
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
         headers = coe_headers(answering, trace.decision or decision, trace)
-        sse = _Stream(self.metrics, writer(answering), answering)
+        sse = _Stream(self.metrics, writer(answering), answering, lambda answer: self._remember(call, answer))
         return StreamingResponse(
             sse.run(first, events),
             media_type="text/event-stream",
@@ -200,10 +256,13 @@ class Gateway:
 
 
 class _Stream:
-    def __init__(self, metrics: Metrics, writer: Writer, expert: str) -> None:
+    def __init__(
+        self, metrics: Metrics, writer: Writer, expert: str, after: Callable[[Answer], Awaitable[None]]
+    ) -> None:
         self.metrics = metrics
         self.writer = writer
         self.expert = expert
+        self.after = after  # once the whole answer is known
 
     async def run(self, first: StreamEvent, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
         for part in self.writer.start():
@@ -215,6 +274,7 @@ class _Stream:
                     for part in self.writer.delta(event):
                         yield part
                 elif event.answer is not None:
+                    await self.after(event.answer)  # stored before the client can continue from it
                     for part in self.writer.done(self._finish(event.answer)):
                         yield part
                     return

@@ -13,12 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coe.sessions.manager import Sessions, Turn, open_store
-from coe.sessions.store import SessionRecord, StoreUnavailable
+from coe.sessions.store import SessionRecord, StoredResponse, StoreUnavailable
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig
 
-__all__ = ["SessionRecord", "Sessions", "StoreUnavailable", "Turn", "build_sessions", "open_store"]
+__all__ = [
+    "SessionRecord",
+    "Sessions",
+    "StoreUnavailable",
+    "StoredResponse",
+    "Turn",
+    "build_sessions",
+    "open_store",
+]
 
 log = logging.getLogger("coe.sessions")
 

@@ -22,6 +22,7 @@ from coe.sessions.store import (
     SessionRecord,
     SessionStore,
     SqliteStore,
+    StoredResponse,
     StoreUnavailable,
 )
 from coe.types import Message, Request, RouteDecision, SessionSource, SessionTrace
@@ -158,6 +159,18 @@ class Sessions:
             await self.store.put(record, alias)
         except StoreUnavailable as exc:
             self._failed(turn, exc)
+
+    async def recall_response(self, response_id: str) -> StoredResponse | None:
+        """A stored Responses reply, for ``previous_response_id``. Raises StoreUnavailable: unlike a
+        routing hint, a conversation the caller asked to continue cannot be guessed."""
+        return await self.store.get_response(response_id)
+
+    async def remember_response(self, record: StoredResponse) -> None:
+        try:
+            await self.store.put_response(record)
+        except StoreUnavailable as exc:  # the answer still goes out; continuing from it will 404
+            self.errors += 1
+            log.warning("session store unavailable, response %s not stored: %s", record.id, exc)
 
     async def aclose(self) -> None:
         await self.store.aclose()

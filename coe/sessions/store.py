@@ -61,8 +61,31 @@ class SessionRecord(BaseModel):
         return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode()
 
 
+class StoredResponse(BaseModel):
+    """A Responses API reply kept for ``previous_response_id``: the conversation up to and including
+    its answer (system turns excluded: OpenAI does not carry ``instructions`` over), and its session."""
+
+    id: str
+    session: str | None = None
+    messages: list[dict[str, Any]] = Field(default_factory=list, description="wire-form turns")
+    created: float = Field(default_factory=time.time)
+
+
+def _parse_response(raw: str | bytes | None) -> StoredResponse | None:
+    if raw is None:
+        return None
+    try:
+        return StoredResponse.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
 class SessionStore(Protocol):
     kind: str
+
+    async def get_response(self, response_id: str) -> StoredResponse | None: ...
+
+    async def put_response(self, record: StoredResponse) -> None: ...
 
     async def get(self, session_id: str | None, alias: str | None) -> SessionRecord | None: ...
 
@@ -96,7 +119,19 @@ class MemoryStore:
         self.max_sessions = max_sessions
         self._records: OrderedDict[str, SessionRecord] = OrderedDict()
         self._aliases: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._responses: OrderedDict[str, StoredResponse] = OrderedDict()
         self._lock = threading.Lock()  # the batch runner routes from threads
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        with self._lock:
+            record = self._responses.get(response_id)
+        return record if record is not None and time.time() - record.created < self.ttl_s else None
+
+    async def put_response(self, record: StoredResponse) -> None:
+        with self._lock:
+            self._responses[record.id] = record
+            while len(self._responses) > 4 * self.max_sessions:
+                self._responses.popitem(last=False)
 
     async def get(self, session_id: str | None, alias: str | None) -> SessionRecord | None:
         now = time.time()
@@ -136,6 +171,7 @@ class MemoryStore:
             n = len(self._records)
             self._records.clear()
             self._aliases.clear()
+            self._responses.clear()
         return n
 
     async def aclose(self) -> None:
@@ -167,6 +203,7 @@ class SqliteStore:
             db.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, updated REAL, data TEXT)")
             db.execute("CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, id TEXT, updated REAL)")
             db.execute("CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated)")
+            db.execute("CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, created REAL, data TEXT)")
             self._db = db
         return self._db
 
@@ -216,8 +253,26 @@ class SqliteStore:
 
         self._run(write)
 
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        oldest = time.time() - self.ttl_s
+        row = self._run(
+            lambda db: db.execute(
+                "SELECT data FROM responses WHERE id = ? AND created > ?", (response_id, oldest)
+            ).fetchone()
+        )
+        return _parse_response(row[0] if row else None)
+
+    async def put_response(self, record: StoredResponse) -> None:
+        self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO responses (id, created, data) VALUES (?, ?, ?)",
+                (record.id, record.created, record.model_dump_json()),
+            )
+        )
+
     def _trim(self, db: sqlite3.Connection) -> None:
         oldest = time.time() - self.ttl_s
+        db.execute("DELETE FROM responses WHERE created <= ?", (oldest,))
         db.execute("DELETE FROM sessions WHERE updated <= ?", (oldest,))
         db.execute("DELETE FROM aliases WHERE updated <= ?", (oldest,))
         newest_first = "SELECT id FROM sessions ORDER BY updated DESC LIMIT -1 OFFSET ?"
@@ -245,6 +300,7 @@ class SqliteStore:
         def wipe(db: sqlite3.Connection) -> int:
             n = db.execute("DELETE FROM sessions").rowcount
             db.execute("DELETE FROM aliases")
+            db.execute("DELETE FROM responses")
             return int(n)
 
         return int(self._run(wipe))
@@ -305,6 +361,13 @@ class RedisStore:
             return await r.get(self._key("session", sid)) if sid is not None else None
 
         return _parse(await self._call(read))
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        return _parse_response(await self._call(lambda r: r.get(self._key("response", response_id))))
+
+    async def put_response(self, record: StoredResponse) -> None:
+        key, data, ttl = self._key("response", record.id), record.model_dump_json(), max(1, int(self.ttl_s))
+        await self._call(lambda r: r.set(key, data, ex=ttl))
 
     async def put(self, record: SessionRecord, alias: str | None) -> None:
         ttl = max(1, int(self.ttl_s))

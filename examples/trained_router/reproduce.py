@@ -153,8 +153,8 @@ def finetuned(data: Path, encoder: Path, label_field: str, epochs: int) -> bool:
     from coe.evaluation.data import read_labelled
 
     header = read_header(encoder) if encoder.is_dir() else None
-    if header is None or header.settings.epochs != epochs:
-        return False
+    if header is None or header.settings.epochs != epochs or not header.weights:
+        return False  # no weights hashes: written by an older CoE, which CoE now refuses to load
     rows = read_labelled(data, label_field=label_field)
     return header.data_sha256 == dataset_hash(rows.texts, rows.labels)
 

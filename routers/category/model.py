@@ -124,7 +124,8 @@ class ExtraMember:
     Why: two MiniLMs fine-tuned on different labels (the 92 source labels and the 8 domains) err on
     different prompts, and combining their neighbour votes fixed more of the example router's errors
     than any classifier change did. Its encoder is resolved and checked when the artefact loads (a
-    missing or retrained folder fails there, naming it) but loaded on its first unsure prompt, with
+    missing or retrained folder, or one whose weights file is not the one its header records, fails
+    there, naming it) but loaded on its first unsure prompt, with
     the main embedder's thread count so that latency settings apply to both."""
 
     model: EmbeddingModel
@@ -139,10 +140,13 @@ class ExtraMember:
         from coe.encoding.files import resolve_encoder_files, resolve_recorded
         from coe.errors import ModelNotFoundError
 
+        folder = resolve_recorded(encoder.path, base)
         try:
-            files = resolve_encoder_files("extra", encoder.backend, str(resolve_recorded(encoder.path, base)))
-        except ModelNotFoundError as exc:
-            raise ValueError(f"its extra encoder is missing: {exc}") from None
+            files = resolve_encoder_files("extra", encoder.backend, str(folder))
+        except ModelNotFoundError as exc:  # gone, or its weights are not the ones its header names
+            raise ValueError(
+                f"its extra encoder {'cannot be used' if folder.exists() else 'is missing'}: {exc}"
+            ) from None
         if files.identity != encoder.space:  # read from the folder's coe_encoder.json while resolving
             raise ValueError(
                 f"its extra encoder {files.folder} holds {files.identity!r}, not the {encoder.space!r} "

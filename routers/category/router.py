@@ -118,9 +118,18 @@ class CategoryRouter:
                 )
                 + " or retrain with `coe train-router`"
             )
+        # Another label set either way is refused: a label without a category has no expert to go to,
+        # and a category the artefact never learned would silently never be chosen.
         missing = [label for label in header.labels if label not in self.cfg.categories]
         if missing:
             raise ModelNotFoundError(f"{path}: labels {missing} have no entry in router.categories")
+        unknown = [name for name in self.cfg.categories if name not in header.labels]
+        if unknown:
+            raise ModelNotFoundError(
+                f"{path}: router.categories {unknown} are not among the labels it was trained on "
+                f"({', '.join(header.labels)}), so it could never pick them: remove them or retrain "
+                "with `coe train-router` on data that has them"
+            )
         return model, list(header.labels)
 
     @classmethod

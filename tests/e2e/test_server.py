@@ -15,6 +15,7 @@ import uvicorn
 from coe.experts.process import free_port
 from coe.server import ServerSettings, create_app
 from tests.support.procs import llama_server_pids, wait_gone
+from tests.support.streams import StreamReader
 
 pytestmark = pytest.mark.e2e
 SHORT = {"max_tokens": 24, "temperature": 0.0}
@@ -160,26 +161,15 @@ def test_metrics_count_tokens_and_decisions(server: ServerThread) -> None:
 
 
 def test_graceful_shutdown_finishes_in_flight_then_stops_experts(server: ServerThread) -> None:
-    """Runs last: a stream in flight when shutdown starts still completes, then experts stop."""
-    result: dict[str, object] = {}
-
-    def stream() -> None:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
-        chunks = client.chat.completions.create(
-            model="coe/expert/coder",
-            messages=[{"role": "user", "content": "Count from one to twenty in words"}],
-            stream=True,
-            max_tokens=48,
-        )
-        result["text"] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-    worker = threading.Thread(target=stream)
-    worker.start()
+    """Runs last: a stream in flight when shutdown starts still runs to its ``[DONE]``, then the
+    experts stop. (A real SIGTERM to a `coe serve` process: tests/e2e/test_serve_cli.py.)"""
+    reader = StreamReader(server.url)
+    reader.start()
     deadline = time.monotonic() + 30
     while "coe_inflight_requests 2.0" not in httpx.get(server.url + "/metrics").text:  # this one + the stream
-        assert time.monotonic() < deadline and worker.is_alive(), "the stream never started"
+        assert time.monotonic() < deadline and reader.is_alive(), "the stream never started"
         time.sleep(0.02)
     server.stop()
-    worker.join(timeout=120)
-    assert str(result.get("text", "")).strip()
+    reader.join(timeout=120)
+    reader.complete_text()
     assert not wait_gone(server.pids)  # type: ignore[attr-defined]

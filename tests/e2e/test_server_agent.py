@@ -231,6 +231,18 @@ def test_responses_api_forced_call_then_its_output(client: openai.OpenAI) -> Non
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
     valid_call("get_weather", args)
+    # The agent loop of the Responses API: only the tool's output, continuing the stored response.
+    streamed = events[-1].response
+    call_id = next(o.call_id for o in streamed.output if o.type == "function_call")
+    third = client.responses.create(
+        model="coe/expert/general",
+        previous_response_id=streamed.id,
+        input=[{"type": "function_call_output", "call_id": call_id, "output": "-2 C and snowing"}],
+        tools=[fn],
+        tool_choice="none",
+        max_output_tokens=24,
+    )
+    assert third.previous_response_id == streamed.id and third.output_text.strip()
 
 
 def test_anthropic_messages_forced_tool_then_result(server: ServerThread) -> None:

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
-HEAVY = ("torch", "sentence_transformers", "faiss", "litellm", "llama_cpp", "transformers", "numpy")
+import pytest
+
+# The README's list (torch, sentence-transformers, faiss, scikit-learn, litellm, fastapi, onnxruntime,
+# ray), what they bring along, and the optional stacks CoE also imports only where it uses them.
+README_LIST = (
+    "torch",
+    "sentence_transformers",
+    "faiss",
+    "sklearn",
+    "litellm",
+    "fastapi",
+    "onnxruntime",
+    "ray",
+)
+HEAVY = (
+    *README_LIST,
+    *("transformers", "tokenizers", "numpy", "scipy", "starlette", "uvicorn", "prometheus_client", "onnx"),
+    *("openai", "matplotlib", "llama_cpp", "vllm", "opentelemetry", "redis", "presidio_analyzer"),
+)
+
+
+@pytest.mark.parametrize("module", README_LIST)
+def test_the_readme_list_is_installed_here_so_the_checks_below_can_fail(module: str) -> None:
+    """The dev extras install every one of them: a library that is absent could not be caught."""
+    assert importlib.util.find_spec(module) is not None, f"{module} is not installed: make venv"
 
 
 def test_import_coe_pulls_in_no_heavy_library() -> None:

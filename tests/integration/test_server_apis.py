@@ -412,6 +412,53 @@ def test_responses_api_with_the_sdk(stubs) -> None:  # type: ignore[no-untyped-d
         ].call_id == "call_1"
 
 
+def test_previous_response_id_continues_the_stored_conversation(stubs) -> None:  # type: ignore[no-untyped-def]
+    """A stored response is continued by id, in its session, streamed or not; store: false keeps
+    nothing; an unknown id is 400 previous_response_not_found naming the field."""
+    path, states = stubs
+    with client_for(path) as http:
+        client = sdk(http)
+        first = client.responses.with_raw_response.create(
+            model="coe/expert/ok", input="My name is Ann.", instructions="Be brief."
+        )
+        resp = first.parse()
+        assert resp.store is True and resp.id.startswith("resp_")
+        events = list(
+            client.responses.create(
+                model="coe/expert/ok",
+                input="What is my name?",
+                instructions="Answer in French.",
+                previous_response_id=resp.id,
+                stream=True,
+            )
+        )
+        assert states["ok"].bodies[-1]["messages"] == [
+            {"role": "system", "content": "Answer in French."},  # instructions are not carried over
+            {"role": "user", "content": "My name is Ann."},
+            {"role": "assistant", "content": "answer from ok"},
+            {"role": "user", "content": "What is my name?"},
+        ]
+        second = events[-1].response
+        assert second.previous_response_id == resp.id
+        third = client.responses.with_raw_response.create(
+            model="coe/expert/ok", input="Thanks.", previous_response_id=second.id, store=False
+        )
+        assert [m["content"] for m in states["ok"].bodies[-1]["messages"]] == [
+            "My name is Ann.",
+            "answer from ok",
+            "What is my name?",
+            "answer from ok",
+            "Thanks.",
+        ]
+        assert third.headers["x-coe-session"] == first.headers["x-coe-session"]  # one conversation
+        assert third.parse().store is False
+        for missing in (third.parse().id, "resp_never"):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.responses.create(model="coe/expert/ok", input="hi", previous_response_id=missing)
+            assert refused.value.body["param"] == "previous_response_id"
+            assert refused.value.body["code"] == "previous_response_not_found"
+
+
 def test_anthropic_messages_with_the_sdk(stubs) -> None:  # type: ignore[no-untyped-def]
     path, states = stubs
     tool = {"name": "get_weather", "description": "Weather", "input_schema": PARAMS}

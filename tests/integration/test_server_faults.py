@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 
 from coe import load_config
 from coe.server import ServerSettings, create_app
+from coe.server.settings import is_loopback
 from tests.support.stub_server import Mode, StubState, stub_server
 
 USER = [{"role": "user", "content": "hi"}]
@@ -256,6 +258,112 @@ def test_readyz_names_unreachable_experts(tmp_path: Path) -> None:
             assert resp.status_code == 503 and set(resp.json()["not_ready"]) == {"gone"}
 
 
+@pytest.mark.parametrize(
+    ("budget", "not_ready"),
+    [
+        (None, {"coder": "cold", "coder2": "cold", "general": "cold"}),  # nothing loaded, no budget
+        (1.5, {}),  # each fits alone: loadable on demand, so ready with none loaded
+        (
+            0.5,  # larger than the whole budget: never loadable
+            dict.fromkeys(
+                ("coder", "coder2", "general"), "needs 1.00 GB, more than serving.memory_budget_gb (0.5 GB)"
+            ),
+        ),
+    ],
+)
+def test_readyz_under_a_memory_budget_means_loadable(
+    tmp_path: Path, budget: float | None, not_ready: dict[str, str]
+) -> None:
+    """Three managed experts of 1 GB each, none started (no warm-up)."""
+    from tests.support.registries import pool_registry_text
+
+    path = tmp_path / "experts.yaml"
+    path.write_text(pool_registry_text(budget))
+    with client_for(path) as client:
+        resp = client.get("/readyz")
+        assert client.app.state.coe.pool.running == {}  # type: ignore[attr-defined]
+    if not_ready:
+        assert resp.status_code == 503 and resp.json()["not_ready"] == not_ready
+    else:
+        assert resp.status_code == 200 and resp.json() == {"status": "ready"}
+
+
+# ------------------------------------------------------------------------------------ exposure
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("192.168.1.10", False),
+        ("no-such-host.invalid", False),  # unresolvable: counted as exposed, the safe side
+    ],
+)
+def test_what_counts_as_a_loopback_address(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("yaml_host", "flags", "named"),
+    [(None, ["--host", "0.0.0.0"], "--host"), ("0.0.0.0", [], "server.host")],
+)
+def test_coe_serve_refuses_an_open_api_on_a_public_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yaml_host: str | None, flags: list[str], named: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from coe.cli import app
+
+    monkeypatch.delenv("COE_API_KEYS", raising=False)
+    path = make_registry(tmp_path, {"ok": ("http://127.0.0.1:9/v1", "")})
+    if yaml_host:
+        path.write_text(path.read_text() + f"server: {{host: '{yaml_host}'}}\n")
+    with socket.socket() as taken:  # were the refusal gone, uvicorn would fail to bind, not serve on
+        taken.bind(("0.0.0.0", 0))
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(app, ["serve", "-c", str(path), "--port", port, "--no-warm", *flags])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.output.split())  # rich wraps long lines
+    assert "refusing to serve an API without keys on '0.0.0.0'" in message
+    assert "server.api_keys" in message and "COE_API_KEYS" in message
+    assert f"set {named} to 127.0.0.1" in message and "--allow-unauthenticated" in message
+
+
+def test_keys_or_the_explicit_flag_lift_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coe.config import ServerConfig
+
+    monkeypatch.delenv("COE_API_KEYS", raising=False)
+    public = ServerConfig(host="0.0.0.0")
+    assert ServerSettings.from_config(public).refusal() is not None
+    assert ServerSettings.from_config(ServerConfig()).refusal() is None  # loopback: keys optional
+    monkeypatch.setenv("COE_API_KEYS", "sk-1")
+    assert ServerSettings.from_config(public).refusal() is None
+    assert ServerSettings.from_config(public).exposure_warning() is None
+    monkeypatch.delenv("COE_API_KEYS")
+    allowed = ServerSettings.from_config(public, allow_unauthenticated=True)
+    assert allowed.refusal() is None and "without API keys on '0.0.0.0'" in str(allowed.exposure_warning())
+
+
+def test_an_api_served_open_on_purpose_warns_at_start_up_and_in_readyz(
+    stubs, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    caplog.set_level(logging.WARNING, logger="coe.server")
+    with client_for(path, host="0.0.0.0", allow_unauthenticated=True) as client:
+        assert "serving without API keys on '0.0.0.0'" in caplog.text
+        ready = client.get("/readyz").json()
+    assert ready["unauthenticated"] is True and "anyone who can reach" in ready["warning"]
+    with client_for(path) as client:  # loopback, no keys: the usual local case, nothing to report
+        assert "unauthenticated" not in client.get("/readyz").json()
+
+
 # ------------------------------------------------------------------------------------ fuzzing
 
 _json = st.recursive(
@@ -324,7 +432,8 @@ _format = st.sampled_from(
 _body = st.fixed_dictionaries(
     {},
     optional={
-        "model": st.sampled_from(["coe/expert/ok", "coe/category/to_ok", "gpt-4", "coe/expert/", ""]) | _json,
+        "model": st.sampled_from(["coe", "coe/expert/ok", "coe/category/to_ok", "gpt-4", "coe/expert/", ""])
+        | _json,
         "messages": st.lists(_message, max_size=3) | _json,
         "stream": st.booleans() | _json,
         "max_tokens": st.integers(-5, 10_000) | _json,
@@ -523,3 +632,41 @@ def test_fuzzed_raw_bytes_never_cause_5xx(fuzz_client: TestClient, raw: bytes) -
         resp = fuzz_client.post(path, content=raw)
         assert 400 <= resp.status_code < 500, resp.text
         assert_api_error(resp, path)
+
+
+# The routed model: the router and the encoder see whatever text a well-formed request carries.
+_text = st.text(max_size=300) | st.text(alphabet=st.characters(codec="utf-8"), max_size=2000)
+_part = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image_url", "input_text", ""]), "text": _text | _json}
+)
+_routed_message = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "system", "assistant", "tool", "developer"]),
+        "content": _text | st.lists(_part, max_size=3) | st.none(),
+    }
+)
+_routed = st.fixed_dictionaries(
+    {"model": st.just("coe"), "messages": st.lists(_routed_message, max_size=4)},
+    optional={
+        "stream": st.booleans(),
+        "max_tokens": st.integers(-2, 64),
+        "temperature": st.floats(-1, 3),
+        "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=3),
+        "coe": st.fixed_dictionaries({}, optional={"trace": st.booleans() | _json}) | _json,
+    },
+)
+
+
+@settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=_routed)
+def test_fuzzed_requests_to_the_routed_model_never_cause_5xx(fuzz_client: TestClient, body: Any) -> None:
+    """``coe`` runs the category router and its encoder on the prompt: any text a client can send,
+    empty, huge, odd unicode, in content parts, is routed or refused with a 4xx, never a 5xx."""
+    resp = fuzz_client.post("/v1/chat/completions", content=json.dumps(body))
+    assert resp.status_code < 500, resp.text
+    if resp.status_code >= 400:
+        assert_openai_error(resp, resp.status_code)
+    else:  # routed: the router decided (its category is in the headers), and the stub answered
+        assert resp.headers["x-coe-category"] == "to_ok" and resp.headers["x-coe-expert"] == "ok"

@@ -277,3 +277,23 @@ def test_a_dead_redis_degrades_to_stateless_routing_without_failing_a_request(
         assert s["action"] == "stateless" and s["error"].startswith(f"redis {url}")
         assert response.headers["x-coe-expert"] == "general"  # what the turn gets on its own
     assert "coe_session_store_errors_total 3.0" in metrics  # one per turn routed statelessly
+
+
+@needs_redis
+def test_a_response_stored_by_one_server_is_continued_through_another_sharing_redis(
+    tmp_path: Path, stubs: dict[str, str]
+) -> None:
+    """previous_response_id behind a load balancer: replicas sharing Redis share stored responses."""
+    with redis_server() as (url, _):
+        config = load_config(registry(tmp_path, stubs, f"{{store: redis, url: '{url}'}}"))
+        settings = ServerSettings(warm=False)
+        with TestClient(create_app(config, settings)) as a, TestClient(create_app(config, settings)) as b:
+            body = {"model": "coe", "input": CODE, "coe": {"trace": True}}
+            first = a.post("/v1/responses", json=body)
+            assert first.status_code == 200, first.text
+            follow = {"model": "coe", "input": FOLLOW_UP, "previous_response_id": first.json()["id"]}
+            second = b.post("/v1/responses", json={**follow, "coe": {"trace": True}})
+            assert second.status_code == 200, second.text
+    s = second.json()["coe"]["session"]
+    assert s["source"] == "previous_response_id" and s["id"] == first.headers["x-coe-session"]
+    assert (s["action"], s["turn"]) == ("kept", 2) and second.headers["x-coe-expert"] == "coder"

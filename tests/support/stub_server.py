@@ -12,7 +12,6 @@ import json
 import socket
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,13 +21,16 @@ Mode = Literal["ok", "500", "500-then-ok", "400", "hang", "drop-stream", "drop-b
 
 
 class StubState:
-    def __init__(self, mode: Mode, text: str = "stub answer") -> None:
+    def __init__(self, mode: Mode, text: str = "stub answer", hang_s: float = 5.0) -> None:
         self.mode = mode
         self.text = text
+        self.hang_s = hang_s  # how long "hang" holds a request, unless the stub shuts down first
         self.calls = 0
         self.connections = 0  # TCP connections accepted: a client that reuses its connection opens one
+        self.open = 0  # requests being handled right now (a hanging one stays open)
         self.bodies: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] | None = None
+        self.released = threading.Event()
 
 
 def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
@@ -57,6 +59,13 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             self._send(200, {"status": "ok"})
 
         def do_POST(self) -> None:
+            state.open += 1
+            try:
+                self._post()
+            finally:
+                state.open -= 1
+
+        def _post(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             state.calls += 1
             state.bodies.append(body)
@@ -68,7 +77,7 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             if mode == "400":
                 return self._send(400, {"error": {"message": "bad request injected"}})
             if mode == "hang":
-                time.sleep(5)
+                state.released.wait(state.hang_s)
                 return self._send(200, _completion(state.text))
             if mode == "drop-before-stream":
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -145,13 +154,16 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def stub_server(mode: Mode, text: str = "stub answer") -> Iterator[tuple[str, StubState]]:
-    state = StubState(mode, text)
+def stub_server(
+    mode: Mode, text: str = "stub answer", hang_s: float = 5.0
+) -> Iterator[tuple[str, StubState]]:
+    state = StubState(mode, text, hang_s)
     server = _QuietServer(("127.0.0.1", 0), _handler(state))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
     finally:
+        state.released.set()  # a hanging request returns now instead of holding the shutdown
         server.shutdown()
         server.server_close()

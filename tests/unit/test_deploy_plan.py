@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from coe.config import load_config, parse_config
@@ -125,3 +127,53 @@ def test_deploy_block_errors_name_the_key_path() -> None:
     )
     with pytest.raises(ConfigError, match=r"experts\.remote: deploy\.ray needs a serve: block"):
         parse_config(on_endpoint)
+
+
+# ----------------------------------------------------------------- exposure of the ingress
+
+
+def test_coe_deploy_ray_refuses_an_open_ingress_on_a_public_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VLLM_REGISTRY puts Serve's proxies on 0.0.0.0 and sets no keys: refused before any cluster is
+    joined; the explicit flag lets it go on (here, to an address where no cluster answers)."""
+    from typer.testing import CliRunner
+
+    from coe.cli import app
+
+    monkeypatch.delenv("COE_API_KEYS", raising=False)
+    path = tmp_path / "experts.yaml"
+    path.write_text(VLLM_REGISTRY)
+    args = ["deploy", "ray", "-c", str(path), "--address", "127.0.0.1:1"]
+    result = CliRunner().invoke(app, args)
+    message = " ".join(result.output.split())
+    assert result.exit_code == 1 and "refusing to serve an API without keys on '0.0.0.0'" in message
+    assert "set deploy.ray.host to 127.0.0.1" in message and "server.api_keys" in message
+    assert "COE_API_KEYS" in message and "--allow-unauthenticated" in message
+    assert "Ray cluster" not in message
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'coe[ray]'")
+    allowed = CliRunner().invoke(app, [*args, "--allow-unauthenticated"])
+    assert allowed.exit_code == 1 and "cannot reach the Ray cluster at 127.0.0.1:1" in allowed.output
+    monkeypatch.setenv("COE_API_KEYS", "sk-cluster")
+    keyed = CliRunner().invoke(app, args)
+    assert keyed.exit_code == 1 and "cannot reach the Ray cluster at 127.0.0.1:1" in keyed.output
+
+
+def test_the_library_deploy_refuses_it_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'coe[ray]'")
+    from coe.deploy import ray as coe_ray
+
+    monkeypatch.delenv("COE_API_KEYS", raising=False)
+    with pytest.raises(coe_ray.DeployError, match="refusing to serve an API without keys"):
+        coe_ray.deploy(parse_config(VLLM_REGISTRY))  # before Ray is asked anything
+
+
+def test_with_keys_the_ingress_calls_its_experts_with_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve's proxy exposes each expert's application on the same host; the expert replicas require
+    the ingress's keys, so the ingress's registry carries one for each managed expert."""
+    config = parse_config(VLLM_REGISTRY)
+    rewritten = ingress_config(config, plan(config), "sk-a")
+    key = rewritten.experts["small"].api_key
+    assert key is not None and key.get_secret_value() == "sk-a"
+    assert rewritten.experts["remote"].api_key is None  # not ours: left as the registry has it
+    assert ingress_config(config, plan(config)).experts["small"].api_key is None

@@ -3,6 +3,7 @@ through ``Embedder``, pulls same-label prompts together, and routers trained on 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -90,6 +91,10 @@ def test_finetuned_folder_loads_and_pulls_same_label_prompts_together(tuned: Pat
 def test_the_folder_names_its_own_space_from_its_weights(tuned: Path) -> None:
     header = FinetunedEncoder.model_validate_json((tuned / HEADER_FILE).read_text())
     assert header.identity == weights_identity(tuned, "all-MiniLM-L6-v2")
+    assert header.weights == {  # the full hash of each file a backend loads, checked before it loads
+        name: hashlib.sha256((tuned / name).read_bytes()).hexdigest()
+        for name in ("model.safetensors", "onnx/model.onnx")
+    }
     assert header.labels == ["code", "medical", "writing"] and header.history[0].epoch == 1
     torch_side, base = Embedder(path=str(tuned)), Embedder()
     assert torch_side.space == header.identity != base.space
@@ -244,6 +249,58 @@ def test_a_missing_or_retrained_extra_encoder_is_named(tuned: Path, data: Path, 
     missing = r"router\.npz: its extra encoder is missing: .*encoders/tuned"
     with pytest.raises(ModelNotFoundError, match=missing):
         _router(tmp_path, model, "{model: all-MiniLM-L6-v2, backend: onnx}")
+
+
+def test_other_weights_under_an_unchanged_header_are_refused_by_name(
+    tuned: Path, data: Path, tmp_path: Path
+) -> None:
+    """The header stays byte for byte what `coe finetune-encoder` wrote; only a weights file changes
+    (here: the packaged MiniLM's own files, a real encoder of the same shape)."""
+    import shutil
+
+    from coe.encoding.files import resolve_encoder_files
+
+    model = _cascade_with_extra(data, tuned, tmp_path)
+    folder = tmp_path / "encoders" / "tuned"
+    base = resolve_encoder_files("all-MiniLM-L6-v2", "onnx")  # the packaged MiniLM's files
+    assert base.onnx is not None
+    shutil.copyfile(base.onnx, folder / "onnx" / "model.onnx")
+    onnx_swapped = (
+        r"router\.npz: its extra encoder cannot be used: .*tuned: onnx/model\.onnx holds other weights"
+    )
+    with pytest.raises(ValueError, match=onnx_swapped):
+        artefact.load(model)
+    with pytest.raises(ModelNotFoundError, match=r"onnx/model\.onnx holds other weights"):
+        Embedder(path=str(folder), backend="onnx")
+    shutil.copyfile(base.folder / "model.safetensors", folder / "model.safetensors")
+    with pytest.raises(ModelNotFoundError, match=r"tuned: model\.safetensors holds other weights"):
+        Embedder(path=str(folder))  # the torch backend loads this one
+
+
+def test_a_header_written_before_weight_hashes_is_checked_or_refused(tuned: Path, tmp_path: Path) -> None:
+    """An older header (format 1) has only the identity, whose 16 hex digits hash model.safetensors:
+    the torch backend can still be checked and loads; the ONNX file cannot, so it is refused with the
+    command that rebuilds the folder."""
+    import shutil
+
+    from coe.encoding.files import resolve_encoder_dir
+
+    folder = tmp_path / "old"
+    shutil.copytree(tuned, folder)
+    header = json.loads((folder / HEADER_FILE).read_text())
+    del header["weights"]
+    (folder / HEADER_FILE).write_text(json.dumps({**header, "format_version": 1}))
+    assert Embedder(path=str(folder)).space == header["identity"]
+    with pytest.raises(
+        ModelNotFoundError,
+        match=r"records no hash of onnx/model\.onnx.*rebuild the folder with `coe finetune",
+    ):
+        Embedder(path=str(folder), backend="onnx")
+    shutil.copyfile(
+        resolve_encoder_dir("all-MiniLM-L6-v2") / "model.safetensors", folder / "model.safetensors"
+    )
+    with pytest.raises(ModelNotFoundError, match=r"model\.safetensors holds other weights"):
+        Embedder(path=str(folder))
 
 
 @pytest.mark.parametrize(

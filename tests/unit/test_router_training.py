@@ -368,6 +368,36 @@ def test_an_artefact_from_another_encoder_is_refused(artefacts: dict[str, Path],
         CategoryRouter.from_config(load_config(_registry(tmp_path, "other.npz")))
 
 
+@pytest.mark.parametrize(
+    ("categories", "expected"),
+    [
+        (["code", "math"], r"labels \['general'\] have no entry in router\.categories"),
+        (
+            ["code", "math", "general", "travel"],
+            r"router\.categories \['travel'\] are not among the labels it was trained on "
+            r"\(code, general, math\), so it could never pick them",
+        ),
+    ],
+)
+def test_an_artefact_trained_with_another_label_set_is_refused(
+    artefacts: dict[str, Path], tmp_path: Path, categories: list[str], expected: str
+) -> None:
+    from coe.errors import ModelNotFoundError
+
+    header, _ = artefact.load(artefacts["tfidf"])
+    assert sorted(header.labels) == ["code", "general", "math"]
+    lines = "".join(f"    {name}: {{expert: a}}\n" for name in categories)
+    yaml = tmp_path / "experts.yaml"
+    yaml.write_text(
+        "version: 1\nexperts:\n  a: {endpoint: http://127.0.0.1:9/v1}\n"
+        f"router:\n  model: {artefacts['tfidf']}\n  categories:\n{lines}"
+    )
+    with pytest.raises(ModelNotFoundError, match=expected):
+        CategoryRouter.from_config(load_config(yaml))
+    exact = _registry(tmp_path, str(artefacts["tfidf"]))  # the same three: loads
+    assert sorted(CategoryRouter.from_config(load_config(exact)).labels) == ["code", "general", "math"]
+
+
 def test_an_old_or_foreign_file_is_refused_with_advice(tmp_path: Path) -> None:
     old = tmp_path / "old.npz"
     header = json.dumps({"format_version": 1, "encoder": "all-MiniLM-L6-v2", "labels": ["a"]})

@@ -15,7 +15,7 @@ from coe.errors import ConfigError
 from coe.sessions.continuation import SHIPPED, ContinuationHeader, ContinuationModel
 from coe.sessions.identity import continued_key, history_key, tool_loop_open
 from coe.sessions.policy import Kept, steer
-from coe.sessions.store import MemoryStore, SessionRecord, SqliteStore, StoreUnavailable
+from coe.sessions.store import MemoryStore, SessionRecord, SqliteStore, StoredResponse, StoreUnavailable
 from coe.types import Message, RouteDecision
 
 ROUTES = {"code": "coder", "math": "coder", "general": "general"}
@@ -147,6 +147,19 @@ async def test_a_store_forgets_after_ttl_and_keeps_at_most_max_sessions(kind: in
     listed = [r.id for r in await store.list(10)]  # type: ignore[attr-defined]
     assert listed == ["s4", "s3", "s2"]  # the least recently continued went first
     assert await store.clear() == 3 and await store.list(10) == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["memory", "sqlite"])
+async def test_a_store_keeps_responses_for_previous_response_id_until_ttl(kind: int, tmp_path: Path) -> None:
+    store = stores(tmp_path, ttl_s=60)[kind]
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": []}]
+    await store.put_response(StoredResponse(id="resp_1", session="s1", messages=turns))  # type: ignore[attr-defined]
+    await store.put_response(StoredResponse(id="resp_old", created=time.time() - 120))  # type: ignore[attr-defined]
+    found = await store.get_response("resp_1")  # type: ignore[attr-defined]
+    assert found is not None and found.session == "s1" and found.messages == turns
+    assert await store.get_response("resp_old") is None and await store.get_response("resp_2") is None  # type: ignore[attr-defined]
+    await store.clear()  # type: ignore[attr-defined]
+    assert await store.get_response("resp_1") is None  # type: ignore[attr-defined]
 
 
 async def test_sqlite_sessions_survive_reopening_the_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,8 +11,23 @@ import pytest
 from coe.encoding.search import FEW, search
 
 
-@pytest.mark.parametrize("n_queries", [1, FEW, FEW + 5])
-def test_search_returns_what_faiss_returns_and_restores_the_thread_count(n_queries: int) -> None:
+class _Watched:
+    """A faiss index that records the OpenMP team size each search runs with."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+        self.threads: list[int] = []
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        self.threads.append(faiss.omp_get_max_threads())
+        found: tuple[np.ndarray, np.ndarray] = self.index.search(queries, k)
+        return found
+
+
+@pytest.mark.parametrize(("n_queries", "team"), [(1, 1), (FEW, 1), (FEW + 5, 2)])
+def test_few_queries_search_on_one_thread_then_restore_the_thread_count(n_queries: int, team: int) -> None:
     import faiss
 
     rng = np.random.default_rng(0)
@@ -20,7 +36,9 @@ def test_search_returns_what_faiss_returns_and_restores_the_thread_count(n_queri
     index.add(rows)
     queries = rng.standard_normal((n_queries, 16))  # float64: converted on the way in
     faiss.omp_set_num_threads(2)
-    scores, ids = search(index, queries, 5)
+    watched = _Watched(index)
+    scores, ids = search(watched, queries, 5)
+    assert watched.threads == [team]  # one thread for a router's few prompts, the whole team for batches
     assert faiss.omp_get_max_threads() == 2
     expected_scores, expected_ids = index.search(queries.astype(np.float32), 5)
     np.testing.assert_array_equal(ids, expected_ids)
@@ -36,12 +54,14 @@ def test_a_search_in_one_thread_leaves_the_others_alone() -> None:
     faiss.omp_set_num_threads(2)
     seen: list[int] = []
 
+    watched = _Watched(index)
+
     def other() -> None:
         before = faiss.omp_get_max_threads()
-        search(index, np.eye(4)[:1], 1)
+        search(watched, np.eye(4)[:1], 1)
         seen.append(faiss.omp_get_max_threads() - before)
 
     worker = threading.Thread(target=other)
     worker.start()
     worker.join()
-    assert seen == [0] and faiss.omp_get_max_threads() == 2
+    assert watched.threads == [1] and seen == [0] and faiss.omp_get_max_threads() == 2

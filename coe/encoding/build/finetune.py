@@ -38,10 +38,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from coe.encoding.embedder import CHARS_PER_TOKEN_CAP  # never tokenise text that truncation drops anyway
 from coe.encoding.header import (
     HEADER_FILE,
+    WEIGHTS_FILE,
     EpochStats,
     FinetunedEncoder,
     FinetuneSettings,
     OnnxExport,
+    weights_hashes,
     weights_identity,
 )
 from coe.data.splits import dataset_hash, held_out
@@ -204,6 +206,7 @@ def finetune(
     onnx = _save(run, out, [texts[i] for i in (split.dev or split.train)[:64]])
     header = FinetunedEncoder(
         identity=weights_identity(out, base_name),
+        weights=weights_hashes(out, [WEIGHTS_FILE, *([onnx.file] if onnx else [])]),
         base=base_name,
         labels=split.classes,
         train_size=len(split.train),

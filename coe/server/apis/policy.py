@@ -257,8 +257,16 @@ RESPONSES = Api(
             when="a key other than effort",
         ),
         *_OPENAI_PASSTHROUGH,
-        refused("previous_response_id", "CoE stores no responses yet; send the whole conversation as input"),
-        refused_unless("store", _is(False), "CoE stores no responses yet (store: false only)", "true"),
+        applied(
+            "previous_response_id",
+            "the stored conversation of that response comes before `input`, in its session; 400"
+            " `previous_response_not_found` once it expired (`router.sessions.ttl_s`) or was not stored",
+        ),
+        applied(
+            "store",
+            "true (the default): the response's conversation is kept in the session store for"
+            " `previous_response_id`; false: nothing is kept",
+        ),
         refused("conversation", "CoE stores no conversations yet; send the whole conversation as input"),
         refused("background", "background responses are not supported"),
         refused("prompt", "stored prompt templates are not supported"),

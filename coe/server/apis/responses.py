@@ -106,7 +106,7 @@ class ResponsesBody(BaseModel):
     prompt_cache_key: str | None = None
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     prompt_cache_options: dict[str, Any] | None = None
-    previous_response_id: Any = None
+    previous_response_id: str | None = Field(None, min_length=1, max_length=256)
     store: bool | None = None
     conversation: Any = None
     background: Any = None
@@ -122,7 +122,8 @@ class ResponsesBody(BaseModel):
 def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
     data, body, extra = parse_body(RESPONSES, ResponsesBody, data, settings.unknown_fields)
     check_max_tokens(body.max_output_tokens, settings.max_tokens_limit, "max_output_tokens")
-    messages = input_messages(body.input, settings)
+    # Tool outputs may answer calls of the stored response: checked once it is prepended (gateway).
+    messages = input_messages(body.input, settings, check_results=body.previous_response_id is None)
     if body.instructions:
         messages.insert(0, Message(role="system", content=body.instructions))
     tools = [
@@ -161,6 +162,9 @@ def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
         model=body.model,
         stream=body.stream,
         trace=trace_header or bool(body.coe and body.coe.trace),
+        response_id=_ids("resp"),
+        store=body.store is not False,  # OpenAI's default: stored
+        previous_response_id=body.previous_response_id,
     )
 
 
@@ -178,7 +182,9 @@ def response_format(fmt: TextFormat | None) -> ResponseFormat | None:
 _PART_TYPES = {"input_text": "text", "output_text": "text", "input_image": "image_url", "input_file": "file"}
 
 
-def input_messages(raw: str | list[Any], settings: ServerSettings) -> list[Message]:
+def input_messages(
+    raw: str | list[Any], settings: ServerSettings, check_results: bool = True
+) -> list[Message]:
     if isinstance(raw, str):
         return [Message(role="user", content=raw)]
     if not raw:
@@ -205,7 +211,8 @@ def input_messages(raw: str | list[Any], settings: ServerSettings) -> list[Messa
                 f"{param}.type",
                 f"unsupported input item {kind!r}; expected message, function_call, function_call_output",
             )
-    check_tool_results(messages, "input")
+    if check_results:
+        check_tool_results(messages, "input")
     return messages
 
 
@@ -317,8 +324,8 @@ def response(
         "instructions": next((m.text for m in req.messages[:1] if m.role == "system"), None),
         "max_output_tokens": req.params.get("max_tokens"),
         "parallel_tool_calls": req.parallel_tool_calls if req.parallel_tool_calls is not None else True,
-        "previous_response_id": None,
-        "store": False,
+        "previous_response_id": call.previous_response_id,
+        "store": call.store,
         "temperature": req.params.get("temperature"),
         "top_p": req.params.get("top_p"),
         "text": {"format": _format_out(fmt)},
@@ -349,7 +356,7 @@ def body(answer: Answer, call: Call) -> dict[str, Any]:
     if answer.text or not answer.tool_calls:
         output.append(text_item(_ids("msg"), answer.text, answer.logprobs if call.request.logprobs else None))
     output += [call_item(_ids("fc"), c) for c in answer.tool_calls or []]
-    return response(call, _ids("resp"), int(time.time()), output, answer, answer.expert)
+    return response(call, call.response_id or _ids("resp"), int(time.time()), output, answer, answer.expert)
 
 
 class Writer:
@@ -361,7 +368,7 @@ class Writer:
     def __init__(self, call: Call, expert: str) -> None:
         self.call = call
         self.expert = expert
-        self.id = _ids("resp")
+        self.id = call.response_id or _ids("resp")
         self.created = int(time.time())
         self.seq = 0
         self.items: list[dict[str, Any]] = []
