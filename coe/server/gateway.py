@@ -11,6 +11,7 @@ the router had chosen that category (its expert, then the fallback expert). A re
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -222,7 +223,9 @@ class Gateway:
         if not (call.store and call.response_id) or self.coe.sessions is None:
             return
         said = Message(role="assistant", content=answer.text or None, tool_calls=answer.tool_calls or None)
-        turns = [m.payload() for m in call.request.messages if m.role not in ("system", "developer")]
+        stage = self.coe.signals  # keep the turns as the expert saw them: PII redacted, never the values
+        request = await asyncio.to_thread(stage.redacted, call.request) if stage is not None else call.request
+        turns = [m.payload() for m in request.messages if m.role not in ("system", "developer")]
         session = answer.trace.session.id if answer.trace.session is not None else None
         record = StoredResponse(id=call.response_id, session=session, messages=[*turns, said.payload()])
         await self.coe.sessions.remember_response(record)

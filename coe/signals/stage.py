@@ -176,6 +176,11 @@ class SignalStage:
             self._record(trace, verdict)
         return request, trace
 
+    def redacted(self, request: Request) -> Request:
+        """``request`` as the expert saw it (PII redacted where the registry says so): what a store
+        keeps of a conversation (the server's stored responses), so no stored turn holds the values."""
+        return self._pii(request)[0] if self.signals.pii is not None else request
+
     def check_documents(self, before: Request, after: Request, trace: SignalsTrace) -> None:
         """After retrieval: the guard reads the turns the retriever rewrote (they hold the documents)."""
         if self.signals.guard is None:

@@ -4,6 +4,7 @@ each API's own error shape (OpenAI Chat Completions and Responses, Anthropic Mes
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,22 @@ def test_a_streamed_request_is_blocked_before_the_stream_starts(client) -> None:
     resp = http.post("/v1/chat/completions", json=body)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "content_policy"
     assert stub.calls == 0
+
+
+def test_a_stored_response_keeps_the_redacted_turns_never_the_value(tmp_path: Path) -> None:
+    with stub_server("ok", "noted") as (url, state):
+        (tmp_path / "experts.yaml").write_text(
+            "version: 1\nembedder: {backend: onnx-int8}\n"
+            f"experts:\n  ok: {{endpoint: '{url}', retries: 0}}\n"
+            "router:\n  sessions: {enabled: true}\n"
+            "  categories:\n    any: {expert: ok, examples: ['anything']}\n"
+            "signals:\n  pii: {action: redact}\n"
+        )
+        app = create_app(load_config(tmp_path / "experts.yaml"), ServerSettings(warm=False))
+        with TestClient(app, raise_server_exceptions=False) as http:
+            resp = http.post("/v1/responses", json={"model": "coe", "input": "Reach me at ann@example.com."})
+            assert resp.status_code == 200, resp.text
+            stored = asyncio.run(app.state.coe.sessions.recall_response(resp.json()["id"]))
+    assert stored is not None and "ann@example.com" not in str(stored.messages)
+    assert stored.messages[0]["content"] == "Reach me at <EMAIL_ADDRESS>."
+    assert state.bodies[-1]["messages"][-1]["content"] == "Reach me at <EMAIL_ADDRESS>."

@@ -259,3 +259,22 @@ def test_coe_ask_reports_a_block_and_starts_no_expert(tmp_path: Path, guard_file
     registry(tmp_path, f"guard: {{model: '{guard_file}', threshold: 0.9}}")
     result = runner.invoke(app, ["ask", BLOCKED_PROMPT, "-c", str(tmp_path / "experts.yaml")])
     assert result.exit_code == 1 and "content_policy: the request was blocked" in result.output
+
+
+def test_after_retrieval_the_guard_reads_the_turn_that_holds_the_documents(guard_file: Path) -> None:
+    config = parse_config(REGISTRY + f"\nsignals:\n  guard: {{model: '{guard_file}', threshold: 0.9}}\n")
+    stage = SignalStage(config)
+    before = Request.from_input("What does the handbook say about holidays?")
+    _, trace = stage.run(before)
+    after = before.model_copy(
+        update={
+            "messages": [
+                before.messages[0].model_copy(update={"content": f"Documents:\n[d1] {BLOCKED_PROMPT}"})
+            ]
+        }
+    )
+    stage.check_documents(before, before, trace)  # nothing rewritten: nothing read again
+    assert len(trace.verdicts) == 1
+    stage.check_documents(before, after, trace)
+    assert trace.verdicts[1].evidence["read"] == "retrieved documents"
+    assert trace.verdicts[1].evidence["messages"] == [0] and trace.blocked_by == "guard"
