@@ -278,3 +278,16 @@ def test_after_retrieval_the_guard_reads_the_turn_that_holds_the_documents(guard
     stage.check_documents(before, after, trace)
     assert trace.verdicts[1].evidence["read"] == "retrieved documents"
     assert trace.verdicts[1].evidence["messages"] == [0] and trace.blocked_by == "guard"
+
+
+def test_batch_applies_the_stage_a_blocked_item_fails_with_the_reason_and_no_expert_starts() -> None:
+    config = parse_config(
+        REGISTRY + "\nsignals:\n  pii: {action: redact, categories: {US_SSN: {action: block}}}\n"
+    )
+    with CoE(config) as coe:
+        report = coe.batch([{"id": "a", "prompt": "my SSN is 536-90-4399"}])
+        assert coe.pool.running == {}
+    [result] = report.results
+    assert result.id == "a" and result.error is not None and result.error.startswith("pii_policy")
+    assert result.trace is not None and result.trace.signals is not None
+    assert result.trace.signals.blocked_by == "pii" and report.groups == {}
