@@ -55,6 +55,12 @@ def validate(
             resolve_encoder_files(emb.model, emb.backend, emb.path, config.base_dir)
         except ModelNotFoundError as exc:
             problems.append(f"{file}: embedder: {exc}")
+        guard = config.signals.guard if config.signals is not None else None
+        if guard is not None and not config.resolve_path(guard.model).is_file():
+            where = config.resolve_path(guard.model)
+            problems.append(
+                f"{file}: signals.guard.model: {where}: no such file (train one: coe train-guard)"
+            )
     for problem in problems:
         error(problem)
     if problems:

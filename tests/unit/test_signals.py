@@ -291,3 +291,10 @@ def test_batch_applies_the_stage_a_blocked_item_fails_with_the_reason_and_no_exp
     assert result.id == "a" and result.error is not None and result.error.startswith("pii_policy")
     assert result.trace is not None and result.trace.signals is not None
     assert result.trace.signals.blocked_by == "pii" and report.groups == {}
+
+
+def test_validate_names_a_missing_guard_file(tmp_path: Path) -> None:
+    registry(tmp_path, "guard: {model: missing-guard.npz}")
+    result = runner.invoke(app, ["validate", str(tmp_path / "experts.yaml")])
+    assert result.exit_code == 1 and "signals.guard.model" in result.output
+    assert "missing-guard.npz: no such file" in result.output
