@@ -176,6 +176,14 @@ class SignalStage:
             self._record(trace, verdict)
         return request, trace
 
+    def warm(self) -> None:
+        """Load what the checks need now (the server's start-up), so the first request does not pay
+        for it and a bad guard file shows in the log at start."""
+        if self.signals.guard is not None:
+            self.guard_model()
+        if self.signals.pii is not None:
+            self._pii(Request.from_input("warm up"))
+
     def redacted(self, request: Request) -> Request:
         """``request`` as the expert saw it (PII redacted where the registry says so): what a store
         keeps of a conversation (the server's stored responses), so no stored turn holds the values."""

@@ -97,3 +97,21 @@ def test_a_stored_response_keeps_the_redacted_turns_never_the_value(tmp_path: Pa
     assert stored is not None and "ann@example.com" not in str(stored.messages)
     assert stored.messages[0]["content"] == "Reach me at <EMAIL_ADDRESS>."
     assert state.bodies[-1]["messages"][-1]["content"] == "Reach me at <EMAIL_ADDRESS>."
+
+
+def test_the_server_loads_the_guard_at_start_up(tmp_path: Path, guard: Path) -> None:
+    import time
+
+    with stub_server("ok") as (url, _):
+        (tmp_path / "experts.yaml").write_text(
+            "version: 1\nembedder: {backend: onnx-int8}\n"
+            f"experts:\n  ok: {{endpoint: '{url}', retries: 0}}\n"
+            "router:\n  categories:\n    any: {expert: ok, examples: ['anything']}\n"
+            f"signals:\n  guard: {{model: '{guard}'}}\n"
+        )
+        app = create_app(load_config(tmp_path / "experts.yaml"), ServerSettings(warm=True))
+        with TestClient(app, raise_server_exceptions=False):
+            deadline = time.monotonic() + 60
+            while app.state.coe.signals._guard is None:
+                assert time.monotonic() < deadline, "the guard was not loaded at start-up"
+                time.sleep(0.05)
