@@ -1,7 +1,8 @@
 """A judge picks the best of the candidate answers, which is returned unchanged (LLM-Blender's
 ranking idea, with one judge call instead of pairwise comparisons).
 
-Cheaper than synthesis: the judge writes a number, not an answer. The judge is ``aggregator.expert``,
+Cheaper than synthesis: the judge writes a number, not an answer (held to ``{"choice": k}`` by a JSON
+schema where its engine enforces one). The judge is ``aggregator.expert``,
 else the profile's aggregator, else the highest-weighted answerer. A reply without a valid candidate
 number, or a failed judge, leaves the highest-weighted answer in place; the trace says which.
 """
@@ -12,14 +13,26 @@ import re
 
 from aggregators.support import WriterConfig, finish, numbered, prepare, total_usage, writer
 from coe.protocols import Context
-from coe.types import Answer, ExpertAnswer, Message, Request
+from coe.types import Answer, ExpertAnswer, JsonSchemaSpec, Message, Request, ResponseFormat
 
 JUDGE_PROMPT = (
     "Below are {n} candidate answers to the question that follows them. Decide which candidate "
     "answers it best: correct first, then complete and clear. Reply with the candidate's number "
     "only, one of: {choices}."
 )
-JUDGE_MAX_TOKENS = 8
+JUDGE_MAX_TOKENS = 12  # '{"choice": 3}' and a little slack
+
+
+def choice_format(n: int) -> ResponseFormat:
+    """The judge's reply as ``{"choice": k}``, k one of 1..n: an engine that enforces schemas cannot
+    answer anything else (a small judge otherwise tends to answer the question instead)."""
+    schema = {
+        "type": "object",
+        "properties": {"choice": {"type": "integer", "enum": list(range(1, n + 1))}},
+        "required": ["choice"],
+        "additionalProperties": False,
+    }
+    return ResponseFormat(type="json_schema", json_schema=JsonSchemaSpec(name="choice", schema=schema))
 
 
 def parse_choice(text: str, n: int) -> int | None:
@@ -51,6 +64,7 @@ class RankAggregator:
         return Request(
             messages=[Message(role="user", content=content)],
             params={"max_tokens": self.max_tokens, "temperature": 0.0},
+            response_format=choice_format(n),
         )
 
     async def combine(self, request: Request, answers: list[ExpertAnswer], ctx: Context) -> Answer:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from coe.batch.runner import BatchReport
     from coe.retrieval.retriever import Retriever
     from coe.sessions import Sessions, Turn
+    from coe.signals.cache.runtime import Pending, SemanticCache
     from coe.signals.stage import SignalStage
 
 T = TypeVar("T")
@@ -76,6 +77,8 @@ class CoE:
         self._session_store = session_store
         self._sessions: Sessions | None = None
         self._sessions_lock = threading.Lock()
+        self._cache: SemanticCache | None = None
+        self._cache_built = False
         self._router: Router | None = None
         self._aggregator: Aggregator | None = None
         self._retriever: Retriever | None = None
@@ -115,6 +118,19 @@ class CoE:
         if self._sessions is not None:
             return self._sessions
         return await asyncio.to_thread(lambda: self.sessions)
+
+    @property
+    def cache(self) -> SemanticCache | None:
+        """The semantic response cache (coe.signals.cache); None without ``signals.cache``. Its
+        default store follows the sessions': memory for the library, sqlite for ``coe serve``."""
+        if not self._cache_built:
+            with self._sessions_lock:
+                if not self._cache_built:
+                    from coe.signals.cache.runtime import build_cache
+
+                    self._cache = build_cache(self.config, self._session_store, self.pool.state_dir)
+                    self._cache_built = True
+        return self._cache
 
     @property
     def aggregator(self) -> Aggregator:
@@ -172,7 +188,8 @@ class CoE:
     @property
     def signals(self) -> SignalStage | None:
         """The checks before routing (coe/signals); None without a ``signals`` block."""
-        if self._signals_stage is None and self.config.signals is not None:
+        wanted = self.config.signals.guard is not None or self.config.signals.pii is not None
+        if self._signals_stage is None and wanted:
             from coe.signals.stage import SignalStage
 
             self._signals_stage = SignalStage(self.config)
@@ -264,16 +281,57 @@ class CoE:
             reasoning_effort=reasoning_effort,
         )
         trace = trace if trace is not None else Trace()
-        with request_scope():  # the router, the session and the retrieval gate embed the prompt once
+        asked = _asked(request, decision)
+        with request_scope():  # the router, the session, the cache and the retrieval gate embed it once
             request, decision = await self._signals(request, trace, decision)
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
-            request = await self._retrieve(request, decision, trace)
+            cached, pending = await self._cache_lookup(request, asked, decision, trace)
+            if cached is None:
+                request = await self._retrieve(request, decision, trace)
+        if cached is not None:
+            self._finish_replay(trace, cached, started)
+            await self._close_session(turn, request, cached, decision)
+            return cached
         decision = self._restrict(request, decision, trace)
         answers = await self._answers(request, decision, trace)
         answer = await self.combine(request, answers, decision, trace, started)
         await self._close_session(turn, request, answer, decision)
+        await self._cache_put(pending, answer, trace)
         return answer
+
+    async def _cache_lookup(
+        self, request: Request, asked: str, decision: RouteDecision, trace: Trace
+    ) -> tuple[Answer | None, Pending | None]:
+        """Inside the request scope, after routing: the router's vector of the prompt is there to reuse.
+        A store failure is a miss with a note (``trace.cache.status == "error"``), never a failure."""
+        cache = self.cache
+        if cache is None:
+            return None, None
+        from coe.signals.cache.runtime import router_embedding
+
+        expert = decision.experts[0] if decision.experts else None
+        known = self.config.experts
+        temperature = known[expert].params.temperature if expert is not None and expert in known else None
+        embedding = router_embedding(self._router, request) if self._router is not None else None
+        trace.cache, answer, pending = await cache.lookup(request, asked, embedding, temperature)
+        trace.timings_ms["cache"] = trace.cache.lookup_ms
+        return answer, pending
+
+    async def _cache_put(self, pending: Pending | None, answer: Answer, trace: Trace) -> None:
+        if pending is None or self._cache is None:
+            return
+        error = await self._cache.put(pending, answer)
+        if error is not None and trace.cache is not None:
+            trace.cache.error = error
+            trace.cache.reason += "; the answer could not be stored"
+
+    def _finish_replay(self, trace: Trace, answer: Answer, started: float) -> None:
+        """A replayed answer: no expert was called, so no attempts, no fallback."""
+        trace.usage = answer.usage
+        trace.fallback_used = False
+        trace.timings_ms["total"] = _ms(started)
+        answer.trace = trace
 
     def _restrict(self, request: Request, decision: RouteDecision, trace: Trace) -> RouteDecision:
         """Only experts that can serve the request stay candidates (coe/capabilities/restrict.py)."""
@@ -300,7 +358,7 @@ class CoE:
         """The aggregator merges the answers; the trace gets its time and the totals. For callers that
         collect the answers their own way (the batch runner); ``started`` is ``time.perf_counter()``
         when the request began, for the trace's total."""
-        ctx = Context(decision=decision, trace=trace, call_expert=self.call_expert)
+        ctx = Context(decision=decision, trace=trace, call_expert=self._ask_for_coe)
         t = time.perf_counter()
         result = await self.aggregator.combine(request, answers, ctx)
         trace.timings_ms["aggregate"] = _ms(t)
@@ -364,16 +422,29 @@ class CoE:
             reasoning_effort=reasoning_effort,
         )
         trace = trace if trace is not None else Trace()
-        with request_scope():  # the router, the session and the retrieval gate embed the prompt once
+        asked = _asked(request, decision)
+        with request_scope():  # the router, the session, the cache and the retrieval gate embed it once
             request, decision = await self._signals(request, trace, decision)
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
-            request = await self._retrieve(request, decision, trace)
+            cached, pending = await self._cache_lookup(request, asked, decision, trace)
+            if cached is None:
+                request = await self._retrieve(request, decision, trace)
+        if cached is not None:  # a replay streams too: deltas, then done
+            from coe.signals.cache.runtime import replay_events
+
+            self._finish_replay(trace, cached, started)
+            for event in replay_events(cached, trace):
+                if event.type == "done":
+                    await self._close_session(turn, request, cached, decision)
+                yield event
+            return
         decision = self._restrict(request, decision, trace)
         stream = self._stream_aggregate if decision.fanout > 1 else self._stream_candidates
         async for event in stream(request, decision, trace, started):
             if event.type == "done" and event.answer is not None:
                 await self._close_session(turn, request, event.answer, decision)
+                await self._cache_put(pending, event.answer, trace)
             yield event
 
     async def _stream_candidates(
@@ -417,7 +488,7 @@ class CoE:
         (token by token when it can, e.g. an LLM synthesis; otherwise as one delta)."""
         answers = await self._answers(request, decision, trace)
         ctx = Context(
-            decision=decision, trace=trace, call_expert=self.call_expert, stream_expert=self._stream_pinned
+            decision=decision, trace=trace, call_expert=self._ask_for_coe, stream_expert=self._stream_pinned
         )
         t = time.perf_counter()
         aggregator = self.aggregator
@@ -480,6 +551,16 @@ class CoE:
             )
             trace.timings_ms[f"expert:{name}"] = answer.latency_ms
         return answer
+
+    async def _ask_for_coe(self, name: str, request: Request) -> ExpertAnswer:
+        """``call_expert`` for CoE's own requests (an aggregator's judge or writer, a router's
+        annotator): a JSON schema constrains the reply where the expert enforces one and is left out
+        where it does not, since these callers parse the reply as text either way. (A caller's own
+        request never gets here: routing sends it only to experts that serve what it asks.)"""
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_schema" and "json_schema" not in self.capabilities(name):
+            request = request.model_copy(update={"response_format": None})
+        return await self.call_expert(name, request)
 
     def _admit(self, name: str) -> AbstractAsyncContextManager[object]:
         return self.admission(name) if self.admission is not None else nullcontext()
@@ -582,7 +663,7 @@ class CoE:
             # Built off the loop the first time: constructing a router loads the encoder (seconds).
             router = self._router or await asyncio.to_thread(lambda: self.router)
             if isinstance(router, AsyncRouter):  # it calls experts while routing (skills annotator)
-                decision = (await router.aroute([request], self.call_expert))[0]
+                decision = (await router.aroute([request], self._ask_for_coe))[0]
                 if turn is not None:
                     decision = await asyncio.to_thread(self._steer, turn, request, decision)
             else:
@@ -658,6 +739,8 @@ class CoE:
         await self._client.aclose()
         if self._sessions is not None:
             await self._sessions.aclose()
+        if self._cache is not None:
+            await self._cache.aclose()
         self.pool.stop_all()
 
     def close(self) -> None:
@@ -665,6 +748,8 @@ class CoE:
             self._loop.run_until_complete(self._client.aclose())
             if self._sessions is not None:
                 self._loop.run_until_complete(self._sessions.aclose())
+            if self._cache is not None:
+                self._loop.run_until_complete(self._cache.aclose())
             self._loop.close()
         self.pool.stop_all()
 
@@ -684,6 +769,16 @@ class CoE:
 async def _whole(answer: Answer) -> AsyncIterator[StreamEvent]:
     yield StreamEvent(type="delta", text=answer.text)
     yield StreamEvent(type="done", answer=answer)
+
+
+def _asked(request: Request, decision: RouteDecision | None) -> str:
+    """What the caller asked for, as the cache's ``model`` scope: a pinned expert, a pinned
+    category, or routing (the server's ``coe/expert/NAME``, ``coe/category/NAME``, ``coe``)."""
+    if request.expert is not None:
+        return f"expert:{request.expert}"
+    if decision is not None:
+        return f"decision:{decision.category}:{','.join(decision.experts)}"
+    return "routed"
 
 
 def _ms(since: float) -> float:

@@ -324,6 +324,24 @@ class CapabilityTrace(BaseModel):
     )
 
 
+class CacheTrace(BaseModel):
+    """What the semantic cache (coe.signals.cache) did: replayed an answer, or missed and why."""
+
+    status: Literal["hit", "miss", "skip", "error"] = Field(
+        description="hit: the answer is a replay; miss: none matched (stored after); skip: not cacheable; "
+        "error: the store failed, answered uncached"
+    )
+    match: Literal["exact", "semantic"] | None = None
+    entry: str | None = Field(None, description="the matched entry's id")
+    matched_text: str | None = Field(None, description="the last user turn the replayed answer was given to")
+    similarity: float | None = Field(None, description="cosine of the router embeddings")
+    probability: float | None = Field(None, description="the pair verifier's probability")
+    reason: str = ""
+    candidates: int = Field(0, description="entries of the same scope compared")
+    lookup_ms: float = 0.0
+    error: str | None = None
+
+
 class Trace(BaseModel):
     """Everything that happened to one request, stage by stage."""
 
@@ -335,6 +353,7 @@ class Trace(BaseModel):
     retrieval: RetrievalTrace | None = None
     aggregation: AggregationTrace | None = None
     capabilities: CapabilityTrace | None = None
+    cache: CacheTrace | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     fallback_used: bool = False
     timings_ms: dict[str, float] = Field(default_factory=dict)

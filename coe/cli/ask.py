@@ -55,7 +55,7 @@ def validate(
             resolve_encoder_files(emb.model, emb.backend, emb.path, config.base_dir)
         except ModelNotFoundError as exc:
             problems.append(f"{file}: embedder: {exc}")
-        guard = config.signals.guard if config.signals is not None else None
+        guard = config.signals.guard
         if guard is not None and not config.resolve_path(guard.model).is_file():
             where = config.resolve_path(guard.model)
             problems.append(

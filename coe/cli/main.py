@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "eval_gate",
     "eval_outcomes",
     "eval_recruit",
+    "cache",
     "signals",
 )
 

@@ -86,8 +86,7 @@ def _check_references(config: CoEConfig) -> list[Issue]:
     problems += config.router.check(config)
     problems += config.aggregator.check(config)
     problems += _check_retrieval(config)
-    if config.signals is not None:
-        problems += config.signals.check(config)
+    problems += config.signals.check(config)
     return problems
 
 

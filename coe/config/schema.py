@@ -150,8 +150,9 @@ class CoEConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig, description="`coe serve` settings")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="cluster settings (coe deploy)")
     retrieval: RetrievalConfig | None = Field(None, description="retrieval gating; absent: never retrieve")
-    signals: SignalsConfig | None = Field(
-        None, description="checks before routing (guard, PII): docs/signals.md; absent: none"
+    signals: SignalsConfig = Field(
+        default_factory=SignalsConfig,
+        description="checks before the expert (semantic cache, guard, PII): docs/signals.md",
     )
     # Not part of the file: where it was read from, so relative paths resolve against it.
     source: Path | None = Field(None, exclude=True)

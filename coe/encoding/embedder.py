@@ -170,6 +170,16 @@ class Embedder:
             scope[key] = out
         return out
 
+    def peek(self, texts: Sequence[str], max_tokens: int | None = None) -> np.ndarray | None:
+        """The vectors ``encode(texts, max_tokens)`` computed earlier in this request scope, or None:
+        never encodes (the semantic cache reuses the router's vector, and must not pay a second pass)."""
+        scope = _REQUEST_VECTORS.get()
+        if scope is None:
+            return None
+        limit = max_tokens or self.max_tokens
+        texts = [t[: limit * CHARS_PER_TOKEN_CAP] for t in texts] if limit else list(texts)
+        return scope.get((id(self), limit, *texts))
+
 
 _SHARED: dict[tuple[str, ...], Embedder] = {}
 _SHARED_LOCK = threading.Lock()

@@ -127,6 +127,22 @@ def coe_headers(
         headers["x-coe-confidence"] = f"{decision.confidence:.4f}"
     if trace is not None and trace.session is not None and trace.session.id:
         headers["x-coe-session"] = trace.session.id
+    if trace is not None and trace.cache is not None:
+        headers.update(cache_headers(trace))
+    return headers
+
+
+def cache_headers(trace: Trace) -> dict[str, str]:
+    """``x-coe-cache: hit|miss`` (skip: not cacheable; error: the store failed, answered uncached),
+    with the matched entry and its similarity on a hit."""
+    cache = trace.cache
+    assert cache is not None
+    headers: dict[str, str] = {"x-coe-cache": cache.status}
+    if cache.status == "hit":
+        headers["x-coe-cache-match"] = cache.match or ""
+        headers["x-coe-cache-entry"] = cache.entry or ""
+        if cache.similarity is not None:
+            headers["x-coe-cache-similarity"] = f"{cache.similarity:.4f}"
     return headers
 
 

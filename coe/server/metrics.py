@@ -67,6 +67,15 @@ class Metrics:
             "turns routed statelessly because the session store failed",
             registry=r,
         )
+        self.cache = Counter(
+            "coe_cache_lookups",
+            "semantic cache lookups by result (hit, miss, skip, error) and match (exact, semantic)",
+            ["result", "match"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "coe_cache_store_errors", "requests answered uncached because the cache store failed", registry=r
+        )
 
         self.signals = Counter(
             "coe_signal_verdicts",
@@ -79,6 +88,10 @@ class Metrics:
         trace = answer.trace
         self.observe_session(trace.session)
         self.observe_signals(trace.signals)
+        if trace.cache is not None:
+            self.cache.labels(result=trace.cache.status, match=trace.cache.match or "none").inc()
+            if trace.cache.error is not None:
+                self.cache_errors.inc()
         for key, ms in trace.timings_ms.items():
             self.stage.labels(stage=key.split(":", 1)[0]).observe(ms / 1000)
         self.tokens.labels(expert=answer.expert, kind="prompt").inc(answer.usage.prompt_tokens)

@@ -1,4 +1,5 @@
-"""The ``signals:`` block of experts.yaml: which checks run before routing and what each verdict does.
+"""The ``signals:`` block of experts.yaml: which checks run on a request before (or instead of) its
+expert, and what each verdict does. The cache's settings live in ``coe.signals.cache.config``.
 
 Actions (``action:``): ``block`` (answer 400 ``content_policy`` / ``pii_policy``, no expert is called),
 ``route`` with ``route: EXPERT`` (send the request to that expert instead of routing it), ``redact``
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Literal, Self
 from pydantic import Field, model_validator
 
 from coe.config.base import Issue, Loc, Strict, unknown_experts
+from coe.signals.cache.config import CacheConfig
 
 if TYPE_CHECKING:
     from coe.config.schema import CoEConfig
@@ -132,9 +134,11 @@ class PiiConfig(ActionSpec):
 class SignalsConfig(Strict):
     """``signals:``: checks before routing. Each block is optional; absent: that check is off."""
 
+    cache: CacheConfig | None = Field(
+        None, description="the semantic response cache (coe.signals.cache); absent: no cache"
+    )
     guard: GuardConfig | None = Field(None, description="jailbreak / prompt-injection guard")
     pii: PiiConfig | None = Field(None, description="PII detection and redaction")
-    # --- cache: the semantic cache adds `cache: CacheConfig | None` here (coe/signals/cache/). ---
 
     def check(self, config: CoEConfig) -> list[Issue]:
         """Cross-references: every ``route:`` names an expert."""

@@ -37,7 +37,6 @@ class SignalStage:
     """Built once per CoE; the guard file and the encoder load on first use (thread-safe)."""
 
     def __init__(self, config: CoEConfig) -> None:
-        assert config.signals is not None
         self.config = config
         self.signals: SignalsConfig = config.signals
         self._guard: GuardModel | None = None

@@ -147,6 +147,20 @@ class CategoryRouter:
         embedder = self.embedder if self.model.needs_embedder else None
         return self.model.predict(texts, embedder)
 
+    def prompt_embedding(self, request: Request) -> tuple[np.ndarray, str, str] | None:
+        """(vector, its exact space, the encoder space) the router computed for this request in the
+        current request scope, or None when it encoded nothing (tfidf, a cascade that stopped at its
+        first stage): the semantic cache reuses it instead of encoding the prompt again."""
+        if self._embedder is None or not self.model.needs_embedder:
+            return None
+        encoding = getattr(self.model, "slow", self.model)  # a cascade encodes with its second stage
+        max_tokens = getattr(encoding, "max_tokens", None)
+        found = self._embedder.peek([request.text], max_tokens)
+        if found is None:
+            return None
+        space = self._embedder.space
+        return found[0], f"{space}@{max_tokens or self._embedder.max_tokens or 'full'}", space
+
     def route(self, requests: Sequence[Request]) -> list[RouteDecision]:
         if not requests:
             return []

@@ -9,11 +9,14 @@ keywords; one encoder call, no LLM call, which is what routing thousands of prom
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from coe.types import JsonSchemaSpec, ResponseFormat
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,18 +30,39 @@ ANNOTATOR_PROMPT = (
 )
 ANNOTATOR_PARAMS = {"temperature": 0.7, "max_tokens": 48}  # sampled, so recurring keywords mean something
 MAX_KEYWORD_CHARS = 32
+# Where the annotator's engine enforces JSON schemas, its reply is a keyword list by construction
+# (a small model otherwise often writes prose around, or instead of, the list).
+KEYWORDS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "keywords": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 2, "maxLength": MAX_KEYWORD_CHARS},
+            "minItems": 2,
+            "maxItems": 5,
+        }
+    },
+    "required": ["keywords"],
+    "additionalProperties": False,
+}
+ANNOTATOR_FORMAT = ResponseFormat(
+    type="json_schema", json_schema=JsonSchemaSpec(name="keywords", schema=KEYWORDS_SCHEMA)
+)
 _SPLIT = re.compile(r"[,;\n]|\s-\s")
 # Words, with the few symbols skill names carry ("c++", "c#", "node.js"); code and prose fall out.
 _KEYWORD = re.compile(r"^[a-z][a-z0-9 +#./&'-]*$")
-_STRIP = re.compile(r"^[\s\-*•\d.)\"'`:]+|[\s.\"'`*]+$")
+_STRIP = re.compile(r"^[\s\-*•\d.)\"'`:\[{]+|[\s.\"'`*\]}]+$")
 
 
 def parse_keywords(text: str) -> list[str]:
-    """Keywords from one annotator reply; whatever is not a plausible short keyword is dropped."""
-    marker = re.search(r"(?i)keywords?\s*:", text)
-    body = text[marker.end() :] if marker else text
+    """Keywords from one annotator reply (``{"keywords": [...]}`` or text); whatever is not a
+    plausible short keyword is dropped."""
+    parts = _json_keywords(text)
+    if parts is None:
+        marker = re.search(r"(?i)keywords?\"?\s*:", text)  # "Keywords:", or a JSON reply cut short
+        parts = _SPLIT.split(text[marker.end() :] if marker else text)
     found: list[str] = []
-    for part in _SPLIT.split(body):
+    for part in parts:
         word = _STRIP.sub("", part).lower()
         if len(word) < 2 or len(word) > MAX_KEYWORD_CHARS or len(word.split()) > 4:
             continue
@@ -47,6 +71,15 @@ def parse_keywords(text: str) -> list[str]:
         if word not in found:
             found.append(word)
     return found
+
+
+def _json_keywords(text: str) -> list[str] | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    words = data.get("keywords") if isinstance(data, dict) else None
+    return [w for w in words if isinstance(w, str)] if isinstance(words, list) else None
 
 
 def recurring(samples: Sequence[Sequence[str]], min_count: int = 2) -> list[str]:

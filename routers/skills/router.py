@@ -25,6 +25,7 @@ from coe.errors import ConfigError
 from coe.types import Message, Request, RouteDecision
 from routers.skills.config import SkillsRouterConfig
 from routers.skills.keywords import (
+    ANNOTATOR_FORMAT,
     ANNOTATOR_PARAMS,
     ANNOTATOR_PROMPT,
     Match,
@@ -111,6 +112,7 @@ class SkillsRouter:
         ask = Request(
             messages=[Message(role="user", content=ANNOTATOR_PROMPT.format(question=question))],
             params=dict(ANNOTATOR_PARAMS),
+            response_format=ANNOTATOR_FORMAT,
         )
         t = time.perf_counter()
         annotator = self.cfg.annotator

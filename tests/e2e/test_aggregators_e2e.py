@@ -4,6 +4,7 @@ skills router and the orchestrator's fan-out; stubs only inject a hanging and a 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -114,6 +115,7 @@ def test_rank_returns_the_judges_choice_unchanged(coe: CoE) -> None:
     detail = ctx.trace.aggregation.detail  # type: ignore[union-attr]
     assert detail["judge"] == "coder" and detail["calls"] == 1
     assert detail["rule"] == "judge's choice", detail
+    assert json.loads(detail["judge_reply"]) == {"choice": detail["choice"]}  # held to the schema
     chosen = answers[detail["choice"] - 1]
     assert result.text == chosen.text and result.expert == chosen.expert
 

@@ -37,8 +37,10 @@ def test_real_annotator_is_sampled_and_the_trace_says_which_keywords_decided(tmp
 
 
 def test_an_annotator_that_names_no_keyword_falls_back_to_the_embedding_path(tmp_path: Path) -> None:
+    """``mute`` declares no json_schema: it is asked without the keyword schema (and the real coder,
+    which enforces schemas, with it: see the test above)."""
     with stub_server("ok", text="???") as (url, state):
-        extra = f"  mute:\n    endpoint: {url}\n    retries: 0\n"
+        extra = f"  mute:\n    endpoint: {url}\n    retries: 0\n    capabilities: [tools]\n"
         path = skills_registry(
             tmp_path, "k: dynamic\n    annotator: mute\n    samples: 3", extra_experts=extra
         )
@@ -46,6 +48,7 @@ def test_an_annotator_that_names_no_keyword_falls_back_to_the_embedding_path(tmp
             answer = coe.ask(PROMPT, max_tokens=16)
     d = answer.trace.decision
     assert d is not None and state.calls == 3
+    assert all("response_format" not in body for body in state.bodies)
     assert d.details["keywords_from"] == "embedding" and d.details["annotator"]["samples"] == [[], [], []]
     assert "annotator 'mute' returned no usable keywords in 3 sample(s)" in d.details["why"]
     assert "python programming" in d.details["keywords"]  # the prompt's own nearest vocabulary entries

@@ -10,6 +10,7 @@ from aggregators.vote import VoteAggregator
 from coe.answers import extract_choice, extract_for_prompt, extract_number, option_letters
 from coe.protocols import Context
 from coe.types import ExpertAnswer, Request, RouteDecision, Trace, Usage
+from routers.skills.keywords import parse_keywords
 from routers.skills.qa import gold_value, grade
 
 MC = "Which planet is red?\nA) Venus\nB) Mars\nC) Jupiter\nD) Saturn"
@@ -116,3 +117,16 @@ async def test_vote_without_extractable_answers_keeps_the_top_weighted_one() -> 
 )
 def test_judge_reply_parsing(reply: str, pick: int | None) -> None:
     assert parse_choice(reply, 3) == pick
+
+
+@pytest.mark.parametrize(
+    ("reply", "keywords"),
+    [
+        ('{"keywords": ["Python programming", "algorithms"]}', ["python programming", "algorithms"]),
+        ('{"keywords": ["<b>", "x", "algebra"]}', ["algebra"]),  # the same filter as text replies
+        ("Keywords: algebra, probability", ["algebra", "probability"]),
+        ('{"keywords": ["alg', ["alg"]),  # cut at max_tokens: read as text
+    ],
+)
+def test_annotator_replies_parse_as_json_or_text(reply: str, keywords: list[str]) -> None:
+    assert parse_keywords(reply) == keywords

@@ -1,0 +1,323 @@
+"""Where cached answers live: in process, SQLite (``coe serve``'s default, in the state directory
+beside the sessions database) or the Redis the sessions use, when several replicas share answers.
+
+Entries are grouped by scope key (``runtime.scope_key``): a lookup reads only the entries of its own
+conversation, system prompt, tools and params, so a nearest neighbour is a numpy product over a few
+vectors, never a search across conversations. A store that cannot answer raises
+``StoreUnavailable`` (the sessions' own): the request then goes to its expert, uncached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from pydantic import BaseModel, Field, ValidationError
+
+from coe.sessions.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["CacheEntry", "CacheStore", "MemoryCache", "RedisCache", "SqliteCache", "StoreUnavailable"]
+
+
+class CacheEntry(BaseModel):
+    """One answer and what it answered."""
+
+    id: str = Field(description="hash of the scope and the exact last user turn")
+    scope: str
+    text: str = Field(description="the last user turn it answered")
+    vector: str | None = Field(None, description="the router's embedding of that turn, float16 base64")
+    space: str | None = Field(None, description="the embedding space of vector")
+    answer: dict[str, Any] = Field(description="text, tool_calls, expert, model, usage, finish_reason")
+    created: float = Field(default_factory=time.time)
+
+    @staticmethod
+    def pack(vector: np.ndarray) -> str:
+        import numpy as np
+
+        return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode()
+
+
+class Candidate(NamedTuple):
+    """What a nearest-neighbour lookup reads of an entry: never the answer (only the winner's is read)."""
+
+    id: str
+    text: str
+    vector: bytes | None  # float16
+    space: str | None
+
+
+def _candidate(entry: CacheEntry) -> Candidate:
+    vector = base64.b64decode(entry.vector) if entry.vector is not None else None
+    return Candidate(entry.id, entry.text, vector, entry.space)
+
+
+class CacheStore(Protocol):
+    kind: str
+
+    async def exact(self, entry_id: str) -> CacheEntry | None: ...
+
+    async def scope(self, scope: str) -> list[Candidate]: ...
+
+    async def put(self, entry: CacheEntry) -> None: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def clear(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _parse(raw: str | bytes | None) -> CacheEntry | None:
+    if raw is None:
+        return None
+    try:
+        return CacheEntry.model_validate_json(raw)
+    except ValidationError:
+        return None  # written by another version: a miss
+
+
+class MemoryCache:
+    kind = "memory"
+
+    def __init__(self, ttl_s: float, max_entries: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._scopes: dict[str, OrderedDict[str, CacheEntry]] = {}
+        self._ids: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, entry: CacheEntry) -> bool:
+        return time.time() - entry.created < self.ttl_s
+
+    async def exact(self, entry_id: str) -> CacheEntry | None:
+        with self._lock:
+            scope = self._ids.get(entry_id)
+            entry = self._scopes.get(scope, OrderedDict()).get(entry_id) if scope else None
+        return entry if entry is not None and self._live(entry) else None
+
+    async def scope(self, scope: str) -> list[Candidate]:
+        with self._lock:
+            entries = list(self._scopes.get(scope, OrderedDict()).values())
+        return [_candidate(e) for e in entries if self._live(e)]
+
+    async def put(self, entry: CacheEntry) -> None:
+        with self._lock:
+            entries = self._scopes.setdefault(entry.scope, OrderedDict())
+            entries[entry.id] = entry
+            entries.move_to_end(entry.id)
+            self._ids[entry.id] = entry.scope
+            while len(entries) > self.max_entries:
+                gone, _ = entries.popitem(last=False)
+                self._ids.pop(gone, None)
+
+    async def stats(self) -> dict[str, Any]:
+        with self._lock:
+            entries = [e for s in self._scopes.values() for e in s.values() if self._live(e)]
+        return {"store": self.kind, "entries": len(entries), "scopes": len({e.scope for e in entries})}
+
+    async def clear(self) -> int:
+        with self._lock:
+            n = len(self._ids)
+            self._scopes.clear()
+            self._ids.clear()
+        return n
+
+    async def aclose(self) -> None:
+        return None
+
+
+class SqliteCache:
+    """One database file; primary-key and scope-index lookups on one connection, like the sessions'
+    SQLite store. A corrupt or unwritable file raises StoreUnavailable."""
+
+    kind = "sqlite"
+    _TRIM_EVERY = 256
+
+    def __init__(self, path: Path, ttl_s: float, max_entries: int) -> None:
+        self.path = path
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._puts = 0
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=1.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, scope TEXT, created REAL, "
+                "text TEXT, space TEXT, vector BLOB, data TEXT)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS entries_scope ON entries(scope, created)")
+            self._db = db
+        return self._db
+
+    def _run(self, fn: Any) -> Any:
+        try:
+            with self._lock:
+                return fn(self._conn())
+        except (sqlite3.Error, OSError) as exc:
+            self._db = None  # reopen next time: the file may have been repaired or replaced
+            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
+
+    async def exact(self, entry_id: str) -> CacheEntry | None:
+        oldest = time.time() - self.ttl_s
+        row = self._run(
+            lambda db: db.execute(
+                "SELECT data FROM entries WHERE id = ? AND created > ?", (entry_id, oldest)
+            ).fetchone()
+        )
+        return _parse(row[0]) if row else None
+
+    async def scope(self, scope: str) -> list[Candidate]:
+        oldest = time.time() - self.ttl_s
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT id, text, vector, space FROM entries WHERE scope = ? AND created > ? "
+                "ORDER BY created DESC LIMIT ?",
+                (scope, oldest, self.max_entries),
+            ).fetchall()
+        )
+        return [Candidate(*row) for row in rows]
+
+    async def put(self, entry: CacheEntry) -> None:
+        self._puts += 1
+        trim = self._puts % self._TRIM_EVERY == 0
+
+        def write(db: sqlite3.Connection) -> None:
+            c = _candidate(entry)
+            db.execute(
+                "INSERT OR REPLACE INTO entries (id, scope, created, text, space, vector, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (entry.id, entry.scope, entry.created, c.text, c.space, c.vector, entry.model_dump_json()),
+            )
+            if trim:
+                db.execute("DELETE FROM entries WHERE created <= ?", (time.time() - self.ttl_s,))
+
+        self._run(write)
+
+    async def stats(self) -> dict[str, Any]:
+        oldest = time.time() - self.ttl_s
+        n, scopes = self._run(
+            lambda db: db.execute(
+                "SELECT COUNT(*), COUNT(DISTINCT scope) FROM entries WHERE created > ?", (oldest,)
+            ).fetchone()
+        )
+        return {"store": self.kind, "path": str(self.path), "entries": int(n), "scopes": int(scopes)}
+
+    async def clear(self) -> int:
+        return int(self._run(lambda db: db.execute("DELETE FROM entries").rowcount))
+
+    async def aclose(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class RedisCache:
+    """Per scope a hash of its entries' candidates (``coe:cache:scope:KEY``: id -> text, vector),
+    and each whole entry under ``coe:cache:entry:ID``; all expire with Redis's own TTL. Every call is
+    bounded by ``timeout_s``."""
+
+    kind = "redis"
+
+    def __init__(
+        self, url: str, ttl_s: float, max_entries: int, timeout_s: float, prefix: str = "coe:cache:"
+    ) -> None:
+        self.url = url
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.timeout_s = timeout_s
+        self.prefix = prefix
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _redis(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:  # a client belongs to one event loop
+            import redis.asyncio as aioredis
+
+            self._client = aioredis.Redis.from_url(
+                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+            )
+            self._loop = loop
+        return self._client
+
+    async def _call(self, make: Any) -> Any:
+        try:
+            import redis
+        except ImportError:
+            missing = "redis: the redis package is not installed (pip install 'coe[redis]')"
+            raise StoreUnavailable(missing) from None
+        try:
+            return await asyncio.wait_for(make(self._redis()), self.timeout_s)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"redis {self.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+
+    async def exact(self, entry_id: str) -> CacheEntry | None:
+        entry = _parse(await self._call(lambda r: r.get(f"{self.prefix}entry:{entry_id}")))
+        return entry if entry is not None and time.time() - entry.created < self.ttl_s else None
+
+    async def scope(self, scope: str) -> list[Candidate]:
+        raw = await self._call(lambda r: r.hgetall(f"{self.prefix}scope:{scope}"))
+        now = time.time()
+        out = []
+        for key, value in raw.items():
+            row = json.loads(value)
+            if now - row["created"] < self.ttl_s:
+                vector = base64.b64decode(row["vector"]) if row.get("vector") else None
+                out.append((row["created"], Candidate(key.decode(), row["text"], vector, row.get("space"))))
+        return [c for _, c in sorted(out, key=lambda x: -x[0])[: self.max_entries]]
+
+    async def put(self, entry: CacheEntry) -> None:
+        ttl = max(1, int(self.ttl_s))
+        row = {"text": entry.text, "vector": entry.vector, "space": entry.space, "created": entry.created}
+
+        async def write(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            pipe.hset(f"{self.prefix}scope:{entry.scope}", entry.id, json.dumps(row))
+            pipe.expire(f"{self.prefix}scope:{entry.scope}", ttl)
+            pipe.set(f"{self.prefix}entry:{entry.id}", entry.model_dump_json(), ex=ttl)
+            await pipe.execute()
+
+        await self._call(write)
+
+    async def stats(self) -> dict[str, Any]:
+        async def count(r: Any) -> tuple[int, int]:
+            scopes = [k async for k in r.scan_iter(match=f"{self.prefix}scope:*")]
+            n = len([k async for k in r.scan_iter(match=f"{self.prefix}entry:*")])
+            return n, len(scopes)
+
+        n, scopes = await self._call(count)
+        return {"store": self.kind, "url": self.url, "entries": n, "scopes": scopes}
+
+    async def clear(self) -> int:
+        async def wipe(r: Any) -> int:
+            keys = [k async for k in r.scan_iter(match=f"{self.prefix}*")]
+            ids = sum(1 for k in keys if k.decode().startswith(f"{self.prefix}entry:"))
+            if keys:
+                await r.delete(*keys)
+            return ids
+
+        return int(await self._call(wipe))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(RuntimeError):
+                await client.aclose()
