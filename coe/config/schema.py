@@ -151,7 +151,8 @@ class CoEConfig(Strict):
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="cluster settings (coe deploy)")
     retrieval: RetrievalConfig | None = Field(None, description="retrieval gating; absent: never retrieve")
     signals: SignalsConfig = Field(
-        default_factory=SignalsConfig, description="checks before the expert: the semantic cache"
+        default_factory=SignalsConfig,
+        description="checks before the expert (semantic cache, guard, PII): docs/signals.md",
     )
     # Not part of the file: where it was read from, so relative paths resolve against it.
     source: Path | None = Field(None, exclude=True)
