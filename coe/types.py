@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coe.signals.verdicts import SignalsTrace
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
@@ -346,6 +348,7 @@ class Trace(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str | None = Field(None, description="the trace store's record id, for feedback (when recorded)")
+    signals: SignalsTrace | None = None
     decision: RouteDecision | None = None
     session: SessionTrace | None = None
     retrieval: RetrievalTrace | None = None

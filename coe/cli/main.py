@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "eval_outcomes",
     "eval_recruit",
     "cache",
+    "signals",
 )
 
 for _name in COMMAND_MODULES:

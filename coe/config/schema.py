@@ -155,7 +155,8 @@ class CoEConfig(Strict):
         default_factory=TracesConfig, description="the trace store: each request recorded (coe traces)"
     )
     signals: SignalsConfig = Field(
-        default_factory=SignalsConfig, description="checks before the expert: the semantic cache"
+        default_factory=SignalsConfig,
+        description="checks before the expert (semantic cache, guard, PII): docs/signals.md",
     )
     # Not part of the file: where it was read from, so relative paths resolve against it.
     source: Path | None = Field(None, exclude=True)

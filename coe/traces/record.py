@@ -41,7 +41,8 @@ class TraceAttempt(BaseModel):
 
 
 class TraceRecord(BaseModel):
-    """One request. ``cache`` and ``guard`` stay None until those stages exist and say something."""
+    """One request. ``cache`` (the semantic cache's outcome) and ``guard`` (the guard and PII
+    verdicts, ``trace.signals``) stay None when a registry has no such stage."""
 
     id: str
     time: float = Field(default_factory=time.time, description="unix seconds when it was answered")
@@ -146,7 +147,7 @@ def build_record(
         cost=cost,
         cost_unit=unit,
         cache=_outcome(extra.get("cache")),
-        guard=_outcome(extra.get("guard")),
+        guard=_outcome(getattr(trace, "signals", None) or extra.get("guard")),  # guard and PII verdicts
         prompt_sha256=prompt_hash(request.messages),
         prompt=[m.payload() for m in request.messages] if store_text else None,
         answer=answer.text if store_text else None,

@@ -208,3 +208,13 @@ def test_the_request_path_records_traces_but_never_loads_the_offline_tools() -> 
     assert {"coe.traces", "coe.traces.writer", "coe.traces.store"} <= set(reached)
     offline = ("coe.traces.replay", "coe.traces.refit", "coe.traces.judge")
     assert [show(reached[m]) for m in offline if m in reached] == []
+
+
+def test_runtime_code_never_imports_signal_training_or_evaluation() -> None:
+    """The signals stage (coe/signals) runs on every request; training a guard and measuring the
+    signals (scikit-learn, data files) are offline and must not be reachable from what serves."""
+    reached = runtime_modules(graph())
+    assert "coe.signals.stage" in reached and "coe.signals.guard.model" in reached
+    offline = ("coe.signals.guard.training", "coe.signals.evaluation", "coe.cli.signals")
+    bad = [show(path) for module, path in reached.items() if module in offline]
+    assert bad == []
