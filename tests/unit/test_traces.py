@@ -106,9 +106,7 @@ def test_a_full_queue_drops_the_record_and_counts_it(tmp_path: Path) -> None:
         SlowStore(tmp_path / "t.db"), queue_size=2, on_drop=lambda r, n: drops.append((r, n))
     )
     results = [writer.submit(_record(f"r{i}", "coder")) for i in range(6)]
-    started = time.perf_counter()
-    assert results.count(False) >= 3  # the writer holds at most one, the queue two
-    assert time.perf_counter() - started < 1  # never waits
+    assert results.count(False) >= 3  # the writer holds at most one batch, the queue two: put never waited
     release.set()
     assert writer.flush()
     assert writer.dropped["queue_full"] == results.count(False) == sum(n for _, n in drops)
