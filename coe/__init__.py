@@ -21,6 +21,16 @@ __version__ = "0.1.0"
 
 install_moved_modules_hint()
 
+
+def __getattr__(name: str) -> object:
+    """``coe.feedback`` loads the trace store only when used (``import coe`` stays light)."""
+    if name == "feedback":
+        from coe.traces import feedback
+
+        return feedback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Aggregator",
     "AllExpertsFailed",
@@ -40,5 +50,6 @@ __all__ = [
     "StreamEvent",
     "Trace",
     "Usage",
+    "feedback",
     "load_config",
 ]

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from coe.sessions import Sessions, Turn
     from coe.signals.cache.runtime import Pending, SemanticCache
     from coe.signals.stage import SignalStage
+    from coe.traces import Feedback, Recorder, ThumbsValue
 
 T = TypeVar("T")
 Prompt = str | list[Message] | list[dict[str, Any]]
@@ -68,11 +69,19 @@ OPTIONS = (
 
 class CoE:
     def __init__(
-        self, config: CoEConfig, *, session_store: Literal["memory", "sqlite", "redis"] = "memory"
+        self,
+        config: CoEConfig,
+        *,
+        session_store: Literal["memory", "sqlite", "redis"] = "memory",
+        traces: bool = False,
     ) -> None:
         """``session_store``: where sessions live when ``router.sessions.store`` does not say (the
-        library keeps them in memory; ``coe serve`` passes sqlite, so a restart keeps them)."""
+        library keeps them in memory; ``coe serve`` passes sqlite, so a restart keeps them).
+        ``traces``: record each answer in the trace store (``traces:`` settings; ``Answer.trace.id``
+        names the record for ``feedback``). ``coe serve`` records on its own, under its response ids."""
         self.config = config
+        self._traces = traces
+        self._recorder: Recorder | None = None
         self.pool = ExpertPool(config)
         self._session_store = session_store
         self._sessions: Sessions | None = None
@@ -131,6 +140,39 @@ class CoE:
                     self._cache = build_cache(self.config, self._session_store, self.pool.state_dir)
                     self._cache_built = True
         return self._cache
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """The trace store's writer when this CoE records (``traces=True``)."""
+        if self._recorder is None and self._traces:
+            from coe.traces import Recorder
+
+            self._recorder = Recorder(self.config, self.pool.state_dir)
+        return self._recorder
+
+    def _record(self, request: Request, answer: Answer) -> None:
+        if self._traces and (recorder := self.recorder) is not None:
+            from coe.traces import new_id
+
+            answer.trace.id = new_id()
+            recorder.record(answer.trace.id, request, answer, api="library")
+
+    def feedback(
+        self,
+        rid: str,
+        score: float | None = None,
+        *,
+        thumbs: ThumbsValue | None = None,
+        label: str | None = None,
+    ) -> Feedback:
+        """Grade a recorded answer (``Answer.trace.id``) with a score in [0, 1] or thumbs up/down.
+        KeyError (coe.traces.UnknownTrace) when the store holds no such id."""
+        from coe.traces import Feedback, Recorder, score_of
+
+        item = Feedback(id=rid, score=score_of(score, thumbs), label=label)
+        recorder = self.recorder or Recorder(self.config, self.pool.state_dir)
+        recorder.feedback(item)
+        return item
 
     @property
     def aggregator(self) -> Aggregator:
@@ -284,6 +326,7 @@ class CoE:
         asked = _asked(request, decision)
         with request_scope():  # the router, the session, the cache and the retrieval gate embed it once
             request, decision = await self._signals(request, trace, decision)
+            original = request  # after PII redaction, before retrieval: what the trace store keeps
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
             cached, pending = await self._cache_lookup(request, asked, decision, trace)
@@ -292,12 +335,14 @@ class CoE:
         if cached is not None:
             self._finish_replay(trace, cached, started)
             await self._close_session(turn, request, cached, decision)
+            self._record(original, cached)
             return cached
         decision = self._restrict(request, decision, trace)
         answers = await self._answers(request, decision, trace)
         answer = await self.combine(request, answers, decision, trace, started)
         await self._close_session(turn, request, answer, decision)
         await self._cache_put(pending, answer, trace)
+        self._record(original, answer)
         return answer
 
     async def _cache_lookup(
@@ -425,6 +470,7 @@ class CoE:
         asked = _asked(request, decision)
         with request_scope():  # the router, the session, the cache and the retrieval gate embed it once
             request, decision = await self._signals(request, trace, decision)
+            original = request  # after PII redaction, before retrieval: what the trace store keeps
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
             cached, pending = await self._cache_lookup(request, asked, decision, trace)
@@ -437,6 +483,7 @@ class CoE:
             for event in replay_events(cached, trace):
                 if event.type == "done":
                     await self._close_session(turn, request, cached, decision)
+                    self._record(original, cached)
                 yield event
             return
         decision = self._restrict(request, decision, trace)
@@ -445,6 +492,7 @@ class CoE:
             if event.type == "done" and event.answer is not None:
                 await self._close_session(turn, request, event.answer, decision)
                 await self._cache_put(pending, event.answer, trace)
+                self._record(original, event.answer)
             yield event
 
     async def _stream_candidates(
@@ -737,6 +785,8 @@ class CoE:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._recorder is not None:
+            await asyncio.to_thread(self._recorder.close)
         if self._sessions is not None:
             await self._sessions.aclose()
         if self._cache is not None:
@@ -751,6 +801,8 @@ class CoE:
             if self._cache is not None:
                 self._loop.run_until_complete(self._cache.aclose())
             self._loop.close()
+        if self._recorder is not None:
+            self._recorder.close()
         self.pool.stop_all()
 
     def __enter__(self) -> CoE:

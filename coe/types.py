@@ -347,6 +347,7 @@ class Trace(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    id: str | None = Field(None, description="the trace store's record id, for feedback (when recorded)")
     signals: SignalsTrace | None = None
     decision: RouteDecision | None = None
     session: SessionTrace | None = None

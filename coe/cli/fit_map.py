@@ -18,8 +18,24 @@ def register(app: typer.Typer) -> None:
 
 
 def fit_map(
-    outcomes: Annotated[list[Path], typer.Argument(help="outcome files (or folders of .jsonl files)")],
+    outcomes: Annotated[
+        list[Path] | None, typer.Argument(help="outcome files (or folders of .jsonl files)")
+    ] = None,
     fmt: FormatOpt = "coe",
+    from_traces: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-traces", help="refit from a trace store's feedback (SQLite file or jsonl export) instead"
+        ),
+    ] = None,
+    min_feedback: Annotated[
+        int,
+        typer.Option("--min-feedback", min=1, help="--from-traces: grades a (category, expert) cell needs"),
+    ] = 5,
+    confidence_z: Annotated[
+        float,
+        typer.Option("--confidence-z", min=0, help="--from-traces: compare cells at mean - z std. errors"),
+    ] = 1.645,
     max_cost: Annotated[
         float | None, typer.Option("--max-cost", help="budget: average cost per prompt, in the table's unit")
     ] = None,
@@ -50,6 +66,13 @@ def fit_map(
 
     if max_cost is not None and max_params is not None:
         raise fail("give at most one budget: --max-cost or --max-params")
+    if from_traces is not None:
+        if outcomes:
+            raise fail("give outcome files or --from-traces, not both")
+        _from_traces(from_traces, min_feedback, confidence_z, max_params, config, out, as_json)
+        return
+    if not outcomes:
+        raise fail("give outcome files, or --from-traces STORE")
     budget = None
     if max_cost is not None:
         budget = Budget(kind="cost", limit=max_cost)
@@ -88,6 +111,43 @@ def fit_map(
             ),
             err=True,
         )
+
+
+def _from_traces(
+    source: Path,
+    min_feedback: int,
+    confidence_z: float,
+    max_params: float | None,
+    config: Path | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """The map refitted from production feedback (coe.traces.refit), same solver as above."""
+    from coe.traces.refit import refit, to_yaml
+    from coe.traces.replay import load
+
+    if max_params is not None and config is None:
+        raise fail("--max-params with --from-traces needs --config for each expert's params_b")
+    try:
+        records, feedback = load(source)
+        params = _params_from(config) if config is not None else None
+        report = refit(
+            records, feedback, min_feedback=min_feedback, confidence_z=confidence_z, cost=params,
+            budget=max_params,
+        )  # fmt: skip
+    except (OSError, ValueError) as exc:
+        raise fail(exc) from None
+    text = to_yaml(report, str(source))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    elif out is None:
+        sys.stdout.write(text)
+    if out is not None and not as_json:
+        changed = ", ".join(report.changed) or "none"
+        typer.echo(f"ok {out}: {report.graded} grades, categories changed: {changed}", err=True)
 
 
 def _params_from(config: Path) -> dict[str, float]:

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "ask",
     "experts",
     "sessions",
+    "traces",
     "batch",
     "serve",
     "deploy",

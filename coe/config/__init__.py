@@ -35,6 +35,7 @@ from coe.config.routing import (
     settings_of,
 )
 from coe.config.schema import CoEConfig, EmbedderConfig, RetrievalConfig, ServerConfig, ServingConfig
+from coe.config.traces import TracesConfig
 from coe.errors import ConfigError  # re-exported: callers catch it where they load
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "ServerConfig",
     "ServingConfig",
     "Strict",
+    "TracesConfig",
     "VllmServe",
     "load_config",
     "parse_config",

@@ -178,6 +178,9 @@ class ExpertConfig(Strict):
         default_factory=GenerationParams, description="default generation settings; a request's own win"
     )
     params_b: float | None = Field(None, gt=0, description="size in billions, for active-parameter reports")
+    cost: float | None = Field(
+        None, ge=0, description="price per million tokens (prompt + answer), for the trace store's cost"
+    )
     timeout_s: float = Field(120.0, gt=0, description="longest wait for one HTTP request to the expert")
     retries: int = Field(2, ge=0, description="retries of a connection failure before falling back")
     memory_gb: float | None = Field(

@@ -12,6 +12,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from coe.config.base import CONFIG_VERSION, Strict
 from coe.config.experts import DeployConfig, ExpertConfig
 from coe.config.routing import AggregatorConfig, RouterConfig
+from coe.config.traces import TracesConfig
 from coe.signals.config import SignalsConfig
 
 ENCODER_THREADS = 1  # embedder.threads' default; `coe eval router` times latency with it too
@@ -150,6 +151,9 @@ class CoEConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig, description="`coe serve` settings")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="cluster settings (coe deploy)")
     retrieval: RetrievalConfig | None = Field(None, description="retrieval gating; absent: never retrieve")
+    traces: TracesConfig = Field(
+        default_factory=TracesConfig, description="the trace store: each request recorded (coe traces)"
+    )
     signals: SignalsConfig = Field(
         default_factory=SignalsConfig,
         description="checks before the expert (semantic cache, guard, PII): docs/signals.md",

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -28,11 +29,15 @@ from coe.encoding.embedder import shared_embedder
 from coe.orchestrator import CoE
 from coe.protocols import WarmRouter
 from coe.server.apis import chat, completions, embeddings, messages, responses
+from coe.server.apis import feedback as feedback_api
 from coe.server.errors import APIError, install_error_handlers
 from coe.server.gateway import Call, Gateway, attempted, coe_headers, model_ids, session_ref
 from coe.server.limits import ExpertLimiter
 from coe.server.metrics import Metrics
 from coe.server.settings import ServerSettings, authorized
+
+if TYPE_CHECKING:
+    from coe.traces import Recorder
 
 log = logging.getLogger("coe.server")
 
@@ -53,7 +58,8 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
         return limiter.slot(name)
 
     coe.admission = admit
-    gateway = Gateway(coe, metrics)
+    recorder = _recorder(coe, metrics)
+    gateway = Gateway(coe, metrics, recorder)
     exposure = settings.exposure_warning()  # served open on purpose: said at start-up and by /readyz
 
     @asynccontextmanager
@@ -68,11 +74,14 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
                 warm.cancel()
                 await asyncio.gather(warm, return_exceptions=True)
             await coe.aclose()  # stops the llama-server processes this server started
+            if recorder is not None:
+                await asyncio.to_thread(recorder.close)  # writes what is still queued
 
     app = FastAPI(title="CoE", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.coe = coe
     app.state.metrics = metrics
     app.state.limiter = limiter
+    app.state.recorder = recorder
     install_error_handlers(app)
 
     def authorize(request: Request) -> None:
@@ -100,11 +109,14 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
             data, trace = await body_of(request)
             call: Call = api.parse(data, settings, trace)
             call.session = session_ref(request.headers.get("x-coe-session"), call.request)
+            call.api = api.API.name
             if call.stream:
                 return await gateway.stream(call, lambda expert: api.Writer(call, expert))
             answer = await gateway.answer(call)
             headers = coe_headers(answer.expert, answer.trace.decision, answer.trace)
-            return JSONResponse(api.body(answer, call), headers=headers)
+            reply = api.body(answer, call)
+            gateway.record(reply.get("id"), call, answer)
+            return JSONResponse(reply, headers=headers)
 
         return route
 
@@ -118,6 +130,18 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
         encoder = shared_embedder(config.embedder, config.base_dir)
         vectors = await asyncio.to_thread(encoder.encode, embeddings.texts_of(body))
         return JSONResponse(embeddings.reply(vectors, body))
+
+    @app.post("/v1/feedback")
+    async def create_feedback(request: Request) -> JSONResponse:
+        data, _ = await body_of(request)
+        item = feedback_api.parse(data)
+        if recorder is None:
+            raise APIError(
+                404, "the trace store is off (traces.enabled: false): no response can be graded",
+                code="traces_disabled",
+            )  # fmt: skip
+        await asyncio.to_thread(feedback_api.store, recorder, item)
+        return JSONResponse(feedback_api.reply(item))
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> JSONResponse:
@@ -203,10 +227,25 @@ _KNOWN = {
     "/v1/completions",
     "/v1/embeddings",
     "/v1/models",
+    "/v1/feedback",
     "/healthz",
     "/readyz",
     "/metrics",
 }
+
+
+def _recorder(coe: CoE, metrics: Metrics) -> Recorder | None:
+    """The trace store's writer when ``traces.enabled``; its drops and writes go to the metrics."""
+    if not coe.config.traces.enabled:
+        return None
+    from coe.traces import Recorder
+
+    return Recorder(
+        coe.config,
+        coe.pool.state_dir,
+        on_drop=lambda reason, n: metrics.trace_dropped.labels(reason=reason).inc(n),
+        on_write=metrics.trace_records.inc,
+    )
 
 
 def _concurrency(config: CoEConfig, settings: ServerSettings) -> dict[str, int]:

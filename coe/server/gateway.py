@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fastapi.responses import StreamingResponse
 
@@ -27,6 +27,9 @@ from coe.server.limits import ExpertBusy
 from coe.server.metrics import Metrics
 from coe.sessions.store import StoredResponse, StoreUnavailable
 from coe.types import Answer, Message, Request, RouteDecision, SessionRef, StreamEvent, Trace
+
+if TYPE_CHECKING:
+    from coe.traces import Recorder
 
 ROUTED = "coe"
 EXPERT_PREFIX = "coe/expert/"
@@ -47,6 +50,7 @@ class Call:
     include_usage: bool = False
     trace: bool = False
     session: SessionRef | None = None
+    api: str | None = None  # the API's name, for the trace store
     # A reply that can be continued later (the Responses API's ``store``): its id, made before the
     # answer so that the stored record and the reply carry the same one.
     response_id: str | None = None
@@ -55,7 +59,9 @@ class Call:
 
 
 class Writer(Protocol):
-    """One streamed reply in one API's event format."""
+    """One streamed reply in one API's event format; ``id`` is the response id it sends."""
+
+    id: str
 
     def start(self) -> list[bytes]: ...
 
@@ -178,9 +184,15 @@ def error_for(exc: Exception) -> APIError:
 
 
 class Gateway:
-    def __init__(self, coe: CoE, metrics: Metrics) -> None:
+    def __init__(self, coe: CoE, metrics: Metrics, recorder: Recorder | None = None) -> None:
         self.coe = coe
         self.metrics = metrics
+        self.recorder = recorder
+
+    def record(self, rid: object, call: Call, answer: Answer) -> None:
+        """Hand the answer to the trace store under the response id the client got (non-blocking)."""
+        if self.recorder is not None and isinstance(rid, str):
+            self.recorder.record(rid, call.request, answer, model=call.model, api=call.api)
 
     async def answer(self, call: Call) -> Answer:
         expert, decision = resolve_model(self.coe, call.model)
@@ -266,7 +278,13 @@ class Gateway:
             raise error_for(exc) from None
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
         headers = coe_headers(answering, trace.decision or decision, trace)
-        sse = _Stream(self.metrics, writer(answering), answering, lambda answer: self._remember(call, answer))
+        sse_writer = writer(answering)
+
+        async def after(answer: Answer) -> None:
+            await self._remember(call, answer)
+            self.record(sse_writer.id, call, answer)
+
+        sse = _Stream(self.metrics, sse_writer, answering, after)
         return StreamingResponse(
             sse.run(first, events),
             media_type="text/event-stream",

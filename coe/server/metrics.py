@@ -67,6 +67,13 @@ class Metrics:
             "turns routed statelessly because the session store failed",
             registry=r,
         )
+        self.trace_records = Counter("coe_trace_records", "requests written to the trace store", registry=r)
+        self.trace_dropped = Counter(
+            "coe_trace_records_dropped",
+            "trace records not kept: queue_full (the writer fell behind) or write_error (the disk)",
+            ["reason"],
+            registry=r,
+        )
         self.cache = Counter(
             "coe_cache_lookups",
             "semantic cache lookups by result (hit, miss, skip, error) and match (exact, semantic)",

@@ -201,6 +201,15 @@ def test_each_strategy_room_holds_its_settings_runtime_and_training() -> None:
         assert {"__init__", "config", "router", training} <= files, (room, files)
 
 
+def test_the_request_path_records_traces_but_never_loads_the_offline_tools() -> None:
+    """Serving writes trace records (coe.traces: record, store, writer); replay, refit and the judge
+    (numpy, the fit-map solver, an expert as judge) are for commands, never the request path."""
+    reached = runtime_modules(graph())
+    assert {"coe.traces", "coe.traces.writer", "coe.traces.store"} <= set(reached)
+    offline = ("coe.traces.replay", "coe.traces.refit", "coe.traces.judge")
+    assert [show(reached[m]) for m in offline if m in reached] == []
+
+
 def test_runtime_code_never_imports_signal_training_or_evaluation() -> None:
     """The signals stage (coe/signals) runs on every request; training a guard and measuring the
     signals (scikit-learn, data files) are offline and must not be reachable from what serves."""

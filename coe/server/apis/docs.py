@@ -29,7 +29,8 @@ by CoE (it changes what CoE does, or is translated), or **refused** with a 400 t
 |---|---|---|
 """
 
-ENDPOINTS_TAIL = """| GET | `/v1/models` | `coe`, `coe/expert/NAME` per expert, `coe/category/NAME` per category, `coe/embedder` |
+ENDPOINTS_TAIL = """| POST | `/v1/feedback` | grade a response by its id (`chatcmpl-…`, `resp_…`, `msg_…`): `{"id", "score": 0..1}` or `{"id", "thumbs": "up"\\|"down"}`, optional `label`; 404 for an id the trace store does not hold, 400 for a score outside [0, 1] (see [Operations](operations.md)) |
+| GET | `/v1/models` | `coe`, `coe/expert/NAME` per expert, `coe/category/NAME` per category, `coe/embedder` |
 | GET | `/healthz` | the process is up (no key needed) |
 | GET | `/readyz` | 200 once the router and the managed experts are up, else 503 naming those that are not |
 | GET | `/metrics` | Prometheus metrics (`coe_requests_total` by endpoint and status, latency, tokens, fallbacks, queue rejections, stream errors, pool loads) |
