@@ -27,11 +27,13 @@ from coe.config import CoEConfig
 from coe.encoding.embedder import shared_embedder
 from coe.orchestrator import CoE
 from coe.protocols import WarmRouter
+from coe.server import dashboard
 from coe.server.apis import chat, completions, embeddings, messages, responses
 from coe.server.errors import APIError, install_error_handlers
 from coe.server.gateway import Call, Gateway, attempted, coe_headers, model_ids, session_ref
 from coe.server.limits import ExpertLimiter
 from coe.server.metrics import Metrics
+from coe.server.observe import ObserveMiddleware, Recent, Sink, note
 from coe.server.settings import ServerSettings, authorized
 
 log = logging.getLogger("coe.server")
@@ -54,6 +56,14 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
 
     coe.admission = admit
     gateway = Gateway(coe, metrics)
+    recent = Recent(settings.ui_recent)  # the dashboard's live view (coe/server/dashboard.py)
+    sinks: list[Sink] = [recent]
+    telemetry = None
+    if config.telemetry.otlp_endpoint is not None:  # imports opentelemetry only when asked
+        from coe.server.telemetry import Telemetry
+
+        telemetry = Telemetry(config.telemetry)
+        sinks.append(telemetry)
     exposure = settings.exposure_warning()  # served open on purpose: said at start-up and by /readyz
 
     @asynccontextmanager
@@ -68,11 +78,15 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
                 warm.cancel()
                 await asyncio.gather(warm, return_exceptions=True)
             await coe.aclose()  # stops the llama-server processes this server started
+            if telemetry is not None:
+                await asyncio.to_thread(telemetry.shutdown)  # exports the spans still batched
 
     app = FastAPI(title="CoE", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.coe = coe
     app.state.metrics = metrics
     app.state.limiter = limiter
+    app.state.recent = recent
+    app.state.telemetry = telemetry
     install_error_handlers(app)
 
     def authorize(request: Request) -> None:
@@ -81,6 +95,7 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
         if not authorized(headers.get("authorization", ""), settings.api_keys, headers.get("x-api-key", "")):
             raise APIError(401, "missing or invalid API key", code="invalid_api_key")  # never echoes it
 
+    app.add_middleware(ObserveMiddleware, sinks=sinks)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
     async def body_of(request: Request) -> tuple[object, bool]:
@@ -104,7 +119,9 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
                 return await gateway.stream(call, lambda expert: api.Writer(call, expert))
             answer = await gateway.answer(call)
             headers = coe_headers(answer.expert, answer.trace.decision, answer.trace)
-            return JSONResponse(api.body(answer, call), headers=headers)
+            reply = api.body(answer, call)
+            note(rid=reply.get("id"))
+            return JSONResponse(reply, headers=headers)
 
         return route
 
@@ -152,6 +169,8 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
             body = {"status": "not ready", "not_ready": not_ready, **open_api}
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready", **open_api})
+
+    dashboard.install(app, coe, limiter, recent, settings.api_keys)
 
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Response:
