@@ -38,6 +38,7 @@ _ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "
 def install(app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys: frozenset[str]) -> None:
     """Add /ui and /ui/api/* to ``app``."""
     sessions: set[str] = set()
+    feedback_cache = _Every(10.0, feedback_scores)
 
     def allowed(request: Request) -> bool:
         headers = request.headers
@@ -80,7 +81,7 @@ def install(app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys
     async def summary(request: Request) -> JSONResponse:
         authorize(request)
         experts = await expert_states(coe, limiter, recent)
-        feedback = await asyncio.to_thread(feedback_scores, getattr(app.state, "recorder", None))
+        feedback = await feedback_cache.get(getattr(app.state, "recorder", None))
         return JSONResponse(summary_of(recent, experts, feedback))
 
     @app.get("/ui/api/recent", include_in_schema=False)
@@ -189,6 +190,23 @@ def summary_of(
         "feedback": feedback,
         "window": recent.size,
     }
+
+
+class _Every:
+    """Recompute at most every ``period_s``: the page polls each second, feedback changes slowly,
+    and reading it joins every feedback row with its record in SQLite."""
+
+    def __init__(self, period_s: float, compute: Callable[[object], dict[str, Any]]) -> None:
+        self.period_s = period_s
+        self.compute = compute
+        self.value: dict[str, Any] | None = None
+        self.at = 0.0
+
+    async def get(self, source: object) -> dict[str, Any]:
+        if self.value is None or time.monotonic() - self.at >= self.period_s:
+            self.value = await asyncio.to_thread(self.compute, source)
+            self.at = time.monotonic()
+        return self.value
 
 
 def feedback_scores(recorder: object) -> dict[str, Any]:

@@ -166,3 +166,29 @@ def test_dashboard_shows_requests_a_killed_expert_and_opens_a_trace(served, page
         page.screenshot(path=shot, full_page=True)
     httpx.get(server.url + "/healthz")  # the server is still up after the browser's polling
     time.sleep(0)
+
+
+def test_feedback_scores_average_per_expert_and_category() -> None:
+    """The panel's numbers from a trace store's rows (the shape coe.traces' TraceStore returns:
+    feedback rows with id and score, records with expert and decision.category)."""
+    from types import SimpleNamespace as NS
+
+    from coe.server.dashboard import feedback_scores
+
+    records = {
+        "a": NS(expert="coder", decision=NS(category="code")),
+        "b": NS(expert="coder", decision=NS(category="math")),
+        "c": NS(expert="general", decision=None),
+    }
+    rows = [NS(id="a", score=1.0), NS(id="b", score=0.0), NS(id="a", score=0.5), NS(id="c", score=0.25)]
+    rows.append(NS(id="gone", score=1.0))  # its record was trimmed by retention: left out
+    store = NS(feedback=lambda: rows, get=records.get)
+    table = feedback_scores(NS(store=store))
+    assert table["store"] is True
+    assert table["experts"] == {"coder": {"mean": 0.5, "count": 3}, "general": {"mean": 0.25, "count": 1}}
+    assert table["categories"] == {
+        "code": {"mean": 0.75, "count": 2},
+        "math": {"mean": 0.0, "count": 1},
+        "none": {"mean": 0.25, "count": 1},
+    }
+    assert feedback_scores(None)["store"] is False
