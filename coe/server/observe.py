@@ -12,6 +12,7 @@ span exporter batches in a thread of its own).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coe.types import Answer, Trace
 
+log = logging.getLogger("coe.server")
 GENERATING = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/completions"})
 
 
@@ -117,10 +119,8 @@ class ObserveMiddleware:
             for sink in self.sinks:
                 try:
                     sink(seen)
-                except Exception:  # pragma: no cover - a sink bug must not fail requests
-                    import logging
-
-                    logging.getLogger("coe.server").exception("observer sink failed")
+                except Exception:  # a sink's bug must not fail the request it observed
+                    log.exception("observer sink %r failed", sink)
 
 
 def _percentile(values: list[float], q: float) -> float:
