@@ -10,7 +10,17 @@ Semantic cache (``cache_*`` functions; ``coe.signals.cache``):
   answered by their expert (warm, greedy, ``--max-tokens``), then asked again and replayed from the
   cache; p50 of each request's total and their ratio.
 
-    .venv/bin/python bench/signals.py [--config experts.yaml] [--no-e2e] [--json]
+Guard and PII (``guard_rows`` / ``pii_rows``; ``coe.signals.stage``), per request, one request at a
+time after a warm-up, one thread, as a server runs them:
+
+* ``guard``: ``SignalStage.run`` with only the guard on the validation split of guard_prompts (the
+  rows `coe train-guard` never trains on), with the registry's encoder; p50 / p99 ms overall and for
+  short (< 500 characters) and long prompts, since the guard embeds a long text in several windows.
+  Needs ``--guard FILE`` from `coe train-guard` (skipped with a note without one).
+* ``pii``: ``SignalStage.run`` with only PII redaction (the default types) on pii_presidio sentences.
+
+    .venv/bin/python bench/signals.py [--config experts.yaml] [--only cache,guard,pii] [--guard guard.npz]
+                                      [--no-e2e] [--json]
 """
 
 from __future__ import annotations
@@ -38,10 +48,13 @@ from coe.config import CoEConfig  # noqa: E402
 from coe.encoding.embedder import request_scope  # noqa: E402
 from coe.signals.cache.config import CacheConfig  # noqa: E402
 from coe.signals.cache.runtime import SemanticCache, build_cache, router_embedding  # noqa: E402
-from coe.signals.config import SignalsConfig  # noqa: E402
+from coe.signals.config import GuardConfig, PiiConfig, SignalsConfig  # noqa: E402
+from coe.signals.stage import SignalStage  # noqa: E402
 from coe.types import Answer, Request  # noqa: E402
 
 PAIRS = ROOT.parent / "shared" / "data" / "paraphrase_stsb" / "pairs.jsonl"
+GUARD_DATA = ROOT.parent / "shared" / "data" / "guard_prompts" / "prompts.jsonl"
+PII_DATA = ROOT.parent / "shared" / "data" / "pii_presidio" / "samples.jsonl"
 QUESTIONS = [
     "Write a Python function that reverses a string",
     "What is the capital of France?",
@@ -61,6 +74,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lookups", type=int, default=300, help="misses timed per store and K")
     p.add_argument("--max-tokens", type=int, default=64, help="answer length of the expert runs")
     p.add_argument("--no-e2e", action="store_true", help="skip the real-expert hit/miss comparison")
+    p.add_argument("--only", default="cache,guard,pii", help="comma-separated: cache, guard, pii")
+    p.add_argument("--guard", type=Path, default=ROOT / "guard.npz", help="from `coe train-guard`")
+    p.add_argument("--guard-data", type=Path, default=GUARD_DATA)
+    p.add_argument("--pii-data", type=Path, default=PII_DATA)
+    p.add_argument("--requests", type=int, default=300, help="requests timed for guard and pii")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "signals.json")
     p.add_argument("--json", action="store_true")
     return p.parse_args()
@@ -205,13 +223,74 @@ def show_cache(c: dict[str, Any]) -> None:
         )
 
 
+def _time_stage(stage: SignalStage, texts: list[str]) -> list[float]:
+    stage.run(Request.from_input("warm up the encoder and the recognizers"))
+    out = []
+    for text in texts:
+        request = Request.from_input(text)
+        t = time.perf_counter()
+        stage.run(request)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def _row(name: str, ms: list[float], **extra: Any) -> dict[str, Any]:
+    return {"signal": name, "requests": len(ms), "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99), **extra}
+
+
+def guard_rows(args: argparse.Namespace, config: CoEConfig) -> list[dict[str, Any]]:
+    from coe.signals.guard.training import TrainSettings, read_guard_data, validation_split
+
+    if not args.guard.is_file():
+        print(f"note: no guard rows: {args.guard} missing (coe train-guard {args.guard_data} --out FILE)")
+        return []
+    guard = GuardConfig(model=str(args.guard.resolve()), action="flag")
+    stage = SignalStage(config.model_copy(update={"signals": SignalsConfig(guard=guard)}))
+    _, validation = validation_split(read_guard_data(args.guard_data), TrainSettings())
+    texts = [r.text for r in validation][: args.requests]
+    ms = _time_stage(stage, texts)
+    short = [m for m, t in zip(ms, texts, strict=True) if len(t) < 500]
+    long = [m for m, t in zip(ms, texts, strict=True) if len(t) >= 500]
+    return [
+        _row("guard", ms, prompts="guard_prompts validation split"),
+        _row("guard (prompt < 500 chars)", short),
+        _row("guard (prompt >= 500 chars)", long),
+    ]
+
+
+def pii_rows(args: argparse.Namespace, config: CoEConfig) -> list[dict[str, Any]]:
+    stage = SignalStage(config.model_copy(update={"signals": SignalsConfig(pii=PiiConfig())}))
+    lines = args.pii_data.read_text(encoding="utf-8").splitlines()
+    texts = [json.loads(line)["text"] for line in lines if line.strip()][: args.requests]
+    return [_row("pii (redact, default types)", _time_stage(stage, texts), prompts="pii_presidio sentences")]
+
+
+def show_rows(rows: list[dict[str, Any]]) -> None:
+    print("| signal | requests | p50 ms | p99 ms |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['signal']} | {row['requests']} | {row['p50_ms']} | {row['p99_ms']} |")
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
-    return {"config": str(args.config), "cache": await cache_rows(args, config)}
+    only = set(args.only.split(","))
+    out: dict[str, Any] = {"config": str(args.config)}
+    if "cache" in only:
+        out["cache"] = await cache_rows(args, config)
+    rows = (guard_rows(args, config) if "guard" in only else []) + (
+        pii_rows(args, config) if "pii" in only else []
+    )
+    if rows:
+        out["rows"] = rows
+    return out
 
 
 def show(r: dict[str, Any]) -> None:
-    show_cache(r["cache"])
+    if "cache" in r:
+        show_cache(r["cache"])
+    if "rows" in r:
+        show_rows(r["rows"])
 
 
 if __name__ == "__main__":

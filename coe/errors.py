@@ -49,3 +49,15 @@ class NoCapableExpert(CoEError):
         wants = ", ".join(f"{cap} (for {field})" for cap, field in needed.items()) or "nothing special"
         why = "; ".join(f"{name}: {reason}" for name, reason in excluded.items())
         super().__init__(f"no expert can serve this request, which needs {wants}; considered {why}")
+
+
+class RequestBlocked(CoEError):
+    """A signal's verdict (``signals:`` in experts.yaml) blocked the request before any expert was
+    called. ``code`` names the policy (``content_policy`` for the guard, ``pii_policy`` for PII), which
+    the server returns as the error code of a 400; ``signal`` and ``verdict`` say what fired."""
+
+    def __init__(self, signal: str, verdict: str, code: str, message: str) -> None:
+        self.signal = signal
+        self.verdict = verdict
+        self.code = code
+        super().__init__(message)

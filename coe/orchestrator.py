@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from coe.retrieval.retriever import Retriever
     from coe.sessions import Sessions, Turn
     from coe.signals.cache.runtime import Pending, SemanticCache
+    from coe.signals.stage import SignalStage
 
 T = TypeVar("T")
 Prompt = str | list[Message] | list[dict[str, Any]]
@@ -81,6 +82,7 @@ class CoE:
         self._router: Router | None = None
         self._aggregator: Aggregator | None = None
         self._retriever: Retriever | None = None
+        self._signals_stage: SignalStage | None = None
         self._client = ChatClient()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Entered around each call to one expert (the server's per-expert concurrency limit); an
@@ -183,6 +185,45 @@ class CoE:
             self._retriever = Retriever(self.config)
         return self._retriever
 
+    @property
+    def signals(self) -> SignalStage | None:
+        """The checks before routing (coe/signals); None without a ``signals`` block."""
+        wanted = self.config.signals.guard is not None or self.config.signals.pii is not None
+        if self._signals_stage is None and wanted:
+            from coe.signals.stage import SignalStage
+
+            self._signals_stage = SignalStage(self.config)
+        return self._signals_stage
+
+    async def _signals(
+        self, request: Request, trace: Trace, decision: RouteDecision | None
+    ) -> tuple[Request, RouteDecision | None]:
+        """Before routing: the guard and PII verdicts go in the trace; a ``block`` raises
+        RequestBlocked (no expert is called), a ``route`` replaces the decision, ``redact`` the request."""
+        stage = self.signals
+        if stage is None:
+            return request, decision
+        t = time.perf_counter()
+        request, trace.signals = await asyncio.to_thread(stage.run, request)
+        trace.timings_ms["signals"] = _ms(t)
+        return request, self._signal_outcome(stage, trace, decision)
+
+    def _signal_outcome(
+        self, stage: SignalStage, trace: Trace, decision: RouteDecision | None
+    ) -> RouteDecision | None:
+        signals = trace.signals
+        assert signals is not None
+        if signals.blocked_by is not None:
+            raise stage.blocked(signals)
+        if signals.routed_to is not None:
+            fired = next(v for v in signals.verdicts if v.action == "route")
+            return RouteDecision(
+                router="signals",
+                experts=[signals.routed_to],
+                reason=f"signal {fired.signal} found {fired.verdict}: action route to {signals.routed_to}",
+            )
+        return decision
+
     async def _retrieve(self, request: Request, decision: RouteDecision, trace: Trace) -> Request:
         """After routing, before answering: the gate decides, and kept documents go into the prompt.
         Never raises for a failed retrieval: the request goes on without documents, the trace says why."""
@@ -190,8 +231,15 @@ class CoE:
             return request
         t = time.perf_counter()
         # Embedding and search are CPU-bound: off the loop, like routing.
+        before = request
         request, trace.retrieval = await asyncio.to_thread(self.retriever.run, request, decision)
         trace.timings_ms["retrieve"] = _ms(t)
+        stage = self.signals
+        if stage is not None and trace.signals is not None and request is not before:
+            # Retrieved chunks enter the prompt here: the guard reads them before any expert does.
+            await asyncio.to_thread(stage.check_documents, before, request, trace.signals)
+            if trace.signals.blocked_by is not None:
+                raise stage.blocked(trace.signals)
         return request
 
     # ------------------------------------------------------------------------------ answering
@@ -235,6 +283,7 @@ class CoE:
         trace = trace if trace is not None else Trace()
         asked = _asked(request, decision)
         with request_scope():  # the router, the session, the cache and the retrieval gate embed it once
+            request, decision = await self._signals(request, trace, decision)
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
             cached, pending = await self._cache_lookup(request, asked, decision, trace)
@@ -375,6 +424,7 @@ class CoE:
         trace = trace if trace is not None else Trace()
         asked = _asked(request, decision)
         with request_scope():  # the router, the session, the cache and the retrieval gate embed it once
+            request, decision = await self._signals(request, trace, decision)
             turn = await self._open_session(request, session, trace)
             decision = await self._route_one(request, trace, decision, turn)
             cached, pending = await self._cache_lookup(request, asked, decision, trace)

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coe.signals.verdicts import SignalsTrace
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
@@ -345,6 +347,7 @@ class Trace(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    signals: SignalsTrace | None = None
     decision: RouteDecision | None = None
     session: SessionTrace | None = None
     retrieval: RetrievalTrace | None = None

@@ -37,6 +37,8 @@ from coe.types import ExpertAnswer, Request, RetrievalTrace, RouteDecision, Trac
 
 if TYPE_CHECKING:
     from coe.orchestrator import CoE
+    from coe.signals.stage import SignalStage
+    from coe.signals.verdicts import SignalsTrace
 
 __all__ = ["BatchInputError", "BatchItem", "BatchObserver", "BatchReport", "BatchResult", "run_batch"]
 
@@ -132,7 +134,8 @@ class _Runner:
             rejected = await self._route([i for i in items if i.key not in resumed])
             groups = {name: len(self.queues[name]) for name in self.order}
             for result in rejected:
-                groups[str(result.expert)] = groups.get(str(result.expert), 0) + 1
+                if result.expert is not None:  # not a request a signal blocked before routing
+                    groups[result.expert] = groups.get(result.expert, 0) + 1
             if self.observer:
                 self.observer.planned(groups, n_resumed)
             for result in rejected:
@@ -170,6 +173,9 @@ class _Runner:
             if i.expert is not None and i.expert not in known
         ]  # fmt: skip
         requests = [i.request(self.params) for i in ready]
+        signals: list[SignalsTrace | None] = [None] * len(requests)
+        if (stage := self.coe.signals) is not None and requests:
+            ready, requests, signals = await self._signals(stage, ready, requests, rejected)
         retrievals: list[RetrievalTrace | None] = [None] * len(requests)
         with request_scope():  # the router and the retrieval gate embed the prompts once
             t = time.perf_counter()
@@ -179,14 +185,35 @@ class _Runner:
                 # Same gate and injection as `ask`: a failed retrieval leaves the requests as they were.
                 done = await asyncio.to_thread(retriever.run_many, requests, decisions)
                 requests, retrievals = [r for r, _ in done], [t for _, t in done]
-        for item, request, decision, retrieval in zip(ready, requests, decisions, retrievals, strict=True):
-            trace = Trace(decision=decision, retrieval=retrieval, timings_ms={"route": share})
+        for item, request, decision, retrieval, signal in zip(
+            ready, requests, decisions, retrievals, signals, strict=True
+        ):
+            trace = Trace(signals=signal, decision=decision, retrieval=retrieval, timings_ms={"route": share})
             job = _Job(item, request, decision, trace, next_candidate=decision.fanout)
             for name in decision.recruited:
                 self._enqueue(name, job)
         loaded = [n for n in self.queues if self.coe.pool.is_loaded(n)]
         self.order = order_groups({n: len(q) for n, q in self.queues.items()}, loaded)
         return rejected
+
+    async def _signals(
+        self, stage: SignalStage, items: list[BatchItem], requests: list[Request], rejected: list[BatchResult]
+    ) -> tuple[list[BatchItem], list[Request], list[SignalsTrace | None]]:
+        """The signals stage, as in ``ask``, before routing: a blocked item fails with the block's
+        message (the others run), a ``route`` verdict pins the item's expert, ``redact`` its request."""
+        kept: list[tuple[BatchItem, Request, SignalsTrace | None]] = []
+        for item, request in zip(items, requests, strict=True):
+            request, trace = await asyncio.to_thread(stage.run, request)
+            if trace.blocked_by is not None:
+                error = str(stage.blocked(trace))
+                rejected.append(
+                    BatchResult(id=item.id, meta=item.meta, error=error, trace=Trace(signals=trace))
+                )
+                continue
+            if trace.routed_to is not None:
+                request = request.model_copy(update={"expert": trace.routed_to})
+            kept.append((item, request, trace))
+        return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
 
     def _enqueue(self, name: str, job: _Job) -> None:
         job.open_units += 1

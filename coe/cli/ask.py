@@ -55,6 +55,12 @@ def validate(
             resolve_encoder_files(emb.model, emb.backend, emb.path, config.base_dir)
         except ModelNotFoundError as exc:
             problems.append(f"{file}: embedder: {exc}")
+        guard = config.signals.guard
+        if guard is not None and not config.resolve_path(guard.model).is_file():
+            where = config.resolve_path(guard.model)
+            problems.append(
+                f"{file}: signals.guard.model: {where}: no such file (train one: coe train-guard)"
+            )
     for problem in problems:
         error(problem)
     if problems:
@@ -150,6 +156,9 @@ def _show_decision(d: dict[str, Any]) -> None:
 def _show_trace(summary: dict[str, Any]) -> None:
     trace = summary["trace"]
     out.rule("routing trace")
+    for v in (trace.get("signals") or {}).get("verdicts", []):
+        score = f" (score {v['score']:.2f})" if v.get("score") is not None else ""
+        out.print(f"signal {v['signal']}: {v['verdict']}{score}, action {v['action']}", highlight=False)
     if trace.get("decision"):
         _show_decision(trace["decision"])
     if r := trace.get("retrieval"):

@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "eval_outcomes",
     "eval_recruit",
     "cache",
+    "signals",
 )
 
 for _name in COMMAND_MODULES:

@@ -86,6 +86,7 @@ def _check_references(config: CoEConfig) -> list[Issue]:
     problems += config.router.check(config)
     problems += config.aggregator.check(config)
     problems += _check_retrieval(config)
+    problems += config.signals.check(config)
     return problems
 
 

@@ -152,7 +152,8 @@ class CoEConfig(Strict):
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="cluster settings (coe deploy)")
     retrieval: RetrievalConfig | None = Field(None, description="retrieval gating; absent: never retrieve")
     signals: SignalsConfig = Field(
-        default_factory=SignalsConfig, description="checks before the expert: the semantic cache"
+        default_factory=SignalsConfig,
+        description="checks before the expert (semantic cache, guard, PII): docs/signals.md",
     )
     telemetry: TelemetryConfig = Field(
         default_factory=TelemetryConfig, description="OpenTelemetry spans of `coe serve` (off by default)"

@@ -253,6 +253,8 @@ async def _warm(coe: CoE) -> None:
         router = await asyncio.to_thread(lambda: coe.router)
         if isinstance(router, WarmRouter):  # a trained artefact loads its encoders on first use
             await asyncio.to_thread(router.warm)
+        if coe.signals is not None:  # the guard file, its encoder and Presidio's recognizers
+            await asyncio.to_thread(coe.signals.warm)
         loaded = set(await coe.pool.warm())  # as many as the memory budget holds together
         for name, expert in coe.config.experts.items():
             if expert.serve is not None and name not in loaded and (why := coe.pool.error(name)):

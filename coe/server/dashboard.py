@@ -185,7 +185,7 @@ def summary_of(
         "categories": dict(recent.categories.most_common()),
         "fallbacks": recent.fallbacks,
         "cache": dict(recent.cache),
-        "guard": dict(recent.guard),
+        "signals": dict(recent.signals),
         "experts": experts,
         "feedback": feedback,
         "window": recent.size,

@@ -11,6 +11,7 @@ the router had chosen that category (its expert, then the fallback expert). A re
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Protocol
 
 from fastapi.responses import StreamingResponse
 
-from coe.errors import AllExpertsFailed, CoEError, ExpertError, NoCapableExpert
+from coe.errors import AllExpertsFailed, CoEError, ExpertError, NoCapableExpert, RequestBlocked
 from coe.orchestrator import CoE
 from coe.server.apis.translate import check_tool_results
 from coe.server.errors import APIError, log
@@ -162,6 +163,8 @@ def error_for(exc: Exception) -> APIError:
         return APIError(429, str(exc), code="expert_busy", headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, NoCapableExpert):
         return APIError(400, str(exc), param=exc.param, code="no_capable_expert")
+    if isinstance(exc, RequestBlocked):  # a signal's verdict (signals: in experts.yaml); no expert called
+        return APIError(400, str(exc), param="messages", code=exc.code)
     if isinstance(exc, AllExpertsFailed):
         log.warning("%s", exc)
         return APIError(
@@ -190,6 +193,7 @@ class Gateway:
                 call.request, expert=expert, decision=decision, session=call.session, trace=trace
             )
         except Exception as exc:
+            self._count_blocked(exc)
             err = error_for(exc)
             note(trace=trace, error=str(err.message))
             raise err from None
@@ -197,6 +201,10 @@ class Gateway:
         note(answer=answer)
         await self._remember(call, answer)
         return answer
+
+    def _count_blocked(self, exc: Exception) -> None:
+        if isinstance(exc, RequestBlocked):
+            self.metrics.observe_blocked(exc.signal, exc.verdict)
 
     async def _resume(self, call: Call) -> None:
         """Put the stored conversation of ``previous_response_id`` before the request's own turns (its
@@ -239,7 +247,9 @@ class Gateway:
         if not (call.store and call.response_id) or self.coe.sessions is None:
             return
         said = Message(role="assistant", content=answer.text or None, tool_calls=answer.tool_calls or None)
-        turns = [m.payload() for m in call.request.messages if m.role not in ("system", "developer")]
+        stage = self.coe.signals  # keep the turns as the expert saw them: PII redacted, never the values
+        request = await asyncio.to_thread(stage.redacted, call.request) if stage is not None else call.request
+        turns = [m.payload() for m in request.messages if m.role not in ("system", "developer")]
         session = answer.trace.session.id if answer.trace.session is not None else None
         record = StoredResponse(id=call.response_id, session=session, messages=[*turns, said.payload()])
         await self.coe.sessions.remember_response(record)
@@ -262,6 +272,7 @@ class Gateway:
             )
             first = await anext(events)
         except Exception as exc:
+            self._count_blocked(exc)
             err = error_for(exc)
             note(error=str(err.message))
             raise err from None

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from coe.signals.verdicts import SignalsTrace
 from coe.types import Answer, SessionTrace
 
 if TYPE_CHECKING:
@@ -76,9 +77,17 @@ class Metrics:
             "coe_cache_store_errors", "requests answered uncached because the cache store failed", registry=r
         )
 
+        self.signals = Counter(
+            "coe_signal_verdicts",
+            "signal verdicts (signals: in experts.yaml) by what was done: block, route, redact, flag, none",
+            ["signal", "verdict", "action"],
+            registry=r,
+        )
+
     def observe_answer(self, answer: Answer) -> None:
         trace = answer.trace
         self.observe_session(trace.session)
+        self.observe_signals(trace.signals)
         if trace.cache is not None:
             self.cache.labels(result=trace.cache.status, match=trace.cache.match or "none").inc()
             if trace.cache.error is not None:
@@ -99,6 +108,14 @@ class Metrics:
         self.sessions.labels(action=session.action).inc()
         if session.error:
             self.session_errors.inc()
+
+    def observe_signals(self, signals: SignalsTrace | None) -> None:
+        for v in signals.verdicts if signals is not None else ():
+            self.signals.labels(signal=v.signal, verdict=v.verdict, action=v.action).inc()
+
+    def observe_blocked(self, signal: str, verdict: str) -> None:
+        """A blocked request has no answer to observe; its verdict is counted here."""
+        self.signals.labels(signal=signal, verdict=verdict, action="block").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

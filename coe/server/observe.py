@@ -145,7 +145,7 @@ class Recent:
         self.answered_by: Counter[str] = Counter()
         self.fallbacks = 0
         self.cache: Counter[str] = Counter()
-        self.guard: Counter[str] = Counter()
+        self.signals: Counter[str] = Counter()  # 'guard jailbreak: block' -> requests
         self.attempts: Counter[str] = Counter()
         self.attempt_errors: Counter[str] = Counter()
 
@@ -164,9 +164,8 @@ class Recent:
             self.fallbacks += trace.fallback_used
             if trace.cache is not None:
                 self.cache[trace.cache.status] += 1
-            guard = getattr(trace, "guard", None)  # a guard stage, where one exists, says its outcome
-            if isinstance(guard, dict) and isinstance(guard.get("status"), str):
-                self.guard[guard["status"]] += 1
+            for v in trace.signals.verdicts if trace.signals is not None else ():  # guard, PII
+                self.signals[f"{v.signal} {v.verdict}: {v.action}"] += 1
             for a in trace.attempts:
                 self.attempts[a.expert] += 1
                 self.attempt_errors[a.expert] += not a.ok
@@ -186,7 +185,7 @@ class Recent:
         return round(n / max(1e-9, min(window_s, now - self.started)), 3)
 
     def stage_latency(self) -> dict[str, dict[str, float]]:
-        """p50/p95/mean per stage (route, cache, retrieve, start, expert, aggregate, total) over
+        """p50/p95/mean per stage (signals, route, cache, retrieve, start, expert, aggregate, total) over
         the ring, from the orchestrator's own timings."""
         by_stage: dict[str, list[float]] = {}
         for s in self.items():

@@ -5,7 +5,7 @@ not by instrumenting the request path: the orchestrator already measures every s
 (``timings_ms``, ``attempts``), so the request path never touches OpenTelemetry, a server without a
 ``telemetry`` block never imports it, and export cost is a batch in the SDK's own thread. The price:
 a child's start is laid out from the stage durations in the order the orchestrator runs them
-(session, route, cache, retrieve, start, each expert attempt, aggregate) from the request's start,
+(signals, session, route, cache, retrieve, start, each expert attempt, aggregate) from the request's start,
 rather than read from a clock at the time; their durations are the measured ones. Experts recruited
 together (fan-out) run concurrently, so their attempt spans share one start.
 
@@ -127,6 +127,8 @@ def _request_attributes(seen: Observed, operation: str, asked: str) -> dict[str,
                 attrs["coe.confidence"] = float(d.confidence)
         if trace.cache is not None:
             attrs["coe.cache.status"] = trace.cache.status
+        if trace.signals is not None and trace.signals.blocked_by is not None:
+            attrs["coe.signals.blocked_by"] = trace.signals.blocked_by
         if trace.session is not None and trace.session.id:
             attrs["coe.session.action"] = trace.session.action
     return attrs
@@ -152,6 +154,14 @@ def _stages(seen: Observed, trace: Trace) -> list[Stage]:
             cursor = end
         return end
 
+    if "signals" in ms and trace.signals is not None:  # the guard and PII checks run first
+        sig = trace.signals
+        checks: dict[str, Any] = {
+            "coe.signals.verdicts": [f"{v.signal} {v.verdict}: {v.action}" for v in sig.verdicts]
+        }
+        if sig.blocked_by is not None:
+            checks["coe.signals.blocked_by"] = sig.blocked_by
+        lay("coe.signals", ms["signals"], checks)
     if trace.session is not None and trace.session.lookup_ms:
         lay("coe.session", trace.session.lookup_ms, {"coe.session.action": trace.session.action})
     decision = trace.decision

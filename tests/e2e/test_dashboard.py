@@ -30,12 +30,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 USER = [{"role": "user", "content": "hi"}]
 
 
-def registry(tmp_path: Path, urls: dict[str, str]) -> Path:
+def registry(tmp_path: Path, urls: dict[str, str], extra: str = "") -> Path:
     lines = ["version: 1", "experts:"]
     lines += [f"  {name}: {{endpoint: '{url}', retries: 0}}" for name, url in urls.items()]
     lines += ["router:", "  categories:"]
     lines += [f"    to_{name}: {{expert: {name}, examples: ['about {name}']}}" for name in urls]
-    lines += ["  fallback: {expert: ok, min_confidence: 0.1}"]
+    lines += ["  fallback: {expert: ok, min_confidence: 0.1}", extra]
     path = tmp_path / "experts.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -100,6 +100,25 @@ def test_ui_needs_the_key_and_a_key_once_sets_an_httponly_cookie(api: TestClient
     api.cookies.clear()
     assert api.get("/ui/api/summary").status_code == 401
     assert api.get("/ui/static/../app.py", headers=AUTH).status_code == 404
+
+
+def test_a_blocked_request_shows_its_signal_verdict(tmp_path: Path) -> None:
+    """The guard / PII panel: a request blocked by the PII check (Presidio's pattern recognizers,
+    offline) counts under its verdict, and its row opens with the signals trace."""
+    with stub_server("ok") as (url, state):
+        path = registry(tmp_path, {"ok": url}, "signals:\n  pii: {action: block}")
+        app = create_app(load_config(path), ServerSettings(warm=False))
+        with TestClient(app, raise_server_exceptions=False) as api:
+            text = "mail alice@example.com the report"
+            resp = api.post(
+                "/v1/chat/completions", json={"model": "coe", "messages": [{"role": "user", "content": text}]}
+            )
+            assert resp.status_code == 400 and state.calls == 0
+            assert api.get("/ui/api/summary").json()["signals"] == {"pii pii: block": 1}
+            [row] = api.get("/ui/api/recent").json()["data"]
+            assert row["status"] == 400 and row["error"]
+            trace = api.get(f"/ui/api/trace/{row['id']}").json()["trace"]
+            assert trace["signals"]["blocked_by"] == "pii"
 
 
 # ------------------------------------------------------------------------------ the browser

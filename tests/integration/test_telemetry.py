@@ -154,3 +154,23 @@ def test_a_wrong_telemetry_key_names_its_path(tmp_path: Path) -> None:
         load_config(path)
     assert "telemetry.endpoint: unknown key 'endpoint'" in str(info.value)
     assert "otlp_endpoint" in str(info.value)
+
+
+def test_a_blocked_request_has_its_signals_span(tmp_path: Path) -> None:
+    """The PII check (offline pattern recognizers) blocks before routing: the request span says
+    which signal blocked it, and its one stage is ``coe.signals`` with the verdict."""
+    with otlp_receiver() as (endpoint, spans), stub_server("ok") as (url, state):
+        blocks = f"telemetry: {{otlp_endpoint: '{endpoint}'}}\nsignals:\n  pii: {{action: block}}"
+        app = create_app(
+            load_config(registry(tmp_path, {"ok": url, "bad": url}, blocks)), ServerSettings(warm=False)
+        )
+        with TestClient(app, raise_server_exceptions=False) as client:
+            messages = [{"role": "user", "content": "mail alice@example.com the report"}]
+            resp = client.post("/v1/chat/completions", json={"model": "coe", "messages": messages})
+            assert resp.status_code == 400 and state.calls == 0
+            got = _exported(app, spans)
+    [root] = [s for s in got if s["name"] == "chat coe"]
+    assert root["attributes"]["coe.signals.blocked_by"] == "pii" and root["status"] == 2
+    children = {s["name"]: s for s in got if s["parent_span_id"] == root["span_id"]}
+    assert set(children) == {"coe.signals"}
+    assert children["coe.signals"]["attributes"]["coe.signals.verdicts"] == ["pii pii: block"]

@@ -199,3 +199,13 @@ def test_each_strategy_room_holds_its_settings_runtime_and_training() -> None:
     for room, training in (("category", "training"), ("cost", "training"), ("skills", "build")):
         files = {p.stem for p in (ROOT / "routers" / room).glob("*.py")}
         assert {"__init__", "config", "router", training} <= files, (room, files)
+
+
+def test_runtime_code_never_imports_signal_training_or_evaluation() -> None:
+    """The signals stage (coe/signals) runs on every request; training a guard and measuring the
+    signals (scikit-learn, data files) are offline and must not be reachable from what serves."""
+    reached = runtime_modules(graph())
+    assert "coe.signals.stage" in reached and "coe.signals.guard.model" in reached
+    offline = ("coe.signals.guard.training", "coe.signals.evaluation", "coe.cli.signals")
+    bad = [show(path) for module, path in reached.items() if module in offline]
+    assert bad == []

@@ -38,7 +38,7 @@ function showSummary(s) {
   $("failed").textContent = s.requests.failed;
   $("fallbacks").textContent = s.fallbacks;
   $("cache").textContent = counts(s.cache);
-  $("guard").textContent = counts(s.guard);
+  $("signals").textContent = counts(s.signals);
   fill("experts", s.experts, (tr, e) => {
     tr.dataset.expert = e.name;
     cell(tr, e.name);
