@@ -80,6 +80,11 @@ def test_summary_recent_and_trace_describe_the_requests(api: TestClient) -> None
     assert detail["trace"]["decision"]["category"] == "to_bad"
     failed = api.get(f"/ui/api/trace/{rows[0]['id']}", headers=AUTH).json()
     assert failed["error"] and [a["ok"] for a in failed["trace"]["attempts"]] == [False]
+    streamed = {"model": "coe/category/to_ok", "messages": USER, "stream": True}
+    assert api.post("/v1/chat/completions", json=streamed, headers=AUTH).status_code == 200
+    [row] = api.get("/ui/api/recent?limit=1", headers=AUTH).json()["data"]
+    assert row["stream"] is True and row["id"].startswith("chatcmpl-") and row["expert"] == "ok"
+    assert row["completion_tokens"] == 1  # the stream's final usage, once the body was sent
     missing = api.get("/ui/api/trace/chatcmpl-nope", headers=AUTH)
     assert missing.status_code == 404 and "chatcmpl-nope" in missing.json()["error"]["message"]
 
