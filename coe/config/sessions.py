@@ -67,10 +67,16 @@ class SessionsConfig(Strict):
 
     @model_validator(mode="after")
     def _store_settings(self) -> SessionsConfig:
-        if self.store == "redis" and not self.url:
-            raise ValueError("store redis needs url (e.g. redis://127.0.0.1:6379/0)")
-        if self.url and self.store != "redis":
-            raise ValueError("url is for store: redis")
-        if self.path and self.store != "sqlite":
-            raise ValueError("path is for store: sqlite")
+        check_store(self.store, self.url, self.path)
         return self
+
+
+def check_store(store: str | None, url: str | None, path: str | None) -> None:
+    """The rule of every store block (sessions, the semantic cache): ``url`` goes with redis,
+    ``path`` with sqlite."""
+    if store == "redis" and not url:
+        raise ValueError("store redis needs url (e.g. redis://127.0.0.1:6379/0)")
+    if url and store != "redis":
+        raise ValueError("url is for store: redis")
+    if path and store != "sqlite":
+        raise ValueError("path is for store: sqlite")

@@ -12,9 +12,7 @@ and a metric say so): a session is a routing hint, never a reason to fail a requ
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
 import sqlite3
 import threading
@@ -25,12 +23,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
+from coe.data.stores import RedisClient, SqliteFile, StoreUnavailable
+
 if TYPE_CHECKING:
     import numpy as np
 
 
-class StoreUnavailable(Exception):
-    """The store did not answer (down, unreachable, corrupt, too slow); ``str`` says why."""
+__all__ = ["MemoryStore", "RedisStore", "SessionRecord", "SqliteStore", "StoreUnavailable", "StoredResponse"]
 
 
 class SessionRecord(BaseModel):
@@ -178,42 +177,24 @@ class MemoryStore:
         return None
 
 
-class SqliteStore:
+class SqliteStore(SqliteFile):
     """One database file: ``coe serve``'s default, in its state directory, so that a restart keeps
-    the conversations. Queries are primary-key lookups on one connection, fast enough to run on the
-    event loop; a corrupt or unwritable file raises StoreUnavailable."""
+    the conversations."""
 
     kind = "sqlite"
     _TRIM_EVERY = 256  # puts between expiry and size sweeps
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, updated REAL, data TEXT)",
+        "CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, id TEXT, updated REAL)",
+        "CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated)",
+        "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, created REAL, data TEXT)",
+    )
 
     def __init__(self, path: Path, ttl_s: float, max_sessions: int) -> None:
-        self.path = path
+        super().__init__(path, self.SCHEMA)
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
         self._puts = 0
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=1.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, updated REAL, data TEXT)")
-            db.execute("CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, id TEXT, updated REAL)")
-            db.execute("CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated)")
-            db.execute("CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, created REAL, data TEXT)")
-            self._db = db
-        return self._db
-
-    def _run(self, fn: Any) -> Any:
-        try:
-            with self._lock:
-                return fn(self._conn())
-        except (sqlite3.Error, OSError) as exc:
-            self._db = None  # reopen next time: the file may have been repaired or replaced
-            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
 
     async def get(self, session_id: str | None, alias: str | None) -> SessionRecord | None:
         oldest = time.time() - self.ttl_s
@@ -305,49 +286,19 @@ class SqliteStore:
 
         return int(self._run(wipe))
 
-    async def aclose(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
 
-
-class RedisStore:
-    """A Redis server shared by several processes. Records and aliases expire with Redis's own TTL;
-    a sorted set of ids by last turn bounds the count and orders ``list``. The client is created on
-    first use, inside the running event loop, and every call is bounded by ``timeout_s``."""
+class RedisStore(RedisClient):
+    """Records and aliases expire with Redis's own TTL; a sorted set of ids by last turn bounds the
+    count and orders ``list``."""
 
     kind = "redis"
 
     def __init__(
         self, url: str, ttl_s: float, max_sessions: int, timeout_s: float, prefix: str = "coe:"
     ) -> None:
-        self.url = url
+        super().__init__(url, timeout_s, prefix)
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
-        self.timeout_s = timeout_s
-        self.prefix = prefix
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _redis(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:  # a client belongs to one event loop
-            import redis.asyncio as aioredis
-
-            self._client = aioredis.Redis.from_url(
-                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
-            )
-            self._loop = loop
-        return self._client
-
-    async def _call(self, make: Any) -> Any:
-        import redis
-
-        try:
-            return await asyncio.wait_for(make(self._redis()), self.timeout_s)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"redis {self.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
@@ -405,20 +356,18 @@ class RedisStore:
 
     async def clear(self) -> int:
         async def wipe(r: Any) -> int:
-            keys = [k async for k in r.scan_iter(match=f"{self.prefix}*")]
+            # Only its own kinds: the semantic cache may share the server and the prefix's root.
+            keys = [
+                k
+                for kind in ("session", "alias", "index", "response")
+                async for k in r.scan_iter(match=f"{self.prefix}{kind}:*")
+            ]
             sessions = sum(1 for k in keys if k.decode().startswith(f"{self.prefix}session:"))
             if keys:
                 await r.delete(*keys)
             return sessions
 
         return int(await self._call(wipe))
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            # RuntimeError: its loop is gone (a sync CoE closed after its loop); nothing to flush.
-            with contextlib.suppress(RuntimeError):
-                await client.aclose()
 
 
 def dumps(records: list[SessionRecord]) -> str:

@@ -6,6 +6,7 @@ mid-run degrading to stateless routing with no failed request."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from fastapi.testclient import TestClient
 from coe import CoE, load_config
 from coe.experts.process import free_port
 from coe.server import ServerSettings, create_app
+from coe.sessions.store import RedisStore, SessionRecord
+from coe.signals.cache.store import CacheEntry, RedisCache
 from coe.types import Message
 from tests.support.paths import DEFAULT_REGISTRY, ROOT
 from tests.support.redis import redis_binary, redis_server
@@ -297,3 +300,19 @@ def test_a_response_stored_by_one_server_is_continued_through_another_sharing_re
     s = second.json()["coe"]["session"]
     assert s["source"] == "previous_response_id" and s["id"] == first.headers["x-coe-session"]
     assert (s["action"], s["turn"]) == ("kept", 2) and second.headers["x-coe-expert"] == "coder"
+
+
+@needs_redis
+def test_clearing_sessions_on_a_shared_redis_leaves_the_semantic_cache() -> None:
+    async def run(url: str) -> tuple[int, bool]:
+        sessions, cache = RedisStore(url, 3600, 100, 1.0), RedisCache(url, 3600, 100, 1.0)
+        await sessions.put(SessionRecord(id="s1", expert="coder"), "alias-1")
+        await cache.put(CacheEntry(id="e1", scope="k", text="hi", answer={"text": "hello"}))
+        cleared = await sessions.clear()
+        kept = await cache.exact("e1") is not None
+        await sessions.aclose()
+        await cache.aclose()
+        return cleared, kept
+
+    with redis_server() as (url, _):
+        assert asyncio.run(run(url)) == (1, True)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from coe.config.base import Strict
+from coe.config.sessions import check_store
 
 ScopePart = Literal["model", "system", "tools", "params"]
 ALL_SCOPE: tuple[ScopePart, ...] = ("model", "system", "tools", "params")
@@ -60,10 +61,5 @@ class CacheConfig(Strict):
 
     @model_validator(mode="after")
     def _store_settings(self) -> CacheConfig:
-        if self.store == "redis" and not self.url:
-            raise ValueError("store redis needs url (e.g. redis://127.0.0.1:6379/0)")
-        if self.url and self.store != "redis":
-            raise ValueError("url is for store: redis")
-        if self.path and self.store != "sqlite":
-            raise ValueError("path is for store: sqlite")
+        check_store(self.store, self.url, self.path)
         return self

@@ -9,9 +9,7 @@ vectors, never a search across conversations. A store that cannot answer raises
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
 import sqlite3
 import threading
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from coe.sessions.store import StoreUnavailable
+from coe.data.stores import RedisClient, SqliteFile, StoreUnavailable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,42 +135,23 @@ class MemoryCache:
         return None
 
 
-class SqliteCache:
+class SqliteCache(SqliteFile):
     """One database file; primary-key and scope-index lookups on one connection, like the sessions'
-    SQLite store. A corrupt or unwritable file raises StoreUnavailable."""
+    SQLite store."""
 
     kind = "sqlite"
     _TRIM_EVERY = 256
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, scope TEXT, created REAL, "
+        "text TEXT, space TEXT, vector BLOB, data TEXT)",
+        "CREATE INDEX IF NOT EXISTS entries_scope ON entries(scope, created)",
+    )
 
     def __init__(self, path: Path, ttl_s: float, max_entries: int) -> None:
-        self.path = path
+        super().__init__(path, self.SCHEMA)
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
         self._puts = 0
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=1.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, scope TEXT, created REAL, "
-                "text TEXT, space TEXT, vector BLOB, data TEXT)"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS entries_scope ON entries(scope, created)")
-            self._db = db
-        return self._db
-
-    def _run(self, fn: Any) -> Any:
-        try:
-            with self._lock:
-                return fn(self._conn())
-        except (sqlite3.Error, OSError) as exc:
-            self._db = None  # reopen next time: the file may have been repaired or replaced
-            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from None
 
     async def exact(self, entry_id: str) -> CacheEntry | None:
         oldest = time.time() - self.ttl_s
@@ -222,52 +201,19 @@ class SqliteCache:
     async def clear(self) -> int:
         return int(self._run(lambda db: db.execute("DELETE FROM entries").rowcount))
 
-    async def aclose(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
 
-
-class RedisCache:
+class RedisCache(RedisClient):
     """Per scope a hash of its entries' candidates (``coe:cache:scope:KEY``: id -> text, vector),
-    and each whole entry under ``coe:cache:entry:ID``; all expire with Redis's own TTL. Every call is
-    bounded by ``timeout_s``."""
+    and each whole entry under ``coe:cache:entry:ID``; all expire with Redis's own TTL."""
 
     kind = "redis"
 
     def __init__(
         self, url: str, ttl_s: float, max_entries: int, timeout_s: float, prefix: str = "coe:cache:"
     ) -> None:
-        self.url = url
+        super().__init__(url, timeout_s, prefix)
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self.timeout_s = timeout_s
-        self.prefix = prefix
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _redis(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:  # a client belongs to one event loop
-            import redis.asyncio as aioredis
-
-            self._client = aioredis.Redis.from_url(
-                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
-            )
-            self._loop = loop
-        return self._client
-
-    async def _call(self, make: Any) -> Any:
-        try:
-            import redis
-        except ImportError:
-            missing = "redis: the redis package is not installed (pip install 'coe[redis]')"
-            raise StoreUnavailable(missing) from None
-        try:
-            return await asyncio.wait_for(make(self._redis()), self.timeout_s)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"redis {self.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
 
     async def exact(self, entry_id: str) -> CacheEntry | None:
         entry = _parse(await self._call(lambda r: r.get(f"{self.prefix}entry:{entry_id}")))
@@ -315,9 +261,3 @@ class RedisCache:
             return ids
 
         return int(await self._call(wipe))
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            with contextlib.suppress(RuntimeError):
-                await client.aclose()
