@@ -54,7 +54,7 @@ class Telemetry:
             resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio))
         )
         exporter = OTLPSpanExporter(endpoint=cfg.otlp_endpoint, headers=cfg.headers, timeout=cfg.timeout_s)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        self.provider.add_span_processor(BatchSpanProcessor(exporter))  # the SDK default: a batch every 5 s
         self.tracer = self.provider.get_tracer("coe.server")
 
     def __call__(self, seen: Observed) -> None:
