@@ -225,6 +225,9 @@ _KNOWN = {
     "/healthz",
     "/readyz",
     "/metrics",
+    "/ui",
+    "/ui/api/summary",
+    "/ui/api/recent",
 }
 
 

@@ -101,6 +101,8 @@ def test_ui_needs_the_key_and_a_key_once_sets_an_httponly_cookie(api: TestClient
     page = api.get("/ui")  # the client keeps the cookie
     assert page.status_code == 200 and "<title>CoE dashboard</title>" in page.text
     assert api.get("/ui/api/summary").status_code == 200
+    metrics = api.get("/metrics", headers=AUTH).text  # the page's polling is counted under its own paths
+    assert 'coe_requests_total{endpoint="/ui/api/summary",status="200"} 1.0' in metrics
     assert api.get("/ui/static/app.js").headers["content-type"].startswith("text/javascript")
     api.cookies.clear()
     assert api.get("/ui/api/summary").status_code == 401
