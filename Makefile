@@ -53,6 +53,10 @@ $(STAMP): pyproject.toml Makefile
 	@command -v redis-server >/dev/null || { echo ">> installing Debian's redis-server"; \
 	  $(SUDO) apt-get install -y -q redis-server >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
+	@# The dashboard's browser test drives Debian's chromium (Playwright cannot download its own offline).
+	@command -v chromium >/dev/null || { echo ">> installing Debian's chromium"; \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# The CPU build of torch first (it lies on disk here), so nothing pulls a multi-GB CUDA build.

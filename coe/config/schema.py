@@ -12,6 +12,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from coe.config.base import CONFIG_VERSION, Strict
 from coe.config.experts import DeployConfig, ExpertConfig
 from coe.config.routing import AggregatorConfig, RouterConfig
+from coe.config.telemetry import TelemetryConfig
 from coe.config.traces import TracesConfig
 from coe.signals.config import SignalsConfig
 
@@ -157,6 +158,9 @@ class CoEConfig(Strict):
     signals: SignalsConfig = Field(
         default_factory=SignalsConfig,
         description="checks before the expert (semantic cache, guard, PII): docs/signals.md",
+    )
+    telemetry: TelemetryConfig = Field(
+        default_factory=TelemetryConfig, description="OpenTelemetry spans of `coe serve` (off by default)"
     )
     # Not part of the file: where it was read from, so relative paths resolve against it.
     source: Path | None = Field(None, exclude=True)

@@ -28,12 +28,14 @@ from coe.config import CoEConfig
 from coe.encoding.embedder import shared_embedder
 from coe.orchestrator import CoE
 from coe.protocols import WarmRouter
+from coe.server import dashboard
 from coe.server.apis import chat, completions, embeddings, messages, responses
 from coe.server.apis import feedback as feedback_api
 from coe.server.errors import APIError, install_error_handlers
 from coe.server.gateway import Call, Gateway, attempted, coe_headers, model_ids, session_ref
 from coe.server.limits import ExpertLimiter
 from coe.server.metrics import Metrics
+from coe.server.observe import ObserveMiddleware, Recent, Sink, note
 from coe.server.settings import ServerSettings, authorized
 
 if TYPE_CHECKING:
@@ -60,6 +62,14 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
     coe.admission = admit
     recorder = _recorder(coe, metrics)
     gateway = Gateway(coe, metrics, recorder)
+    recent = Recent(settings.ui_recent)  # the dashboard's live view (coe/server/dashboard.py)
+    sinks: list[Sink] = [recent]
+    telemetry = None
+    if config.telemetry.otlp_endpoint is not None:  # imports opentelemetry only when asked
+        from coe.server.telemetry import Telemetry
+
+        telemetry = Telemetry(config.telemetry)
+        sinks.append(telemetry)
     exposure = settings.exposure_warning()  # served open on purpose: said at start-up and by /readyz
 
     @asynccontextmanager
@@ -76,12 +86,16 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
             await coe.aclose()  # stops the llama-server processes this server started
             if recorder is not None:
                 await asyncio.to_thread(recorder.close)  # writes what is still queued
+            if telemetry is not None:
+                await asyncio.to_thread(telemetry.shutdown)  # exports the spans still batched
 
     app = FastAPI(title="CoE", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.coe = coe
     app.state.metrics = metrics
     app.state.limiter = limiter
     app.state.recorder = recorder
+    app.state.recent = recent
+    app.state.telemetry = telemetry
     install_error_handlers(app)
 
     def authorize(request: Request) -> None:
@@ -90,6 +104,7 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
         if not authorized(headers.get("authorization", ""), settings.api_keys, headers.get("x-api-key", "")):
             raise APIError(401, "missing or invalid API key", code="invalid_api_key")  # never echoes it
 
+    app.add_middleware(ObserveMiddleware, sinks=sinks)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
     async def body_of(request: Request) -> tuple[object, bool]:
@@ -116,6 +131,7 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
             headers = coe_headers(answer.expert, answer.trace.decision, answer.trace)
             reply = api.body(answer, call)
             gateway.record(reply.get("id"), call, answer)
+            note(rid=reply.get("id"))
             return JSONResponse(reply, headers=headers)
 
         return route
@@ -177,6 +193,8 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready", **open_api})
 
+    dashboard.install(app, coe, limiter, recent, settings.api_keys)
+
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Response:
         authorize(request)
@@ -231,6 +249,9 @@ _KNOWN = {
     "/healthz",
     "/readyz",
     "/metrics",
+    "/ui",
+    "/ui/api/summary",
+    "/ui/api/recent",
 }
 
 

@@ -25,6 +25,7 @@ from coe.server.apis.translate import check_tool_results
 from coe.server.errors import APIError, log
 from coe.server.limits import ExpertBusy
 from coe.server.metrics import Metrics
+from coe.server.observe import note
 from coe.sessions.store import StoredResponse, StoreUnavailable
 from coe.types import Answer, Message, Request, RouteDecision, SessionRef, StreamEvent, Trace
 
@@ -195,14 +196,21 @@ class Gateway:
             self.recorder.record(rid, call.request, answer, model=call.model, api=call.api)
 
     async def answer(self, call: Call) -> Answer:
+        note(model=call.model, stream=False)
         expert, decision = resolve_model(self.coe, call.model)
         await self._resume(call)
+        trace = Trace()  # filled in as it goes: the dashboard and telemetry see a failure's stages too
         try:
-            answer = await self.coe.aask(call.request, expert=expert, decision=decision, session=call.session)
+            answer = await self.coe.aask(
+                call.request, expert=expert, decision=decision, session=call.session, trace=trace
+            )
         except Exception as exc:
             self._count_blocked(exc)
-            raise error_for(exc) from None
+            err = error_for(exc)
+            note(trace=trace, error=str(err.message))
+            raise err from None
         self.metrics.observe_answer(answer)
+        note(answer=answer)
         await self._remember(call, answer)
         return answer
 
@@ -263,11 +271,13 @@ class Gateway:
         expert failed" still get a status code; after it, failures go in-band (``Writer.error``).
         ``astream`` fills the trace as it goes: routing and the session are decided before its first
         event, so the headers carry the category, confidence and session."""
+        note(model=call.model, stream=True)
         expert, decision = resolve_model(self.coe, call.model)
         await self._resume(call)
         tried: list[str] = []
         attempted.set(tried)
         trace = Trace()
+        note(trace=trace)
         try:
             events = self.coe.astream(
                 call.request, expert=expert, decision=decision, session=call.session, trace=trace
@@ -275,10 +285,13 @@ class Gateway:
             first = await anext(events)
         except Exception as exc:
             self._count_blocked(exc)
-            raise error_for(exc) from None
+            err = error_for(exc)
+            note(error=str(err.message))
+            raise err from None
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
         headers = coe_headers(answering, trace.decision or decision, trace)
         sse_writer = writer(answering)
+        note(rid=getattr(sse_writer, "id", None))
 
         async def after(answer: Answer) -> None:
             await self._remember(call, answer)
@@ -318,6 +331,7 @@ class _Stream:
                 event = await anext(events, None)
         except Exception as exc:  # after the first byte the status is sent: say it in-band
             self.metrics.stream_errors.labels(expert=self.expert).inc()
+            note(error=f"stream interrupted: {exc}")
             log.warning("stream from %s interrupted after the first token: %s", self.expert, exc)
             message = str(exc) if isinstance(exc, CoEError) else "internal server error"
             if not isinstance(exc, CoEError):
@@ -329,4 +343,5 @@ class _Stream:
 
     def _finish(self, answer: Answer) -> Answer:
         self.metrics.observe_answer(answer)
+        note(answer=answer)
         return answer

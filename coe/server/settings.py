@@ -31,6 +31,7 @@ class ServerSettings:
     unknown_fields: Literal["refuse", "forward"] = _YAML["unknown_fields"].default  # see ServerConfig
     host: str = _YAML["host"].default  # where the API listens; decides whether keys are required
     allow_unauthenticated: bool = False  # serve without keys on a non-loopback host, on purpose
+    ui_recent: int = 500  # requests the dashboard's live view keeps (GET /ui/api/recent)
 
     @classmethod
     def from_config(cls, server: ServerConfig, warm: bool = True, **overrides: Any) -> ServerSettings:

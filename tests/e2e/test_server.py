@@ -160,6 +160,31 @@ def test_metrics_count_tokens_and_decisions(server: ServerThread) -> None:
     assert "coe_pool_evictions_total{" not in text
 
 
+def test_dashboard_api_shows_real_experts_and_a_routed_decision(
+    server: ServerThread, client: openai.OpenAI
+) -> None:
+    """The dashboard's JSON (GET /ui/api/*) over the real llama-server experts: both managed
+    processes ready, the routed request's category and its real stage timings (the browser test
+    with stub experts: tests/e2e/test_dashboard.py)."""
+    completion = client.chat.completions.create(
+        model="coe",
+        messages=[{"role": "user", "content": "Write a Python function that adds two numbers"}],
+        **SHORT,
+    )
+    summary = httpx.get(server.url + "/ui/api/summary").json()
+    experts = {e["name"]: e for e in summary["experts"]}
+    assert {n: (e["state"], e["pool_state"]) for n, e in experts.items()} == {
+        "coder": ("ready", "ready"),
+        "general": ("ready", "ready"),
+    }
+    assert summary["categories"].get("code", 0) >= 1 and experts["coder"]["answered"] >= 1
+    assert summary["latency_ms"]["route"]["count"] >= 1 and summary["latency_ms"]["expert"]["p50_ms"] > 0
+    [row] = [r for r in httpx.get(server.url + "/ui/api/recent").json()["data"] if r["id"] == completion.id]
+    assert row["category"] == "code" and row["expert"] == "coder" and row["router"] == "category"
+    trace = httpx.get(f"{server.url}/ui/api/trace/{completion.id}").json()["trace"]
+    assert trace["attempts"][0]["expert"] == "coder" and trace["timings_ms"]["expert:coder"] > 0
+
+
 def test_graceful_shutdown_finishes_in_flight_then_stops_experts(server: ServerThread) -> None:
     """Runs last: a stream in flight when shutdown starts still runs to its ``[DONE]``, then the
     experts stop. (A real SIGTERM to a `coe serve` process: tests/e2e/test_serve_cli.py.)"""

@@ -34,6 +34,8 @@ ENDPOINTS_TAIL = """| POST | `/v1/feedback` | grade a response by its id (`chatc
 | GET | `/healthz` | the process is up (no key needed) |
 | GET | `/readyz` | 200 once the router and the managed experts are up, else 503 naming those that are not |
 | GET | `/metrics` | Prometheus metrics (`coe_requests_total` by endpoint and status, latency, tokens, fallbacks, queue rejections, stream errors, pool loads) |
+| GET | `/ui` | the live dashboard; `/ui?key=KEY` once sets an HttpOnly session cookie (see the dashboard page) |
+| GET | `/ui/api/summary`, `/ui/api/recent`, `/ui/api/trace/{id}` | the dashboard's JSON: totals and per-expert state, the last requests, one request's trace |
 
 Model ids: `coe` routes; `coe/expert/NAME` pins an expert (no routing); `coe/category/NAME` answers
 as if the router had chosen that category (its expert, then the fallback expert). Replies name the
