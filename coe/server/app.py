@@ -94,6 +94,7 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
     app.state.metrics = metrics
     app.state.limiter = limiter
     app.state.recorder = recorder
+    app.state.feedback_taken = 0
     app.state.recent = recent
     app.state.telemetry = telemetry
     install_error_handlers(app)
@@ -157,6 +158,7 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
                 code="traces_disabled",
             )  # fmt: skip
         await asyncio.to_thread(feedback_api.store, recorder, item)
+        app.state.feedback_taken += 1  # the dashboard's feedback panel recomputes
         return JSONResponse(feedback_api.reply(item))
 
     @app.get("/v1/models")

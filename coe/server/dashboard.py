@@ -81,7 +81,10 @@ def install(app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys
     async def summary(request: Request) -> JSONResponse:
         authorize(request)
         experts = await expert_states(coe, limiter, recent)
-        feedback = await feedback_cache.get(getattr(app.state, "recorder", None))
+        state = app.state
+        feedback = await feedback_cache.get(
+            getattr(state, "recorder", None), getattr(state, "feedback_taken", 0)
+        )
         return JSONResponse(summary_of(recent, experts, feedback))
 
     @app.get("/ui/api/recent", include_in_schema=False)
@@ -193,19 +196,23 @@ def summary_of(
 
 
 class _Every:
-    """Recompute at most every ``period_s``: the page polls each second, feedback changes slowly,
-    and reading it joins every feedback row with its record in SQLite."""
+    """Recompute at most every ``period_s``, or when ``version`` moved (this server took feedback):
+    the page polls each second, and reading feedback joins every row with its record in SQLite.
+    The period still matters: another replica, or ``coe judge``, may write the same store."""
 
     def __init__(self, period_s: float, compute: Callable[[object], dict[str, Any]]) -> None:
         self.period_s = period_s
         self.compute = compute
         self.value: dict[str, Any] | None = None
         self.at = 0.0
+        self.version = 0
 
-    async def get(self, source: object) -> dict[str, Any]:
-        if self.value is None or time.monotonic() - self.at >= self.period_s:
+    async def get(self, source: object, version: int = 0) -> dict[str, Any]:
+        stale = self.value is None or version != self.version or time.monotonic() - self.at >= self.period_s
+        if stale:
             self.value = await asyncio.to_thread(self.compute, source)
-            self.at = time.monotonic()
+            self.at, self.version = time.monotonic(), version
+        assert self.value is not None
         return self.value
 
 

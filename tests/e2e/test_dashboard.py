@@ -70,7 +70,6 @@ def test_summary_recent_and_trace_describe_the_requests(api: TestClient) -> None
     assert experts["ok"]["answered"] == 2 and experts["ok"]["errors"] == 0
     assert {"route", "expert", "aggregate", "total"} <= set(s["latency_ms"])
     assert s["latency_ms"]["expert"]["count"] == 4  # ok twice, bad twice
-    assert s["feedback"]["store"] is False and "no feedback store" in s["feedback"]["reason"]
     rows = api.get("/ui/api/recent", headers=AUTH).json()["data"]
     assert [r["model"] for r in rows] == ["coe/expert/bad", "coe/category/to_bad", "coe/category/to_ok"]
     assert rows[0]["status"] == 503 and rows[0]["expert"] is None and rows[0]["id"].startswith("req_")
@@ -78,6 +77,13 @@ def test_summary_recent_and_trace_describe_the_requests(api: TestClient) -> None
     detail = api.get(f"/ui/api/trace/{rows[1]['id']}", headers=AUTH).json()
     assert [a["expert"] for a in detail["trace"]["attempts"]] == ["bad", "ok"]
     assert detail["trace"]["decision"]["category"] == "to_bad"
+    # Feedback lands in the trace store (on by default for a server) and shows per expert and category.
+    graded = api.post("/v1/feedback", json={"id": rows[1]["id"], "score": 0.25}, headers=AUTH)
+    assert graded.status_code == 200, graded.text
+    feedback = api.get("/ui/api/summary", headers=AUTH).json()["feedback"]
+    assert feedback["store"] is True
+    assert feedback["experts"] == {"ok": {"mean": 0.25, "count": 1}}
+    assert feedback["categories"] == {"to_bad": {"mean": 0.25, "count": 1}}
     failed = api.get(f"/ui/api/trace/{rows[0]['id']}", headers=AUTH).json()
     assert failed["error"] and [a["ok"] for a in failed["trace"]["attempts"]] == [False]
     streamed = {"model": "coe/category/to_ok", "messages": USER, "stream": True}
@@ -179,10 +185,16 @@ def test_dashboard_shows_requests_a_killed_expert_and_opens_a_trace(served, page
     control["kill_flaky"]()
     expect(flaky_row.locator(".state")).to_have_text("down", timeout=15_000)
     expect(page.locator('#experts tr[data-expert="ok"] .state')).to_have_text("ready")
-    expect(page.locator("#feedback")).to_contain_text("no feedback store")
     newest = page.locator("#recent tbody tr").first
     rid = newest.get_attribute("data-id")
     assert rid is not None and rid.startswith("chatcmpl-")
+    feedback = httpx.post(
+        f"{server.url}/v1/feedback",
+        json={"id": rid, "thumbs": "up"},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    assert feedback.status_code == 200, feedback.text
+    expect(page.locator("#feedback")).to_contain_text("1.00 (n=1)")  # recomputed on new feedback
     newest.click()
     expect(page.locator("#detail")).to_be_visible()
     expect(page.locator("#detail-id")).to_have_text(rid)
