@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 from _report import emit, machine  # bench/ is on sys.path when a bench runs as a script
+from serve_load import wait_ready
 
 from coe.experts.process import free_port
 
@@ -100,20 +101,6 @@ def start(tmp: Path, name: str, where: str, enabled: bool) -> tuple[subprocess.P
     return proc, f"http://127.0.0.1:{port}"
 
 
-async def ready(client: httpx.AsyncClient, base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"coe serve exited with {proc.returncode}")
-        try:
-            if (await client.get(base + "/readyz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.25)
-    raise SystemExit("coe serve did not become ready in 300 s")
-
-
 def llama_port(pid: int) -> int:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -137,13 +124,13 @@ async def serve_overhead(args: argparse.Namespace) -> dict[str, Any]:
                 where = f"serve: {{engine: llamacpp, gguf: '{GGUF}', ctx: 1024}}"
                 host, host_url = start(tmp, "host", where, enabled=False)
                 procs.append(host)
-                await ready(client, host_url, host)
+                await wait_ready(client, host_url, host)
                 direct = f"http://127.0.0.1:{llama_port(host.pid)}/v1"
                 urls = {"direct": direct + "/chat/completions"}
                 for name, enabled in (("off", False), ("on", True)):
                     proc, url = start(tmp, name, f"endpoint: {direct}", enabled)
                     procs.append(proc)
-                    await ready(client, url, proc)
+                    await wait_ready(client, url, proc)
                     urls[name] = url + "/v1/chat/completions"
                 messages = [{"role": "user", "content": PROMPT}]
                 params = {"max_tokens": args.max_tokens, "temperature": 0.0}

@@ -92,15 +92,7 @@ def fit_map(
         raise fail(
             f"no map fits {budget.kind} budget {budget.limit:g}: the cheapest map averages {cheapest:.4g}"
         )
-    text = to_yaml(report)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-    if as_json:
-        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
-    elif out is None:
-        sys.stdout.write(text)
-    if out is not None and not as_json:
+    if _write(to_yaml(report), report.model_dump_json(indent=2), out, as_json):
         typer.echo(
             f"ok {out}: quality {report.expected_quality:.4f}, average cost {report.average_cost:.4g} "
             f"{report.cost_unit}"
@@ -137,15 +129,7 @@ def _from_traces(
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         raise fail(exc) from None
-    text = to_yaml(report, str(source))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-    if as_json:
-        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
-    elif out is None:
-        sys.stdout.write(text)
-    if out is not None and not as_json:
+    if _write(to_yaml(report, str(source)), report.model_dump_json(indent=2), out, as_json):
         changed = ", ".join(report.changed) or "none"
         typer.echo(f"ok {out}: {report.graded} grades, categories changed: {changed}", err=True)
 
@@ -155,3 +139,16 @@ def _params_from(config: Path) -> dict[str, float]:
 
     cfg = load_config(config)
     return {name: e.params_b for name, e in cfg.experts.items() if e.params_b is not None}
+
+
+def _write(fragment: str, report_json: str, out: Path | None, as_json: bool) -> bool:
+    """The YAML fragment to ``out`` (or stdout), the report as JSON when asked; True when the caller
+    should print its one-line summary (a file was written and no JSON went to stdout)."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(fragment, encoding="utf-8")
+    if as_json:
+        sys.stdout.write(report_json + "\n")
+    elif out is None:
+        sys.stdout.write(fragment)
+    return out is not None and not as_json
