@@ -183,7 +183,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "min_feedback": args.min_feedback,
         "route_s": round(route_s, 1),
         "runs": runs,
-        "machine": machine(),
     }
 
 
@@ -237,4 +236,5 @@ def show(result: dict[str, Any]) -> None:
 if __name__ == "__main__":
     sys.setrecursionlimit(10_000)
     args = parse_args()
-    emit(main(args), args.out, args.json, show)
+    started = machine()
+    emit(main(args), args.out, args.json, show, started)

@@ -303,7 +303,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.only_serve:
         result["store"] = write_rate(args, prompts)
         result["replay"] = replay_speed(args, prompts)
-    result["machine"] = machine() | {"loadavg": os.getloadavg()}
     return result
 
 
@@ -315,4 +314,5 @@ def show(result: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     args = parse_args()
-    emit(main(args), args.out, args.json, show)
+    started = machine()
+    emit(main(args), args.out, args.json, show, started)
