@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -115,10 +116,19 @@ def mismatches(records: Sequence[TraceRecord], config: CoEConfig, name: str) -> 
 
 
 def route_all(
-    coe: CoE, records: Sequence[TraceRecord], keys: Sequence[str] | None = None, batch: int = 1024
+    coe: CoE,
+    records: Sequence[TraceRecord],
+    keys: Sequence[str] | None = None,
+    batch: int = 1024,
+    workers: int | None = None,
 ) -> list[str]:
     """The candidate's first choice per record (records must carry prompts), each distinct prompt
-    (``keys``: see ``routing_key``) routed once, in batches so the encoder sees many per call."""
+    (``keys``: see ``routing_key``) routed once. Chunks of at most ``batch`` prompts are routed on
+    ``workers`` threads (default: the CPU count, at most 4): the encoder releases the GIL, and each
+    prompt is still encoded exactly as when served (``embedder.batch_size``), so the decisions are the
+    same as routing them one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from coe.types import Request
 
     keys = keys if keys is not None else [routing_key(r) for r in records]
@@ -126,12 +136,20 @@ def route_all(
     for i, k in enumerate(keys):
         first.setdefault(k, i)
     unique = list(first.items())
-    chosen: dict[str, str] = {}
-    for start in range(0, len(unique), batch):
-        part = unique[start : start + batch]
+    workers = workers or min(4, os.cpu_count() or 1)
+    size = max(1, min(batch, -(-len(unique) // workers)))
+    parts = [unique[start : start + size] for start in range(0, len(unique), size)]
+
+    def decide(part: list[tuple[str, int]]) -> list[str]:
         requests = [Request.from_input(records[i].prompt or []) for _, i in part]
-        for (k, _), d in zip(part, coe.decide(requests), strict=True):
-            chosen[k] = d.experts[0]
+        return [d.experts[0] for d in coe.decide(requests)]
+
+    chosen: dict[str, str] = {}
+    if parts:
+        decide(parts[0][:1])  # builds the router and its encoder once, before threads race to
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part, experts in zip(parts, pool.map(decide, parts), strict=True):
+            chosen.update((k, e) for (k, _), e in zip(part, experts, strict=True))
     return [chosen[k] for k in keys]
 
 

@@ -187,6 +187,13 @@ def test_replay_with_the_same_registry_agrees_everywhere(logged: list[TraceRecor
     assert report.quality.change is None and "no feedback" in report.quality.model
 
 
+def test_replay_on_threads_decides_as_routing_one_after_another(logged: list[TraceRecord]) -> None:
+    from coe.traces.replay import route_all
+
+    coe = CoE(load_config(DEFAULT_REGISTRY))
+    assert route_all(coe, logged, workers=3, batch=2) == route_all(coe, logged, workers=1)
+
+
 def test_replay_with_a_changed_map_moves_that_category(logged: list[TraceRecord], tmp_path: Path) -> None:
     text = DEFAULT_REGISTRY.read_text().replace(
         "    math:\n      expert: coder", "    math:\n      expert: general", 1
