@@ -107,8 +107,8 @@ def export_traces(
 
     if fmt == "parquet":
         try:
-            import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
-            import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
+            import pyarrow as pa
+            import pyarrow.parquet as pq
         except ImportError:
             raise fail("--format parquet needs pyarrow, which is not installed (pip install pyarrow); "
                        "--format jsonl needs nothing") from None  # fmt: skip

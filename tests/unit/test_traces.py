@@ -289,7 +289,7 @@ def test_traces_commands_list_show_export_and_replay(logged: list[TraceRecord], 
     export = tmp_path / "export.jsonl"
     assert runner.invoke(app, ["traces", "export", "--store", db, "-o", str(export)]).exit_code == 0
     assert len(export.read_text().splitlines()) == len(logged) + 1
-    import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]  # the dev extra has it
+    import pyarrow.parquet as pq  # the dev extra installs it
 
     table_path = tmp_path / "t.parquet"
     parquet = runner.invoke(
