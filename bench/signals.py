@@ -45,10 +45,14 @@ from _report import emit, machine, pct  # noqa: E402
 
 from coe import CoE, load_config  # noqa: E402
 from coe.config import CoEConfig  # noqa: E402
+from coe.config.signals import (  # noqa: E402
+    CacheConfig,
+    GuardConfig,
+    PiiConfig,
+    SignalsConfig,
+)
 from coe.encoding.embedder import request_scope  # noqa: E402
-from coe.signals.cache.config import CacheConfig  # noqa: E402
 from coe.signals.cache.runtime import SemanticCache, build_cache, router_embedding  # noqa: E402
-from coe.signals.config import GuardConfig, PiiConfig, SignalsConfig  # noqa: E402
 from coe.signals.stage import SignalStage  # noqa: E402
 from coe.types import Answer, Request  # noqa: E402
 

@@ -169,8 +169,8 @@ def eval_pii(
     """Span F1 (exact offsets and type) of Presidio's pattern recognizers, per type and micro."""
     from pydantic import ValidationError
 
+    from coe.config.signals import PiiConfig
     from coe.errors import CoEError
-    from coe.signals.config import PiiConfig
     from coe.signals.evaluation import pii_metrics
     from coe.signals.pii import find
 

@@ -12,9 +12,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from coe.config.base import CONFIG_VERSION, Strict
 from coe.config.experts import DeployConfig, ExpertConfig
 from coe.config.routing import AggregatorConfig, RouterConfig
+from coe.config.signals import SignalsConfig
 from coe.config.telemetry import TelemetryConfig
 from coe.config.traces import TracesConfig
-from coe.signals.config import SignalsConfig
 
 ENCODER_THREADS = 1  # embedder.threads' default; `coe eval router` times latency with it too
 GateKind = Literal["never", "always", "category", "similarity", "classifier"]

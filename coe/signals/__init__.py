@@ -1,9 +1,9 @@
 """Signals: checks that run on a request before it is routed, each giving a verdict with evidence for
 the trace, and an action the registry chooses (``signals:`` in experts.yaml).
 
-``config`` (the ``signals:`` block), ``cache/`` (the conversation-safe semantic cache: settings,
-runtime, store, evaluation), ``verdicts`` (what a check found, as the trace shows it),
-``stage`` (runs the checks and applies the actions, for the orchestrator), ``guard/`` (the jailbreak
+The ``signals:`` block's settings are ``coe.config.signals``. Here: ``cache/`` (the conversation-safe
+semantic cache: runtime, store, evaluation), ``verdicts`` (what a check found, as the trace shows
+it), ``stage`` (runs the checks and applies the actions, for the orchestrator), ``guard/`` (the jailbreak
 and prompt-injection classifier: features, artefact, training), ``pii`` (Presidio's pattern
 recognizers and redaction) and ``evaluation`` (offline: `coe eval guard|pii`).
 

@@ -6,7 +6,7 @@ Presidio's ``AnalyzerEngine`` would build a spaCy NLP engine and, without an ins
 download ``en_core_web_lg``; CoE never builds it. The recognizers are asked directly, without NLP
 artefacts, so their context words do not raise scores (Presidio's context enhancer needs lemmas) and
 the NER types (PERSON, LOCATION, ORGANIZATION, NRP, DATE_TIME) are not available: asking for one is a
-config error naming it (coe/signals/config.py).
+config error naming it (coe/config/signals.py).
 
 Redaction replaces each span with ``<TYPE>`` (``<EMAIL_ADDRESS>``); the trace keeps the message index,
 the type and the offsets into the original text, never the value. The answer is not un-redacted: the
@@ -136,7 +136,7 @@ _NLP_RECOGNIZERS = {"SpacyRecognizer", "StanzaRecognizer", "TransformersRecogniz
 
 def supported_types() -> set[str]:
     """Every entity type the installed Presidio can find without an NLP model (for the test that
-    keeps coe.signals.config.PATTERN_TYPES honest)."""
+    keeps coe.config.signals.PATTERN_TYPES honest)."""
     from presidio_analyzer import RecognizerRegistry
 
     registry = _registry(RecognizerRegistry)

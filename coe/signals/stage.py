@@ -1,5 +1,5 @@
 """The signals stage: run the configured checks on a request before it is routed, record each verdict
-in the trace and apply the registry's action (coe/signals/config.py).
+in the trace and apply the registry's action (coe/config/signals.py).
 
 Order: the guard reads the request as sent, then PII redacts it. Of the actions, ``block`` wins
 (``RequestBlocked``, no expert is called), then ``route`` (the first signal that routes names the
@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from coe.config.signals import ActionName, ActionSpec, GuardConfig, PiiConfig, SignalsConfig
 from coe.errors import CoEError, RequestBlocked
-from coe.signals.config import ActionName, ActionSpec, GuardConfig, PiiConfig, SignalsConfig
 from coe.signals.verdicts import SignalsTrace, SignalVerdict
 from coe.types import Message, Request, TextPart
 

@@ -16,9 +16,8 @@ import pytest
 
 from coe import CoE
 from coe.config import CoEConfig
+from coe.config.signals import CacheConfig, SignalsConfig
 from coe.server import ServerSettings, create_app
-from coe.signals.cache.config import CacheConfig
-from coe.signals.config import SignalsConfig
 from tests.e2e.test_server import ServerThread
 from tests.support.procs import wait_gone
 from tests.support.redis import redis_binary, redis_server

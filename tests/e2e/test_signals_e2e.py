@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
+from coe.config.signals import GuardConfig, PiiConfig, SignalsConfig
 from coe.server import ServerSettings, create_app
-from coe.signals.config import GuardConfig, PiiConfig, SignalsConfig
 from tests.e2e.test_server import ServerThread
 from tests.support.guard import BLOCKED_PROMPT, train_small_guard
 

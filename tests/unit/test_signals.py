@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from coe import CoE
 from coe.cli import app
 from coe.config import ConfigError, parse_config
+from coe.config.signals import PATTERN_TYPES, GuardConfig, PiiConfig, SignalsConfig
 from coe.data.npz import read_npz, write_npz
 from coe.errors import CoEError, RequestBlocked
-from coe.signals.config import PATTERN_TYPES, GuardConfig, PiiConfig, SignalsConfig
 from coe.signals.guard.model import load
 from coe.signals.guard.training import GuardRow, split
 from coe.signals.pii import find, redact, supported_types

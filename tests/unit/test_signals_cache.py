@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from coe.config import EmbedderConfig
+from coe.config.signals import CacheConfig
 from coe.encoding.embedder import shared_embedder
-from coe.signals.cache.config import CacheConfig
 from coe.signals.cache.evaluation import PairsError, in_validation, read_pairs
 from coe.signals.cache.features import guard
 from coe.signals.cache.matcher import SHIPPED, Matcher, Verifier

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from coe.config.signals import CacheConfig
 from coe.sessions.identity import fingerprint
-from coe.signals.cache.config import CacheConfig
 from coe.signals.cache.store import (
     CacheEntry,
     CacheStore,
