@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 from _report import emit, machine  # bench/ is on sys.path when a bench runs as a script
-from serve_load import wait_ready
+from serve_load import llama_children, wait_ready
 
 from coe.experts.process import free_port
 
@@ -102,17 +102,10 @@ def start(tmp: Path, name: str, where: str, enabled: bool) -> tuple[subprocess.P
 
 
 def llama_port(pid: int) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[-1].split()[1])
-            args = (entry / "cmdline").read_bytes().decode().split("\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid and args and args[0].endswith("llama-server"):
-            return int(args[args.index("--port") + 1])
-    raise SystemExit("no llama-server under the host server")
+    children = llama_children(pid)  # the host server runs the one llama-server expert
+    if not children:
+        raise SystemExit("no llama-server under the host server")
+    return next(iter(children.values()))[1]
 
 
 async def serve_overhead(args: argparse.Namespace) -> dict[str, Any]:
