@@ -35,7 +35,7 @@ from coe.server.errors import APIError, install_error_handlers
 from coe.server.gateway import Call, Gateway, attempted, coe_headers, model_ids, session_ref
 from coe.server.limits import ExpertLimiter
 from coe.server.metrics import Metrics
-from coe.server.observe import ObserveMiddleware, Recent, Sink, note
+from coe.server.observe import ObserveMiddleware, Recent, Sink
 from coe.server.settings import ServerSettings, authorized
 
 if TYPE_CHECKING:
@@ -132,7 +132,6 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
             headers = coe_headers(answer.expert, answer.trace.decision, answer.trace)
             reply = api.body(answer, call)
             gateway.record(reply.get("id"), call, answer)
-            note(rid=reply.get("id"))
             return JSONResponse(reply, headers=headers)
 
         return route

@@ -191,7 +191,9 @@ class Gateway:
         self.recorder = recorder
 
     def record(self, rid: object, call: Call, answer: Answer) -> None:
-        """Hand the answer to the trace store under the response id the client got (non-blocking)."""
+        """The response id the client got, for the live view and telemetry, and the answer handed to
+        the trace store under it (non-blocking)."""
+        note(rid=rid)
         if self.recorder is not None and isinstance(rid, str):
             self.recorder.record(rid, call.request, answer, model=call.model, api=call.api)
 
