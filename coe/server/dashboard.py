@@ -217,28 +217,22 @@ class _Every:
 
 
 def feedback_scores(recorder: object) -> dict[str, Any]:
-    """Mean feedback score per expert and per category from the trace store, or why there is none.
-    Read duck-typed from ``recorder.store`` (coe.traces: ``feedback()`` rows with ``id`` and
-    ``score``, ``get(id)`` records with ``expert`` and ``decision.category``)."""
+    """Mean feedback score per expert and per category from the trace store (the latest 5,000
+    grades), or why there is none. Read duck-typed from ``recorder.store`` (coe.traces.TraceStore's
+    ``feedback_means``), so the server needs the store only when it has one."""
     store = getattr(recorder, "store", None)
-    if store is None or not hasattr(store, "feedback") or not hasattr(store, "get"):
+    if store is None or not hasattr(store, "feedback_means"):
         return {
             "store": False,
             "reason": "no feedback store (the trace store is off)",
             "experts": {},
             "categories": {},
         }
-    sums: dict[str, dict[str, list[float]]] = {"experts": {}, "categories": {}}
-    for row in store.feedback()[-5000:]:
-        record = store.get(row.id)
-        if record is None:
-            continue
-        decision = getattr(record, "decision", None)
-        category = getattr(decision, "category", None) or "none"
-        sums["experts"].setdefault(record.expert, []).append(float(row.score))
-        sums["categories"].setdefault(category, []).append(float(row.score))
     table = {
-        kind: {k: {"mean": round(sum(v) / len(v), 4), "count": len(v)} for k, v in sorted(groups.items())}
-        for kind, groups in sums.items()
+        kind: {
+            name: {"mean": round(mean, 4), "count": n}
+            for name, (mean, n) in store.feedback_means(column).items()
+        }
+        for kind, column in (("experts", "expert"), ("categories", "category"))
     }
     return {"store": True, "reason": "", **table}

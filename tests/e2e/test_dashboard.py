@@ -206,21 +206,24 @@ def test_dashboard_shows_requests_a_killed_expert_and_opens_a_trace(served, page
     time.sleep(0)
 
 
-def test_feedback_scores_average_per_expert_and_category() -> None:
-    """The panel's numbers from a trace store's rows (the shape coe.traces' TraceStore returns:
-    feedback rows with id and score, records with expert and decision.category)."""
+def test_feedback_scores_average_per_expert_and_category(tmp_path: Path) -> None:
+    """The panel's numbers from a real trace store: grades joined with the records they grade."""
     from types import SimpleNamespace as NS
 
     from coe.server.dashboard import feedback_scores
+    from coe.traces.record import Feedback, TraceDecision, TraceRecord
+    from coe.traces.store import TraceStore
 
-    records = {
-        "a": NS(expert="coder", decision=NS(category="code")),
-        "b": NS(expert="coder", decision=NS(category="math")),
-        "c": NS(expert="general", decision=None),
-    }
-    rows = [NS(id="a", score=1.0), NS(id="b", score=0.0), NS(id="a", score=0.5), NS(id="c", score=0.25)]
-    rows.append(NS(id="gone", score=1.0))  # its record was trimmed by retention: left out
-    store = NS(feedback=lambda: rows, get=records.get)
+    def record(rid: str, expert: str, category: str | None) -> TraceRecord:
+        decision = TraceDecision(router="category", category=category) if category else None
+        return TraceRecord(id=rid, time=time.time(), expert=expert, decision=decision, prompt_sha256="0" * 64)
+
+    store = TraceStore(tmp_path / "traces.db")
+    store.write([record("a", "coder", "code"), record("b", "coder", "math"), record("c", "general", None)])
+    store.write([record("gone", "coder", "code")])
+    for rid, score in (("a", 1.0), ("b", 0.0), ("a", 0.5), ("c", 0.25), ("gone", 1.0)):
+        assert store.add_feedback(Feedback(id=rid, score=score))
+    store._conn().execute("DELETE FROM traces WHERE id = 'gone'")  # trimmed by retention: left out
     table = feedback_scores(NS(store=store))
     assert table["store"] is True
     assert table["experts"] == {"coder": {"mean": 0.5, "count": 3}, "general": {"mean": 0.25, "count": 1}}
