@@ -32,6 +32,7 @@ from coe.sessions.identity import fingerprint
 from coe.signals.cache.store import (
     CacheEntry,
     CacheStore,
+    Candidate,
     MemoryCache,
     RedisCache,
     SqliteCache,
@@ -119,12 +120,21 @@ class ScopeIndex:
         self.space = space
         self.ids: list[str] = []
         self.texts: list[str] = []
+        self._rows: set[str] = set()
         self.matrix = np.zeros((8, dim), dtype=np.float32)
         self.read = time.monotonic()
+        self.cursor: str | None = None  # a store that lists changes: where its next listing starts
+
+    def extend(self, candidates: list[Candidate]) -> None:
+        """Add the candidates (oldest first) that carry a vector of this index's space."""
+        for c in candidates:
+            if c.vector is not None and c.space == self.space:
+                self.add(c.id, c.text, np.frombuffer(c.vector, dtype=np.float16).astype(np.float32))
 
     def add(self, entry_id: str, text: str, vector: np.ndarray) -> None:
-        if entry_id in self.ids:  # the same turn answered again: one row
+        if entry_id in self._rows:  # the same turn answered again, or listed again: one row
             return
+        self._rows.add(entry_id)
         n = len(self.ids)
         if n == len(self.matrix):
             self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
@@ -140,6 +150,7 @@ class ScopeIndex:
 
 class SemanticCache:
     REFRESH_S = 2.0  # a shared store's scope is re-read this often (other processes add entries)
+    REBUILD_S = 60.0  # a store that lists changes: its whole scope re-read this often (drops expired rows)
     MAX_SCOPES = 4096  # scope indexes kept in process; the least recently used go first
 
     def __init__(self, cfg: CacheConfig, store: CacheStore, matcher: Matcher | None, note: str = "") -> None:
@@ -150,21 +161,36 @@ class SemanticCache:
         self.errors = 0
         self._indexes: OrderedDict[str, ScopeIndex] = OrderedDict()
 
-    async def _index(self, scope: str, embedding: Embedding) -> ScopeIndex:
+    async def _read(
+        self, scope: str, entry_id: str, embedding: Embedding | None
+    ) -> tuple[CacheEntry | None, ScopeIndex | None]:
+        """The exact entry and, when a nearest-neighbour search will follow (``embedding``), the
+        scope's index brought up to date: from the same read where the store lists changes, else by
+        re-reading the scope when the in-process copy is stale (the memory store's never is)."""
+        if embedding is None:
+            return await self.store.exact(entry_id), None
         index = self._indexes.get(scope)
-        fresh = index is not None and (
-            self.store.kind == "memory" or time.monotonic() - index.read < self.REFRESH_S
-        )
-        if index is None or not fresh or index.space != embedding.space:
+        if index is not None and index.space != embedding.space:
+            index = None
+        now = time.monotonic()
+        rebuild = index is None or now - index.read >= self.REBUILD_S
+        probe = await self.store.probe(entry_id, scope, None if rebuild or index is None else index.cursor)
+        if probe.added is not None:
+            if rebuild or index is None:
+                index = ScopeIndex(embedding.space, len(embedding.vector))
+            index.extend(probe.added)
+            index.cursor = probe.cursor
+        elif probe.exact is None and (
+            index is None or (self.store.kind != "memory" and now - index.read >= self.REFRESH_S)
+        ):
             index = ScopeIndex(embedding.space, len(embedding.vector))
-            for c in reversed(await self.store.scope(scope)):  # oldest first
-                if c.vector is not None and c.space == embedding.space:
-                    index.add(c.id, c.text, np.frombuffer(c.vector, dtype=np.float16).astype(np.float32))
+            index.extend(list(reversed(await self.store.scope(scope))))
+        if index is not None:
             self._indexes[scope] = index
-        self._indexes.move_to_end(scope)
-        while len(self._indexes) > self.MAX_SCOPES:
-            self._indexes.popitem(last=False)
-        return index
+            self._indexes.move_to_end(scope)
+            while len(self._indexes) > self.MAX_SCOPES:
+                self._indexes.popitem(last=False)
+        return probe.exact, index
 
     # ------------------------------------------------------------------------------ the key
 
@@ -226,8 +252,9 @@ class SemanticCache:
         text = fold(request.text)
         entry_id = hashlib.sha256(f"{scope}\n{text}".encode()).hexdigest()[:24]
         pending = Pending(scope, entry_id, text, embedding)
+        refusal = self._refusal(embedding)
         try:
-            found = await self.store.exact(entry_id)
+            found, index = await self._read(scope, entry_id, None if refusal else embedding)
             if found is not None:
                 trace = CacheTrace(
                     status="hit", match="exact", entry=found.id, matched_text=found.text, similarity=1.0
@@ -235,7 +262,10 @@ class SemanticCache:
                 trace.reason = "the same last user turn in the same scope"
                 trace.lookup_ms = _ms(t)
                 return trace, replay(found), None
-            trace, entry = await self._nearest(scope, text, embedding)
+            if refusal is not None or index is None or embedding is None:
+                trace, entry = CacheTrace(status="miss", reason=refusal or "no entry of this scope"), None
+            else:
+                trace, entry = await self._nearest(index, text, embedding)
         except StoreUnavailable as exc:
             self.errors += 1
             log.warning("cache store failed, answering uncached: %s", exc)
@@ -247,24 +277,26 @@ class SemanticCache:
             return trace, replay(entry), None
         return trace, None, pending
 
-    async def _nearest(
-        self, scope: str, text: str, embedding: Embedding | None
-    ) -> tuple[CacheTrace, CacheEntry | None]:
+    def _refusal(self, embedding: Embedding | None) -> str | None:
+        """Why no nearest-neighbour search can follow an exact miss, or None."""
         if not self.cfg.semantic:
-            return CacheTrace(status="miss", reason="no exact match (semantic: false)"), None
+            return "no exact match (semantic: false)"
         if self.matcher is None:
-            return CacheTrace(status="miss", reason=f"no exact match; {self.note}"), None
+            return f"no exact match; {self.note}"
         if embedding is None:
-            why = "no exact match; the router embedded nothing for this prompt: exact matches only"
-            return CacheTrace(status="miss", reason=why), None
+            return "no exact match; the router embedded nothing for this prompt: exact matches only"
         verifier = self.matcher.verifier
         if verifier is not None and verifier.encoder != embedding.encoder:
-            why = (
+            return (
                 f"no exact match; the verifier was fitted on {verifier.encoder!r} cosines, the router "
                 f"embeds with {embedding.encoder!r}: exact matches only"
             )
-            return CacheTrace(status="miss", reason=why), None
-        index = await self._index(scope, embedding)
+        return None
+
+    async def _nearest(
+        self, index: ScopeIndex, text: str, embedding: Embedding
+    ) -> tuple[CacheTrace, CacheEntry | None]:
+        assert self.matcher is not None  # _refusal said a search may follow
         if not index.ids:
             return CacheTrace(status="miss", reason="no entry of this scope"), None
         best, cosine = index.nearest(embedding.vector)

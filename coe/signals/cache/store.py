@@ -5,12 +5,16 @@ Entries are grouped by scope key (``runtime.scope_key``): a lookup reads only th
 conversation, system prompt, tools and params, so a nearest neighbour is a numpy product over a few
 vectors, never a search across conversations. A store that cannot answer raises
 ``StoreUnavailable`` (the sessions' own): the request then goes to its expert, uncached.
+
+``probe`` is the lookup's one read: the exact entry and, where the store can list them cheaply, the
+scope's candidates added since the caller's cursor. Redis answers both in one round trip (a network
+hop per read is what a miss costs there); the in-process and SQLite stores list nothing
+incrementally and the runtime re-reads their scope when its copy is stale.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import sqlite3
 import threading
 import time
@@ -25,7 +29,15 @@ from coe.data.stores import RedisClient, SqliteFile, StoreUnavailable
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["CacheEntry", "CacheStore", "MemoryCache", "RedisCache", "SqliteCache", "StoreUnavailable"]
+__all__ = [
+    "CacheEntry",
+    "CacheStore",
+    "MemoryCache",
+    "Probe",
+    "RedisCache",
+    "SqliteCache",
+    "StoreUnavailable",
+]
 
 
 class CacheEntry(BaseModel):
@@ -60,10 +72,21 @@ def _candidate(entry: CacheEntry) -> Candidate:
     return Candidate(entry.id, entry.text, vector, entry.space)
 
 
+class Probe(NamedTuple):
+    exact: CacheEntry | None
+    added: list[Candidate] | None  # oldest first; None: this store lists no changes (re-read ``scope``)
+    cursor: str | None  # where the next probe of the scope starts listing
+
+
 class CacheStore(Protocol):
     kind: str
 
     async def exact(self, entry_id: str) -> CacheEntry | None: ...
+
+    async def probe(self, entry_id: str, scope: str | None, cursor: str | None) -> Probe:
+        """The exact entry and, when ``scope`` is given, its candidates added after ``cursor`` (all
+        live ones when None)."""
+        ...
 
     async def scope(self, scope: str) -> list[Candidate]: ...
 
@@ -85,7 +108,17 @@ def _parse(raw: str | bytes | None) -> CacheEntry | None:
         return None  # written by another version: a miss
 
 
-class MemoryCache:
+class _ExactProbe:
+    """A store whose scope listing the runtime re-reads when stale: a probe is the exact read."""
+
+    async def exact(self, entry_id: str) -> CacheEntry | None:
+        raise NotImplementedError
+
+    async def probe(self, entry_id: str, scope: str | None, cursor: str | None) -> Probe:
+        return Probe(await self.exact(entry_id), None, None)
+
+
+class MemoryCache(_ExactProbe):
     kind = "memory"
 
     def __init__(self, ttl_s: float, max_entries: int) -> None:
@@ -135,7 +168,7 @@ class MemoryCache:
         return None
 
 
-class SqliteCache(SqliteFile):
+class SqliteCache(_ExactProbe, SqliteFile):
     """One database file; primary-key and scope-index lookups on one connection, like the sessions'
     SQLite store."""
 
@@ -203,8 +236,10 @@ class SqliteCache(SqliteFile):
 
 
 class RedisCache(RedisClient):
-    """Per scope a hash of its entries' candidates (``coe:cache:scope:KEY``: id -> text, vector),
-    and each whole entry under ``coe:cache:entry:ID``; all expire with Redis's own TTL."""
+    """Per scope a stream of its entries' candidates (``coe:cache:log:KEY``: id, text, vector, space),
+    and each whole entry under ``coe:cache:entry:ID``; all expire with Redis's own TTL. A stream
+    rather than a hash so that a lookup reads only what other replicas added since its last one:
+    stream ids grow with time, and the reader keeps the last it saw."""
 
     kind = "redis"
 
@@ -215,29 +250,48 @@ class RedisCache(RedisClient):
         self.ttl_s = ttl_s
         self.max_entries = max_entries
 
-    async def exact(self, entry_id: str) -> CacheEntry | None:
-        entry = _parse(await self._call(lambda r: r.get(f"{self.prefix}entry:{entry_id}")))
+    def _live(self, entry: CacheEntry | None) -> CacheEntry | None:
         return entry if entry is not None and time.time() - entry.created < self.ttl_s else None
 
+    async def exact(self, entry_id: str) -> CacheEntry | None:
+        return self._live(_parse(await self._call(lambda r: r.get(f"{self.prefix}entry:{entry_id}"))))
+
+    async def probe(self, entry_id: str, scope: str | None, cursor: str | None) -> Probe:
+        if scope is None:
+            return Probe(await self.exact(entry_id), None, None)
+        oldest = f"{int((time.time() - self.ttl_s) * 1000)}-0"
+        start = _after(cursor) if cursor is not None else oldest
+
+        async def read(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            pipe.get(f"{self.prefix}entry:{entry_id}")
+            pipe.xrange(f"{self.prefix}log:{scope}", min=start, max="+")
+            return list(await pipe.execute())
+
+        raw, rows = await self._call(read)
+        added = [
+            Candidate(
+                f[b"id"].decode(), f[b"text"].decode(), f.get(b"vector") or None, _text(f.get(b"space"))
+            )
+            for _, f in rows
+        ]
+        last = rows[-1][0].decode() if rows else cursor
+        return Probe(self._live(_parse(raw)), added, last)
+
     async def scope(self, scope: str) -> list[Candidate]:
-        raw = await self._call(lambda r: r.hgetall(f"{self.prefix}scope:{scope}"))
-        now = time.time()
-        out = []
-        for key, value in raw.items():
-            row = json.loads(value)
-            if now - row["created"] < self.ttl_s:
-                vector = base64.b64decode(row["vector"]) if row.get("vector") else None
-                out.append((row["created"], Candidate(key.decode(), row["text"], vector, row.get("space"))))
-        return [c for _, c in sorted(out, key=lambda x: -x[0])[: self.max_entries]]
+        probe = await self.probe("", scope, None)
+        return list(reversed(probe.added or []))[: self.max_entries]
 
     async def put(self, entry: CacheEntry) -> None:
         ttl = max(1, int(self.ttl_s))
-        row = {"text": entry.text, "vector": entry.vector, "space": entry.space, "created": entry.created}
+        c = _candidate(entry)
+        fields = {"id": c.id, "text": c.text, "vector": c.vector or b"", "space": c.space or ""}
 
         async def write(r: Any) -> None:
             pipe = r.pipeline(transaction=False)
-            pipe.hset(f"{self.prefix}scope:{entry.scope}", entry.id, json.dumps(row))
-            pipe.expire(f"{self.prefix}scope:{entry.scope}", ttl)
+            log = f"{self.prefix}log:{entry.scope}"
+            pipe.xadd(log, fields, maxlen=self.max_entries, approximate=True)
+            pipe.expire(log, ttl)
             pipe.set(f"{self.prefix}entry:{entry.id}", entry.model_dump_json(), ex=ttl)
             await pipe.execute()
 
@@ -245,7 +299,7 @@ class RedisCache(RedisClient):
 
     async def stats(self) -> dict[str, Any]:
         async def count(r: Any) -> tuple[int, int]:
-            scopes = [k async for k in r.scan_iter(match=f"{self.prefix}scope:*")]
+            scopes = [k async for k in r.scan_iter(match=f"{self.prefix}log:*")]
             n = len([k async for k in r.scan_iter(match=f"{self.prefix}entry:*")])
             return n, len(scopes)
 
@@ -261,3 +315,13 @@ class RedisCache(RedisClient):
             return ids
 
         return int(await self._call(wipe))
+
+
+def _after(stream_id: str) -> str:
+    """The smallest stream id after ``stream_id`` (``XRANGE (id`` needs Redis 6.2)."""
+    ms, _, seq = stream_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode() if raw else None
