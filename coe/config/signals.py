@@ -53,7 +53,7 @@ class CacheConfig(Strict):
     )
     verifier: str | None = Field(
         None,
-        description="pair verifier from `coe eval cache --fit` (relative to this file); None: the one "
+        description="pair verifier from `coe train-cache` (relative to this file); None: the one "
         "shipped for the default encoder",
     )
     ttl_s: float = Field(3600.0, gt=0, description="an answer is replayed for this long after it was given")
