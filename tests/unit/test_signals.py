@@ -17,7 +17,7 @@ from coe.config import ConfigError, parse_config
 from coe.config.signals import PATTERN_TYPES, GuardConfig, PiiConfig, SignalsConfig
 from coe.data.npz import read_npz, write_npz
 from coe.errors import CoEError, RequestBlocked
-from coe.signals.guard.model import load
+from coe.signals.guard.model import LABELS, load, neighbour_features
 from coe.signals.guard.training import GuardRow, split
 from coe.signals.pii import find, redact, supported_types
 from coe.signals.stage import SignalStage
@@ -204,6 +204,30 @@ def test_the_guard_file_round_trips_and_a_target_fpr_moves_the_threshold(guard_f
     assert model.threshold_for(0.5) <= model.threshold_for(0.01)
     with np.load(guard_file, allow_pickle=False) as data:  # no pickle anywhere in the file
         assert "__header__" in data.files
+
+
+def test_a_guard_file_of_the_previous_format_is_refused_with_a_retrain_hint(
+    guard_file: Path, tmp_path: Path
+) -> None:
+    header, arrays = read_npz(guard_file, "guard")
+    header["format_version"] = 1  # before the neighbour vectors and the block cosines
+    old = tmp_path / "old.npz"
+    write_npz(old, json.dumps(header), arrays)
+    with pytest.raises(ValueError) as info:
+        load(old)
+    assert "format version 1" in str(info.value) and "coe train-guard" in str(info.value)
+
+
+def test_neighbour_features_leave_out_the_rows_own_group() -> None:
+    refs = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]  # rows 0 and 4: one text twice (one group)
+    labels = np.array([1, 0, 2, 0, 1, 1], dtype=np.int8)
+    groups = np.array([7, 1, 2, 3, 7, 5])
+    seen = neighbour_features(refs, labels, refs, k=2)
+    unseen = neighbour_features(refs, labels, refs, k=2, exclude=groups[:, None] == groups[None, :])
+    jailbreak_max = 2 * LABELS.index("jailbreak")
+    assert seen[0, jailbreak_max] == 1.0  # itself and its copy
+    assert unseen[0, jailbreak_max] == 0.0  # only the other jailbreak (row 5) counts in training
+    assert seen.shape == (6, 2 * len(LABELS))
 
 
 # ------------------------------------------------------------------------------------ commands

@@ -9,9 +9,14 @@ dimensions. Jailbreaks are long templates; their first 256 tokens carry the temp
 (length, symbol share, ...) of the whole text and of its first and last 200 characters catch the
 adversarial suffixes of GCG-style attacks.
 
+Why the cosines between the blocks: whether the first or the last line is *unlike* the rest of the
+text is what tells an injected email from a clean one, and a linear model over the concatenated
+vectors cannot compute a similarity (a product of two blocks); the ten pairwise cosines hand it over
+as numbers, at no encoder cost.
+
 Vector layout (``DENSE_BLOCKS``): whole | first line | last line | max over windows | mean over
 windows, each the encoder's dimension, then ``SURFACE`` numbers for the whole text, its head and
-its tail. The character n-gram TF-IDF of the
+its tail, then the cosine of each pair of blocks (``BLOCK_PAIRS``). The character n-gram TF-IDF of the
 first ``TFIDF_CHARS`` characters is the sparse part, weighted by the same logistic regression.
 """
 
@@ -35,6 +40,25 @@ SHORT_CHARS = 60  # at most 60 word pieces + 2 special tokens: below PART_TOKENS
 DENSE_BLOCKS = ("whole", "first", "last", "window_max", "window_mean")
 SURFACE = ("log_chars", "log_lines", "newline_share", "upper_share", "symbol_share")
 EDGE_CHARS = 200  # SURFACE again for the first and the last 200 characters (a GCG suffix is symbols)
+BLOCK_PAIRS = [(a, b) for a in range(len(DENSE_BLOCKS)) for b in range(a + 1, len(DENSE_BLOCKS))]
+NEIGHBOUR_BLOCKS = ("whole", "window_max")  # the blocks a guard compares with its training rows'
+
+
+def encoder_dim(width: int) -> int:
+    """The encoder dimension of ``dense`` vectors ``width`` wide (their first block is the whole text's)."""
+    return (width - 3 * len(SURFACE) - len(BLOCK_PAIRS)) // len(DENSE_BLOCKS)
+
+
+def unit_block(x: np.ndarray, name: str) -> np.ndarray:
+    """Block ``name`` (one of ``DENSE_BLOCKS``) of ``dense`` vectors ``x``, each row scaled to unit length
+    (a max-pooled block is not), so dot products between blocks are cosines."""
+    import numpy as np
+
+    dim = encoder_dim(x.shape[1])
+    j = DENSE_BLOCKS.index(name)
+    block = x[:, j * dim : (j + 1) * dim]
+    norms = np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-9)
+    return np.asarray(block / norms, dtype=np.float32)
 
 
 def lines_of(text: str) -> list[str]:
@@ -94,7 +118,8 @@ def _encode_unique(embedder: Embedder, jobs: list[tuple[str, int]]) -> np.ndarra
 
 
 def dense(texts: Sequence[str], embedder: Embedder) -> np.ndarray:
-    """(len(texts), 5 * dim + 3 * len(SURFACE)) float32: the dense features of each text."""
+    """(len(texts), 5 * dim + 3 * len(SURFACE) + len(BLOCK_PAIRS)) float32: the dense features of each
+    text; its first ``dim`` columns are the whole text's (unit) vector."""
     import numpy as np
 
     firsts: list[str] = []
@@ -119,4 +144,7 @@ def dense(texts: Sequence[str], embedder: Embedder) -> np.ndarray:
     extra = np.array(
         [surface(t) + surface(t[:EDGE_CHARS]) + surface(t[-EDGE_CHARS:]) for t in texts], dtype=np.float32
     )
-    return np.hstack([wholes, first_v, last_v, pooled_max, pooled_mean, extra]).astype(np.float32)
+    blocks = [wholes, first_v, last_v, pooled_max, pooled_mean]
+    unit = [b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-9) for b in blocks]
+    cosines = np.stack([(unit[a] * unit[b]).sum(axis=1) for a, b in BLOCK_PAIRS], axis=1)
+    return np.hstack([*blocks, extra, cosines]).astype(np.float32)

@@ -5,6 +5,15 @@ Why the header insists on the encoder: the weights are meaningless in another em
 guard trained with one encoder (``Embedder.space``, e.g. ``all-MiniLM-L6-v2+int8``) refuses to run
 with another and names both, instead of scoring nonsense.
 
+Why the training vectors are in the file too: the regression is linear in the embedding, and a
+role-play jailbreak or an injected email can sit close to a few training attacks without being on
+the attack side of one hyperplane. The file keeps the training rows' labels and two of their
+blocks (``NEIGHBOUR_BLOCKS``: the whole text, and the max over windows, where one odd line shows);
+per block and label, the highest and the mean of the ``neighbours`` highest cosines of a text to
+them are more inputs of the regression (two matrix-vector products per request). In training, a
+row's own group is left out of its neighbours, so the regression learns how much an unseen text's
+neighbours are worth, not a row's similarity to itself.
+
 Scores: the regression gives p(benign | jailbreak | injection); the attack score is 1 - p(benign),
 mapped through a Platt sigmoid fitted on a calibration slice of the training data (never on the
 validation split). The calibration slice's benign scores are stored sorted, so a registry can ask for
@@ -28,8 +37,9 @@ if TYPE_CHECKING:
     from coe.encoding.embedder import Embedder
 
 FORMAT = "coe-guard"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LABELS = ["benign", "jailbreak", "injection"]
+NEIGHBOURS = 5  # per label: the highest cosine and the mean of this many highest
 
 
 class GuardHeader(BaseModel):
@@ -38,7 +48,9 @@ class GuardHeader(BaseModel):
     encoder: str = Field(description="embedding space of the vectors (Embedder.space)")
     backend: str
     labels: list[str] = Field(default_factory=lambda: list(LABELS))
-    dense_dim: int
+    dense_dim: int = Field(description="width of coe.signals.guard.features.dense's vectors")
+    neighbours: int = Field(NEIGHBOURS, ge=1, description="top cosines averaged per label")
+    neighbour_blocks: list[str] = Field(description="dense blocks compared with the training rows'")
     platt: tuple[float, float] = Field(description="(a, b): p = sigmoid(a * logit(raw) + b)")
     target_fpr: float
     threshold: float = Field(description="threshold for target_fpr on the calibration slice")
@@ -71,6 +83,8 @@ class GuardModel:
         self.coef_tfidf = arrays["coef_tfidf"]
         self.intercept = arrays["intercept"]
         self.calibration_benign = arrays["calibration_benign"]
+        self.neighbour_vectors = arrays["neighbour_vectors"]
+        self.neighbour_labels = arrays["neighbour_labels"]
         self.tfidf = CharNgramTfidf.from_arrays(arrays, TFIDF_CHARS)
 
     def threshold_for(self, target_fpr: float) -> float:
@@ -89,10 +103,21 @@ class GuardModel:
                 f"is {embedder.space!r}; retrain it with `coe train-guard` or use that encoder"
             )
 
+    def near(self, features: np.ndarray) -> np.ndarray:
+        """The neighbour inputs of ``dense`` vectors: per block of ``neighbour_blocks``, per label."""
+        import numpy as np
+
+        from coe.signals.guard.features import unit_block
+
+        labels, k = self.neighbour_labels, self.header.neighbours
+        blocks = zip(self.header.neighbour_blocks, self.neighbour_vectors, strict=True)
+        return np.hstack([neighbour_features(r, labels, unit_block(features, name), k) for name, r in blocks])
+
     def logits(self, features: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         import numpy as np
 
-        z = ((features - self.mean) / self.scale) @ self.coef_dense + self.intercept
+        full = np.hstack([features, self.near(features)])
+        z = ((full - self.mean) / self.scale) @ self.coef_dense + self.intercept
         for i, text in enumerate(texts):
             cols, vals = self.tfidf.transform_one(text)
             if cols:
@@ -122,8 +147,37 @@ class GuardModel:
             "coef_tfidf": self.coef_tfidf,
             "intercept": self.intercept,
             "calibration_benign": self.calibration_benign,
+            "neighbour_vectors": self.neighbour_vectors,
+            "neighbour_labels": self.neighbour_labels,
             **self.tfidf.arrays(),
         }
+
+
+def neighbour_features(
+    refs: np.ndarray,
+    ref_labels: np.ndarray,
+    vectors: np.ndarray,
+    k: int = NEIGHBOURS,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """(len(vectors), 2 * len(LABELS)) float32: per label, the highest cosine of each vector to the
+    ``refs`` of that label and the mean of its ``k`` highest (unit vectors, so a dot product). ``exclude``
+    (len(vectors), len(refs)) bool masks pairs out (a training row's own group); a label with no
+    reference left scores -1."""
+    import numpy as np
+
+    sims = vectors @ refs.T
+    if exclude is not None:
+        sims = np.where(exclude, -1.0, sims)
+    out = np.full((len(vectors), 2 * len(LABELS)), -1.0, dtype=np.float32)
+    for label in range(len(LABELS)):
+        cols = sims[:, ref_labels == label]
+        if cols.shape[1] == 0:
+            continue
+        top = -np.partition(-cols, min(k, cols.shape[1]) - 1, axis=1)[:, : min(k, cols.shape[1])]
+        out[:, 2 * label] = top.max(axis=1)
+        out[:, 2 * label + 1] = top.mean(axis=1)
+    return out
 
 
 def calibrate(raw: np.ndarray, platt: tuple[float, float]) -> np.ndarray:

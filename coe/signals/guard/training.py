@@ -143,16 +143,18 @@ def train(
     texts = [r.text for r in rows]
     x = features if features is not None else dense(texts, embedder)
     y = np.array([LABELS.index(r.label) for r in rows])
+    groups = np.unique([group_of(r) for r in rows], return_inverse=True)[1]
     fold = np.array(folds_of(rows, settings.folds, settings.seed))
     oof = np.zeros(len(rows))
     for k in range(settings.folds):
         inside, outside = fold != k, fold == k
         if not outside.any() or len(set(y[inside])) < len(LABELS):
             continue
-        member = fit(x[inside], [t for t, f in zip(texts, inside, strict=True) if f], y[inside], settings)
+        inside_texts = [t for t, f in zip(texts, inside, strict=True) if f]
+        member = fit(x[inside], inside_texts, y[inside], settings, groups[inside])
         held = [t for t, f in zip(texts, outside, strict=True) if f]
         oof[outside] = 1 - member.score_features(x[outside], held).probs[:, 0]
-    model = fit(x, texts, y, settings)
+    model = fit(x, texts, y, settings, groups)
     model.header.train_size = len(rows)
     model.header.calibration_size = len(rows)
     model.header.train_sha256 = dataset_hash(texts, [r.label for r in rows])
@@ -163,28 +165,41 @@ def train(
     return model
 
 
-def fit(x: np.ndarray, texts: Sequence[str], y: np.ndarray, settings: TrainSettings) -> GuardModel:
+def fit(
+    x: np.ndarray, texts: Sequence[str], y: np.ndarray, settings: TrainSettings, groups: np.ndarray
+) -> GuardModel:
+    """The regression on ``x`` (``dense`` vectors), the TF-IDF of ``texts`` and each row's neighbour
+    cosines (``NEIGHBOUR_BLOCKS``) to the other rows outside its group (``groups``: one id per row,
+    as ``group_of``), so the neighbours of a training row look like those of an unseen text."""
     import numpy as np
     from scipy.sparse import csr_matrix, hstack
     from sklearn.linear_model import LogisticRegression
 
     from coe import __version__
-    from coe.signals.guard.features import TFIDF_CHARS
-    from coe.signals.guard.model import GuardHeader, GuardModel
+    from coe.signals.guard.features import NEIGHBOUR_BLOCKS, TFIDF_CHARS, unit_block
+    from coe.signals.guard.model import NEIGHBOURS, GuardHeader, GuardModel, neighbour_features
     from routers.category.text_features import CharNgramTfidf
 
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0) + 1e-6
+    d = x.shape[1]
+    refs = np.stack([unit_block(x, name) for name in NEIGHBOUR_BLOCKS])  # (blocks, rows, dim)
+    ref_labels = y.astype(np.int8)
+    same_group = groups[:, None] == groups[None, :]
+    near = [neighbour_features(r, ref_labels, r, NEIGHBOURS, same_group) for r in refs]
+    full = np.hstack([x, *near])
+    mean = full.mean(axis=0)
+    scale = full.std(axis=0) + 1e-6
     tfidf = CharNgramTfidf.fit(texts, max_features=50_000, min_df=2, max_chars=TFIDF_CHARS)
-    design = hstack([csr_matrix((x - mean) / scale), tfidf.transform(texts)]).tocsr()
+    design = hstack([csr_matrix((full - mean) / scale), tfidf.transform(texts)]).tocsr()
     lr = LogisticRegression(C=settings.c, max_iter=3000, class_weight="balanced")
     lr.fit(design, y)
     coef = lr.coef_.T.astype(np.float32)  # (features, classes)
-    d = x.shape[1]
+    width = full.shape[1]
     header = GuardHeader(
         encoder="",
         backend="",
         dense_dim=d,
+        neighbours=NEIGHBOURS,
+        neighbour_blocks=list(NEIGHBOUR_BLOCKS),
         platt=(1.0, 0.0),
         target_fpr=settings.target_fpr,
         threshold=0.5,
@@ -198,10 +213,12 @@ def fit(x: np.ndarray, texts: Sequence[str], y: np.ndarray, settings: TrainSetti
     arrays = {
         "mean": mean.astype(np.float32),
         "scale": scale.astype(np.float32),
-        "coef_dense": np.ascontiguousarray(coef[:d]),
-        "coef_tfidf": np.ascontiguousarray(coef[d:]),
+        "coef_dense": np.ascontiguousarray(coef[:width]),
+        "coef_tfidf": np.ascontiguousarray(coef[width:]),
         "intercept": lr.intercept_.astype(np.float32),
         "calibration_benign": np.zeros(0, dtype=np.float32),
+        "neighbour_vectors": refs,
+        "neighbour_labels": ref_labels,
         **tfidf.arrays(),
     }
     return GuardModel(header, arrays)
