@@ -177,14 +177,13 @@ def fit(
 
     from coe import __version__
     from coe.signals.guard.features import NEIGHBOUR_BLOCKS, TFIDF_CHARS, unit_block
-    from coe.signals.guard.model import NEIGHBOURS, GuardHeader, GuardModel, neighbour_features
+    from coe.signals.guard.model import NEIGHBOURS, GuardHeader, GuardModel
     from routers.category.text_features import CharNgramTfidf
 
     d = x.shape[1]
     refs = np.stack([unit_block(x, name) for name in NEIGHBOUR_BLOCKS])  # (blocks, rows, dim)
     ref_labels = y.astype(np.int8)
-    same_group = groups[:, None] == groups[None, :]
-    near = [neighbour_features(r, ref_labels, r, NEIGHBOURS, same_group) for r in refs]
+    near = [_own_group_left_out(r, ref_labels, groups) for r in refs]
     full = np.hstack([x, *near])
     mean = full.mean(axis=0)
     scale = full.std(axis=0) + 1e-6
@@ -222,6 +221,24 @@ def fit(
         **tfidf.arrays(),
     }
     return GuardModel(header, arrays)
+
+
+def _own_group_left_out(refs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``neighbour_features`` of every training row against the others outside its group, a block of
+    rows at a time: the whole row-by-row similarity matrix of a large file would not fit in memory."""
+    import numpy as np
+
+    from coe.signals.guard.model import NEIGHBOURS, neighbour_features
+
+    step = 2048
+    return np.vstack(
+        [
+            neighbour_features(
+                refs, labels, refs[i : i + step], NEIGHBOURS, groups[i : i + step, None] == groups[None, :]
+            )
+            for i in range(0, len(refs), step)
+        ]
+    )
 
 
 def calibrate_on(model: GuardModel, raw: np.ndarray, y: np.ndarray, target_fpr: float) -> None:
