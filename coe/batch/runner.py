@@ -140,7 +140,8 @@ class _Runner:
                 self.observer.planned(groups, n_resumed)
             for result in rejected:
                 self._write(result, str(result.expert))
-            await self._run_groups()
+            with self.coe.pool.restart_limit(self.max_restarts):
+                await self._run_groups()
             await asyncio.gather(*(self._finish(job) for job in self.deferred))
         finally:
             if self.log:

@@ -38,7 +38,7 @@ import hashlib
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +95,7 @@ class ExpertPool:
         self.loads: dict[str, int] = {}  # starts + wakes: the swap counter
         self.evictions: dict[str, int] = {}  # stopped or put to sleep to make room
         self.crashes: dict[str, int] = {}  # processes found dead that we had not stopped
+        self._crash_caps: dict[str, int] = {}  # expert -> crashes past which it is not started again
         self.in_use: dict[str, int] = {}  # open leases per expert; a leased expert is never evicted
         self._waiting: dict[str, list[float]] = {}  # arrival times of requests waiting for a load
         self._last_used: dict[str, float] = {}
@@ -220,6 +221,19 @@ class ExpertPool:
         self._notify()
         return self._errors[name]
 
+    @contextlib.contextmanager
+    def restart_limit(self, restarts: int) -> Iterator[None]:
+        """Within the block, an expert whose process crashes more than ``restarts`` more times is not
+        started again: its callers get the crash's reason. The rule lives here rather than in the caller
+        because the call that notices a crash (``reap`` under a lease) is also the one that would start
+        the process again; a caller counting crashes itself can be overtaken by a concurrent call."""
+        caps = {name: self.crashes.get(name, 0) + restarts for name in self.config.experts}
+        previous, self._crash_caps = self._crash_caps, caps
+        try:
+            yield
+        finally:
+            self._crash_caps = previous
+
     def stats(self) -> PoolStats:
         return PoolStats(
             loads=dict(self.loads), evictions=dict(self.evictions), starts=dict(self.starts),
@@ -272,6 +286,9 @@ class ExpertPool:
 
     def _plan_load(self, name: str) -> bool:
         """Start loading ``name`` (after evicting what must go) if it may load now; False: wait."""
+        cap = self._crash_caps.get(name)
+        if cap is not None and self.crashes.get(name, 0) > cap:
+            raise ExpertError(name, (self._errors.get(name) or "its process crashed").split("\n")[0])
         victims: list[str] = []
         if self.budget_gb is not None:
             if (why := self.never_fits(name)) is not None:

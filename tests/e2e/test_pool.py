@@ -133,6 +133,24 @@ def test_a_crashed_expert_is_restarted_on_its_next_use() -> None:
         assert f"exited with code -{signal.SIGKILL} unexpectedly" in (coe.pool.error("coder") or "")
 
 
+def test_under_a_restart_limit_a_crash_past_it_is_not_started_again() -> None:
+    """A batch allows one restart per expert: whichever call notices the second crash, none starts a
+    third process, and the caller gets the crash's reason."""
+    with CoE(pool_registry(budget=None)) as coe:
+        with coe.pool.restart_limit(1):
+            for _ in range(2):
+                coe.ask("hello", expert="coder")
+                pid = coe.pool.running["coder"]
+                os.kill(pid, signal.SIGKILL)
+                assert not wait_gone({pid})
+            with pytest.raises(AllExpertsFailed) as info:
+                coe.ask("hello again", expert="coder")
+            assert f"exited with code -{signal.SIGKILL} unexpectedly" in info.value.errors["coder"]
+            assert coe.pool.crashes == {"coder": 2} and coe.pool.starts == {"coder": 2}
+        answer = coe.ask("and now?", expert="coder")  # outside the limit: started again on its next use
+        assert answer.expert == "coder" and coe.pool.starts == {"coder": 3}
+
+
 async def test_a_detached_expert_is_reused_only_while_its_configuration_is_unchanged(tmp_path: Path) -> None:
     """`coe experts up` starts coder detached; a pool over the same registry adopts it; once coder's
     settings change, a pool starts its own server rather than talk to the stale one, which it leaves
