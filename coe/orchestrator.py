@@ -12,22 +12,21 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from coe import plugins
 from coe.capabilities import expert_capabilities, restrict
 from coe.capabilities import forced as forced_calls
-from coe.clients import ChatClient, provider_chat
 from coe.config import CoEConfig, load_config
 from coe.config.routing import PluginAggregatorConfig
 from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, ExpertError
+from coe.experts.calls import ExpertCalls
 from coe.experts.pool import ExpertPool
-from coe.experts.templates import strip_markers, turn_markers, with_turn_stops
 from coe.protocols import Aggregator, AggregatorFactory, AsyncRouter, Context, Router, StreamingAggregator
-from coe.replies import StreamedReply, tool_calls_of, usage_fields
+from coe.replies import StreamedReply
 from coe.types import (
     Answer,
     Attempt,
@@ -55,16 +54,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Prompt = str | list[Message] | list[dict[str, Any]]
-# Request fields CoE acts on (capabilities, forced tool calls), sent to the expert when set.
-OPTIONS = (
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "logprobs",
-    "top_logprobs",
-    "reasoning_effort",
-)
 
 
 class CoE:
@@ -92,15 +81,22 @@ class CoE:
         self._aggregator: Aggregator | None = None
         self._retriever: Retriever | None = None
         self._signals_stage: SignalStage | None = None
-        self._client = ChatClient()
+        self._calls = ExpertCalls(self.config, self.pool, self.capabilities)
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Entered around each call to one expert (the server's per-expert concurrency limit); an
-        # exception other than ExpertError raised on entry ends the request instead of falling back.
-        self.admission: Callable[[str], AbstractAsyncContextManager[object]] | None = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str] = "experts.yaml") -> CoE:
         return cls(load_config(path))
+
+    @property
+    def admission(self) -> Callable[[str], AbstractAsyncContextManager[object]] | None:
+        """Entered around each call to one expert (the server's per-expert concurrency limit); an
+        exception other than ExpertError raised on entry ends the request instead of falling back."""
+        return self._calls.admission
+
+    @admission.setter
+    def admission(self, value: Callable[[str], AbstractAsyncContextManager[object]] | None) -> None:
+        self._calls.admission = value
 
     # ------------------------------------------------------------------------- strategies (lazy)
 
@@ -388,10 +384,6 @@ class CoE:
         """What expert ``name`` serves now: declared, else detected from its engine, else defaults."""
         return expert_capabilities(self.config.experts[name], self.pool.detected.get(name))[0]
 
-    def _enforces(self, name: str, request: Request) -> bool:
-        """CoE forces the tool call itself: the request requires one and the engine would not."""
-        return request.forced_tool and "tool_choice" not in self.capabilities(name)
-
     async def combine(
         self,
         request: Request,
@@ -505,11 +497,11 @@ class CoE:
             reply = StreamedReply(
                 name,
                 request,
-                forced_calls.CallStream(name, request) if self._enforces(name, request) else None,
+                forced_calls.CallStream(name, request) if self._calls.enforces(name, request) else None,
             )
             try:
-                async with self._admit(name):
-                    async for chunk in self._stream_expert(name, request, trace):
+                async with self._calls.admit(name):
+                    async for chunk in self._calls.stream(name, request, trace):
                         for event in reply.take(chunk):
                             yield event
                     for event in reply.close():
@@ -563,42 +555,7 @@ class CoE:
 
         ``timeout_s`` bounds the whole call, a cold start included (the expert's own ``timeout_s``
         bounds each HTTP request)."""
-        t = time.perf_counter()
-        enforced = self._enforces(name, request)
-        markers = turn_markers(self.config.experts.get(name))
-        try:
-            async with self._admit(name):
-                call = self._complete(name, request, trace)
-                data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
-            choice = (data.get("choices") or [{}])[0]
-            message = choice.get("message") or {}
-            text = strip_markers(message.get("content") or "", markers)
-            calls = tool_calls_of(name, message.get("tool_calls"))
-            finish = choice.get("finish_reason")
-            if enforced:  # the reply is the call's JSON, constrained by coe.capabilities.forced
-                calls, text, finish = [forced_calls.parse_call(name, text, request)], "", "tool_calls"
-                if trace is not None and trace.capabilities is not None:
-                    trace.capabilities.enforced_tool_choice = True
-            answer = ExpertAnswer(
-                expert=name,
-                model=data.get("model"),
-                text=text,
-                tool_calls=calls,
-                usage=Usage(**usage_fields(data.get("usage") or {})),
-                finish_reason=finish,
-                latency_ms=_ms(t),
-                logprobs=(choice.get("logprobs") or {}).get("content"),
-            )
-        except ExpertError as exc:
-            answer = ExpertAnswer(expert=name, error=exc.reason, latency_ms=_ms(t))
-        except TimeoutError:
-            answer = ExpertAnswer(expert=name, error=f"no answer within {timeout_s:g}s", latency_ms=_ms(t))
-        if trace is not None:
-            trace.attempts.append(
-                Attempt(expert=name, ok=answer.ok, error=answer.error, latency_ms=answer.latency_ms)
-            )
-            trace.timings_ms[f"expert:{name}"] = answer.latency_ms
-        return answer
+        return await self._calls.call(name, request, trace, timeout_s)
 
     async def _ask_for_coe(self, name: str, request: Request) -> ExpertAnswer:
         """``call_expert`` for CoE's own requests (an aggregator's judge or writer, a router's
@@ -609,94 +566,6 @@ class CoE:
         if fmt is not None and fmt.type == "json_schema" and "json_schema" not in self.capabilities(name):
             request = request.model_copy(update={"response_format": None})
         return await self.call_expert(name, request)
-
-    def _admit(self, name: str) -> AbstractAsyncContextManager[object]:
-        return self.admission(name) if self.admission is not None else nullcontext()
-
-    async def _complete(self, name: str, request: Request, trace: Trace | None = None) -> dict[str, Any]:
-        expert = self.config.experts[name]
-        payload = self._payload(name, request)
-        key = expert.api_key.get_secret_value() if expert.api_key else None
-        if expert.provider is not None:
-            return await provider_chat(name, expert.provider, payload, key, expert.timeout_s, expert.endpoint)
-        async with self._lease(name, trace) as url:
-            return await self._client.chat(
-                name, url, payload, api_key=key, timeout_s=expert.timeout_s, retries=expert.retries
-            )
-
-    async def _stream_expert(
-        self, name: str, request: Request, trace: Trace
-    ) -> AsyncIterator[dict[str, Any]]:
-        expert = self.config.experts[name]
-        if expert.provider is not None:  # litellm streaming is not on the local path; answer whole
-            data = await self._complete(name, request, trace)
-            choice = (data.get("choices") or [{}])[0]
-            message = choice.get("message") or {}
-            delta: dict[str, Any] = {"content": message.get("content") or ""}
-            if message.get("tool_calls"):
-                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
-            yield {
-                "model": data.get("model"),
-                "choices": [{"delta": delta, "finish_reason": choice.get("finish_reason")}],
-                "usage": data.get("usage"),
-            }
-            return
-        key = expert.api_key.get_secret_value() if expert.api_key else None
-        markers = turn_markers(expert)
-        async with self._lease(name, trace) as url:
-            async for chunk in self._client.stream(
-                name,
-                url,
-                self._payload(name, request),
-                api_key=key,
-                timeout_s=expert.timeout_s,
-                retries=expert.retries,
-            ):
-                if markers:
-                    _strip_chunk(chunk, markers)
-                yield chunk
-
-    @asynccontextmanager
-    async def _lease(self, name: str, trace: Trace | None) -> AsyncIterator[str]:
-        """Hold the expert for one call; waiting for a load (a cold start or a wake from sleep) shows in
-        the trace as ``start:NAME``."""
-        t, loads = time.perf_counter(), self.pool.loads.get(name, 0)
-        async with self.pool.lease(name) as url:
-            if trace is not None and self.pool.loads.get(name, 0) > loads:
-                trace.timings_ms[f"start:{name}"] = _ms(t)
-            yield url
-
-    def _payload(self, name: str, request: Request) -> dict[str, Any]:
-        """The Chat Completions body for one expert: the request's messages and fields as the caller
-        sent them, over the expert's defaults. Two changes, both for engines CoE runs: ``developer``
-        becomes ``system`` (chat templates know no developer role), and a forced tool choice the
-        engine would ignore becomes a JSON schema (coe.capabilities.forced)."""
-        expert = self.config.experts[name]
-        managed = expert.serve is not None
-        messages = [m.payload() for m in request.messages]
-        if managed:
-            messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
-        if expert.system and not any(m["role"] in ("system", "developer") for m in messages):
-            messages.insert(0, {"role": "system", "content": expert.system})
-        defaults = expert.params.model_dump(exclude_none=True, exclude={"extra"})
-        payload: dict[str, Any] = {
-            "model": expert.model or name,
-            "messages": messages,
-            **expert.params.extra,
-            **defaults,
-            **request.params,
-        }
-        for key in OPTIONS:
-            value = getattr(request, key)
-            if isinstance(value, list):
-                payload[key] = [v.model_dump(exclude_none=True, by_alias=True) for v in value]
-            elif hasattr(value, "model_dump"):
-                payload[key] = value.model_dump(exclude_none=True, by_alias=True)
-            elif value is not None:
-                payload[key] = value
-        if self._enforces(name, request):
-            payload = forced_calls.constrain(payload, request)
-        return with_turn_stops(payload, turn_markers(expert))  # the template's turns end an answer
 
     async def _route_one(
         self, request: Request, trace: Trace, decision: RouteDecision | None = None, turn: Turn | None = None
@@ -784,7 +653,7 @@ class CoE:
         return self._loop.run_until_complete(coro)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._calls.aclose()
         if self._recorder is not None:
             await asyncio.to_thread(self._recorder.close)
         if self._sessions is not None:
@@ -795,7 +664,7 @@ class CoE:
 
     def close(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.run_until_complete(self._client.aclose())
+            self._loop.run_until_complete(self._calls.aclose())
             if self._sessions is not None:
                 self._loop.run_until_complete(self._sessions.aclose())
             if self._cache is not None:
@@ -848,11 +717,3 @@ def make_request(
             update["expert"] = expert
         return Request.model_validate({**prompt.model_dump(exclude_unset=True), **update})
     return Request.from_input(prompt, expert=expert, params=params, **given)
-
-
-def _strip_chunk(chunk: dict[str, Any], markers: tuple[str, ...]) -> None:
-    """Turn markers out of a stream chunk's text (see coe.experts.templates)."""
-    for choice in chunk.get("choices") or []:
-        delta = choice.get("delta") or {}
-        if isinstance(delta.get("content"), str):
-            delta["content"] = strip_markers(delta["content"], markers)

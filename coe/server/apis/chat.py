@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coe.orchestrator import OPTIONS
+from coe.experts.calls import OPTIONS
 from coe.server.apis.openai_format import OpenAIChunks, whole
 from coe.server.apis.policy import CHAT
 from coe.server.apis.translate import (

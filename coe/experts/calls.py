@@ -1,0 +1,202 @@
+"""One call to one expert: the Chat Completions body (the caller's request over the expert's
+defaults), admission and a lease on a managed process, the HTTP call or the provider's, and the reply
+read into an ``ExpertAnswer``. The orchestrator decides *which* experts to call and in what order;
+this module knows *how* a call is made, so the request path reads as routing and falling back.
+
+Failures come back as answers with ``error`` set, never raised: the orchestrator falls back on them.
+The HTTP client is created inside the running event loop on first use (``coe.clients``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any
+
+from coe.capabilities import forced as forced_calls
+from coe.clients import ChatClient, provider_chat
+from coe.config import CoEConfig
+from coe.errors import ExpertError
+from coe.experts.pool import ExpertPool
+from coe.experts.templates import strip_markers, turn_markers, with_turn_stops
+from coe.replies import tool_calls_of, usage_fields
+from coe.types import Attempt, ExpertAnswer, Request, Trace, Usage
+
+# Request fields CoE acts on (capabilities, forced tool calls), sent to the expert when set.
+OPTIONS = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+)
+
+
+class ExpertCalls:
+    """The calls of one CoE. ``capabilities`` says what an expert serves now (declared, else detected
+    from its engine): a forced tool call it would ignore is enforced here through a JSON schema."""
+
+    def __init__(
+        self, config: CoEConfig, pool: ExpertPool, capabilities: Callable[[str], frozenset[str]]
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.capabilities = capabilities
+        self.client = ChatClient()
+        # Entered around each call to one expert (the server's per-expert concurrency limit); an
+        # exception other than ExpertError raised on entry ends the request instead of falling back.
+        self.admission: Callable[[str], AbstractAsyncContextManager[object]] | None = None
+
+    def enforces(self, name: str, request: Request) -> bool:
+        """CoE forces the tool call itself: the request requires one and the engine would not."""
+        return request.forced_tool and "tool_choice" not in self.capabilities(name)
+
+    async def call(
+        self, name: str, request: Request, trace: Trace | None = None, timeout_s: float | None = None
+    ) -> ExpertAnswer:
+        """Ask one expert. ``timeout_s`` bounds the whole call, a cold start included (the expert's
+        own ``timeout_s`` bounds each HTTP request)."""
+        t = time.perf_counter()
+        enforced = self.enforces(name, request)
+        markers = turn_markers(self.config.experts.get(name))
+        try:
+            async with self.admit(name):
+                call = self.complete(name, request, trace)
+                data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
+            choice = (data.get("choices") or [{}])[0]
+            message = choice.get("message") or {}
+            text = strip_markers(message.get("content") or "", markers)
+            calls = tool_calls_of(name, message.get("tool_calls"))
+            finish = choice.get("finish_reason")
+            if enforced:  # the reply is the call's JSON, constrained by coe.capabilities.forced
+                calls, text, finish = [forced_calls.parse_call(name, text, request)], "", "tool_calls"
+                if trace is not None and trace.capabilities is not None:
+                    trace.capabilities.enforced_tool_choice = True
+            answer = ExpertAnswer(
+                expert=name,
+                model=data.get("model"),
+                text=text,
+                tool_calls=calls,
+                usage=Usage(**usage_fields(data.get("usage") or {})),
+                finish_reason=finish,
+                latency_ms=_ms(t),
+                logprobs=(choice.get("logprobs") or {}).get("content"),
+            )
+        except ExpertError as exc:
+            answer = ExpertAnswer(expert=name, error=exc.reason, latency_ms=_ms(t))
+        except TimeoutError:
+            answer = ExpertAnswer(expert=name, error=f"no answer within {timeout_s:g}s", latency_ms=_ms(t))
+        if trace is not None:
+            trace.attempts.append(
+                Attempt(expert=name, ok=answer.ok, error=answer.error, latency_ms=answer.latency_ms)
+            )
+            trace.timings_ms[f"expert:{name}"] = answer.latency_ms
+        return answer
+
+    def admit(self, name: str) -> AbstractAsyncContextManager[object]:
+        """The server's admission for one call to ``name`` (nothing in the library)."""
+        return self.admission(name) if self.admission is not None else nullcontext()
+
+    async def complete(self, name: str, request: Request, trace: Trace | None = None) -> dict[str, Any]:
+        """The expert's whole reply as its Chat Completions JSON (``ExpertError`` on failure)."""
+        expert = self.config.experts[name]
+        payload = self.payload(name, request)
+        key = expert.api_key.get_secret_value() if expert.api_key else None
+        if expert.provider is not None:
+            return await provider_chat(name, expert.provider, payload, key, expert.timeout_s, expert.endpoint)
+        async with self._lease(name, trace) as url:
+            return await self.client.chat(
+                name, url, payload, api_key=key, timeout_s=expert.timeout_s, retries=expert.retries
+            )
+
+    async def stream(self, name: str, request: Request, trace: Trace) -> AsyncIterator[dict[str, Any]]:
+        """The expert's reply as Chat Completions stream chunks, turn markers taken out."""
+        expert = self.config.experts[name]
+        if expert.provider is not None:  # litellm streaming is not on the local path; answer whole
+            data = await self.complete(name, request, trace)
+            choice = (data.get("choices") or [{}])[0]
+            message = choice.get("message") or {}
+            delta: dict[str, Any] = {"content": message.get("content") or ""}
+            if message.get("tool_calls"):
+                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
+            yield {
+                "model": data.get("model"),
+                "choices": [{"delta": delta, "finish_reason": choice.get("finish_reason")}],
+                "usage": data.get("usage"),
+            }
+            return
+        key = expert.api_key.get_secret_value() if expert.api_key else None
+        markers = turn_markers(expert)
+        async with self._lease(name, trace) as url:
+            async for chunk in self.client.stream(
+                name,
+                url,
+                self.payload(name, request),
+                api_key=key,
+                timeout_s=expert.timeout_s,
+                retries=expert.retries,
+            ):
+                if markers:
+                    _strip_chunk(chunk, markers)
+                yield chunk
+
+    @asynccontextmanager
+    async def _lease(self, name: str, trace: Trace | None) -> AsyncIterator[str]:
+        """Hold the expert for one call; waiting for a load (a cold start or a wake from sleep) shows in
+        the trace as ``start:NAME``."""
+        t, loads = time.perf_counter(), self.pool.loads.get(name, 0)
+        async with self.pool.lease(name) as url:
+            if trace is not None and self.pool.loads.get(name, 0) > loads:
+                trace.timings_ms[f"start:{name}"] = _ms(t)
+            yield url
+
+    def payload(self, name: str, request: Request) -> dict[str, Any]:
+        """The Chat Completions body for one expert: the request's messages and fields as the caller
+        sent them, over the expert's defaults. Two changes, both for engines CoE runs: ``developer``
+        becomes ``system`` (chat templates know no developer role), and a forced tool choice the
+        engine would ignore becomes a JSON schema (coe.capabilities.forced)."""
+        expert = self.config.experts[name]
+        managed = expert.serve is not None
+        messages = [m.payload() for m in request.messages]
+        if managed:
+            messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+        if expert.system and not any(m["role"] in ("system", "developer") for m in messages):
+            messages.insert(0, {"role": "system", "content": expert.system})
+        defaults = expert.params.model_dump(exclude_none=True, exclude={"extra"})
+        payload: dict[str, Any] = {
+            "model": expert.model or name,
+            "messages": messages,
+            **expert.params.extra,
+            **defaults,
+            **request.params,
+        }
+        for key in OPTIONS:
+            value = getattr(request, key)
+            if isinstance(value, list):
+                payload[key] = [v.model_dump(exclude_none=True, by_alias=True) for v in value]
+            elif hasattr(value, "model_dump"):
+                payload[key] = value.model_dump(exclude_none=True, by_alias=True)
+            elif value is not None:
+                payload[key] = value
+        if self.enforces(name, request):
+            payload = forced_calls.constrain(payload, request)
+        return with_turn_stops(payload, turn_markers(expert))  # the template's turns end an answer
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)
+
+
+def _strip_chunk(chunk: dict[str, Any], markers: tuple[str, ...]) -> None:
+    """Turn markers out of a stream chunk's text (see coe.experts.templates)."""
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if isinstance(delta.get("content"), str):
+            delta["content"] = strip_markers(delta["content"], markers)
