@@ -4,7 +4,8 @@ Why: loading an expert costs seconds (a llama.cpp start) to a second (a vLLM wak
 far less. Answering a queue in arrival order under a memory budget that holds one expert swaps on
 almost every item; grouping by expert swaps once per expert (Symbolic-MoE's batch strategy).
 
-1. Items already in OUT.jsonl are skipped (resume); the rest are routed in one batched router call.
+1. Items already in OUT.jsonl are skipped (resume); the rest go through the pipeline's stages before the
+   experts all at once (coe.pipeline: signals, routing in one batched router call, cache, retrieval).
 2. Each item becomes one unit per recruited expert; units are grouped by expert. Groups run in the
    order of ``planner.order_groups`` (loaded experts first), as many at once as the memory budget
    holds, each at its expert's concurrency (llama.cpp ``parallel`` slots, vLLM ``max_num_seqs``).
@@ -25,22 +26,24 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from coe.batch.files import BatchInputError, BatchItem, BatchResult, ResultLog, as_item
-from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, CoEError
 from coe.experts.planner import order_groups
-from coe.types import ExpertAnswer, Request, RetrievalTrace, RouteDecision, Trace
-
-if TYPE_CHECKING:
-    from coe.orchestrator import CoE
-    from coe.signals.stage import SignalStage
-    from coe.signals.verdicts import SignalsTrace
+from coe.pipeline import Flow, Pipeline, next_candidate
+from coe.types import ExpertAnswer
 
 __all__ = ["BatchInputError", "BatchItem", "BatchObserver", "BatchReport", "BatchResult", "run_batch"]
+
+
+class HasPipeline(Protocol):
+    """What ``run_batch`` takes besides a Pipeline: an object that has one (a ``CoE``)."""
+
+    @property
+    def pipeline(self) -> Pipeline: ...
 
 
 class BatchObserver(Protocol):
@@ -73,21 +76,18 @@ class BatchReport(BaseModel):
 @dataclass
 class _Job:
     item: BatchItem
-    request: Request
-    decision: RouteDecision
-    trace: Trace
-    started: float = 0.0
+    flow: Flow
+    begun: bool = False
     open_units: int = 0
     answers: list[ExpertAnswer] = field(default_factory=list)
-    next_candidate: int = 0
 
     @property
     def group(self) -> str:
-        return self.decision.expert
+        return self.flow.routed().expert
 
 
 async def run_batch(
-    coe: CoE,
+    source: Pipeline | HasPipeline,
     items: Iterable[BatchItem | dict[str, Any] | str],
     *,
     out: str | Path | None = None,
@@ -98,20 +98,23 @@ async def run_batch(
 ) -> BatchReport:
     """Answer every item; with ``out``, append each result to that JSONL file and skip ids already
     in it. ``concurrency`` overrides the per-expert concurrency; ``params`` are generation defaults."""
-    runner = _Runner(coe, params or {}, concurrency, observer, max_restarts)
+    pipeline = source if isinstance(source, Pipeline) else source.pipeline
+    runner = _Runner(pipeline, params or {}, concurrency, observer, max_restarts)
     return await runner.run([as_item(v, i) for i, v in enumerate(items)], Path(out) if out else None)
 
 
 class _Runner:
     def __init__(
         self,
-        coe: CoE,
+        pipeline: Pipeline,
         params: dict[str, Any],
         concurrency: int | None,
         observer: BatchObserver | None,
         max_restarts: int,
     ) -> None:
-        self.coe = coe
+        self.pipeline = pipeline
+        self.config = pipeline.parts.config
+        self.pool = pipeline.parts.pool
         self.params = params
         self.concurrency = concurrency
         self.observer = observer
@@ -121,33 +124,33 @@ class _Runner:
         self.results: dict[str, BatchResult] = {}
         self.deferred: list[_Job] = []
         self.failed_experts: dict[str, str] = {}
-        self.crash_base: dict[str, int] = dict(coe.pool.crashes)
+        self.crash_base: dict[str, int] = dict(pipeline.parts.pool.crashes)
         self.log: ResultLog | None = None
 
     async def run(self, items: list[BatchItem], out: Path | None) -> BatchReport:
         started = time.perf_counter()
-        loads, evictions = dict(self.coe.pool.loads), dict(self.coe.pool.evictions)
+        loads, evictions = dict(self.pool.loads), dict(self.pool.evictions)
         self.log = ResultLog(out) if out else None
         try:
             resumed = dict(self.log.done) if self.log else {}
             n_resumed = sum(1 for i in items if i.key in resumed)
-            rejected = await self._route([i for i in items if i.key not in resumed])
+            known = await self._route([i for i in items if i.key not in resumed])
             groups = {name: len(self.queues[name]) for name in self.order}
-            for result in rejected:
-                if result.expert is not None:  # not a request a signal blocked before routing
+            for result in known:
+                if result.expert is not None:  # refused with a pinned expert, or answered from the cache
                     groups[result.expert] = groups.get(result.expert, 0) + 1
             if self.observer:
                 self.observer.planned(groups, n_resumed)
-            for result in rejected:
+            for result in known:
                 self._write(result, str(result.expert))
-            with self.coe.pool.restart_limit(self.max_restarts):
+            with self.pool.restart_limit(self.max_restarts):
                 await self._run_groups()
             await asyncio.gather(*(self._finish(job) for job in self.deferred))
         finally:
             if self.log:
                 self.log.close()
         self.results.update({k: r for k, r in resumed.items() if k not in self.results})
-        pool = self.coe.pool
+        pool = self.pool
         return BatchReport(
             results=[self.results[i.key] for i in items if i.key in self.results],
             resumed=n_resumed,
@@ -161,60 +164,38 @@ class _Runner:
     # ----------------------------------------------------------------------------------- routing
 
     async def _route(self, items: list[BatchItem]) -> list[BatchResult]:
-        """One router call for every item that is not pinned, then the groups. Returns the results of
-        items pinned to an unknown expert (they fail; the others run)."""
-        known = self.coe.config.experts
-        ready = [i for i in items if i.expert is None or i.expert in known]
-        rejected = [
-            BatchResult(
-                id=i.id, expert=i.expert, meta=i.meta,
-                error=f"no such expert {i.expert!r}; known: {', '.join(sorted(known))}",
-            )
-            for i in items
-            if i.expert is not None and i.expert not in known
-        ]  # fmt: skip
-        requests = [i.request(self.params) for i in ready]
-        signals: list[SignalsTrace | None] = [None] * len(requests)
-        if (stage := self.coe.signals) is not None and requests:
-            ready, requests, signals = await self._signals(stage, ready, requests, rejected)
-        retrievals: list[RetrievalTrace | None] = [None] * len(requests)
-        with request_scope():  # the router and the retrieval gate embed the prompts once
-            t = time.perf_counter()
-            decisions = await asyncio.to_thread(self.coe.decide, requests) if requests else []
-            share = round((time.perf_counter() - t) * 1000 / max(1, len(requests)), 2)
-            if (retriever := self.coe.retriever) is not None and requests:
-                # Same gate and injection as `ask`: a failed retrieval leaves the requests as they were.
-                done = await asyncio.to_thread(retriever.run_many, requests, decisions)
-                requests, retrievals = [r for r, _ in done], [t for _, t in done]
-        for item, request, decision, retrieval, signal in zip(
-            ready, requests, decisions, retrievals, signals, strict=True
-        ):
-            trace = Trace(signals=signal, decision=decision, retrieval=retrieval, timings_ms={"route": share})
-            job = _Job(item, request, decision, trace, next_candidate=decision.fanout)
-            for name in decision.recruited:
-                self._enqueue(name, job)
-        loaded = [n for n in self.queues if self.coe.pool.is_loaded(n)]
-        self.order = order_groups({n: len(q) for n, q in self.queues.items()}, loaded)
-        return rejected
-
-    async def _signals(
-        self, stage: SignalStage, items: list[BatchItem], requests: list[Request], rejected: list[BatchResult]
-    ) -> tuple[list[BatchItem], list[Request], list[SignalsTrace | None]]:
-        """The signals stage, as in ``ask``, before routing: a blocked item fails with the block's
-        message (the others run), a ``route`` verdict pins the item's expert, ``redact`` its request."""
-        kept: list[tuple[BatchItem, Request, SignalsTrace | None]] = []
-        for item, request in zip(items, requests, strict=True):
-            request, trace = await asyncio.to_thread(stage.run, request)
-            if trace.blocked_by is not None:
-                error = str(stage.blocked(trace))
-                rejected.append(
-                    BatchResult(id=item.id, meta=item.meta, error=error, trace=Trace(signals=trace))
+        """Every item through the pipeline's stages before the experts at once (one router call, one
+        retrieval pass), then the groups. Returns the results already known: items a stage refused
+        (a signal's block, an unknown pinned expert) and items answered from the cache."""
+        flows = [Flow(item.request(self.params)) for item in items]
+        await self.pipeline.prepare(flows)
+        known: list[BatchResult] = []
+        for item, flow in zip(items, flows, strict=True):
+            if flow.failure is not None:
+                known.append(
+                    BatchResult(
+                        id=item.id,
+                        expert=item.expert,
+                        meta=item.meta,
+                        error=str(flow.failure),
+                        trace=flow.trace,
+                    )
                 )
-                continue
-            if trace.routed_to is not None:
-                request = request.model_copy(update={"expert": trace.routed_to})
-            kept.append((item, request, trace))
-        return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
+            elif flow.cached is not None:
+                answer = self.pipeline.answering.replayed(flow)
+                await self.pipeline.finish(flow, answer)
+                known.append(
+                    BatchResult(
+                        id=item.id, expert=answer.expert, answer=answer.text, trace=flow.trace, meta=item.meta
+                    )
+                )
+            else:
+                job = _Job(item, flow)
+                for name in flow.routed().recruited:
+                    self._enqueue(name, job)
+        loaded = [n for n in self.queues if self.pool.is_loaded(n)]
+        self.order = order_groups({n: len(q) for n, q in self.queues.items()}, loaded)
+        return known
 
     def _enqueue(self, name: str, job: _Job) -> None:
         job.open_units += 1
@@ -229,7 +210,7 @@ class _Runner:
         while True:
             for name in self._launchable(running):
                 running[name] = asyncio.create_task(self._drain(name))
-            self.coe.pool.expect([n for n in self.order if self.queues.get(n) and n not in running])
+            self.pool.expect([n for n in self.order if self.queues.get(n) and n not in running])
             if not running:
                 return
             done, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
@@ -243,7 +224,7 @@ class _Runner:
             if not self.queues.get(name) or name in running:
                 continue
             try:
-                fits = self.coe.pool.fits([*running, *chosen, name]) if self._managed(name) else True
+                fits = self.pool.fits([*running, *chosen, name]) if self._managed(name) else True
             except CoEError as exc:  # its footprint cannot be known: its items fail, the batch goes on
                 self.failed_experts.setdefault(name, str(exc))
                 fits = True
@@ -252,11 +233,11 @@ class _Runner:
         return chosen
 
     def _managed(self, name: str) -> bool:
-        return self.coe.config.experts[name].serve is not None
+        return self.config.experts[name].serve is not None
 
     async def _drain(self, name: str) -> None:
         queue = self.queues[name]
-        width = self.concurrency or self.coe.config.experts[name].slots
+        width = self.concurrency or self.config.experts[name].slots
 
         async def worker() -> None:
             while queue:
@@ -265,13 +246,13 @@ class _Runner:
         await asyncio.gather(*(worker() for _ in range(max(1, min(width, len(queue))))))
 
     async def _unit(self, name: str, job: _Job) -> None:
-        if not job.started:
-            job.started = time.perf_counter()
+        if not job.begun:  # the trace's total counts from the first call, not from the wait in line
+            job.begun, job.flow.started = True, time.perf_counter()
         crashes = self._crashes(name)  # a crash noticed here is not restarted past max_restarts
         if name in self.failed_experts:
             answer = ExpertAnswer(expert=name, error=self.failed_experts[name])
         else:
-            answer = await self.coe.call_expert(name, job.request, job.trace)
+            answer = await self.pipeline.calls.call(name, job.flow.request, job.flow.trace)
             if not answer.ok and self._retry_after_crash(name, crashes, answer):
                 self.queues[name].appendleft(job)  # the restarted process answers it
                 return
@@ -279,17 +260,16 @@ class _Runner:
         job.open_units -= 1
         if job.open_units:
             return
-        if not any(a.ok for a in job.answers) and job.next_candidate < len(job.decision.experts):
-            job.next_candidate += 1
-            self._enqueue(job.decision.experts[job.next_candidate - 1], job)
-        elif job.decision.fanout > 1 and any(a.ok for a in job.answers):
+        if (following := next_candidate(job.flow.routed(), job.answers)) is not None:
+            self._enqueue(following, job)
+        elif job.flow.routed().fanout > 1 and any(a.ok for a in job.answers):
             self.deferred.append(job)
         else:
             await self._finish(job)
 
     def _crashes(self, name: str) -> int:
         """Crashes of the expert's process during this batch; past ``max_restarts`` it is failed."""
-        pool = self.coe.pool
+        pool = self.pool
         pool.reap(name)
         total = pool.crashes.get(name, 0) - self.crash_base.get(name, 0)
         if total > self.max_restarts and name not in self.failed_experts:
@@ -304,8 +284,8 @@ class _Runner:
         crashes = self._crashes(name)
         if crashes > crashes_before and name not in self.failed_experts:
             return True
-        if name not in self.failed_experts and self.coe.pool.state(name) == "failed":
-            self.failed_experts[name] = answer.error or self.coe.pool.error(name) or "failed to start"
+        if name not in self.failed_experts and self.pool.state(name) == "failed":
+            self.failed_experts[name] = answer.error or self.pool.error(name) or "failed to start"
         if name in self.failed_experts:
             answer.error = self.failed_experts[name]
         return False
@@ -313,18 +293,19 @@ class _Runner:
     # ----------------------------------------------------------------------------------- results
 
     async def _finish(self, job: _Job) -> None:
-        coe, item = self.coe, job.item
+        item, flow = job.item, job.flow
         if any(a.ok for a in job.answers):
             try:
-                answer = await coe.combine(job.request, job.answers, job.decision, job.trace, job.started)
+                answer = await self.pipeline.answering.combine(flow, job.answers)
+                await self.pipeline.finish(flow, answer)
             except CoEError as exc:
-                result = BatchResult(id=item.id, expert=job.group, error=str(exc), trace=job.trace)
+                result = BatchResult(id=item.id, expert=job.group, error=str(exc), trace=flow.trace)
             else:
-                result = BatchResult(id=item.id, expert=answer.expert, answer=answer.text, trace=job.trace)
+                result = BatchResult(id=item.id, expert=answer.expert, answer=answer.text, trace=flow.trace)
         else:
             errors = {a.expert: a.error or "unknown error" for a in job.answers}
             result = BatchResult(
-                id=item.id, expert=job.group, error=str(AllExpertsFailed(errors)), trace=job.trace
+                id=item.id, expert=job.group, error=str(AllExpertsFailed(errors)), trace=flow.trace
             )
         result.meta = item.meta
         self._write(result, job.group)

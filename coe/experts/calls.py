@@ -17,12 +17,17 @@ from typing import Any
 
 from coe.capabilities import forced as forced_calls
 from coe.clients import ChatClient, provider_chat
+from coe.clock import ms_since
 from coe.config import CoEConfig
 from coe.errors import ExpertError
 from coe.experts.pool import ExpertPool
 from coe.experts.templates import strip_markers, turn_markers, with_turn_stops
 from coe.replies import tool_calls_of, usage_fields
 from coe.types import Attempt, ExpertAnswer, Request, Trace, Usage
+
+# Entered around each call to one expert (the server's per-expert concurrency limit); an exception
+# other than ExpertError raised on entry ends the request instead of falling back.
+Admission = Callable[[str], AbstractAsyncContextManager[object]]
 
 # Request fields CoE acts on (capabilities, forced tool calls), sent to the expert when set.
 OPTIONS = (
@@ -49,22 +54,27 @@ class ExpertCalls:
         self.client = ChatClient()
         # Entered around each call to one expert (the server's per-expert concurrency limit); an
         # exception other than ExpertError raised on entry ends the request instead of falling back.
-        self.admission: Callable[[str], AbstractAsyncContextManager[object]] | None = None
+        self.admission: Admission | None = None
 
     def enforces(self, name: str, request: Request) -> bool:
         """CoE forces the tool call itself: the request requires one and the engine would not."""
         return request.forced_tool and "tool_choice" not in self.capabilities(name)
 
     async def call(
-        self, name: str, request: Request, trace: Trace | None = None, timeout_s: float | None = None
+        self,
+        name: str,
+        request: Request,
+        trace: Trace | None = None,
+        timeout_s: float | None = None,
+        admission: Admission | None = None,
     ) -> ExpertAnswer:
         """Ask one expert. ``timeout_s`` bounds the whole call, a cold start included (the expert's
-        own ``timeout_s`` bounds each HTTP request)."""
+        own ``timeout_s`` bounds each HTTP request); ``admission``: this request's, over the default."""
         t = time.perf_counter()
         enforced = self.enforces(name, request)
         markers = turn_markers(self.config.experts.get(name))
         try:
-            async with self.admit(name):
+            async with self.admit(name, admission):
                 call = self.complete(name, request, trace)
                 data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
             choice = (data.get("choices") or [{}])[0]
@@ -83,13 +93,15 @@ class ExpertCalls:
                 tool_calls=calls,
                 usage=Usage(**usage_fields(data.get("usage") or {})),
                 finish_reason=finish,
-                latency_ms=_ms(t),
+                latency_ms=ms_since(t),
                 logprobs=(choice.get("logprobs") or {}).get("content"),
             )
         except ExpertError as exc:
-            answer = ExpertAnswer(expert=name, error=exc.reason, latency_ms=_ms(t))
+            answer = ExpertAnswer(expert=name, error=exc.reason, latency_ms=ms_since(t))
         except TimeoutError:
-            answer = ExpertAnswer(expert=name, error=f"no answer within {timeout_s:g}s", latency_ms=_ms(t))
+            answer = ExpertAnswer(
+                expert=name, error=f"no answer within {timeout_s:g}s", latency_ms=ms_since(t)
+            )
         if trace is not None:
             trace.attempts.append(
                 Attempt(expert=name, ok=answer.ok, error=answer.error, latency_ms=answer.latency_ms)
@@ -97,9 +109,11 @@ class ExpertCalls:
             trace.timings_ms[f"expert:{name}"] = answer.latency_ms
         return answer
 
-    def admit(self, name: str) -> AbstractAsyncContextManager[object]:
-        """The server's admission for one call to ``name`` (nothing in the library)."""
-        return self.admission(name) if self.admission is not None else nullcontext()
+    def admit(self, name: str, admission: Admission | None = None) -> AbstractAsyncContextManager[object]:
+        """The admission for one call to ``name``: the request's own (the server's per-expert limit),
+        else this CoE's default, else none (the library)."""
+        chosen = admission or self.admission
+        return chosen(name) if chosen is not None else nullcontext()
 
     async def complete(self, name: str, request: Request, trace: Trace | None = None) -> dict[str, Any]:
         """The expert's whole reply as its Chat Completions JSON (``ExpertError`` on failure)."""
@@ -151,7 +165,7 @@ class ExpertCalls:
         t, loads = time.perf_counter(), self.pool.loads.get(name, 0)
         async with self.pool.lease(name) as url:
             if trace is not None and self.pool.loads.get(name, 0) > loads:
-                trace.timings_ms[f"start:{name}"] = _ms(t)
+                trace.timings_ms[f"start:{name}"] = ms_since(t)
             yield url
 
     def payload(self, name: str, request: Request) -> dict[str, Any]:
@@ -188,10 +202,6 @@ class ExpertCalls:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-def _ms(since: float) -> float:
-    return round((time.perf_counter() - since) * 1000, 2)
 
 
 def _strip_chunk(chunk: dict[str, Any], markers: tuple[str, ...]) -> None:

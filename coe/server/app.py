@@ -59,7 +59,7 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
             tried.append(name)
         return limiter.slot(name)
 
-    coe.admission = admit
+    coe.pipeline.calls.admission = admit
     recorder = _recorder(coe, metrics)
     gateway = Gateway(coe, metrics, recorder)
     recent = Recent(settings.ui_recent)  # the dashboard's live view (coe/server/dashboard.py)

@@ -225,7 +225,7 @@ class Gateway:
         system turns stay first, as OpenAI does not carry instructions over), in the same session."""
         if not call.store and call.previous_response_id is None:
             return
-        sessions = await self.coe.asessions()
+        sessions = await self.coe.parts.asessions()
         call.store = call.store and sessions is not None  # the reply says whether it was kept
         if call.previous_response_id is None:
             return

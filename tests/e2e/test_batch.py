@@ -76,7 +76,8 @@ def test_item_errors_and_timeouts_are_written_and_the_batch_goes_on(tmp_path: Pa
     assert results["coder"].ok and results["coder"].answer
     assert "slow: timed out after 1s" in (results["slow"].error or "")
     assert "broken: HTTP 500" in (results["broken"].error or "")
-    assert results["nobody"].error == "no such expert 'nobody'; known: broken, coder, coder2, general, slow"
+    known = "broken, coder, coder2, general, slow"
+    assert results["nobody"].error == f"expert 'nobody' failed: no such expert; known: {known}"
     assert sorted(out_ids(out)) == ["broken", "coder", "nobody", "slow"]
 
 

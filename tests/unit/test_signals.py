@@ -17,6 +17,8 @@ from coe.config import ConfigError, parse_config
 from coe.config.signals import PATTERN_TYPES, GuardConfig, PiiConfig, SignalsConfig
 from coe.data.npz import read_npz, write_npz
 from coe.errors import CoEError, RequestBlocked
+from coe.pipeline import Flow
+from coe.pipeline.stages import Signals
 from coe.signals.guard.model import LABELS, load, neighbour_features
 from coe.signals.guard.training import GuardRow, split
 from coe.signals.pii import find, redact, supported_types
@@ -161,9 +163,11 @@ def test_flag_and_route_answer_normally_and_say_so_in_the_trace(guard_file: Path
         "action: flag, categories: {jailbreak: {route: general}}}\n"
     )
     coe = CoE(route)
-    _, trace = SignalStage(route).run(Request.from_input(BLOCKED_PROMPT))
-    assert trace.routed_to == "general"
-    decision = coe._signal_outcome(SignalStage(route), type("T", (), {"signals": trace})(), None)  # type: ignore[arg-type]
+    flow = Flow(Request.from_input(BLOCKED_PROMPT))
+    coe.run(Signals(coe.parts).run([flow]))
+    assert flow.failure is None and flow.trace.signals is not None
+    assert flow.trace.signals.routed_to == "general"
+    decision = flow.decision
     assert decision is not None and decision.experts == ["general"] and decision.router == "signals"
 
 

@@ -135,10 +135,12 @@ def test_the_library_records_when_asked_and_feedback_finds_it(tmp_path: Path) ->
     )
     coe = CoE(cfg, traces=True)
     assert coe.recorder is not None
-    from coe.types import Answer, Request, Trace
+    from coe.pipeline import Flow
+    from coe.types import Answer, Request, RouteDecision, Trace
 
     answer = Answer(text="4", expert="coder", trace=Trace())
-    coe._record(Request.from_input("What is 2+2?"), answer)
+    decision = RouteDecision(router="pinned", experts=["coder"], reason="test")
+    coe.run(coe.pipeline.finish(Flow(Request.from_input("What is 2+2?"), decision=decision), answer))
     assert answer.trace.id is not None and answer.trace.id.startswith("coe-")
     coe.feedback(answer.trace.id, thumbs="up")
     coe.close()
