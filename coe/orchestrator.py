@@ -376,13 +376,13 @@ class CoE:
 
     def _restrict(self, request: Request, decision: RouteDecision, trace: Trace) -> RouteDecision:
         """Only experts that can serve the request stay candidates (coe/capabilities/restrict.py)."""
-        decision, trace.capabilities = restrict(decision, request, self.config, self.pool.detected)
+        decision, trace.capabilities = restrict(decision, request, self.config, self.pool.supervisor.detected)
         trace.decision = decision
         return decision
 
     def capabilities(self, name: str) -> frozenset[str]:
         """What expert ``name`` serves now: declared, else detected from its engine, else defaults."""
-        return expert_capabilities(self.config.experts[name], self.pool.detected.get(name))[0]
+        return expert_capabilities(self.config.experts[name], self.pool.supervisor.detected.get(name))[0]
 
     async def combine(
         self,
