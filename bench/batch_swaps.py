@@ -113,7 +113,7 @@ def load_items(path: Path, n: int) -> list[dict[str, Any]]:
 
 
 def summary(coe: CoE, wall_s: float, n: int) -> dict[str, Any]:
-    loads, evictions = sum(coe.pool.loads.values()), sum(coe.pool.evictions.values())
+    loads, evictions = sum(coe.pool.scheduler.loads.values()), sum(coe.pool.scheduler.evictions.values())
     return {
         "loads": loads,
         "evictions": evictions,

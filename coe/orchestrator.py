@@ -197,8 +197,8 @@ class CoE:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine from sync code on this CoE's own event loop. The HTTP client and the expert
         leases live on that loop, so sync callers that mix ``ask`` with their own coroutines (a batch
-        of ``aask`` calls, ``pool.warm()``) use this rather than ``asyncio.run``, which would give each
-        its own loop."""
+        of ``aask`` calls, ``pool.scheduler.warm()``) use this rather than ``asyncio.run``, which
+        would give each its own loop."""
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coro)

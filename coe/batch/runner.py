@@ -124,12 +124,12 @@ class _Runner:
         self.results: dict[str, BatchResult] = {}
         self.deferred: list[_Job] = []
         self.failed_experts: dict[str, str] = {}
-        self.crash_base: dict[str, int] = dict(pipeline.parts.pool.crashes)
+        self.crash_base: dict[str, int] = dict(pipeline.parts.pool.supervisor.crashes)
         self.log: ResultLog | None = None
 
     async def run(self, items: list[BatchItem], out: Path | None) -> BatchReport:
         started = time.perf_counter()
-        loads, evictions = dict(self.pool.loads), dict(self.pool.evictions)
+        loads, evictions = dict(self.pool.scheduler.loads), dict(self.pool.scheduler.evictions)
         self.log = ResultLog(out) if out else None
         try:
             resumed = dict(self.log.done) if self.log else {}
@@ -143,7 +143,7 @@ class _Runner:
                 self.observer.planned(groups, n_resumed)
             for result in known:
                 self._write(result, str(result.expert))
-            with self.pool.restart_limit(self.max_restarts):
+            with self.pool.supervisor.restart_limit(self.max_restarts):
                 await self._run_groups()
             await asyncio.gather(*(self._finish(job) for job in self.deferred))
         finally:
@@ -156,8 +156,8 @@ class _Runner:
             resumed=n_resumed,
             problems=self.log.problems if self.log else [],
             groups=groups,
-            loads=_grown(loads, pool.loads),
-            evictions=_grown(evictions, pool.evictions),
+            loads=_grown(loads, pool.scheduler.loads),
+            evictions=_grown(evictions, pool.scheduler.evictions),
             wall_s=round(time.perf_counter() - started, 3),
         )
 
@@ -193,7 +193,7 @@ class _Runner:
                 job = _Job(item, flow)
                 for name in flow.routed().recruited:
                     self._enqueue(name, job)
-        loaded = [n for n in self.queues if self.pool.is_loaded(n)]
+        loaded = [n for n in self.queues if self.pool.scheduler.is_loaded(n)]
         self.order = order_groups({n: len(q) for n, q in self.queues.items()}, loaded)
         return known
 
@@ -210,7 +210,7 @@ class _Runner:
         while True:
             for name in self._launchable(running):
                 running[name] = asyncio.create_task(self._drain(name))
-            self.pool.expect([n for n in self.order if self.queues.get(n) and n not in running])
+            self.pool.scheduler.expect([n for n in self.order if self.queues.get(n) and n not in running])
             if not running:
                 return
             done, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
@@ -224,7 +224,7 @@ class _Runner:
             if not self.queues.get(name) or name in running:
                 continue
             try:
-                fits = self.pool.fits([*running, *chosen, name]) if self._managed(name) else True
+                fits = self.pool.budget.fits([*running, *chosen, name]) if self._managed(name) else True
             except CoEError as exc:  # its footprint cannot be known: its items fail, the batch goes on
                 self.failed_experts.setdefault(name, str(exc))
                 fits = True
@@ -270,8 +270,8 @@ class _Runner:
     def _crashes(self, name: str) -> int:
         """Crashes of the expert's process during this batch; past ``max_restarts`` it is failed."""
         pool = self.pool
-        pool.reap(name)
-        total = pool.crashes.get(name, 0) - self.crash_base.get(name, 0)
+        pool.supervisor.reap(name)
+        total = pool.supervisor.crashes.get(name, 0) - self.crash_base.get(name, 0)
         if total > self.max_restarts and name not in self.failed_experts:
             restarts = f"restarted {self.max_restarts} time{'s' * (self.max_restarts != 1)}"
             last = (pool.error(name) or "").split("\n")[0]  # the exit code and where its log is

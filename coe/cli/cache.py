@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _store(cfg: CoEConfig) -> CacheStore:
-    from coe.experts.pool import ExpertPool
+    from coe.experts.statedir import state_dir
     from coe.signals.cache.runtime import open_cache_store
 
     cache = cfg.signals.cache
@@ -37,7 +37,7 @@ def _store(cfg: CoEConfig) -> CacheStore:
         raise fail("this registry has no signals.cache block")
     if (cache.store or "sqlite") == "memory":
         raise fail("the cache is kept in memory by its process: only a sqlite or redis store can be read")
-    return open_cache_store(cache, cfg, "sqlite", ExpertPool(cfg).state_dir)
+    return open_cache_store(cache, cfg, "sqlite", state_dir(cfg))
 
 
 def _run(store: CacheStore, make: Any) -> Any:

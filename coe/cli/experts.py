@@ -54,11 +54,19 @@ def experts_up(
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Start managed experts in the background; later `coe ask` calls reuse them."""
-    from coe.experts.pool import ExpertPool
+    from coe.experts.pool import ExpertPool, ExpertStatus
 
     pool = ExpertPool(load(config))
+
+    async def up() -> list[ExpertStatus]:
+        skipped = await pool.detached.up(names)
+        statuses = await pool.status()
+        for s in statuses:
+            s.detail = skipped.get(s.name, s.detail)  # why one was left cold
+        return statuses
+
     try:
-        statuses = asyncio.run(pool.up(names))
+        statuses = asyncio.run(up())
     except CoEError as exc:
         raise fail(exc) from None
     _show_status(statuses)
@@ -69,7 +77,7 @@ def experts_down(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Stop the experts that `coe experts up` started."""
     from coe.experts.pool import ExpertPool
 
-    stopped = ExpertPool(load(config)).down()
+    stopped = ExpertPool(load(config)).detached.down()
     out.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 

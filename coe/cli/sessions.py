@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _store(cfg: CoEConfig, serve: bool) -> SessionStore:
-    from coe.experts.pool import ExpertPool
+    from coe.experts.statedir import state_dir
     from coe.sessions import open_store
 
     sessions = cfg.router.sessions
@@ -37,7 +37,7 @@ def _store(cfg: CoEConfig, serve: bool) -> SessionStore:
         raise fail("router.sessions.enabled is false: this registry keeps no sessions")
     if (sessions.store or ("sqlite" if serve else "memory")) == "memory":
         raise fail("sessions are kept in memory by the library: only a sqlite or redis store can be listed")
-    return open_store(sessions, cfg, "sqlite", ExpertPool(cfg).state_dir)
+    return open_store(sessions, cfg, "sqlite", state_dir(cfg))
 
 
 def _row(r: SessionRecord) -> dict[str, object]:

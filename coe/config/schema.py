@@ -56,7 +56,7 @@ class EmbedderConfig(Strict):
 
 
 class ServingConfig(Strict):
-    """How many experts are loaded at once. See coe.experts.pool for the admission policy."""
+    """How many experts are loaded at once. See coe.experts.scheduler for the admission policy."""
 
     memory_budget_gb: float | None = Field(
         None, gt=0, description="memory for loaded experts together; None: no limit (load all on use)"

@@ -162,9 +162,9 @@ class ExpertCalls:
     async def _lease(self, name: str, trace: Trace | None) -> AsyncIterator[str]:
         """Hold the expert for one call; waiting for a load (a cold start or a wake from sleep) shows in
         the trace as ``start:NAME``."""
-        t, loads = time.perf_counter(), self.pool.loads.get(name, 0)
+        t, loads = time.perf_counter(), self.pool.scheduler.loads.get(name, 0)
         async with self.pool.lease(name) as url:
-            if trace is not None and self.pool.loads.get(name, 0) > loads:
+            if trace is not None and self.pool.scheduler.loads.get(name, 0) > loads:
                 trace.timings_ms[f"start:{name}"] = ms_since(t)
             yield url
 

@@ -129,7 +129,7 @@ class Parts:
 
     def capabilities(self, name: str) -> frozenset[str]:
         """What expert ``name`` serves now: declared, else detected from its engine, else defaults."""
-        return expert_capabilities(self.config.experts[name], self.pool.detected.get(name))[0]
+        return expert_capabilities(self.config.experts[name], self.pool.supervisor.detected.get(name))[0]
 
     async def aclose(self) -> None:
         """Close what was built (stores, the trace writer); the pool is the caller's to stop."""

@@ -236,7 +236,7 @@ class Capable:
     async def _one(self, flow: Flow) -> None:
         parts = self.parts
         flow.decision, flow.trace.capabilities = restrict(
-            flow.routed(), flow.request, parts.config, parts.pool.detected
+            flow.routed(), flow.request, parts.config, parts.pool.supervisor.detected
         )
         flow.trace.decision = flow.decision
 

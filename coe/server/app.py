@@ -177,11 +177,11 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
     async def readyz() -> JSONResponse:
         # Under a memory budget an evicted (cold) or sleeping expert is loadable on demand, not down,
         # unless it failed to start or is larger than the whole budget.
-        loadable = {"ready", "asleep", "cold"} if coe.pool.budget_gb is not None else {"ready"}
+        loadable = {"ready", "asleep", "cold"} if coe.pool.budget.gb is not None else {"ready"}
         not_ready = {}
         for s in await coe.pool.status():
             if s.state in ("cold", "asleep") and s.state in loadable and not s.detail:
-                why: str | None = await asyncio.to_thread(coe.pool.never_fits, s.name)
+                why: str | None = await asyncio.to_thread(coe.pool.budget.never_fits, s.name)
                 s.detail = why or ""
             ready = (s.state in loadable and not (s.state in ("cold", "asleep") and s.detail)) or (
                 s.state == "external" and s.detail in ("reachable", "hosted")
@@ -297,7 +297,7 @@ async def _warm(coe: CoE) -> None:
             await asyncio.to_thread(router.warm)
         if coe.signals is not None:  # the guard file, its encoder and Presidio's recognizers
             await asyncio.to_thread(coe.signals.warm)
-        loaded = set(await coe.pool.warm())  # as many as the memory budget holds together
+        loaded = set(await coe.pool.scheduler.warm())  # as many as the memory budget holds together
         for name, expert in coe.config.experts.items():
             if expert.serve is not None and name not in loaded and (why := coe.pool.error(name)):
                 log.warning("expert %s did not start: %s", name, why)

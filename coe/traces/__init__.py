@@ -98,9 +98,9 @@ class Recorder:
 
 def open_store(config: CoEConfig) -> TraceStore:
     """The store ``coe serve`` writes for this registry (``traces.path`` or the state directory)."""
-    from coe.experts.pool import ExpertPool
+    from coe.experts.statedir import state_dir
 
-    return TraceStore.from_config(config.traces, store_path(config, ExpertPool(config).state_dir))
+    return TraceStore.from_config(config.traces, store_path(config, state_dir(config)))
 
 
 def feedback(

@@ -39,7 +39,7 @@ def test_footprint_is_the_gguf_file_plus_its_kv_cache() -> None:
 
 def test_budget_for_one_expert_swaps_and_counts() -> None:
     with CoE(pool_registry(budget=1.5)) as coe:
-        assert coe.run(coe.pool.warm()) == ["coder"]  # as many as fit, in order
+        assert coe.run(coe.pool.scheduler.warm()) == ["coder"]  # as many as fit, in order
         coe.ask("hello", expert="coder")
         first = coe.pool.running["coder"]
         coe.ask("hello", expert="general")
@@ -76,7 +76,7 @@ async def test_requests_for_the_loaded_expert_go_before_a_swap() -> None:
         experts = ["coder", "general"] * 3
         answers = await asyncio.gather(*(coe.aask("Say hi", expert=e) for e in experts))
         assert [a.expert for a in answers] == experts
-        assert coe.pool.loads == {"coder": 1, "general": 1}
+        assert coe.pool.scheduler.loads == {"coder": 1, "general": 1}
         # Whichever group went last is loaded. While the other expert waits for memory, a new
         # request for the loaded one is served at once.
         [loaded] = coe.pool.running
@@ -87,7 +87,7 @@ async def test_requests_for_the_loaded_expert_go_before_a_swap() -> None:
             async with coe.pool.lease(loaded):  # no swap in between
                 assert not wanting.done()
         await asyncio.wait_for(wanting, 120)
-        assert coe.pool.loads == {loaded: 1, other: 2}
+        assert coe.pool.scheduler.loads == {loaded: 1, other: 2}
 
 
 async def test_max_wait_drains_a_busy_expert_so_others_are_not_starved() -> None:
@@ -104,7 +104,7 @@ async def test_max_wait_drains_a_busy_expert_so_others_are_not_starved() -> None
         workers = [asyncio.create_task(keep_busy()) for _ in range(2)]
         await asyncio.sleep(0.3)
         await asyncio.wait_for(pool.url_for("general"), 120)
-        assert pool.evictions.get("coder") == 1 and pool.loads["general"] == 1
+        assert pool.scheduler.evictions.get("coder") == 1 and pool.scheduler.loads["general"] == 1
         stop.set()
         await asyncio.wait_for(asyncio.gather(*workers), 120)
 
@@ -115,7 +115,7 @@ async def test_lookahead_evicts_the_expert_needed_last(eviction: str, evicted: s
         pool = coe.pool
         await pool.url_for("coder")
         await pool.url_for("coder2")  # coder is now the least recently used
-        pool.expect(["coder", "general"])  # but the plan needs coder next
+        pool.scheduler.expect(["coder", "general"])  # but the plan needs coder next
         await pool.url_for("general")
         assert pool.state(evicted) == "cold"
         assert {n for n in ("coder", "coder2") if pool.state(n) == "ready"} == {"coder", "coder2"} - {evicted}
@@ -129,7 +129,7 @@ def test_a_crashed_expert_is_restarted_on_its_next_use() -> None:
         assert not wait_gone({pid})
         answer = coe.ask("hello again", expert="coder")
         assert answer.expert == "coder" and coe.pool.running["coder"] != pid
-        assert coe.pool.crashes == {"coder": 1} and coe.pool.starts == {"coder": 2}
+        assert coe.pool.supervisor.crashes == {"coder": 1} and coe.pool.supervisor.starts == {"coder": 2}
         assert f"exited with code -{signal.SIGKILL} unexpectedly" in (coe.pool.error("coder") or "")
 
 
@@ -137,7 +137,7 @@ def test_under_a_restart_limit_a_crash_past_it_is_not_started_again() -> None:
     """A batch allows one restart per expert: whichever call notices the second crash, none starts a
     third process, and the caller gets the crash's reason."""
     with CoE(pool_registry(budget=None)) as coe:
-        with coe.pool.restart_limit(1):
+        with coe.pool.supervisor.restart_limit(1):
             for _ in range(2):
                 coe.ask("hello", expert="coder")
                 pid = coe.pool.running["coder"]
@@ -146,9 +146,9 @@ def test_under_a_restart_limit_a_crash_past_it_is_not_started_again() -> None:
             with pytest.raises(AllExpertsFailed) as info:
                 coe.ask("hello again", expert="coder")
             assert f"exited with code -{signal.SIGKILL} unexpectedly" in info.value.errors["coder"]
-            assert coe.pool.crashes == {"coder": 2} and coe.pool.starts == {"coder": 2}
+            assert coe.pool.supervisor.crashes == {"coder": 2} and coe.pool.supervisor.starts == {"coder": 2}
         answer = coe.ask("and now?", expert="coder")  # outside the limit: started again on its next use
-        assert answer.expert == "coder" and coe.pool.starts == {"coder": 3}
+        assert answer.expert == "coder" and coe.pool.supervisor.starts == {"coder": 3}
 
 
 async def test_a_detached_expert_is_reused_only_while_its_configuration_is_unchanged(tmp_path: Path) -> None:
@@ -158,20 +158,20 @@ async def test_a_detached_expert_is_reused_only_while_its_configuration_is_uncha
     state = tmp_path / "state"
     text = pool_registry_text(None, state_dir=str(state))  # type: ignore[arg-type]
     up = ExpertPool(parse_config(text))
-    await up.up(["coder"])
+    await up.detached.up(["coder"])
     (detached,) = (s for s in await up.status() if s.name == "coder")
     assert detached.state == "ready" and detached.pid is not None
     try:
         same = ExpertPool(parse_config(text))
-        assert await same.url_for("coder") == detached.url and same.starts == {}  # adopted
+        assert await same.url_for("coder") == detached.url and same.supervisor.starts == {}  # adopted
         changed = ExpertPool(parse_config(text.replace("ctx: 1024, threads: 1}", "ctx: 512, threads: 1}", 1)))
         try:
             url = await changed.url_for("coder")
-            assert changed.starts == {"coder": 1} and url != detached.url  # its own, fresh server
+            assert changed.supervisor.starts == {"coder": 1} and url != detached.url  # its own, fresh server
             assert changed.running["coder"] != detached.pid
             assert detached.pid in llama_server_pids()  # the detached one is not touched
         finally:
             changed.stop_all()
     finally:
-        assert up.down() == ["coder"]
+        assert up.detached.down() == ["coder"]
     assert not wait_gone({detached.pid})

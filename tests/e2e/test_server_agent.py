@@ -71,7 +71,7 @@ def valid_call(name: str, arguments: str) -> dict[str, Any]:
 
 
 def test_capabilities_were_detected_from_llama_server(server: ServerThread) -> None:
-    detected = server.app.state.coe.pool.detected
+    detected = server.app.state.coe.pool.supervisor.detected
     for name in ("coder", "general"):
         assert {"tools", "json_schema", "logprobs"} <= detected[name].capabilities
         assert "vision" not in detected[name].capabilities and detected[name].context_window == 2048

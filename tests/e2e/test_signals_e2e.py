@@ -37,7 +37,7 @@ def test_a_blocked_prompt_is_a_400_content_policy_and_no_expert_runs(served) -> 
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="coe", messages=[{"role": "user", "content": BLOCKED_PROMPT}])
     assert info.value.code == "content_policy" and info.value.status_code == 400
-    assert app.state.coe.pool.running == {} and sum(app.state.coe.pool.loads.values()) == 0
+    assert app.state.coe.pool.running == {} and sum(app.state.coe.pool.scheduler.loads.values()) == 0
     metrics = httpx.get(server.url + "/metrics").text
     assert 'coe_signal_verdicts_total{action="block",signal="guard",verdict="jailbreak"} 1.0' in metrics
 
