@@ -71,7 +71,7 @@ MOVED: dict[str, str] = {
     "coe.evaluation.embedding_cache": "coe.encoding.cache",
     "coe.evaluation.router_eval": "routers.category.evaluation",
     "coe.evaluation.runner": "coe.cli.eval_inputs",
-    "coe.evaluation.fit_map": "routers.category.fit_map",
+    "coe.evaluation.fit_map": "routers.category.fit_map",  # its solver: coe.category_map
     "coe.evaluation.outcome_eval": "routers.cost.evaluation",
     "coe.evaluation.outcome_plot": "routers.cost.plot",
     "coe.evaluation.recruit": "routers.skills.evaluation",
@@ -90,7 +90,8 @@ MOVED: dict[str, str] = {
     "routers.llm_classifier": "routers.category.llm_classifier",
     "routers.routing_model": "routers.category.model",
     "routers.text_classifier": "routers.category.text_classifier",
-    "routers.text_features": "routers.category.text_features",
+    "routers.text_features": "coe.encoding.char_tfidf",
+    "routers.category.text_features": "coe.encoding.char_tfidf",
     "routers.training": "routers.category.training",
     "routers.cost_model": "routers.cost.model",
     "routers.cost_training": "routers.cost.training",

@@ -226,12 +226,17 @@ def engine(module: str) -> bool:
     """The engine is ``coe`` but its command line: ``coe.cli`` is where the program is put together,
     and a strategy's own commands (``coe train-router``, ``coe eval router``, ``coe profile``) import
     that strategy there, inside the command. Nothing in the engine imports the command line."""
-    return module.split(".")[0] == "coe" and module.split(".")[:2] not in (["coe", "cli"], ["coe", "__main__"])
+    return module.split(".")[0] == "coe" and module.split(".")[:2] not in (
+        ["coe", "cli"],
+        ["coe", "__main__"],
+    )
 
 
 def engine_strategy_imports(g: Graph) -> list[Edge]:
     """Every edge from the engine to a strategy: the engine finds strategies by name (coe/plugins.py)."""
-    return [e for source, out in g.items() if engine(source) for e in out if e.target.split(".")[0] in STRATEGIES]
+    return [
+        e for source, out in g.items() if engine(source) for e in out if e.target.split(".")[0] in STRATEGIES
+    ]
 
 
 def runtime_modules(g: Graph) -> dict[str, list[Edge]]:
@@ -285,7 +290,9 @@ def test_the_engine_never_imports_a_strategy() -> None:
 def test_the_engine_never_imports_the_command_line() -> None:
     """What lets the command line import strategies: nothing below it imports it back."""
     g = graph()
-    bad = [str(e) for s, out in g.items() if engine(s) for e in out if e.target.split(".")[:2] == ["coe", "cli"]]
+    bad = [
+        str(e) for s, out in g.items() if engine(s) for e in out if e.target.split(".")[:2] == ["coe", "cli"]
+    ]
     assert bad == []
 
 
