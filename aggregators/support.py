@@ -3,18 +3,13 @@ router weight, the request's total token usage, and which expert writes or judge
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import Field
 
-from coe.config.base import Issue, unknown_experts
+from coe.config.base import Issue, RegistryView, unknown_experts
 from coe.config.routing import AggregatorConfig
 from coe.errors import AllExpertsFailed
 from coe.protocols import Context
 from coe.types import AggregationTrace, Answer, ExpertAnswer, Usage
-
-if TYPE_CHECKING:
-    from coe.config import CoEConfig
 
 
 class WriterConfig(AggregatorConfig):
@@ -25,7 +20,7 @@ class WriterConfig(AggregatorConfig):
     )
     max_tokens: int | None = Field(None, ge=1, description="synthesize/rank: token limit of that call")
 
-    def check(self, config: CoEConfig) -> list[Issue]:
+    def check(self, config: RegistryView) -> list[Issue]:
         return unknown_experts(config, (("aggregator", "expert"), self.expert))
 
 

@@ -44,8 +44,8 @@ from _report import emit, machine  # noqa: E402  (bench/ is on sys.path when a b
 
 from coe import CoE  # noqa: E402
 from coe.config import CoEConfig, load_config  # noqa: E402
+from coe.config.routing import aggregator_config_model  # noqa: E402
 from coe.errors import CoEError  # noqa: E402
-from coe.plugins import aggregator_config_model  # noqa: E402
 from coe.types import Request  # noqa: E402
 from routers.skills.config import SkillsConfig, SkillsRouterConfig  # noqa: E402
 from routers.skills.profile import SkillProfile, load_profile  # noqa: E402

@@ -1,14 +1,15 @@
 """Find routers and aggregators by name: built-ins, then entry points, then ``pkg.module:Class``.
 
-``coe`` never imports a concrete strategy at module level; it resolves the name when a registry is
-read (the strategy's settings model) and when a CoE is built (the strategy itself), so a plug-in
-package can add ``[project.entry-points."coe.routers"] mine = "pkg.mod:MyRouter"`` and use
-``router: {type: mine}`` in experts.yaml.
+``coe`` never imports a concrete strategy; it resolves the name when a registry is read (the
+strategy's settings model) and when a CoE is built (the strategy itself), so a plug-in package can add
+``[project.entry-points."coe.routers"] mine = "pkg.mod:MyRouter"`` and use ``router: {type: mine}``
+in experts.yaml.
 
 A built-in names its settings model separately, so reading a registry imports the small config module
 of its strategy, not the runtime (numpy, the encoder). A plug-in declares its model as the class
-attribute ``Config`` (a subclass of ``RouterConfig`` / ``AggregatorConfig``); without one it gets
-``options:``, a free mapping.
+attribute ``Config``. This module only finds objects by name: ``coe.config.routing`` checks that a
+settings model is one (and gives a plug-in without one ``options:``), so the registry imports this
+module and never the other way round.
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal
 
-from coe.config.routing import AggregatorConfig, PluginAggregatorConfig, PluginRouterConfig, RouterConfig
 from coe.errors import ConfigError
 from coe.protocols import AggregatorFactory, OptionsAggregatorFactory, RouterFactory
 
 Kind = Literal["routers", "aggregators"]
-M = TypeVar("M", bound=type)
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ MOVED: dict[str, str] = {
     "coe.evaluation.embedding_cache": "coe.encoding.cache",
     "coe.evaluation.router_eval": "routers.category.evaluation",
     "coe.evaluation.runner": "coe.cli.eval_inputs",
-    "coe.evaluation.fit_map": "routers.category.fit_map",
+    "coe.evaluation.fit_map": "routers.category.fit_map",  # its solver: coe.category_map
     "coe.evaluation.outcome_eval": "routers.cost.evaluation",
     "coe.evaluation.outcome_plot": "routers.cost.plot",
     "coe.evaluation.recruit": "routers.skills.evaluation",
@@ -91,7 +90,8 @@ MOVED: dict[str, str] = {
     "routers.llm_classifier": "routers.category.llm_classifier",
     "routers.routing_model": "routers.category.model",
     "routers.text_classifier": "routers.category.text_classifier",
-    "routers.text_features": "routers.category.text_features",
+    "routers.text_features": "coe.encoding.char_tfidf",
+    "routers.category.text_features": "coe.encoding.char_tfidf",
     "routers.training": "routers.category.training",
     "routers.cost_model": "routers.cost.model",
     "routers.cost_training": "routers.cost.training",
@@ -103,7 +103,7 @@ def available(kind: Kind) -> list[str]:
     return sorted(names)
 
 
-def router_factory(name: str) -> RouterFactory:
+def router_factory(name: str) -> RouterFactory[Any]:
     """The router class ``router.type`` names; ConfigError says what is known when it is not one."""
     found = _load("routers", name)
     if not isinstance(found, RouterFactory):
@@ -111,7 +111,7 @@ def router_factory(name: str) -> RouterFactory:
     return found
 
 
-def aggregator_factory(name: str) -> AggregatorFactory | OptionsAggregatorFactory:
+def aggregator_factory(name: str) -> AggregatorFactory[Any] | OptionsAggregatorFactory:
     """The aggregator class ``aggregator.type`` names: built from its settings (``from_config``) or,
     for plug-ins written against the options mapping, ``from_options``."""
     found = _load("aggregators", name)
@@ -121,23 +121,11 @@ def aggregator_factory(name: str) -> AggregatorFactory | OptionsAggregatorFactor
     return found
 
 
-def router_config_model(name: str) -> type[RouterConfig]:
-    """The settings model a ``router:`` block of this type is validated against."""
-    return _config_model("routers", name, RouterConfig, PluginRouterConfig)
-
-
-def aggregator_config_model(name: str) -> type[AggregatorConfig]:
-    """The settings model an ``aggregator:`` block of this type is validated against."""
-    return _config_model("aggregators", name, AggregatorConfig, PluginAggregatorConfig)
-
-
-def _config_model(kind: Kind, name: str, base: M, default: M) -> M:
+def settings_model(kind: Kind, name: str) -> object:
+    """What the strategy ``name`` declares as its settings model: a built-in's (from its small config
+    module, never its runtime), a plug-in's ``Config`` attribute, or None when it declares none."""
     builtin = BUILTINS[kind].get(name)
-    model = _import(kind, builtin.config) if builtin else getattr(_load(kind, name), "Config", default)
-    if not (isinstance(model, type) and issubclass(model, base)):
-        key = "router.type" if kind == "routers" else "aggregator.type"
-        raise ConfigError([f"{key}: {name!r} declares Config {model!r}, which is not a {base.__name__}"])
-    return cast(M, model)
+    return _import(kind, builtin.config) if builtin else getattr(_load(kind, name), "Config", None)
 
 
 def _load(kind: Kind, name: str) -> object:

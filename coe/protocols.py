@@ -2,6 +2,11 @@
 ``coe.plugins`` finds it by name, and the engine asks for a capability with ``isinstance`` on these
 runtime-checkable protocols, never by probing attributes.
 
+The factories are generic in what they are built from (``CoEConfig`` for a router, its
+``AggregatorConfig`` block for an aggregator): this module sits below ``coe.config`` (which finds a
+strategy's settings through ``coe.plugins``, which checks strategies against these protocols), so it
+names no registry type.
+
 Routers are batched by design (``route`` takes a list) because the batch runner routes a whole queue
 before it loads any expert, and one encoder call over N prompts is far cheaper than N calls.
 """
@@ -10,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from coe.types import Answer, ExpertAnswer, Request, RouteDecision, StreamEvent, Trace
 
-if TYPE_CHECKING:
-    from coe.config import AggregatorConfig, CoEConfig
+# What a factory is built from: the registry (CoEConfig) for a router, its block for an aggregator.
+Settings_contra = TypeVar("Settings_contra", contravariant=True)
 
 # Ask one expert (``CoE.call_expert``): given to aggregators and to routers that call experts.
 CallExpert = Callable[[str, Request], Awaitable[ExpertAnswer]]
@@ -50,11 +55,11 @@ class WarmRouter(Protocol):
 
 
 @runtime_checkable
-class RouterFactory(Protocol):
-    """What ``router.type`` names: a class built from the whole registry (its settings are
-    ``config.router``, validated against the class's ``Config`` model)."""
+class RouterFactory(Protocol[Settings_contra]):
+    """What ``router.type`` names: a class built from the whole registry, ``CoEConfig`` (its settings
+    are ``config.router``, validated against the class's ``Config`` model)."""
 
-    def from_config(self, config: CoEConfig) -> Router: ...
+    def from_config(self, config: Settings_contra) -> Router: ...
 
 
 @dataclass
@@ -88,10 +93,11 @@ class StreamingAggregator(Protocol):
 
 
 @runtime_checkable
-class AggregatorFactory(Protocol):
-    """What ``aggregator.type`` names: a class built from its settings (``config.aggregator``)."""
+class AggregatorFactory(Protocol[Settings_contra]):
+    """What ``aggregator.type`` names: a class built from its settings (``config.aggregator``, an
+    ``AggregatorConfig``)."""
 
-    def from_config(self, cfg: AggregatorConfig) -> Aggregator: ...
+    def from_config(self, cfg: Settings_contra) -> Aggregator: ...
 
 
 @runtime_checkable

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from coe.category_map import map_yaml
 from coe.cli.common import fail
 from coe.cli.eval_outcomes import FormatOpt, GreedyFileOptions, TestFractionOpt
 
@@ -59,11 +60,6 @@ def fit_map(
     Categories are the table's task column (RouterBench eval_name, RouterDC task, RouteLLM subject,
     `category` in our own format). Writes a router.categories fragment plus a report as YAML.
     """
-    from coe.errors import CoEError
-    from coe.evaluation.outcome_inputs import expand, load_sides
-    from coe.evaluation.outcomes import load_outcomes
-    from routers.category.fit_map import Budget, fit, to_yaml
-
     if max_cost is not None and max_params is not None:
         raise fail("give at most one budget: --max-cost or --max-params")
     if from_traces is not None:
@@ -73,6 +69,26 @@ def fit_map(
         return
     if not outcomes:
         raise fail("give outcome files, or --from-traces STORE")
+    _from_outcomes(outcomes, fmt, max_cost, max_params, config, test or [], test_fraction, out, as_json)
+
+
+def _from_outcomes(
+    outcomes: list[Path],
+    fmt: str,
+    max_cost: float | None,
+    max_params: float | None,
+    config: Path | None,
+    test: list[Path],
+    test_fraction: float,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """The map fitted on an outcome table (routers.category.fit_map), under at most one budget."""
+    from coe.errors import CoEError
+    from coe.evaluation.outcome_inputs import expand, load_sides
+    from coe.evaluation.outcomes import load_outcomes
+    from routers.category.fit_map import Budget, fit
+
     budget = None
     if max_cost is not None:
         budget = Budget(kind="cost", limit=max_cost)
@@ -81,7 +97,7 @@ def fit_map(
     try:
         params_b = _params_from(config) if config is not None else None
         if test or test_fraction > 0:
-            table, held, _ = load_sides(fmt, outcomes, test or [], test_fraction or 0.25)
+            table, held, _ = load_sides(fmt, outcomes, test, test_fraction or 0.25)
         else:
             table, held = load_outcomes(fmt, expand(outcomes)), None
         report = fit(table, budget, params_b, held)
@@ -92,7 +108,17 @@ def fit_map(
         raise fail(
             f"no map fits {budget.kind} budget {budget.limit:g}: the cheapest map averages {cheapest:.4g}"
         )
-    if _write(to_yaml(report), report.model_dump_json(indent=2), out, as_json):
+    fragment = map_yaml(
+        {c: m.expert for c, m in report.categories.items()},
+        report.model_dump(mode="json", exclude={"categories"})
+        | {"per_category": {c: m.model_dump() for c, m in report.categories.items()}},
+        [
+            f"Fitted by `coe fit-map` from {report.format} outcomes ({', '.join(report.sources)}).",
+            "Copy router.categories into experts.yaml (each category there also needs examples or a",
+            "description for the classifier, and each expert name must be an expert of the registry).",
+        ],
+    )
+    if _write(fragment, report.model_dump_json(indent=2), out, as_json):
         typer.echo(
             f"ok {out}: quality {report.expected_quality:.4f}, average cost {report.average_cost:.4g} "
             f"{report.cost_unit}"
@@ -115,7 +141,7 @@ def _from_traces(
     as_json: bool,
 ) -> None:
     """The map refitted from production feedback (coe.traces.refit), same solver as above."""
-    from coe.traces.refit import refit, to_yaml
+    from coe.traces.refit import refit
     from coe.traces.replay import load
 
     if max_params is not None and config is None:
@@ -129,7 +155,16 @@ def _from_traces(
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         raise fail(exc) from None
-    if _write(to_yaml(report, str(source)), report.model_dump_json(indent=2), out, as_json):
+    fragment = map_yaml(
+        {c: m.expert for c, m in report.categories.items()},
+        report.model_dump(mode="json"),
+        [
+            f"Refitted by `coe fit-map --from-traces` from {source}.",
+            "Copy router.categories into experts.yaml (the categories keep their examples and",
+            "descriptions there); `coe replay --config` on the result says what it would change.",
+        ],
+    )
+    if _write(fragment, report.model_dump_json(indent=2), out, as_json):
         changed = ", ".join(report.changed) or "none"
         typer.echo(f"ok {out}: {report.graded} grades, categories changed: {changed}", err=True)
 

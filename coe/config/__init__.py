@@ -9,7 +9,7 @@ strategy's settings; each router and aggregator declares its own model beside it
 (reading and checks), ``messages`` (error text). Everything users import is re-exported here.
 """
 
-from coe.config.base import CONFIG_VERSION, Issue, Strict, unknown_experts
+from coe.config.base import CONFIG_VERSION, Issue, RegistryView, Strict, unknown_experts
 from coe.config.experts import (
     Capability,
     DeployConfig,
@@ -59,6 +59,7 @@ __all__ = [
     "PluginRouterConfig",
     "RayAutoscaling",
     "RayDeployment",
+    "RegistryView",
     "RetrievalConfig",
     "RouterConfig",
     "ServeSpec",

@@ -18,6 +18,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from coe import plugins
+from coe.config.routing import aggregator_config_model, router_config_model
 from coe.config.schema import CoEConfig
 
 HEADER = """# experts.yaml reference
@@ -69,8 +71,6 @@ def _key(path: str, name: str) -> str:
 def _sections() -> list[tuple[str, str, type[BaseModel]]]:
     """(key path, note, model) for the root and every nested model; the note names the tag that
     selects the model (``engine: vllm``, the strategy block's ``type: cost``)."""
-    from coe import plugins
-
     seen: list[tuple[str, str, type[BaseModel]]] = []
 
     def walk(path: str, note: str, model: type[BaseModel]) -> None:
@@ -84,9 +84,9 @@ def _sections() -> list[tuple[str, str, type[BaseModel]]]:
 
     walk("", "", CoEConfig)
     for name in plugins.BUILTINS["routers"]:
-        walk("router", f"type: {name}", plugins.router_config_model(name))
+        walk("router", f"type: {name}", router_config_model(name))
     for name in plugins.BUILTINS["aggregators"]:
-        walk("aggregator", f"type: {name}", plugins.aggregator_config_model(name))
+        walk("aggregator", f"type: {name}", aggregator_config_model(name))
     return seen
 
 

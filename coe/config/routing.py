@@ -12,16 +12,14 @@ server (``coe/category/NAME`` model ids) and the retrieval gate ``category``, no
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
-from coe.config.base import Issue, Strict
+from coe import plugins
+from coe.config.base import Issue, RegistryView, Strict
 from coe.config.sessions import SessionsConfig
 from coe.errors import ConfigError
-
-if TYPE_CHECKING:
-    from coe.config.schema import CoEConfig
 
 
 class CategoryConfig(Strict):
@@ -57,7 +55,7 @@ class RouterConfig(Strict):
         """The expert answering when the router is unsure, if the router has one."""
         return None
 
-    def check(self, config: CoEConfig) -> list[Issue]:
+    def check(self, config: RegistryView) -> list[Issue]:
         """Cross-references no single model can check (an expert name that does not exist)."""
         return []
 
@@ -76,7 +74,7 @@ class AggregatorConfig(Strict):
         None, gt=0, description="when several experts answer: the wait for each, cold start included"
     )
 
-    def check(self, config: CoEConfig) -> list[Issue]:
+    def check(self, config: RegistryView) -> list[Issue]:
         """Cross-references no single model can check (an expert name that does not exist)."""
         return []
 
@@ -97,3 +95,27 @@ class PluginAggregatorConfig(AggregatorConfig):
     """The settings of a plug-in aggregator that declares no model of its own."""
 
     options: dict[str, Any] = Field(default_factory=dict, description="settings for the plug-in aggregator")
+
+
+def router_config_model(name: str) -> type[RouterConfig]:
+    """The settings model a ``router:`` block of this type is validated against."""
+    return _config_model("routers", name, RouterConfig, PluginRouterConfig)
+
+
+def aggregator_config_model(name: str) -> type[AggregatorConfig]:
+    """The settings model an ``aggregator:`` block of this type is validated against."""
+    return _config_model("aggregators", name, AggregatorConfig, PluginAggregatorConfig)
+
+
+def _config_model(
+    kind: Literal["routers", "aggregators"], name: str, base: type[S], default: type[S]
+) -> type[S]:
+    """What the strategy declares (``coe.plugins`` finds it), checked to be a ``base``; a plug-in that
+    declares none gets ``default`` (its block is ``options:``)."""
+    model = plugins.settings_model(kind, name)
+    if model is None:
+        return default
+    if not (isinstance(model, type) and issubclass(model, base)):
+        key = "router.type" if kind == "routers" else "aggregator.type"
+        raise ConfigError([f"{key}: {name!r} declares Config {model!r}, which is not a {base.__name__}"])
+    return model

@@ -11,7 +11,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from coe.config.base import CONFIG_VERSION, Strict
 from coe.config.experts import DeployConfig, ExpertConfig
-from coe.config.routing import AggregatorConfig, RouterConfig
+from coe.config.routing import AggregatorConfig, RouterConfig, aggregator_config_model, router_config_model
 from coe.config.signals import SignalsConfig
 from coe.config.telemetry import TelemetryConfig
 from coe.config.traces import TracesConfig
@@ -186,9 +186,7 @@ class CoEConfig(Strict):
 
 def strategy_model(kind: Literal["routers", "aggregators"], name: str) -> type[Strict]:
     """The settings model of the strategy ``name`` (ConfigError when it cannot be found)."""
-    from coe import plugins
-
-    return plugins.router_config_model(name) if kind == "routers" else plugins.aggregator_config_model(name)
+    return router_config_model(name) if kind == "routers" else aggregator_config_model(name)
 
 
 def _strategy_settings(kind: Literal["routers", "aggregators"], value: Any, default_type: str) -> Any:

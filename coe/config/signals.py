@@ -16,15 +16,12 @@ not the router's, because the stage runs before routing: the router's category i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from coe.config.base import Issue, Loc, Strict, unknown_experts
+from coe.config.base import Issue, Loc, RegistryView, Strict, unknown_experts
 from coe.config.sessions import check_store
-
-if TYPE_CHECKING:
-    from coe.config.schema import CoEConfig
 
 ScopePart = Literal["model", "system", "tools", "params"]
 ALL_SCOPE: tuple[ScopePart, ...] = ("model", "system", "tools", "params")
@@ -128,7 +125,7 @@ class ActionSpec(Strict):
             raise ValueError(f"`route:` is only for action 'route', not {self.action!r}")
         return self
 
-    def check(self, config: CoEConfig, loc: Loc) -> list[Issue]:
+    def check(self, config: RegistryView, loc: Loc) -> list[Issue]:
         return unknown_experts(config, ((*loc, "route"), self.route))
 
 
@@ -199,7 +196,7 @@ class SignalsConfig(Strict):
     guard: GuardConfig | None = Field(None, description="jailbreak / prompt-injection guard")
     pii: PiiConfig | None = Field(None, description="PII detection and redaction")
 
-    def check(self, config: CoEConfig) -> list[Issue]:
+    def check(self, config: RegistryView) -> list[Issue]:
         """Cross-references: every ``route:`` names an expert."""
         problems: list[Issue] = []
         for name in ("guard", "pii"):

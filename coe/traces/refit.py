@@ -1,5 +1,6 @@
 """``coe fit-map --from-traces``: the category -> expert map refitted from production feedback, with
-the same exact solver as ``coe fit-map`` (routers.category.fit_map.Frontier).
+the same exact solver as ``coe fit-map`` (``coe.category_map.Frontier``); the command writes the
+result with the same writer (``coe.category_map.map_yaml``).
 
 Traces are bandit feedback: each request was graded for the one expert that served it. A (category,
 expert) cell's quality is the mean grade of the requests it served; a cell with fewer than
@@ -22,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, Field
 
+from coe.category_map import CategoryStats, Frontier, MapChoice
 from coe.traces.record import Feedback, TraceRecord
 from coe.traces.store import mean_scores
 
@@ -54,6 +56,11 @@ class RefitReport(BaseModel):
     changed: list[str] = Field(description="categories whose expert changes")
 
 
+# Per category: how many routed requests each expert served; per (category, expert): the grades.
+Served = dict[str, Counter[str]]
+Grades = dict[tuple[str, str], list[float]]
+
+
 def refit(
     records: Sequence[TraceRecord],
     feedback: Sequence[Feedback],
@@ -65,83 +72,111 @@ def refit(
 ) -> RefitReport:
     """Fit the map; ``cost`` per expert and ``budget`` (average cost) bound it like ``--max-params``;
     ``confidence_z``: how many standard errors below its mean a cell counts (1.645: one-sided 95%)."""
-    from routers.category.fit_map import CategoryStats, Frontier
-
-    graded = mean_scores(feedback)
-    by_cat: dict[str, Counter[str]] = {}
-    grades: dict[tuple[str, str], list[float]] = {}
-    for r in records:
-        cat = r.decision.category if r.decision else None
-        if cat is None or r.model != "coe":
-            continue  # pinned requests say nothing about the router's map
-        by_cat.setdefault(cat, Counter())[r.expert] += 1
-        if r.id in graded:
-            grades.setdefault((cat, r.expert), []).append(graded[r.id])
-    if not by_cat:
-        raise ValueError("no routed request with a category in the traces: nothing to refit")
-    if not grades:
-        raise ValueError("no feedback on routed requests: POST /v1/feedback or `coe judge` first")
-    cats = sorted(by_cat)
-    experts = sorted({e for c in by_cat.values() for e in c} | {e for _, e in grades})
-    total = sum(sum(c.values()) for c in by_cat.values())
-    quality, costs = [], []
-    for c in cats:
-        row = []
-        for e in experts:
-            g = grades.get((c, e), [])
-            row.append(_lower(g, confidence_z) if len(g) >= min_feedback else UNTRIED)
-        quality.append(row)
-        costs.append([float((cost or {}).get(e, 0.0)) for e in experts])
-    stats = CategoryStats(
-        categories=cats,
-        experts=experts,
-        share=[sum(by_cat[c].values()) / total for c in cats],
-        count=[sum(by_cat[c].values()) for c in cats],
-        quality=quality,
-        cost=costs,
-    )
+    served, grades = _tally(records, feedback)
+    stats = _solver_stats(served, grades, min_feedback, confidence_z, cost)
     fitted = Frontier(stats).best(budget)
     if fitted is None:
         raise ValueError(f"no map fits the budget {budget:g}")
-    out: dict[str, RefitCategory] = {}
-    exp_q = served_q = 0.0
-    exp_w = served_w = 0.0
-    for i, c in enumerate(cats):
-        was = by_cat[c].most_common(1)[0][0]
-        choice = fitted.categories[c]
-        tried = choice.quality > UNTRIED
-        expert = choice.expert if tried else was
-        cells = [
-            CellStats(expert=e, graded=len(g), quality=sum(g) / len(g), lower=_lower(g, confidence_z))
-            for e in experts
-            if (g := grades.get((c, e)) or [])
-        ]
-        chosen = grades.get((c, expert)) or []
-        mean = sum(chosen) / len(chosen) if tried and chosen else None
-        out[c] = RefitCategory(
-            expert=expert,
-            share=stats.share[i],
-            quality=mean,
-            was=was,
-            cells=cells,
+    categories = {
+        c: _choice(
+            stats.share[i],
+            served[c],
+            {e: grades.get((c, e)) or [] for e in stats.experts},
+            fitted.categories[c],
+            confidence_z,
         )
-        if mean is not None:
-            exp_q += stats.share[i] * mean
-            exp_w += stats.share[i]
-        was_g = grades.get((c, was)) or []
-        if len(was_g) >= min_feedback:
-            served_q += stats.share[i] * sum(was_g) / len(was_g)
-            served_w += stats.share[i]
+        for i, c in enumerate(stats.categories)
+    }
     return RefitReport(
         records=len(records),
         graded=sum(len(g) for g in grades.values()),
         min_feedback=min_feedback,
         confidence_z=confidence_z,
-        expected_quality=exp_q / exp_w if exp_w else None,
-        served_quality=served_q / served_w if served_w else None,
-        categories=out,
-        changed=[c for c, m in out.items() if m.expert != m.was],
+        expected_quality=_weighted(
+            [(m.share, m.share * m.quality) for m in categories.values() if m.quality is not None]
+        ),
+        served_quality=_weighted(
+            [
+                (m.share, m.share * sum(g) / len(g))
+                for c, m in categories.items()
+                if len(g := grades.get((c, m.was)) or []) >= min_feedback
+            ]
+        ),
+        categories=categories,
+        changed=[c for c, m in categories.items() if m.expert != m.was],
     )
+
+
+def _tally(records: Sequence[TraceRecord], feedback: Sequence[Feedback]) -> tuple[Served, Grades]:
+    """Who served each category and the grades of each (category, expert) cell, from routed requests
+    only: a pinned request says nothing about the router's map."""
+    graded = mean_scores(feedback)
+    served: Served = {}
+    grades: Grades = {}
+    for r in records:
+        cat = r.decision.category if r.decision else None
+        if cat is None or r.model != "coe":
+            continue
+        served.setdefault(cat, Counter())[r.expert] += 1
+        if r.id in graded:
+            grades.setdefault((cat, r.expert), []).append(graded[r.id])
+    if not served:
+        raise ValueError("no routed request with a category in the traces: nothing to refit")
+    if not grades:
+        raise ValueError("no feedback on routed requests: POST /v1/feedback or `coe judge` first")
+    return served, grades
+
+
+def _solver_stats(
+    served: Served, grades: Grades, min_feedback: int, z: float, cost: Mapping[str, float] | None
+) -> CategoryStats:
+    """What the solver sees: each cell's lower bound (``UNTRIED`` under ``min_feedback`` grades)."""
+    cats = sorted(served)
+    experts = sorted({e for c in served.values() for e in c} | {e for _, e in grades})
+    total = sum(sum(c.values()) for c in served.values())
+    quality = [
+        [_lower(g, z) if len(g := grades.get((c, e), [])) >= min_feedback else UNTRIED for e in experts]
+        for c in cats
+    ]
+    return CategoryStats(
+        categories=cats,
+        experts=experts,
+        share=[sum(served[c].values()) / total for c in cats],
+        count=[sum(served[c].values()) for c in cats],
+        quality=quality,
+        cost=[[float((cost or {}).get(e, 0.0)) for e in experts] for _ in cats],
+    )
+
+
+def _choice(
+    share: float, served: Counter[str], cells: Mapping[str, list[float]], pick: MapChoice, z: float
+) -> RefitCategory:
+    """One category: the solver's pick, or the expert that served it most where no cell had enough
+    feedback to be a choice; ``cells``: the grades of each expert here."""
+    was = served.most_common(1)[0][0]
+    tried = pick.quality > UNTRIED
+    expert = pick.expert if tried else was
+    chosen = cells.get(expert) or []
+    return RefitCategory(
+        expert=expert,
+        share=share,
+        quality=sum(chosen) / len(chosen) if tried and chosen else None,
+        was=was,
+        cells=[
+            CellStats(expert=e, graded=len(g), quality=sum(g) / len(g), lower=_lower(g, z))
+            for e, g in cells.items()
+            if g
+        ],
+    )
+
+
+def _weighted(parts: Sequence[tuple[float, float]]) -> float | None:
+    """Σ contribution / Σ weight over (weight, contribution) pairs; None when there are none."""
+    total = weight = 0.0
+    for w, contribution in parts:  # a running sum, as ever (sum() compensates since Python 3.12)
+        total += contribution
+        weight += w
+    return total / weight if weight else None
 
 
 def _lower(grades: Sequence[float], z: float) -> float:
@@ -150,19 +185,3 @@ def _lower(grades: Sequence[float], z: float) -> float:
     mean = sum(grades) / n
     var = sum((g - mean) ** 2 for g in grades) / (n - 1) if n > 1 else 0.25
     return float(mean - z * max(var, 0.01) ** 0.5 / n**0.5)
-
-
-def to_yaml(report: RefitReport, source: str) -> str:
-    """A ``router.categories`` fragment (each category's ``expert``) and the report beside it."""
-    import yaml
-
-    head = (
-        f"# Refitted by `coe fit-map --from-traces` from {source}.\n"
-        "# Copy router.categories into experts.yaml (the categories keep their examples and\n"
-        "# descriptions there); `coe replay --config` on the result says what it would change.\n"
-    )
-    body = {
-        "router": {"categories": {c: {"expert": m.expert} for c, m in report.categories.items()}},
-        "report": report.model_dump(mode="json"),
-    }
-    return head + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=100)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from coe import CoEConfig, Request, RouteDecision
-from coe.config import Issue, RouterConfig, settings_of, unknown_experts
+from coe.config import Issue, RegistryView, RouterConfig, settings_of, unknown_experts
 
 
 class KeywordRouterConfig(RouterConfig):
@@ -25,7 +25,7 @@ class KeywordRouterConfig(RouterConfig):
         default_factory=dict, description="keyword -> expert; `default` names the expert when none matches"
     )
 
-    def check(self, config: CoEConfig) -> list[Issue]:
+    def check(self, config: RegistryView) -> list[Issue]:
         problems = unknown_experts(config, *((("router", "options", k), v) for k, v in self.options.items()))
         if "default" not in self.options:
             problems.append(

@@ -3,9 +3,10 @@ the registry's category -> expert map picks the expert, and an unsure prompt fal
 
 The room: ``router`` (the runtime ``CategoryRouter``), ``model`` (what it asks: texts in, p(category)
 out: an embedding classifier, the TF-IDF model or a cascade), ``classifiers`` (centroid, kNN, logreg),
-``text_classifier`` / ``text_features`` (character TF-IDF), ``llm_classifier`` (an expert picks the
-category), ``artefact`` (the trained model on disk), ``training`` (``coe train-router``),
-``evaluation`` (accuracy, macro-F1, latency) and ``fit_map`` (the category -> expert map from outcomes).
+``text_classifier`` (character TF-IDF; the features are the engine's ``coe.encoding.char_tfidf``),
+``llm_classifier`` (an expert picks the category), ``artefact`` (the trained model on disk),
+``training`` (``coe train-router``), ``evaluation`` (accuracy, macro-F1, latency) and ``fit_map`` (the
+category -> expert map from outcomes; the solver is the engine's ``coe.category_map``).
 """
 
 from __future__ import annotations

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from coe.config.base import Issue, Strict, unknown_experts
+from coe.config.base import Issue, RegistryView, Strict, unknown_experts
 from coe.config.routing import CategoryConfig, FallbackConfig, RouterConfig
-
-if TYPE_CHECKING:
-    from coe.config import CoEConfig
 
 # Fitted on the examples at start-up; llm asks an expert. An artefact (router.model) may also hold
 # the tfidf -> kNN ``cascade`` (routers.category.model.MODEL_KINDS).
@@ -67,7 +64,7 @@ class CategoryRouterConfig(RouterConfig):
     def fallback_expert(self) -> str | None:
         return self.fallback.expert if self.fallback else None
 
-    def check(self, config: CoEConfig) -> list[Issue]:
+    def check(self, config: RegistryView) -> list[Issue]:
         problems: list[Issue] = []
         for cat, spec in self.categories.items():
             problems += unknown_experts(config, (("router", "categories", cat, "expert"), spec.expert))

@@ -1,21 +1,10 @@
-"""Fit the category -> expert map of a two-step router from per-prompt outcomes (CoE's second step).
+"""``coe fit-map``: the category -> expert map of a two-step router fitted on per-prompt outcomes (CoE's
+second step), with the engine's exact solver (``coe.category_map``: the Pareto frontier over
+categories, exact for every budget at once).
 
-Given, per category, each expert's mean quality and mean cost (or active parameters) on evaluation
-prompts, choose one expert per category to maximise the expected quality
-``Σ_c share_c * quality[c, e(c)]``, optionally with ``Σ_c share_c * cost[c, e(c)] <= budget``.
-
-Why an exact method: this is a multiple-choice knapsack, and a greedy pass (upgrade the category with
-the best quality gain per unit of cost first) can stop short of the optimum when one costly upgrade
-blocks two cheaper ones. We compute the whole Pareto frontier instead: categories are added one at a
-time and every (cost, quality) combination dominated by another (no cheaper and no better) is dropped.
-Nothing optimal is ever dropped, so the result is exact for every budget at once, with no
-discretisation of the budget. The frontier stays small in practice: with 0/1 outcomes the total
-quality takes at most n + 1 values (one per count of correct answers), and each value keeps only its
-cheapest map (RouteLLM's 58 categories x 2 experts: 755 points, built in milliseconds).
-
-``fit`` wraps it for ``coe fit-map``: the budget is on the table's cost column or on active parameters
-(billions, from experts.yaml ``params_b`` or the table when its cost is a parameter count), and the
-report gives both averages = Σ_category share x size of its expert.
+``fit`` wraps it: the budget is on the table's cost column or on active parameters (billions, from
+experts.yaml ``params_b`` or the table when its cost is a parameter count), and the report gives both
+averages = Σ_category share x size of its expert.
 """
 
 from __future__ import annotations
@@ -26,40 +15,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from coe.category_map import CategoryStats, Frontier, MapChoice
 from coe.evaluation.curves import CostQuality, NamedPoint, outcome_of
 
 if TYPE_CHECKING:
     import numpy as np
 
     from coe.evaluation.outcomes import OutcomeTable
-
-_EPS = 1e-12
-
-
-class CategoryStats(BaseModel):
-    """Per category: its share of prompts and each expert's mean quality and cost on it."""
-
-    categories: list[str]
-    experts: list[str]
-    share: list[float]
-    count: list[int]
-    quality: list[list[float]] = Field(description="categories x experts")
-    cost: list[list[float]] = Field(description="categories x experts")
-
-
-class MapChoice(BaseModel):
-    expert: str
-    share: float
-    quality: float
-    cost: float
-
-
-class FittedMap(BaseModel):
-    """One category -> expert map and what it is expected to deliver on the prompts it was fitted on."""
-
-    categories: dict[str, MapChoice]
-    expected_quality: float
-    average_cost: float
 
 
 def category_stats(table: OutcomeTable, cost: np.ndarray | None = None) -> CategoryStats:
@@ -83,74 +45,6 @@ def category_stats(table: OutcomeTable, cost: np.ndarray | None = None) -> Categ
         quality=(q / counts[:, None]).tolist(),
         cost=(k / counts[:, None]).tolist(),
     )
-
-
-class Frontier:
-    """Every Pareto-optimal map: ``cost`` ascending, ``quality`` strictly ascending."""
-
-    def __init__(self, stats: CategoryStats) -> None:
-        import numpy as np
-
-        self.stats = stats
-        share = np.array(stats.share)
-        q = np.array(stats.quality) * share[:, None]  # contribution of each (category, expert)
-        k = np.array(stats.cost) * share[:, None]
-        cost, quality = np.zeros(1), np.zeros(1)
-        self._steps: list[tuple[np.ndarray, np.ndarray]] = []  # per category: (parent, expert)
-        for c in range(len(stats.categories)):
-            options = _pareto(k[c], q[c])  # experts no other beats on both
-            parent = np.repeat(np.arange(len(cost)), len(options))
-            expert = np.tile(options, len(cost))
-            cand_cost = cost[parent] + k[c, expert]
-            cand_quality = quality[parent] + q[c, expert]
-            keep = _pareto(cand_cost, cand_quality)
-            cost, quality = cand_cost[keep], cand_quality[keep]
-            self._steps.append((parent[keep], expert[keep]))
-        self.cost, self.quality = cost, quality
-
-    def __len__(self) -> int:
-        return len(self.cost)
-
-    def best(self, budget: float | None = None) -> FittedMap | None:
-        """The best map whose average cost is within ``budget`` (None: no limit); None if none is."""
-        import numpy as np
-
-        ok = np.ones(len(self.cost), dtype=bool) if budget is None else self.cost <= budget * (1 + 1e-9)
-        if not ok.any():
-            return None
-        return self._map(int(np.flatnonzero(ok)[-1]))  # quality ascends along the frontier
-
-    def _map(self, i: int) -> FittedMap:
-        chosen = [0] * len(self._steps)
-        for c in range(len(self._steps) - 1, -1, -1):
-            parent, expert = self._steps[c]
-            chosen[c] = int(expert[i])
-            i = int(parent[i])
-        s = self.stats
-        cats = {
-            name: MapChoice(expert=s.experts[e], share=s.share[c], quality=s.quality[c][e], cost=s.cost[c][e])
-            for c, (name, e) in enumerate(zip(s.categories, chosen, strict=True))
-        }
-        return FittedMap(
-            categories=cats,
-            expected_quality=sum(m.share * m.quality for m in cats.values()),
-            average_cost=sum(m.share * m.cost for m in cats.values()),
-        )
-
-    def points(self, keep: int = 40) -> list[CostQuality]:
-        import numpy as np
-
-        idx = np.unique(np.linspace(0, len(self.cost) - 1, min(keep, len(self.cost))).round().astype(int))
-        return [CostQuality(cost=float(self.cost[i]), quality=float(self.quality[i])) for i in idx]
-
-
-def _pareto(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
-    """Indices of the undominated points: each strictly better than every cheaper-or-equal one."""
-    import numpy as np
-
-    order = np.lexsort((-quality, cost))
-    best_before = np.maximum.accumulate(np.concatenate([[-np.inf], quality[order][:-1]]))
-    return order[quality[order] > best_before + _EPS]  # in cost order, so quality ascends too
 
 
 def evaluate_map(table: OutcomeTable, mapping: dict[str, str], cost: np.ndarray | None = None) -> CostQuality:
@@ -245,9 +139,18 @@ def fit(
         categories=cats,
         best_single=best_single(table),
         unconstrained_quality=top.expected_quality,
-        frontier=frontier.points(),
+        frontier=_points(frontier),
         test=_on(test, mapping, params_b) if test is not None and mapping else None,
     )
+
+
+def _points(frontier: Frontier, keep: int = 40) -> list[CostQuality]:
+    """At most ``keep`` points of the frontier, evenly spread along it (for the report)."""
+    import numpy as np
+
+    cost, quality = frontier.cost, frontier.quality
+    idx = np.unique(np.linspace(0, len(cost) - 1, min(keep, len(cost))).round().astype(int))
+    return [CostQuality(cost=float(cost[i]), quality=float(quality[i])) for i in idx]
 
 
 def _on(test: OutcomeTable, mapping: dict[str, str], params_b: Mapping[str, float] | None) -> MapOutcome:
@@ -259,20 +162,3 @@ def _on(test: OutcomeTable, mapping: dict[str, str], params_b: Mapping[str, floa
         average_active_params_b=evaluate_map(test, mapping, params).cost if params is not None else None,
         prompts=len(test),
     )
-
-
-def to_yaml(report: FitMapReport) -> str:
-    """A ``router.categories`` fragment to copy into experts.yaml, and the report beside it."""
-    import yaml
-
-    head = (
-        f"# Fitted by `coe fit-map` from {report.format} outcomes ({', '.join(report.sources)}).\n"
-        "# Copy router.categories into experts.yaml (each category there also needs examples or a\n"
-        "# description for the classifier, and each expert name must be an expert of the registry).\n"
-    )
-    body = {
-        "router": {"categories": {c: {"expert": m.expert} for c, m in report.categories.items()}},
-        "report": report.model_dump(mode="json", exclude={"categories"})
-        | {"per_category": {c: m.model_dump() for c, m in report.categories.items()}},
-    }
-    return head + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=100)

@@ -1,6 +1,6 @@
 """Logistic regression on character n-gram TF-IDF (``classifier: tfidf``): no encoder at all.
 
-Trained with scikit-learn; prediction is a sparse dot product in numpy (``routers.category.text_features``
+Trained with scikit-learn; prediction is a sparse dot product in numpy (``coe.encoding.char_tfidf``
 builds the row in Python), about a millisecond for a typical prompt on one core. Probabilities are
 calibrated by the log loss it is trained on.
 """
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from routers.category.text_features import TFIDF_MAX_CHARS, CharNgramTfidf
+from coe.encoding.char_tfidf import TFIDF_MAX_CHARS, CharNgramTfidf
 
 if TYPE_CHECKING:
     from routers.category.classifiers import Labels

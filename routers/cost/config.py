@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import Field
 
-from coe.config.base import Issue, Strict, unknown_experts
+from coe.config.base import Issue, RegistryView, Strict, unknown_experts
 from coe.config.routing import RouterConfig
-
-if TYPE_CHECKING:
-    from coe.config import CoEConfig
 
 
 class CostSettings(Strict):
@@ -40,7 +35,7 @@ class CostRouterConfig(RouterConfig):
 
     cost: CostSettings | None = Field(None, description="settings of the cost router (required)")
 
-    def check(self, config: CoEConfig) -> list[Issue]:
+    def check(self, config: RegistryView) -> list[Issue]:
         cost = self.cost
         if cost is None:
             why = "the cost router needs a cost block with a model (from `coe train-cost-router`)"

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from coe.config.base import Issue, Strict, unknown_experts
+from coe.config.base import Issue, RegistryView, Strict, unknown_experts
 from coe.config.routing import FallbackConfig, RouterConfig
-
-if TYPE_CHECKING:
-    from coe.config import CoEConfig
 
 
 class SkillsConfig(Strict):
@@ -64,7 +61,7 @@ class SkillsRouterConfig(RouterConfig):
             return self.skills.fallback
         return self.fallback.expert if self.fallback else None
 
-    def check(self, config: CoEConfig) -> list[Issue]:
+    def check(self, config: RegistryView) -> list[Issue]:
         if self.skills is None:
             return [Issue(("router", "skills"), "the skills router needs a skills block with a profile")]
         # The profile file itself is read by the router: `coe profile` writes it.

@@ -11,9 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from coe.category_map import CategoryStats, Frontier
 from coe.cli import app
 from coe.evaluation.outcomes import load_outcomes
-from routers.category.fit_map import CategoryStats, Frontier, category_stats
+from routers.category.fit_map import category_stats
 from tests.support.files import write_jsonl
 
 runner = CliRunner()

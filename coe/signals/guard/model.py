@@ -73,8 +73,8 @@ class GuardScores:
 
 class GuardModel:
     def __init__(self, header: GuardHeader, arrays: dict[str, np.ndarray]) -> None:
+        from coe.encoding.char_tfidf import CharNgramTfidf
         from coe.signals.guard.features import TFIDF_CHARS
-        from routers.category.text_features import CharNgramTfidf
 
         self.header = header
         self.mean = arrays["mean"]

@@ -176,9 +176,9 @@ def fit(
     from sklearn.linear_model import LogisticRegression
 
     from coe import __version__
+    from coe.encoding.char_tfidf import CharNgramTfidf
     from coe.signals.guard.features import NEIGHBOUR_BLOCKS, TFIDF_CHARS, unit_block
     from coe.signals.guard.model import NEIGHBOURS, GuardHeader, GuardModel
-    from routers.category.text_features import CharNgramTfidf
 
     d = x.shape[1]
     refs = np.stack([unit_block(x, name) for name in NEIGHBOUR_BLOCKS])  # (blocks, rows, dim)

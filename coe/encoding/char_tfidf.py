@@ -1,5 +1,9 @@
 """Character n-gram TF-IDF features, computed in plain Python so routing needs no scikit-learn.
 
+A sparse encoding of text beside the sentence encoder, used by the category router's TF-IDF model
+(``routers.category.text_classifier``) and the guard (``coe.signals.guard``): here, in the engine, so
+the guard needs no strategy.
+
 Why characters: benchmark prompts carry their domain in surface form (``\\frac``, ``def ``,
 ``mg/dL``, ``Statement 1 |``) and in word stems that a small sentence encoder smooths away. On our
 validation split of router_mix, a logistic regression on these features alone scores about as well as
