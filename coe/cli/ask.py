@@ -23,7 +23,7 @@ from coe.cli.common import (
 from coe.errors import CoEError
 
 if TYPE_CHECKING:
-    pass
+    from coe.config import CoEConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -36,37 +36,53 @@ def validate(
         Path | None, typer.Argument(help="Registry to check (or --config/-c, or COE_CONFIG).")
     ] = None,
     config_file: ConfigOpt = DEFAULT_CONFIG,
-    check_models: Annotated[bool, typer.Option(help="Also check that model files resolve.")] = True,
+    check_models: Annotated[
+        bool,
+        typer.Option(help="Also check that model files resolve and that every strategy loads its files."),
+    ] = True,
 ) -> None:
-    """Check a registry: exit 0, or print each problem with file, line and key path and exit 1."""
+    """Check a registry: exit 0, or print each problem with file, line and key path and exit 1.
+
+    Besides the registry itself, every strategy is built as ``coe serve`` would build it (the router
+    and its artefact, the aggregator, the retrieval gate and index, the signal checks, the sessions,
+    the cache and its verifier), so a file that cannot be loaded fails here rather than on the first
+    request. No expert is started."""
+    from coe.config.messages import format_issue, line_index
+
     file = file or config_file  # the positional form came first; -c works as for every other command
     config = load(file)
-    problems: list[str] = []
-    if check_models:
-        from coe.encoding.files import resolve_encoder_files
-        from coe.errors import ModelNotFoundError
-        from coe.experts.models import check_serve
-
-        for name, expert in config.experts.items():
-            if expert.serve is not None and (found := check_serve(expert.serve, config.base_dir)):
-                problems.append(f"{file}: experts.{name}.serve.{found[0]}: {found[1]}")
-        try:
-            emb = config.embedder
-            resolve_encoder_files(emb.model, emb.backend, emb.path, config.base_dir)
-        except ModelNotFoundError as exc:
-            problems.append(f"{file}: embedder: {exc}")
-        guard = config.signals.guard
-        if guard is not None and not config.resolve_path(guard.model).is_file():
-            where = config.resolve_path(guard.model)
-            problems.append(
-                f"{file}: signals.guard.model: {where}: no such file (train one: coe train-guard)"
-            )
-    for problem in problems:
-        error(problem)
+    problems = _load_problems(config) if check_models else []
+    lines = line_index(file.read_text(encoding="utf-8"))
+    for key, message in problems:
+        error(format_issue(str(file), lines, tuple(key.split(".")), message))
     if problems:
         raise typer.Exit(1)
     cats = len(config.router.category_routes())
     out.print(f"[green]ok[/green] {file}: {len(config.experts)} experts, {cats} categories", highlight=False)
+
+
+def _load_problems(config: CoEConfig) -> list[tuple[str, str]]:
+    """(key path, message) for each model file that does not resolve and each strategy that cannot
+    be built (coe.pipeline.readiness). The strategies are built only once the encoder resolves: each of them
+    would otherwise repeat its error."""
+    from coe.encoding.files import resolve_encoder_files
+    from coe.errors import ModelNotFoundError
+    from coe.experts.models import check_serve
+    from coe.orchestrator import CoE
+    from coe.pipeline import readiness
+
+    problems: list[tuple[str, str]] = []
+    for name, expert in config.experts.items():
+        if expert.serve is not None and (found := check_serve(expert.serve, config.base_dir)):
+            problems.append((f"experts.{name}.serve.{found[0]}", found[1]))
+    try:
+        emb = config.embedder
+        resolve_encoder_files(emb.model, emb.backend, emb.path, config.base_dir)
+    except ModelNotFoundError as exc:
+        return [*problems, ("embedder", str(exc))]
+    with CoE(config) as coe:  # builds strategies only: no expert is started
+        problems += readiness.problems(coe.parts).items()
+    return problems
 
 
 def route(

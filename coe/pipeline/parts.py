@@ -2,7 +2,7 @@
 
 Why lazy: building a router loads an encoder (seconds), sessions and the cache open stores, so
 ``CoE(...)`` stays instant and ``import coe`` light. Why one place: the stages, the facade, the
-server and ``coe validate`` (coe.readiness) all reach the same objects, built the same way, under
+server and ``coe validate`` (coe.pipeline.readiness) all reach the same objects, built the same way, under
 one lock (concurrent first requests build each object once).
 """
 

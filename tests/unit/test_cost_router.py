@@ -14,6 +14,7 @@ from coe import CoE
 from coe.cli import app
 from coe.config import parse_config
 from coe.errors import ConfigError
+from coe.pipeline.readiness import problems
 from routers.cost import model as cost_model
 from routers.cost.model import KNNParams, KNNQualityModel, baseline
 from tests.support.files import write_jsonl
@@ -164,6 +165,22 @@ def test_config_errors_name_the_key(artefact: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         _route(artefact, "experts: {big: gpt-5}", ["hi"])
     assert "router.cost.experts.big: 'gpt-5' is not a model of" in str(err.value)
+
+
+def test_readiness_puts_the_cost_routers_failures_on_their_keys(artefact: Path, tmp_path: Path) -> None:
+    """What the router raises while being built lands on the key it names, or on the file's key."""
+    source = artefact.parent / "experts.yaml"
+    with CoE(parse_config(_registry(artefact, "experts: {big: gpt-5}"), source=source)) as coe:
+        found = problems(coe.parts)
+    assert (
+        list(found) == ["router.cost.experts.big"]
+        and "'gpt-5' is not a model of" in found["router.cost.experts.big"]
+    )
+    (tmp_path / "junk.npz").write_bytes(b"not numpy")
+    junk = parse_config(_registry(tmp_path / "junk.npz", "lam: 1"), source=tmp_path / "experts.yaml")
+    with CoE(junk) as coe:
+        found = problems(coe.parts)
+    assert list(found) == ["router.cost.model"] and "not a cost-router artefact" in found["router.cost.model"]
 
 
 def test_a_foreign_file_is_refused_with_its_name(tmp_path: Path) -> None:
