@@ -59,11 +59,6 @@ def fit_map(
     Categories are the table's task column (RouterBench eval_name, RouterDC task, RouteLLM subject,
     `category` in our own format). Writes a router.categories fragment plus a report as YAML.
     """
-    from coe.errors import CoEError
-    from coe.evaluation.outcome_inputs import expand, load_sides
-    from coe.evaluation.outcomes import load_outcomes
-    from routers.category.fit_map import Budget, fit, to_yaml
-
     if max_cost is not None and max_params is not None:
         raise fail("give at most one budget: --max-cost or --max-params")
     if from_traces is not None:
@@ -73,6 +68,27 @@ def fit_map(
         return
     if not outcomes:
         raise fail("give outcome files, or --from-traces STORE")
+    _from_outcomes(outcomes, fmt, test, test_fraction, max_cost, max_params, config, out, as_json)
+
+
+def _from_outcomes(
+    outcomes: list[Path],
+    fmt: str,
+    test: list[Path] | None,
+    test_fraction: float,
+    max_cost: float | None,
+    max_params: float | None,
+    config: Path | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """The map fitted on outcome tables (routers.category.fit_map), reported on a held-out side when
+    asked; a budget no map can meet fails naming the cheapest map's average."""
+    from coe.errors import CoEError
+    from coe.evaluation.outcome_inputs import expand, load_sides
+    from coe.evaluation.outcomes import load_outcomes
+    from routers.category.fit_map import Budget, fit, to_yaml
+
     budget = None
     if max_cost is not None:
         budget = Budget(kind="cost", limit=max_cost)
