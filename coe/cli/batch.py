@@ -18,7 +18,8 @@ from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, err, exit_on_sigterm, fail
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from coe.batch.files import BatchResult
+    from coe.batch.files import BatchItem, BatchResult
+    from coe.batch.runner import BatchReport
 
 
 def register(app: typer.Typer) -> None:
@@ -52,10 +53,20 @@ def batch(
 
     Exit 0 when every item was answered; 1 when an input line was skipped or an item failed.
     """
+    items, problems = _read_items(input_file)
+    params = {
+        k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None
+    }
+    report = _run(config, items, output_file, params, concurrency, progress)
+    _summarise(report, len(problems), output_file, as_json)
+    if report.failed or problems:
+        raise typer.Exit(1)
+
+
+def _read_items(input_file: Path) -> tuple[list[BatchItem], list[str]]:
+    """The items of IN.jsonl, each skipped line noted on stderr; a file that cannot be read at all
+    fails the command before any expert starts."""
     from coe.batch.files import BatchInputError, read_items
-    from coe.batch.runner import run_batch
-    from coe.errors import CoEError
-    from coe.orchestrator import CoE
 
     if not input_file.is_file():
         raise fail(FileNotFoundError(f"{input_file}: no such file"))
@@ -65,14 +76,28 @@ def batch(
         raise fail(exc) from None
     for problem in problems:
         note("skipped", problem)
-    params = {
-        k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None
-    }
+    return items, problems
+
+
+def _run(
+    config: Path,
+    items: list[BatchItem],
+    output_file: Path,
+    params: dict[str, Any],
+    concurrency: int | None,
+    progress: bool,
+) -> BatchReport:
+    """Run the batch with its own CoE, stopped on the way out whatever happens; Ctrl-C exits 130 with
+    the finished items kept for a resume."""
+    from coe.batch.runner import run_batch
+    from coe.errors import CoEError
+    from coe.orchestrator import CoE
+
     exit_on_sigterm()
     coe = CoE(load(config))
     bar = _ProgressBar(err) if progress else None
     try:
-        report = coe.run(
+        return coe.run(
             run_batch(coe, items, out=output_file, params=params, concurrency=concurrency, observer=bar)
         )
     except CoEError as exc:
@@ -84,6 +109,10 @@ def batch(
         if bar is not None:
             bar.stop()
         coe.close()
+
+
+def _summarise(report: BatchReport, skipped_lines: int, output_file: Path, as_json: bool) -> None:
+    """The run's notes, then its summary: one JSON object on stdout, or one line on stderr."""
     for problem in report.problems:
         note("note", problem)
     failed = len(report.failed)
@@ -92,7 +121,7 @@ def batch(
         "answered": len(report.results) - failed,
         "failed": failed,
         "resumed": report.resumed,
-        "skipped_lines": len(problems),
+        "skipped_lines": skipped_lines,
         "groups": report.groups,
         "loads": report.loads,
         "evictions": report.evictions,
@@ -104,12 +133,10 @@ def batch(
     else:
         err.print(
             f"{summary['answered']} answered, {failed} failed, {report.resumed} already done, "
-            f"{len(problems)} input lines skipped; loads {report.loads or '{}'}; {report.wall_s:.1f} s "
+            f"{skipped_lines} input lines skipped; loads {report.loads or '{}'}; {report.wall_s:.1f} s "
             f"-> {output_file}",
             highlight=False,
         )
-    if failed or problems:
-        raise typer.Exit(1)
 
 
 class _ProgressBar:

@@ -4,7 +4,6 @@ continuation model that decides when a conversation changes topic."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -13,6 +12,7 @@ import typer
 from rich.table import Table
 
 from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, JsonOpt, fail, load, out, print_json
+from coe.clock import local_time
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig
@@ -44,10 +44,6 @@ def _row(r: SessionRecord) -> dict[str, object]:
     return r.model_dump(exclude={"vector", "space"})
 
 
-def _when(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t).isoformat(timespec="seconds")
-
-
 @sessions_app.command("list")
 def list_sessions(
     config: ConfigOpt = DEFAULT_CONFIG,
@@ -67,7 +63,7 @@ def list_sessions(
         return
     table = Table("session", "expert", "category", "turns", "last turn")
     for r in records:
-        table.add_row(r.id, r.expert, r.category or "-", str(r.turns), _when(r.updated))
+        table.add_row(r.id, r.expert, r.category or "-", str(r.turns), local_time(r.updated))
     out.print(table)
 
 

@@ -4,7 +4,6 @@ with an LLM judge."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import typer
 from rich.table import Table
 
 from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, JsonOpt, error, fail, load, note, out, print_json
+from coe.clock import local_time
 
 if TYPE_CHECKING:
     from coe.traces import TraceStore
@@ -41,10 +41,6 @@ def _open(store: Path | None, config: Path) -> TraceStore:
     return open_store(load(config))
 
 
-def _when(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t).isoformat(timespec="seconds")
-
-
 @traces_app.command("list")
 def list_traces(
     store: StoreOpt = None,
@@ -65,7 +61,7 @@ def list_traces(
     for r in records:
         table.add_row(
             r.id,
-            _when(r.time),
+            local_time(r.time),
             r.model,
             (r.decision.category if r.decision else None) or "-",
             r.expert,

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from coe.clock import ms_since
 from coe.errors import CoEError
 from coe.retrieval.gates import Gate, Probe, Verdict, make_gate
 from coe.retrieval.index import DocIndex, Hit
@@ -110,7 +111,7 @@ class Retriever:
 
 
 def _share(started: float, n: int) -> float:
-    return round(_ms(started) / max(1, n), 2)
+    return round(ms_since(started) / max(1, n), 3)
 
 
 def _within_budget(hits: Sequence[Hit], budget: int) -> list[Hit]:
@@ -154,7 +155,3 @@ def inject(request: Request, hits: Sequence[Hit], template: str) -> Request:
         content = text
     messages[last] = turn.model_copy(update={"content": content})
     return request.model_copy(update={"messages": messages})
-
-
-def _ms(since: float) -> float:
-    return round((time.perf_counter() - since) * 1000, 2)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from coe.clock import ms_since
 from coe.config.sessions import SessionsConfig
 from coe.sessions.identity import continued_key, history_key, tool_loop_open, user_turns
 from coe.sessions.policy import Kept, steer
@@ -98,7 +99,7 @@ class Sessions:
             turn.record = await self.store.get(session, alias)
         except StoreUnavailable as exc:
             self._failed(turn, exc)
-        trace.lookup_ms = round((time.perf_counter() - t) * 1000, 3)
+        trace.lookup_ms = ms_since(t)
         if turn.record is not None:
             trace.id, trace.expert = turn.record.id, turn.record.expert
         return turn

@@ -93,6 +93,55 @@ class Measured:
     topic_pairs: int
 
 
+class _Turns:
+    """The fit part's two turns per conversation and the standalone prompts, embedded once; a pair
+    is two indices into them. One random generator draws every new-topic pair, in a fixed order, so
+    a seed gives the same fit."""
+
+    def __init__(
+        self,
+        fit_part: Sequence[Conversation],
+        standalone: Sequence[str],
+        embedder: Embedder,
+        max_tokens: int | None,
+        seed: int,
+    ) -> None:
+        import numpy as np
+
+        self.texts = [t for c in fit_part for t in c.turns[:2]] + list(standalone)
+        self.vectors = embedder.encode(self.texts, max_tokens)
+        self.first = np.arange(0, 2 * len(fit_part), 2)  # a conversation's opening turn
+        self.second = self.first + 1  # its follow-up
+        self.alone = np.arange(2 * len(fit_part), len(self.texts))
+        self.rng = np.random.default_rng(seed)
+
+    def pairs(self, convs: np.ndarray) -> Pairs:
+        """The follow-ups of ``convs``, and new topics: another conversation's opening turn (8 per
+        conversation) and a standalone prompt (10 per conversation) asked after an opening turn."""
+        rng, first, alone = self.rng, self.first, self.alone
+        prev, cur, y = list(first[convs]), list(self.second[convs]), [1] * len(convs)
+        i, j = rng.choice(convs, 8 * len(convs)), rng.choice(convs, 8 * len(convs))
+        keep = i != j
+        prev += list(first[i[keep]])
+        cur += list(first[j[keep]])
+        y += [0] * int(keep.sum())
+        if len(alone):
+            k = rng.choice(len(alone), 10 * len(convs))
+            prev += list(first[rng.choice(convs, len(k))])
+            cur += list(alone[k])
+            y += [0] * len(k)
+        return Pairs(prev, cur, y)
+
+    def row(self, current: int, previous: int) -> np.ndarray:
+        """How much turn ``current`` continues turn ``previous``, as the model's input."""
+        return features(self.vectors[current], self.vectors[previous], self.texts[current])
+
+    def matrix(self, p: Pairs) -> np.ndarray:
+        import numpy as np
+
+        return np.stack([self.row(c, q) for q, c in zip(p.previous, p.current, strict=True)])
+
+
 def fit(
     conversations: Sequence[Conversation],
     standalone: Sequence[str],
@@ -110,66 +159,13 @@ def fit(
     val_part = [c for c in conversations if held_out(c) and len(c.turns) >= 2]
     if len(fit_part) < _FOLDS:
         raise CoEError(f"need at least {_FOLDS} two-turn conversations to fit, got {len(fit_part)}")
-    texts = [t for c in fit_part for t in c.turns[:2]] + list(standalone)
-    vectors = embedder.encode(texts, max_tokens)
-    first = np.arange(0, 2 * len(fit_part), 2)
-    second = first + 1
-    alone = np.arange(2 * len(fit_part), len(texts))
-    rng = np.random.default_rng(seed)
-
-    def pairs(convs: np.ndarray) -> Pairs:
-        prev, cur, y = list(first[convs]), list(second[convs]), [1] * len(convs)
-        i, j = rng.choice(convs, 8 * len(convs)), rng.choice(convs, 8 * len(convs))
-        keep = i != j
-        prev += list(first[i[keep]])
-        cur += list(first[j[keep]])
-        y += [0] * int(keep.sum())
-        if len(alone):
-            k = rng.choice(len(alone), 10 * len(convs))
-            prev += list(first[rng.choice(convs, len(k))])
-            cur += list(alone[k])
-            y += [0] * len(k)
-        return Pairs(prev, cur, y)
-
-    def matrix(p: Pairs) -> np.ndarray:
-        return np.stack(
-            [features(vectors[c], vectors[q], texts[c]) for q, c in zip(p.previous, p.current, strict=True)]
-        )
-
-    # Out-of-fold continuation probabilities for the follow-ups and for every new-topic pair.
-    folds = np.arange(len(fit_part)) % _FOLDS
-    f_follow = np.zeros(len(fit_part))
-    f_first = np.zeros((len(fit_part), len(fit_part)))
-    for k in range(_FOLDS):
-        train = np.flatnonzero(folds != k)
-        test = np.flatnonzero(folds == k)
-        p_train = pairs(train)
-        clf = _fit_logreg(matrix(p_train), np.array(p_train.labels))
-        f_follow[test] = _predict(
-            clf, np.stack([features(vectors[second[c]], vectors[first[c]], texts[second[c]]) for c in test])
-        )
-        for j in test:  # the new topic's turn is from the held-out fold
-            rows = np.stack(
-                [
-                    features(vectors[first[j]], vectors[first[i]], texts[first[j]])
-                    for i in range(len(fit_part))
-                ]
-            )
-            f_first[:, j] = _predict(clf, rows)
+    turns = _Turns(fit_part, standalone, embedder, max_tokens, seed)
+    f_follow, f_first = _out_of_fold(turns, len(fit_part))
     decisions = route([c.turns[0] for c in fit_part] + [c.turns[1] for c in fit_part])
     d1, d2 = decisions[: len(fit_part)], decisions[len(fit_part) :]
-    best: tuple[float, float, float, float] | None = None
-    for conf, margin in itertools.product(CONFIDENCE_GRID, MARGIN_GRID):
-        m = _measure(d1, d2, f_follow, f_first, category_experts, conf, margin)
-        if m.followup_switch_rate <= max_followup_switch and (
-            best is None or m.topic_switch_recall > best[0]
-        ):
-            best = (m.topic_switch_recall, -m.followup_switch_rate, conf, margin)
-    if best is None:
-        raise CoEError(f"no threshold keeps the follow-up switch rate at or below {max_followup_switch}")
-    _, _, conf, margin = best
-    final = pairs(np.arange(len(fit_part)))
-    clf = _fit_logreg(matrix(final), np.array(final.labels))
+    conf, margin = _thresholds(d1, d2, f_follow, f_first, category_experts, max_followup_switch)
+    final = turns.pairs(np.arange(len(fit_part)))
+    clf = _fit_logreg(turns.matrix(final), np.array(final.labels))
     header = ContinuationHeader(
         space=embedder.space,
         max_tokens=max_tokens,
@@ -191,6 +187,49 @@ def fit(
         for key in ("followup_switch_rate", "topic_switch_recall")
     }
     return model, report
+
+
+def _out_of_fold(turns: _Turns, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Continuation probabilities for each follow-up (``[i]``) and for every new-topic pair (``[i, j]``:
+    conversation ``j``'s opening turn asked after ``i``'s), each from a model whose fold left
+    conversation ``j`` out, so the thresholds are never picked on probabilities the model was fitted on."""
+    import numpy as np
+
+    folds = np.arange(n) % _FOLDS
+    f_follow = np.zeros(n)
+    f_first = np.zeros((n, n))
+    for k in range(_FOLDS):
+        train = np.flatnonzero(folds != k)
+        test = np.flatnonzero(folds == k)
+        p_train = turns.pairs(train)
+        clf = _fit_logreg(turns.matrix(p_train), np.array(p_train.labels))
+        f_follow[test] = _predict(clf, np.stack([turns.row(turns.second[c], turns.first[c]) for c in test]))
+        for j in test:  # the new topic's turn is from the held-out fold
+            rows = np.stack([turns.row(turns.first[j], turns.first[i]) for i in range(n)])
+            f_first[:, j] = _predict(clf, rows)
+    return f_follow, f_first
+
+
+def _thresholds(
+    d1: Sequence[RouteDecision],
+    d2: Sequence[RouteDecision],
+    f_follow: np.ndarray,
+    f_first: np.ndarray,
+    category_experts: dict[str, str],
+    max_followup_switch: float,
+) -> tuple[float, float]:
+    """The (confidence, margin) pair of the grid with the best topic-switch recall among those whose
+    follow-up switch rate stays within ``max_followup_switch``."""
+    best: tuple[float, float, float, float] | None = None
+    for conf, margin in itertools.product(CONFIDENCE_GRID, MARGIN_GRID):
+        m = _measure(d1, d2, f_follow, f_first, category_experts, conf, margin)
+        if m.followup_switch_rate <= max_followup_switch and (
+            best is None or m.topic_switch_recall > best[0]
+        ):
+            best = (m.topic_switch_recall, -m.followup_switch_rate, conf, margin)
+    if best is None:
+        raise CoEError(f"no threshold keeps the follow-up switch rate at or below {max_followup_switch}")
+    return best[2], best[3]
 
 
 def measure(

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from coe.clock import ms_since
 from coe.config.signals import ActionName, ActionSpec, GuardConfig, PiiConfig, SignalsConfig
 from coe.errors import CoEError, RequestBlocked
 from coe.signals.verdicts import SignalsTrace, SignalVerdict
@@ -105,7 +106,7 @@ class SignalStage:
                     for k, v in zip(model.header.labels, scores.probs[best], strict=True)
                 },
             },
-            latency_ms=_ms(t),
+            latency_ms=ms_since(t),
         )
 
     # -------------------------------------------------------------------------------------- PII
@@ -157,7 +158,7 @@ class SignalStage:
             action="none" if action == "allow" else action,
             route=route,
             evidence={"types": types, "spans": found, "redacted": redacted},
-            latency_ms=_ms(t),
+            latency_ms=ms_since(t),
         )
         return request, verdict
 
@@ -254,7 +255,3 @@ def _replace(message: Message, part: int | None, text: str) -> Message:
     parts = list(message.content)
     parts[part] = TextPart(text=text)
     return message.model_copy(update={"content": parts})
-
-
-def _ms(since: float) -> float:
-    return round((time.perf_counter() - since) * 1000, 2)

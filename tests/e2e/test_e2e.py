@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from coe import AllExpertsFailed, CoE, ExpertError, load_config
+from coe import CoE
 from tests.support.paths import DEFAULT_REGISTRY, ROOT
 from tests.support.procs import llama_server_pids, new_call_mark, run_coe, wait_gone
+from tests.support.registries import default_registry_with
 from tests.support.stub_server import stub_server
 
 pytestmark = pytest.mark.e2e
@@ -102,35 +103,8 @@ def test_concurrent_requests_are_all_answered(default_config) -> None:  # type: 
 # -------------------------------------------------------------------------- failures, fallback
 
 
-def registry_with(tmp_path: Path, extra_expert: str, categories: str) -> Path:
-    """The default experts plus one more, with the given categories."""
-    config = load_config(DEFAULT_REGISTRY)
-    text = DEFAULT_REGISTRY.read_text()
-    head, _, _ = text.partition("router:")
-    path = tmp_path / "experts.yaml"
-    path.write_text(
-        head.rstrip() + "\n" + extra_expert + "\nrouter:\n  type: category\n  categories:\n" + categories
-    )
-    assert load_config(path).experts.keys() >= config.experts.keys()
-    return path
-
-
-def test_dead_endpoint_expert_error_names_the_expert(tmp_path: Path) -> None:
-    path = registry_with(
-        tmp_path,
-        "  remote:\n    endpoint: http://127.0.0.1:9/v1\n    retries: 0\n",
-        "    code: {expert: remote, examples: ['write a python function']}\n"
-        "    chat: {expert: remote, examples: ['tell me a story']}\n",
-    )
-    with CoE.from_yaml(path) as coe, pytest.raises(AllExpertsFailed) as info:
-        coe.ask("Write a Python function that reverses a string", **SHORT)
-    assert list(info.value.errors) == ["remote"]
-    assert "cannot reach http://127.0.0.1:9/v1" in info.value.errors["remote"]
-    assert "remote" in str(info.value)
-
-
 def test_dead_expert_falls_back_to_the_next_candidate(tmp_path: Path) -> None:
-    path = registry_with(
+    path = default_registry_with(
         tmp_path,
         "  remote:\n    endpoint: http://127.0.0.1:9/v1\n    retries: 0\n",
         "    code: {expert: remote, examples: ['write a python function', 'fix this bug']}\n"
@@ -148,7 +122,7 @@ def test_dead_expert_falls_back_to_the_next_candidate(tmp_path: Path) -> None:
 
 def test_failing_expert_500_falls_back(tmp_path: Path) -> None:
     with stub_server("500") as (url, state):
-        path = registry_with(
+        path = default_registry_with(
             tmp_path,
             f"  broken:\n    endpoint: {url}\n    retries: 1\n",
             "    code: {expert: broken, examples: ['write a python function']}\n"
@@ -160,22 +134,6 @@ def test_failing_expert_500_falls_back(tmp_path: Path) -> None:
     assert state.calls == 2  # one retry, then the next candidate
     assert answer.expert == "coder" and answer.trace.fallback_used
     assert "HTTP 500" in (answer.trace.attempts[0].error or "")
-
-
-def test_missing_model_file_reports_the_expert_and_path(tmp_path: Path) -> None:
-    path = tmp_path / "experts.yaml"
-    path.write_text(
-        "version: 1\nexperts:\n  local:\n    serve: {engine: llamacpp, gguf: missing.gguf}\n"
-        "router:\n  categories:\n    any: {expert: local, examples: ['hello']}\n"
-    )
-    with CoE.from_yaml(path) as coe, pytest.raises(AllExpertsFailed) as info:
-        coe.ask("hello", **SHORT)
-    assert f"model file not found: {tmp_path / 'missing.gguf'}" in info.value.errors["local"]
-
-
-def test_unknown_pinned_expert() -> None:
-    with CoE.from_yaml(DEFAULT_REGISTRY) as coe, pytest.raises(ExpertError, match="no such expert"):
-        coe.ask("hi", expert="nobody")
 
 
 # ------------------------------------------------------------------------- the CLI, processes
@@ -199,25 +157,6 @@ def test_cli_ask_prints_answer_and_trace() -> None:
     assert result.returncode == 0, result.stderr
     assert "routing trace" in result.stdout and "answered by general" in result.stdout
     assert "reason: category 'general'" in result.stdout
-
-
-def test_cli_route_starts_no_expert(tmp_path: Path) -> None:
-    # The llama-server CoE would run only records that it was started.
-    started = tmp_path / "started"
-    fake = tmp_path / "llama-server"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> "{started}"\nexit 1\n')
-    fake.chmod(0o755)
-    result = run_coe(
-        "route",
-        "Write a Python function that reverses a string",
-        "--json",
-        env={"COE_LLAMA_SERVER": str(fake)},
-    )
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
-    assert {"expert", "category", "confidence", "scores"} <= set(data)
-    assert data["expert"] == "coder"
-    assert not started.exists()
 
 
 def ask_in_background(*extra: str) -> tuple[subprocess.Popen[bytes], set[int]]:

@@ -3,49 +3,20 @@ are real llama.cpp processes (the default experts.yaml), started by the server a
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from coe.experts.process import free_port
 from coe.server import ServerSettings, create_app
 from tests.support.procs import llama_server_pids, wait_gone
+from tests.support.server_thread import ServerThread
 from tests.support.streams import StreamReader
 
 pytestmark = pytest.mark.e2e
 SHORT = {"max_tokens": 24, "temperature": 0.0}
-
-
-class ServerThread:
-    """uvicorn in a background thread on a free loopback port; ``stop`` is a graceful shutdown."""
-
-    def __init__(self, app: object) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=30
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +136,7 @@ def test_dashboard_api_shows_real_experts_and_a_routed_decision(
 ) -> None:
     """The dashboard's JSON (GET /ui/api/*) over the real llama-server experts: both managed
     processes ready, the routed request's category and its real stage timings (the browser test
-    with stub experts: tests/e2e/test_dashboard.py)."""
+    with stub experts: tests/integration/test_dashboard.py)."""
     completion = client.chat.completions.create(
         model="coe",
         messages=[{"role": "user", "content": "Write a Python function that adds two numbers"}],

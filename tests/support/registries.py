@@ -26,6 +26,20 @@ def llm_registry(tmp_path: Path, expert_block: str = "") -> CoEConfig:
     return load_config(path)
 
 
+def default_registry_with(tmp_path: Path, extra_expert: str, categories: str) -> Path:
+    """The default experts plus one more (a YAML block under ``experts:``), with the given categories
+    (YAML under ``router.categories``, optionally followed by more ``router`` keys)."""
+    config = load_config(DEFAULT_REGISTRY)
+    text = DEFAULT_REGISTRY.read_text()
+    head, _, _ = text.partition("router:")
+    path = tmp_path / "experts.yaml"
+    path.write_text(
+        head.rstrip() + "\n" + extra_expert + "\nrouter:\n  type: category\n  categories:\n" + categories
+    )
+    assert load_config(path).experts.keys() >= config.experts.keys()
+    return path
+
+
 def rag_registry(folder: Path, retrieval: str, expert: str | None = None) -> Path:
     """One real SmolLM2 expert (or ``expert``: another definition) and two categories."""
     # One thread: the only managed expert would otherwise take every core from the test process.

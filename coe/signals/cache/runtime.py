@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from coe.clock import ms_since
 from coe.config.signals import CacheConfig
 from coe.sessions.identity import fingerprint
 from coe.signals.cache.store import (
@@ -260,7 +261,7 @@ class SemanticCache:
                     status="hit", match="exact", entry=found.id, matched_text=found.text, similarity=1.0
                 )
                 trace.reason = "the same last user turn in the same scope"
-                trace.lookup_ms = _ms(t)
+                trace.lookup_ms = ms_since(t)
                 return trace, replay(found), None
             if refusal is not None or index is None or embedding is None:
                 trace, entry = CacheTrace(status="miss", reason=refusal or "no entry of this scope"), None
@@ -270,9 +271,9 @@ class SemanticCache:
             self.errors += 1
             log.warning("cache store failed, answering uncached: %s", exc)
             trace = CacheTrace(status="error", error=str(exc), reason="store unavailable: answered uncached")
-            trace.lookup_ms = _ms(t)
+            trace.lookup_ms = ms_since(t)
             return trace, None, None
-        trace.lookup_ms = _ms(t)
+        trace.lookup_ms = ms_since(t)
         if entry is not None:
             return trace, replay(entry), None
         return trace, None, pending
@@ -419,7 +420,3 @@ def _dump(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json", exclude_none=True, by_alias=True)
     return value
-
-
-def _ms(since: float) -> float:
-    return round((time.perf_counter() - since) * 1000, 3)

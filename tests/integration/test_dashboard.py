@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from coe import load_config
 from coe.server import ServerSettings, create_app
-from tests.e2e.test_server import ServerThread
+from tests.support.server_thread import ServerThread
 from tests.support.stub_server import stub_server
 
 KEY = "ui-test-key"
