@@ -11,8 +11,8 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -23,7 +23,7 @@ from coe.config import CoEConfig, load_config
 from coe.config.routing import PluginAggregatorConfig
 from coe.encoding.embedder import request_scope
 from coe.errors import AllExpertsFailed, ExpertError
-from coe.experts.calls import ExpertCalls
+from coe.experts.calls import Admission, ExpertCalls
 from coe.experts.pool import ExpertPool
 from coe.protocols import Aggregator, AggregatorFactory, AsyncRouter, Context, Router, StreamingAggregator
 from coe.replies import StreamedReply
@@ -89,13 +89,14 @@ class CoE:
         return cls(load_config(path))
 
     @property
-    def admission(self) -> Callable[[str], AbstractAsyncContextManager[object]] | None:
-        """Entered around each call to one expert (the server's per-expert concurrency limit); an
-        exception other than ExpertError raised on entry ends the request instead of falling back."""
+    def admission(self) -> Admission | None:
+        """The default admission, entered around each call to one expert when the request brings none
+        of its own (``aask(admission=...)``); an exception other than ExpertError raised on entry ends
+        the request instead of falling back."""
         return self._calls.admission
 
     @admission.setter
-    def admission(self, value: Callable[[str], AbstractAsyncContextManager[object]] | None) -> None:
+    def admission(self, value: Admission | None) -> None:
         self._calls.admission = value
 
     # ------------------------------------------------------------------------- strategies (lazy)
@@ -297,6 +298,7 @@ class CoE:
         logprobs: bool | None = None,
         top_logprobs: int | None = None,
         reasoning_effort: ReasoningEffort | None = None,
+        admission: Admission | None = None,
         **params: Any,
     ) -> Answer:
         """Answer one prompt: a string, a conversation (OpenAI-shaped messages) or a whole Request.
@@ -304,7 +306,8 @@ class CoE:
         conversation (without it, a resent history finds its own); ``trace`` is filled in as the
         request goes (a caller that wants the decision before the answer). ``tools`` and the other
         keywords are OpenAI's Chat Completions fields; ``params`` are generation settings (max_tokens,
-        temperature, ...) sent over the expert's defaults."""
+        temperature, ...) sent over the expert's defaults. ``admission`` is entered around each call to
+        one expert for this request (the server's per-request limit), instead of ``self.admission``."""
         started = time.perf_counter()
         request = make_request(
             prompt,
@@ -324,7 +327,7 @@ class CoE:
             request, decision = await self._signals(request, trace, decision)
             original = request  # after PII redaction, before retrieval: what the trace store keeps
             turn = await self._open_session(request, session, trace)
-            decision = await self._route_one(request, trace, decision, turn)
+            decision = await self._route_one(request, trace, decision, turn, admission)
             cached, pending = await self._cache_lookup(request, asked, decision, trace)
             if cached is None:
                 request = await self._retrieve(request, decision, trace)
@@ -334,8 +337,8 @@ class CoE:
             self._record(original, cached)
             return cached
         decision = self._restrict(request, decision, trace)
-        answers = await self._answers(request, decision, trace)
-        answer = await self.combine(request, answers, decision, trace, started)
+        answers = await self._answers(request, decision, trace, admission)
+        answer = await self.combine(request, answers, decision, trace, started, admission)
         await self._close_session(turn, request, answer, decision)
         await self._cache_put(pending, answer, trace)
         self._record(original, answer)
@@ -391,30 +394,35 @@ class CoE:
         decision: RouteDecision,
         trace: Trace,
         started: float,
+        admission: Admission | None = None,
     ) -> Answer:
         """The aggregator merges the answers; the trace gets its time and the totals. For callers that
         collect the answers their own way (the batch runner); ``started`` is ``time.perf_counter()``
         when the request began, for the trace's total."""
-        ctx = Context(decision=decision, trace=trace, call_expert=self._ask_for_coe)
+        ctx = Context(decision=decision, trace=trace, call_expert=self._coe_caller(admission))
         t = time.perf_counter()
         result = await self.aggregator.combine(request, answers, ctx)
         trace.timings_ms["aggregate"] = _ms(t)
         self._finish(trace, decision, result.expert, result.usage, started)
         return result
 
-    async def _answers(self, request: Request, decision: RouteDecision, trace: Trace) -> list[ExpertAnswer]:
+    async def _answers(
+        self, request: Request, decision: RouteDecision, trace: Trace, admission: Admission | None = None
+    ) -> list[ExpertAnswer]:
         """The recruited experts answer concurrently, each within its timeout; only if none of them
         could answer are the remaining candidates tried, one at a time, in order. Failed answers stay
         in the list (``error`` set) so the aggregator and the trace can say who did not answer."""
         recruited = decision.recruited
         timeout = self.config.aggregator.timeout_s if len(recruited) > 1 else None
         answers = list(
-            await asyncio.gather(*(self.call_expert(n, request, trace, timeout_s=timeout) for n in recruited))
+            await asyncio.gather(
+                *(self.call_expert(n, request, trace, timeout, admission) for n in recruited)
+            )
         )
         if any(a.ok for a in answers):
             return answers
         for name in decision.experts[decision.fanout :]:
-            answer = await self.call_expert(name, request, trace)
+            answer = await self.call_expert(name, request, trace, admission=admission)
             answers.append(answer)
             if answer.ok:
                 return answers
@@ -435,6 +443,7 @@ class CoE:
         top_logprobs: int | None = None,
         reasoning_effort: ReasoningEffort | None = None,
         trace: Trace | None = None,
+        admission: Admission | None = None,
         **params: Any,
     ) -> AsyncIterator[StreamEvent]:
         """Yield deltas (text, tool-call fragments), then one ``done`` event with the full Answer and
@@ -464,7 +473,7 @@ class CoE:
             request, decision = await self._signals(request, trace, decision)
             original = request  # after PII redaction, before retrieval: what the trace store keeps
             turn = await self._open_session(request, session, trace)
-            decision = await self._route_one(request, trace, decision, turn)
+            decision = await self._route_one(request, trace, decision, turn, admission)
             cached, pending = await self._cache_lookup(request, asked, decision, trace)
             if cached is None:
                 request = await self._retrieve(request, decision, trace)
@@ -480,7 +489,7 @@ class CoE:
             return
         decision = self._restrict(request, decision, trace)
         stream = self._stream_aggregate if decision.fanout > 1 else self._stream_candidates
-        async for event in stream(request, decision, trace, started):
+        async for event in stream(request, decision, trace, started, admission):
             if event.type == "done" and event.answer is not None:
                 await self._close_session(turn, request, event.answer, decision)
                 await self._cache_put(pending, event.answer, trace)
@@ -488,7 +497,12 @@ class CoE:
             yield event
 
     async def _stream_candidates(
-        self, request: Request, decision: RouteDecision, trace: Trace, started: float
+        self,
+        request: Request,
+        decision: RouteDecision,
+        trace: Trace,
+        started: float,
+        admission: Admission | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """One answering expert: candidates in order until one streams its first delta."""
         errors: dict[str, str] = {}
@@ -500,12 +514,11 @@ class CoE:
                 forced_calls.CallStream(name, request) if self._calls.enforces(name, request) else None,
             )
             try:
-                async with self._calls.admit(name):
-                    async for chunk in self._calls.stream(name, request, trace):
-                        for event in reply.take(chunk):
-                            yield event
-                    for event in reply.close():
+                async for chunk in self._calls.stream(name, request, trace, admission):
+                    for event in reply.take(chunk):
                         yield event
+                for event in reply.close():
+                    yield event
             except ExpertError as exc:
                 trace.attempts.append(Attempt(expert=name, ok=False, error=exc.reason, latency_ms=_ms(t)))
                 if reply.started:
@@ -522,13 +535,21 @@ class CoE:
         raise AllExpertsFailed(errors)
 
     async def _stream_aggregate(
-        self, request: Request, decision: RouteDecision, trace: Trace, started: float
+        self,
+        request: Request,
+        decision: RouteDecision,
+        trace: Trace,
+        started: float,
+        admission: Admission | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Several experts: their answers are collected whole, then the aggregator's answer streams
         (token by token when it can, e.g. an LLM synthesis; otherwise as one delta)."""
-        answers = await self._answers(request, decision, trace)
+        answers = await self._answers(request, decision, trace, admission)
         ctx = Context(
-            decision=decision, trace=trace, call_expert=self._ask_for_coe, stream_expert=self._stream_pinned
+            decision=decision,
+            trace=trace,
+            call_expert=self._coe_caller(admission),
+            stream_expert=partial(self._stream_pinned, admission=admission),
         )
         t = time.perf_counter()
         aggregator = self.aggregator
@@ -542,22 +563,37 @@ class CoE:
                 self._finish(trace, decision, event.answer.expert, event.answer.usage, started)
             yield event
 
-    def _stream_pinned(self, name: str, request: Request) -> AsyncIterator[StreamEvent]:
+    def _stream_pinned(
+        self, name: str, request: Request, admission: Admission | None = None
+    ) -> AsyncIterator[StreamEvent]:
         """One expert's answer, streamed: an aggregator's synthesis in ``astream``. No routing and no
         retrieval: the request it gets was already routed and holds any documents."""
         decision = RouteDecision(router="pinned", experts=[name], reason="called by the aggregator")
-        return self._stream_candidates(request, decision, Trace(decision=decision), time.perf_counter())
+        trace = Trace(decision=decision)
+        return self._stream_candidates(request, decision, trace, time.perf_counter(), admission)
 
     async def call_expert(
-        self, name: str, request: Request, trace: Trace | None = None, timeout_s: float | None = None
+        self,
+        name: str,
+        request: Request,
+        trace: Trace | None = None,
+        timeout_s: float | None = None,
+        admission: Admission | None = None,
     ) -> ExpertAnswer:
         """Ask one expert; failures come back as an ExpertAnswer with ``error`` set, never raised.
 
         ``timeout_s`` bounds the whole call, a cold start included (the expert's own ``timeout_s``
         bounds each HTTP request)."""
-        return await self._calls.call(name, request, trace, timeout_s)
+        return await self._calls.call(name, request, trace, timeout_s, admission)
 
-    async def _ask_for_coe(self, name: str, request: Request) -> ExpertAnswer:
+    def _coe_caller(self, admission: Admission | None) -> Callable[[str, Request], Awaitable[ExpertAnswer]]:
+        """``_ask_for_coe`` under one request's admission (an aggregator's or a router's calls count
+        against the same limits as the request's own)."""
+        return self._ask_for_coe if admission is None else partial(self._ask_for_coe, admission=admission)
+
+    async def _ask_for_coe(
+        self, name: str, request: Request, admission: Admission | None = None
+    ) -> ExpertAnswer:
         """``call_expert`` for CoE's own requests (an aggregator's judge or writer, a router's
         annotator): a JSON schema constrains the reply where the expert enforces one and is left out
         where it does not, since these callers parse the reply as text either way. (A caller's own
@@ -565,10 +601,15 @@ class CoE:
         fmt = request.response_format
         if fmt is not None and fmt.type == "json_schema" and "json_schema" not in self.capabilities(name):
             request = request.model_copy(update={"response_format": None})
-        return await self.call_expert(name, request)
+        return await self.call_expert(name, request, admission=admission)
 
     async def _route_one(
-        self, request: Request, trace: Trace, decision: RouteDecision | None = None, turn: Turn | None = None
+        self,
+        request: Request,
+        trace: Trace,
+        decision: RouteDecision | None = None,
+        turn: Turn | None = None,
+        admission: Admission | None = None,
     ) -> RouteDecision:
         t = time.perf_counter()
         if decision is None and request.expert is not None:
@@ -580,7 +621,7 @@ class CoE:
             # Built off the loop the first time: constructing a router loads the encoder (seconds).
             router = self._router or await asyncio.to_thread(lambda: self.router)
             if isinstance(router, AsyncRouter):  # it calls experts while routing (skills annotator)
-                decision = (await router.aroute([request], self._ask_for_coe))[0]
+                decision = (await router.aroute([request], self._coe_caller(admission)))[0]
                 if turn is not None:
                     decision = await asyncio.to_thread(self._steer, turn, request, decision)
             else:

@@ -24,6 +24,10 @@ from coe.experts.templates import strip_markers, turn_markers, with_turn_stops
 from coe.replies import tool_calls_of, usage_fields
 from coe.types import Attempt, ExpertAnswer, Request, Trace, Usage
 
+# Entered around one call to one expert (the server's per-expert concurrency limit); an exception
+# other than ExpertError raised on entry ends the request instead of falling back.
+Admission = Callable[[str], AbstractAsyncContextManager[object]]
+
 # Request fields CoE acts on (capabilities, forced tool calls), sent to the expert when set.
 OPTIONS = (
     "tools",
@@ -49,22 +53,27 @@ class ExpertCalls:
         self.client = ChatClient()
         # Entered around each call to one expert (the server's per-expert concurrency limit); an
         # exception other than ExpertError raised on entry ends the request instead of falling back.
-        self.admission: Callable[[str], AbstractAsyncContextManager[object]] | None = None
+        self.admission: Admission | None = None
 
     def enforces(self, name: str, request: Request) -> bool:
         """CoE forces the tool call itself: the request requires one and the engine would not."""
         return request.forced_tool and "tool_choice" not in self.capabilities(name)
 
     async def call(
-        self, name: str, request: Request, trace: Trace | None = None, timeout_s: float | None = None
+        self,
+        name: str,
+        request: Request,
+        trace: Trace | None = None,
+        timeout_s: float | None = None,
+        admission: Admission | None = None,
     ) -> ExpertAnswer:
         """Ask one expert. ``timeout_s`` bounds the whole call, a cold start included (the expert's
-        own ``timeout_s`` bounds each HTTP request)."""
+        own ``timeout_s`` bounds each HTTP request); ``admission`` as for ``admit``."""
         t = time.perf_counter()
         enforced = self.enforces(name, request)
         markers = turn_markers(self.config.experts.get(name))
         try:
-            async with self.admit(name):
+            async with self.admit(name, admission):
                 call = self.complete(name, request, trace)
                 data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
             choice = (data.get("choices") or [{}])[0]
@@ -97,9 +106,11 @@ class ExpertCalls:
             trace.timings_ms[f"expert:{name}"] = answer.latency_ms
         return answer
 
-    def admit(self, name: str) -> AbstractAsyncContextManager[object]:
-        """The server's admission for one call to ``name`` (nothing in the library)."""
-        return self.admission(name) if self.admission is not None else nullcontext()
+    def admit(self, name: str, admission: Admission | None = None) -> AbstractAsyncContextManager[object]:
+        """The admission for one call to ``name``: the request's own (``admission``, the server's
+        per-request one), else the CoE-wide default, else none (the library)."""
+        chosen = admission if admission is not None else self.admission
+        return chosen(name) if chosen is not None else nullcontext()
 
     async def complete(self, name: str, request: Request, trace: Trace | None = None) -> dict[str, Any]:
         """The expert's whole reply as its Chat Completions JSON (``ExpertError`` on failure)."""
@@ -113,8 +124,16 @@ class ExpertCalls:
                 name, url, payload, api_key=key, timeout_s=expert.timeout_s, retries=expert.retries
             )
 
-    async def stream(self, name: str, request: Request, trace: Trace) -> AsyncIterator[dict[str, Any]]:
-        """The expert's reply as Chat Completions stream chunks, turn markers taken out."""
+    async def stream(
+        self, name: str, request: Request, trace: Trace, admission: Admission | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The expert's reply as Chat Completions stream chunks, turn markers taken out; admitted
+        (``admit``) for as long as it streams."""
+        async with self.admit(name, admission):
+            async for chunk in self._stream(name, request, trace):
+                yield chunk
+
+    async def _stream(self, name: str, request: Request, trace: Trace) -> AsyncIterator[dict[str, Any]]:
         expert = self.config.experts[name]
         if expert.provider is not None:  # litellm streaming is not on the local path; answer whole
             data = await self.complete(name, request, trace)
