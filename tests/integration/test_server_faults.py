@@ -74,6 +74,15 @@ def client_for(path: Path, **kw: Any) -> TestClient:
     return TestClient(app, raise_server_exceptions=False)
 
 
+def readyz(client: TestClient) -> httpx.Response:
+    """/readyz once the strategy objects are built (it says ``strategies`` while the router loads)."""
+    for _ in range(600):
+        resp = client.get("/readyz")
+        if "strategies" not in resp.json().get("not_ready", {}):
+            return resp
+    raise AssertionError(f"the router was still being built: {resp.text}")
+
+
 def assert_openai_error(resp: httpx.Response, status: int) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     body = resp.json()
@@ -256,7 +265,7 @@ def test_readyz_names_unreachable_experts(tmp_path: Path) -> None:
         path = make_registry(tmp_path, {"ok": (url, ""), "gone": ("http://127.0.0.1:9/v1", "")})
         with client_for(path) as client:
             assert client.get("/healthz").json() == {"status": "ok"}
-            resp = client.get("/readyz")
+            resp = readyz(client)
             assert resp.status_code == 503 and set(resp.json()["not_ready"]) == {"gone"}
 
 
@@ -282,7 +291,7 @@ def test_readyz_under_a_memory_budget_means_loadable(
     path = tmp_path / "experts.yaml"
     path.write_text(pool_registry_text(budget))
     with client_for(path) as client:
-        resp = client.get("/readyz")
+        resp = readyz(client)
         assert client.app.state.coe.pool.running == {}  # type: ignore[attr-defined]
     if not_ready:
         assert resp.status_code == 503 and resp.json()["not_ready"] == not_ready
@@ -360,10 +369,10 @@ def test_an_api_served_open_on_purpose_warns_at_start_up_and_in_readyz(
     caplog.set_level(logging.WARNING, logger="coe.server")
     with client_for(path, host="0.0.0.0", allow_unauthenticated=True) as client:
         assert "serving without API keys on '0.0.0.0'" in caplog.text
-        ready = client.get("/readyz").json()
+        ready = readyz(client).json()
     assert ready["unauthenticated"] is True and "anyone who can reach" in ready["warning"]
     with client_for(path) as client:  # loopback, no keys: the usual local case, nothing to report
-        assert "unauthenticated" not in client.get("/readyz").json()
+        assert "unauthenticated" not in readyz(client).json()
 
 
 # ------------------------------------------------------------------ failures the engine raises
@@ -504,7 +513,7 @@ def test_a_router_that_cannot_load_is_a_503_naming_it_never_a_500(tmp_path: Path
         path = _garbage_router(tmp_path, url)
         app = create_app(load_config(path), ServerSettings(warm=warm))
         with TestClient(app, raise_server_exceptions=False) as client:
-            ready = client.get("/readyz")
+            ready = readyz(client)
             assert ready.status_code == 503 and set(ready.json()["not_ready"]) == {"router.model"}
             assert ready.json()["status"] == "not ready"
             for stream in (False, True):
