@@ -14,7 +14,7 @@ import json
 import logging
 import socket
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coe import load_config
+from coe import CoE, load_config
 from coe.errors import ExpertError
 from coe.server import ServerSettings, create_app
 from coe.server.settings import is_loopback
-from coe.types import StreamEvent
+from coe.types import RouteDecision, StreamEvent
 from tests.support.stub_server import Mode, StubState, stub_server
 
 USER = [{"role": "user", "content": "hi"}]
@@ -132,6 +132,30 @@ def test_failure_before_first_token_falls_back(stubs, failing: str, stream: bool
         assert [a["expert"] for a in trace["attempts"]] == [failing, "ok"]
         metrics = client.get("/metrics").text
         assert f'coe_fallbacks_total{{answered_by="ok",routed_to="{failing}"}} 1.0' in metrics
+
+
+async def test_a_requests_own_admission_is_entered_around_each_of_its_expert_calls(stubs) -> None:  # type: ignore[no-untyped-def]
+    """``aask``/``astream(admission=...)``: what the server hands each request; it replaces the
+    CoE-wide ``admission`` for that request, and the fallback's call is admitted too."""
+    path, _ = stubs
+    mine: list[str] = []
+    default: list[str] = []
+
+    def admit(into: list[str]) -> Any:
+        def enter(name: str) -> Any:
+            into.append(name)
+            return nullcontext()
+
+        return enter
+
+    decision = RouteDecision(router="test", experts=["bad", "ok"])
+    with CoE(load_config(path)) as coe:
+        coe.admission = admit(default)
+        answer = await coe.aask("hi", decision=decision, admission=admit(mine))
+        events = [e async for e in coe.astream("hi", decision=decision, admission=admit(mine))]
+        await coe.aask("hi", decision=decision)
+    assert answer.expert == "ok" and events[-1].answer is not None and events[-1].answer.expert == "ok"
+    assert mine == ["bad", "ok", "bad", "ok"] and default == ["bad", "ok"]
 
 
 def test_drop_after_first_token_ends_stream_with_error_event(stubs) -> None:  # type: ignore[no-untyped-def]
