@@ -52,9 +52,6 @@ class ExpertCalls:
         self.pool = pool
         self.capabilities = capabilities
         self.client = ChatClient()
-        # Entered around each call to one expert (the server's per-expert concurrency limit); an
-        # exception other than ExpertError raised on entry ends the request instead of falling back.
-        self.admission: Admission | None = None
 
     def enforces(self, name: str, request: Request) -> bool:
         """CoE forces the tool call itself: the request requires one and the engine would not."""
@@ -111,9 +108,8 @@ class ExpertCalls:
 
     def admit(self, name: str, admission: Admission | None = None) -> AbstractAsyncContextManager[object]:
         """The admission for one call to ``name``: the request's own (the server's per-expert limit),
-        else this CoE's default, else none (the library)."""
-        chosen = admission or self.admission
-        return chosen(name) if chosen is not None else nullcontext()
+        else none (the library)."""
+        return admission(name) if admission is not None else nullcontext()
 
     async def complete(self, name: str, request: Request, trace: Trace | None = None) -> dict[str, Any]:
         """The expert's whole reply as its Chat Completions JSON (``ExpertError`` on failure)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -35,8 +35,10 @@ COOKIE = "coe_ui"
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
 
 
-def install(app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys: frozenset[str]) -> None:
-    """Add /ui and /ui/api/* to ``app``."""
+def handlers(
+    app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys: frozenset[str]
+) -> dict[str, Callable[..., Awaitable[Response]]]:
+    """The handlers of /ui and /ui/api/*, by their name in the route table (coe/server/routes.py)."""
     sessions: set[str] = set()
     feedback_cache = _Every(10.0, feedback_scores)
 
@@ -55,7 +57,6 @@ def install(app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys
                 code="invalid_api_key",
             )
 
-    @app.get("/ui", include_in_schema=False)
     async def page(request: Request) -> Response:
         key = request.query_params.get("key")
         if key is not None:
@@ -70,14 +71,12 @@ def install(app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys
         authorize(request)
         return _asset("index.html")
 
-    @app.get("/ui/static/{name}", include_in_schema=False)
     async def static(name: str, request: Request) -> Response:
         authorize(request)
         if name not in _ASSETS or name == "index.html":
             raise APIError(404, f"no dashboard asset {name!r}", code="not_found")
         return _asset(name)
 
-    @app.get("/ui/api/summary", include_in_schema=False)
     async def summary(request: Request) -> JSONResponse:
         authorize(request)
         experts = await expert_states(coe, limiter, recent)
@@ -87,7 +86,6 @@ def install(app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys
         )
         return JSONResponse(summary_of(recent, experts, feedback))
 
-    @app.get("/ui/api/recent", include_in_schema=False)
     async def recent_list(request: Request) -> JSONResponse:
         authorize(request)
         try:
@@ -97,7 +95,6 @@ def install(app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys
         items = recent.items()[-limit:][::-1]
         return JSONResponse({"object": "list", "size": recent.size, "data": [row_of(s) for s in items]})
 
-    @app.get("/ui/api/trace/{rid}", include_in_schema=False)
     async def trace_of(rid: str, request: Request) -> JSONResponse:
         authorize(request)
         seen = recent.get(rid)
@@ -109,6 +106,14 @@ def install(app: FastAPI, coe: CoE, limiter: ExpertLimiter, recent: Recent, keys
         body["trace"] = seen.trace.model_dump(mode="json") if seen.trace is not None else None
         body["answer_text_chars"] = len(seen.answer.text) if seen.answer is not None else None
         return JSONResponse(body)
+
+    return {
+        "ui": page,
+        "ui_static": static,
+        "ui_summary": summary,
+        "ui_recent": recent_list,
+        "ui_trace": trace_of,
+    }
 
 
 def _asset(name: str) -> Response:

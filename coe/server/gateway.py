@@ -1,8 +1,9 @@
 """The one request path behind every API: resolve the model id, answer (or stream) through CoE, map
 failures to status codes, count metrics, and name the answering expert in the ``x-coe-*`` headers.
-Each API module (coe/server/apis/) only translates its wire shape to a ``Call`` and an ``Answer``
-(or ``StreamEvent``s) back to its wire shape, so routing, limits, fallbacks and metrics are the same
-for all of them.
+Each API (coe/server/apis/) is an ``ApiAdapter`` that only translates its wire shape to a ``Call``
+and an ``Answer`` (or ``StreamEvent``s) back to its wire shape, so routing, limits, fallbacks and
+metrics are the same for all of them. Each request comes with its ``RequestContext``
+(coe/server/context.py): its admission into the experts' slots and its observed record.
 
 Model ids: ``coe`` routes; ``coe/expert/NAME`` pins an expert; ``coe/category/NAME`` answers as if
 the router had chosen that category (its expert, then the fallback expert). A reply's model is
@@ -13,19 +14,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi.responses import StreamingResponse
 
 from coe.errors import AllExpertsFailed, CoEError, ExpertError, NoCapableExpert, RequestBlocked
 from coe.orchestrator import CoE
+from coe.server.apis.policy import Api
 from coe.server.apis.translate import check_tool_results
+from coe.server.context import RequestContext
 from coe.server.errors import APIError, log
 from coe.server.limits import ExpertBusy
 from coe.server.metrics import Metrics
-from coe.server.observe import note
+from coe.server.observe import Observed
+from coe.server.probes import Readiness
+from coe.server.settings import ServerSettings
 from coe.sessions.store import StoredResponse, StoreUnavailable
 from coe.types import Answer, Message, Request, RouteDecision, SessionRef, StreamEvent, Trace
 
@@ -36,9 +40,6 @@ ROUTED = "coe"
 EXPERT_PREFIX = "coe/expert/"
 CATEGORY_PREFIX = "coe/category/"
 EMBEDDER = "coe/embedder"
-
-# The experts whose admission slot this request entered, in order; the last one is the one answering.
-attempted: ContextVar[list[str] | None] = ContextVar("coe_attempted", default=None)
 
 
 @dataclass
@@ -71,6 +72,23 @@ class Writer(Protocol):
     def done(self, answer: Answer) -> list[bytes]: ...
 
     def error(self, message: str) -> list[bytes]: ...
+
+
+class ApiAdapter(Protocol):
+    """One generating API (coe/server/apis/): its body to a ``Call``, then the ``Answer`` to its reply
+    (``body``) or the stream to its events (``writer``). The route table (coe/server/routes.py) routes
+    each through the one Gateway."""
+
+    @property
+    def info(self) -> Api:
+        """Its field table, name, method and path (coe/server/apis/policy.py)."""
+        ...
+
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call: ...
+
+    def body(self, answer: Answer, call: Call) -> dict[str, Any]: ...
+
+    def writer(self, call: Call, expert: str) -> Writer: ...
 
 
 def model_ids(coe: CoE) -> list[str]:
@@ -185,34 +203,54 @@ def error_for(exc: Exception) -> APIError:
 
 
 class Gateway:
-    def __init__(self, coe: CoE, metrics: Metrics, recorder: Recorder | None = None) -> None:
+    def __init__(
+        self, coe: CoE, metrics: Metrics, recorder: Recorder | None = None, readiness: Readiness | None = None
+    ) -> None:
         self.coe = coe
         self.metrics = metrics
         self.recorder = recorder
+        self.readiness = readiness or Readiness(coe)
 
-    def record(self, rid: object, call: Call, answer: Answer) -> None:
+    def record(self, rid: object, call: Call, answer: Answer, ctx: RequestContext) -> None:
         """The response id the client got, for the live view and telemetry, and the answer handed to
         the trace store under it (non-blocking)."""
-        note(rid=rid)
+        ctx.observed.note(rid=rid)
         if self.recorder is not None and isinstance(rid, str):
             self.recorder.record(rid, call.request, answer, model=call.model, api=call.api)
 
-    async def answer(self, call: Call) -> Answer:
-        note(model=call.model, stream=False)
+    async def _prepare(
+        self, call: Call, ctx: RequestContext, stream: bool
+    ) -> tuple[str | None, RouteDecision | None]:
+        """The model id resolved, readiness held to, the stored conversation resumed."""
+        ctx.observed.note(model=call.model, stream=stream)
         expert, decision = resolve_model(self.coe, call.model)
+        try:
+            await self.readiness.require(routed=expert is None and decision is None)
+        except APIError as err:
+            ctx.observed.note(error=err.message)
+            raise
         await self._resume(call)
+        return expert, decision
+
+    async def answer(self, call: Call, ctx: RequestContext) -> Answer:
+        expert, decision = await self._prepare(call, ctx, stream=False)
         trace = Trace()  # filled in as it goes: the dashboard and telemetry see a failure's stages too
         try:
             answer = await self.coe.aask(
-                call.request, expert=expert, decision=decision, session=call.session, trace=trace
+                call.request,
+                expert=expert,
+                decision=decision,
+                session=call.session,
+                trace=trace,
+                admission=ctx.admit,
             )
         except Exception as exc:
             self._count_blocked(exc)
             err = error_for(exc)
-            note(trace=trace, error=str(err.message))
+            ctx.observed.note(trace=trace, error=str(err.message))
             raise err from None
         self.metrics.observe_answer(answer)
-        note(answer=answer)
+        ctx.observed.note(answer=answer)
         await self._remember(call, answer)
         return answer
 
@@ -268,38 +306,40 @@ class Gateway:
         record = StoredResponse(id=call.response_id, session=session, messages=[*turns, said.payload()])
         await self.coe.sessions.remember_response(record)
 
-    async def stream(self, call: Call, writer: Callable[[str], Writer]) -> StreamingResponse:
+    async def stream(self, call: Call, api: ApiAdapter, ctx: RequestContext) -> StreamingResponse:
         """Wait for the first event before answering, so that 429, 400 no_capable_expert and "every
         expert failed" still get a status code; after it, failures go in-band (``Writer.error``).
         ``astream`` fills the trace as it goes: routing and the session are decided before its first
         event, so the headers carry the category, confidence and session."""
-        note(model=call.model, stream=True)
-        expert, decision = resolve_model(self.coe, call.model)
-        await self._resume(call)
-        tried: list[str] = []
-        attempted.set(tried)
+        expert, decision = await self._prepare(call, ctx, stream=True)
         trace = Trace()
-        note(trace=trace)
+        ctx.observed.note(trace=trace)
         try:
             events = self.coe.astream(
-                call.request, expert=expert, decision=decision, session=call.session, trace=trace
+                call.request,
+                expert=expert,
+                decision=decision,
+                session=call.session,
+                trace=trace,
+                admission=ctx.admit,
             )
             first = await anext(events)
         except Exception as exc:
             self._count_blocked(exc)
             err = error_for(exc)
-            note(error=str(err.message))
+            ctx.observed.note(error=str(err.message))
             raise err from None
+        tried = ctx.tried
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
         headers = coe_headers(answering, trace.decision or decision, trace)
-        sse_writer = writer(answering)
-        note(rid=getattr(sse_writer, "id", None))
+        sse_writer = api.writer(call, answering)
+        ctx.observed.note(rid=getattr(sse_writer, "id", None))
 
         async def after(answer: Answer) -> None:
             await self._remember(call, answer)
-            self.record(sse_writer.id, call, answer)
+            self.record(sse_writer.id, call, answer, ctx)
 
-        sse = _Stream(self.metrics, sse_writer, answering, after)
+        sse = _Stream(self.metrics, sse_writer, answering, after, ctx.observed)
         return StreamingResponse(
             sse.run(first, events),
             media_type="text/event-stream",
@@ -309,12 +349,18 @@ class Gateway:
 
 class _Stream:
     def __init__(
-        self, metrics: Metrics, writer: Writer, expert: str, after: Callable[[Answer], Awaitable[None]]
+        self,
+        metrics: Metrics,
+        writer: Writer,
+        expert: str,
+        after: Callable[[Answer], Awaitable[None]],
+        observed: Observed,
     ) -> None:
         self.metrics = metrics
         self.writer = writer
         self.expert = expert
         self.after = after  # once the whole answer is known
+        self.observed = observed
 
     async def run(self, first: StreamEvent, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
         for part in self.writer.start():
@@ -333,7 +379,7 @@ class _Stream:
                 event = await anext(events, None)
         except Exception as exc:  # after the first byte the status is sent: say it in-band
             self.metrics.stream_errors.labels(expert=self.expert).inc()
-            note(error=f"stream interrupted: {exc}")
+            self.observed.note(error=f"stream interrupted: {exc}")
             log.warning("stream from %s interrupted after the first token: %s", self.expert, exc)
             message = str(exc) if isinstance(exc, CoEError) else "internal server error"
             if not isinstance(exc, CoEError):
@@ -345,5 +391,5 @@ class _Stream:
 
     def _finish(self, answer: Answer) -> Answer:
         self.metrics.observe_answer(answer)
-        note(answer=answer)
+        self.observed.note(answer=answer)
         return answer

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coe.signals.verdicts import SignalsTrace
 from coe.types import Answer, SessionTrace
@@ -126,6 +128,42 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts requests by endpoint and status, and their latency to the end of the body. ``known``:
+    the paths counted under their own name (the route table's fixed paths); any other is ``other``,
+    so a scan of random paths cannot grow the label set.
+
+    Plain ASGI rather than ``@app.middleware("http")``: that wrapper re-streams every response
+    through an extra task and costs milliseconds per request on a small machine."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, known: Collection[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.known = frozenset(known)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception that escapes every handler becomes a 500 in ServerErrorMiddleware
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.inflight.dec()
+            endpoint = scope["path"] if scope["path"] in self.known else "other"
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
 
 
 class _PoolCollector(Collector):

@@ -1,8 +1,9 @@
 """What the live dashboard and OpenTelemetry see of each generating request, off the request path.
 
-An ASGI middleware opens an ``Observed`` per generating request and puts it in a context variable;
-the gateway notes the answer (or the failure, with the trace filled in so far) and the response id
-into it; once the last byte of the body is sent (a stream included) the middleware hands the finished
+An ASGI middleware opens an ``Observed`` per generating request and puts it in the request's ASGI
+scope; the route hands it down in the request's context (coe.server.context.RequestContext), and the
+gateway notes the answer (or the failure, with the trace filled in so far) and the response id into
+it; once the last byte of the body is sent (a stream included) the middleware hands the finished
 ``Observed`` to its sinks: the in-process ring buffer (``Recent``, read by /ui/api/*) and, when
 ``telemetry.otlp_endpoint`` is set, the span exporter. Why after the answer and not during it: the
 orchestrator already times every stage into the Trace, so neither the dashboard nor OpenTelemetry
@@ -17,8 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from contextvars import ContextVar
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coe.types import Answer, Trace
 
 log = logging.getLogger("coe.server")
-GENERATING = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/completions"})
+SCOPE_KEY = "coe.observed"  # where the middleware leaves the Observed in the ASGI scope
 
 
 @dataclass
@@ -53,50 +53,53 @@ class Observed:
     def expert(self) -> str | None:
         return self.answer.expert if self.answer is not None else None
 
-
-current: ContextVar[Observed | None] = ContextVar("coe_observed", default=None)
-
-
-def note(
-    *,
-    model: str | None = None,
-    stream: bool | None = None,
-    answer: Answer | None = None,
-    trace: Trace | None = None,
-    error: str | None = None,
-    rid: object = None,
-) -> None:
-    """Fill in the request being observed (no-op outside one: the library, tests of the gateway)."""
-    seen = current.get()
-    if seen is None:
-        return
-    if model is not None:
-        seen.model = model
-    if stream is not None:
-        seen.stream = stream
-    if answer is not None:
-        seen.answer, seen.trace = answer, answer.trace
-    if trace is not None and seen.trace is None:
-        seen.trace = trace
-    if error is not None:
-        seen.error = error
-    if isinstance(rid, str):
-        seen.id = rid
+    def note(
+        self,
+        *,
+        model: str | None = None,
+        stream: bool | None = None,
+        answer: Answer | None = None,
+        trace: Trace | None = None,
+        error: str | None = None,
+        rid: object = None,
+    ) -> None:
+        """Fill in what the gateway learnt; a trace noted before the answer is what a failure shows."""
+        if model is not None:
+            self.model = model
+        if stream is not None:
+            self.stream = stream
+        if answer is not None:
+            self.answer, self.trace = answer, answer.trace
+        if trace is not None and self.trace is None:
+            self.trace = trace
+        if error is not None:
+            self.error = error
+        if isinstance(rid, str):
+            self.id = rid
 
 
 Sink = Callable[[Observed], None]
 
 
-class ObserveMiddleware:
-    """Plain ASGI (like the metrics middleware): one Observed per generating request, to the sinks
-    when the body is done. A sink that raises is logged and skipped, never the request's problem."""
+def observed_in(scope: Scope) -> Observed:
+    """The request's Observed as the middleware left it, else a detached one that nobody reads (a
+    path the middleware does not watch, an app without sinks)."""
+    seen = scope.get(SCOPE_KEY)
+    return seen if isinstance(seen, Observed) else Observed(path=scope["path"], started_ns=time.time_ns())
 
-    def __init__(self, app: ASGIApp, sinks: Iterable[Sink]) -> None:
+
+class ObserveMiddleware:
+    """Plain ASGI (like the metrics middleware): one Observed per request to ``paths`` (the generating
+    routes of coe.server.routes), to the sinks when the body is done. A sink that raises is logged and
+    skipped, never the request's problem."""
+
+    def __init__(self, app: ASGIApp, sinks: Iterable[Sink], paths: Collection[str]) -> None:
         self.app = app
         self.sinks = list(sinks)
+        self.paths = frozenset(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in GENERATING or not self.sinks:
+        if scope["type"] != "http" or scope["path"] not in self.paths or not self.sinks:
             await self.app(scope, receive, send)
             return
         wanted = {b"traceparent", b"tracestate"}
@@ -108,11 +111,10 @@ class ObserveMiddleware:
                 seen.status = message["status"]
             await send(message)
 
-        token = current.set(seen)
+        scope[SCOPE_KEY] = seen
         try:
             await self.app(scope, receive, send_status)
         finally:
-            current.reset(token)
             seen.ended_ns = time.time_ns()
             if seen.id is None:  # refused before a reply id existed: still one row to click
                 seen.id = f"req_{uuid.uuid4().hex[:24]}"

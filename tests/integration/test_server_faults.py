@@ -14,7 +14,7 @@ import json
 import logging
 import socket
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coe import load_config
+from coe import CoE, load_config
+from coe.errors import ExpertError
 from coe.server import ServerSettings, create_app
 from coe.server.settings import is_loopback
+from coe.types import RouteDecision, StreamEvent
 from tests.support.stub_server import Mode, StubState, stub_server
 
 USER = [{"role": "user", "content": "hi"}]
@@ -70,6 +72,15 @@ def stubs(tmp_path: Path) -> Iterator[tuple[Path, dict[str, StubState]]]:
 def client_for(path: Path, **kw: Any) -> TestClient:
     app = create_app(load_config(path), ServerSettings(warm=False, **kw))
     return TestClient(app, raise_server_exceptions=False)
+
+
+def readyz(client: TestClient) -> httpx.Response:
+    """/readyz once the strategy objects are built (it says ``strategies`` while the router loads)."""
+    for _ in range(600):
+        resp = client.get("/readyz")
+        if "strategies" not in resp.json().get("not_ready", {}):
+            return resp
+    raise AssertionError(f"the router was still being built: {resp.text}")
 
 
 def assert_openai_error(resp: httpx.Response, status: int) -> dict[str, Any]:
@@ -121,6 +132,28 @@ def test_failure_before_first_token_falls_back(stubs, failing: str, stream: bool
         assert [a["expert"] for a in trace["attempts"]] == [failing, "ok"]
         metrics = client.get("/metrics").text
         assert f'coe_fallbacks_total{{answered_by="ok",routed_to="{failing}"}} 1.0' in metrics
+
+
+async def test_a_requests_own_admission_is_entered_around_each_of_its_expert_calls(stubs) -> None:  # type: ignore[no-untyped-def]
+    """``aask``/``astream(admission=...)``: what the server hands each request (its per-expert slots);
+    the fallback's call is admitted too, and another request's calls are not."""
+    path, _ = stubs
+    mine: list[str] = []
+
+    def admit(into: list[str]) -> Any:
+        def enter(name: str) -> Any:
+            into.append(name)
+            return nullcontext()
+
+        return enter
+
+    decision = RouteDecision(router="test", experts=["bad", "ok"])
+    with CoE(load_config(path)) as coe:
+        answer = await coe.aask("hi", decision=decision, admission=admit(mine))
+        events = [e async for e in coe.astream("hi", decision=decision, admission=admit(mine))]
+        await coe.aask("hi", decision=decision)
+    assert answer.expert == "ok" and events[-1].answer is not None and events[-1].answer.expert == "ok"
+    assert mine == ["bad", "ok", "bad", "ok"]
 
 
 def test_drop_after_first_token_ends_stream_with_error_event(stubs) -> None:  # type: ignore[no-untyped-def]
@@ -254,7 +287,7 @@ def test_readyz_names_unreachable_experts(tmp_path: Path) -> None:
         path = make_registry(tmp_path, {"ok": (url, ""), "gone": ("http://127.0.0.1:9/v1", "")})
         with client_for(path) as client:
             assert client.get("/healthz").json() == {"status": "ok"}
-            resp = client.get("/readyz")
+            resp = readyz(client)
             assert resp.status_code == 503 and set(resp.json()["not_ready"]) == {"gone"}
 
 
@@ -280,7 +313,7 @@ def test_readyz_under_a_memory_budget_means_loadable(
     path = tmp_path / "experts.yaml"
     path.write_text(pool_registry_text(budget))
     with client_for(path) as client:
-        resp = client.get("/readyz")
+        resp = readyz(client)
         assert client.app.state.coe.pool.running == {}  # type: ignore[attr-defined]
     if not_ready:
         assert resp.status_code == 503 and resp.json()["not_ready"] == not_ready
@@ -358,10 +391,163 @@ def test_an_api_served_open_on_purpose_warns_at_start_up_and_in_readyz(
     caplog.set_level(logging.WARNING, logger="coe.server")
     with client_for(path, host="0.0.0.0", allow_unauthenticated=True) as client:
         assert "serving without API keys on '0.0.0.0'" in caplog.text
-        ready = client.get("/readyz").json()
+        ready = readyz(client).json()
     assert ready["unauthenticated"] is True and "anyone who can reach" in ready["warning"]
     with client_for(path) as client:  # loopback, no keys: the usual local case, nothing to report
-        assert "unauthenticated" not in client.get("/readyz").json()
+        assert "unauthenticated" not in readyz(client).json()
+
+
+# ------------------------------------------------------------------ failures the engine raises
+
+SECRET = "secret detail at /srv/coe/internal.py line 42"
+
+
+def _failing_engine(client: TestClient, monkeypatch: pytest.MonkeyPatch, exc: Exception) -> None:
+    """``aask`` and ``astream`` raise ``exc`` before answering (what a bug in the engine looks like)."""
+    coe = client.app.state.coe  # type: ignore[attr-defined]
+
+    async def aask(*_: Any, **__: Any) -> Any:
+        raise exc
+
+    async def astream(*_: Any, **__: Any) -> Any:
+        raise exc
+        yield  # an async generator, as astream is
+
+    monkeypatch.setattr(coe, "aask", aask)
+    monkeypatch.setattr(coe, "astream", astream)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_unexpected_exception_is_a_500_internal_error_without_its_details(
+    stubs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    caplog.set_level(logging.ERROR, logger="coe.server")
+    with client_for(path) as client:
+        _failing_engine(client, monkeypatch, RuntimeError(SECRET))
+        body = {"model": "coe/expert/ok", "messages": USER, "stream": stream}
+        error = assert_openai_error(client.post("/v1/chat/completions", json=body), 500)
+        assert error["code"] == "internal_error" and error["message"] == "internal server error"
+        anthropic = client.post("/v1/messages", json={**body, "max_tokens": 8})
+        assert anthropic.status_code == 500 and anthropic.json()["error"]["type"] == "api_error"
+        for resp in (error, anthropic.text):
+            assert SECRET not in str(resp) and "Traceback" not in str(resp)
+    assert "RuntimeError" in caplog.text  # the details stay in the server log
+
+
+def test_an_unexpected_exception_mid_stream_is_an_in_band_error_without_its_details(
+    stubs, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    with client_for(path) as client:
+        coe = client.app.state.coe  # type: ignore[attr-defined]
+
+        async def astream(*_: Any, **__: Any) -> Any:
+            yield StreamEvent(type="delta", text="half an ans")
+            raise RuntimeError(SECRET)
+
+        monkeypatch.setattr(coe, "astream", astream)
+        body = {"model": "coe/expert/ok", "messages": USER, "stream": True}
+        resp = client.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 200  # the status went out with the first byte
+        events = sse_events(resp.text)
+        assert events[-1] == "[DONE]" and events[-2]["error"]["message"] == "internal server error"
+        assert events[-2]["error"]["code"] == "stream_interrupted"
+        anthropic = client.post("/v1/messages", json={**body, "max_tokens": 8})
+        assert 'event: error\ndata: {"type": "error"' in anthropic.text
+        for text in (resp.text, anthropic.text):
+            assert SECRET not in text and "Traceback" not in text
+        assert 'coe_stream_errors_total{expert="unknown"} 2.0' in client.get("/metrics").text
+
+
+def test_an_expert_error_is_a_503_expert_failed(stubs, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    with client_for(path) as client:
+        _failing_engine(client, monkeypatch, ExpertError("ok", "its reply could not be read"))
+        for stream in (False, True):
+            body = {"model": "coe/expert/ok", "messages": USER, "stream": stream}
+            resp = client.post("/v1/chat/completions", json=body)
+            error = assert_openai_error(resp, 503)
+            assert error["code"] == "expert_failed" and "its reply could not be read" in error["message"]
+            assert resp.headers["retry-after"] == "1"
+
+
+def _with_registry_text(path: Path, before: str, after: str) -> Path:
+    path.write_text(path.read_text().replace(before, after, 1))
+    return path
+
+
+def test_previous_response_id_with_the_session_store_down_is_a_503(stubs) -> None:  # type: ignore[no-untyped-def]
+    """A conversation the caller asked to continue cannot be guessed: unlike routing, no fallback."""
+    path, states = stubs
+    _with_registry_text(path, "router:\n", "router:\n  sessions: {store: sqlite, path: sessions.db}\n")
+    (path.parent / "sessions.db").write_bytes(b"not a database " * 200)
+    with client_for(path) as client:
+        body = {"model": "coe/expert/ok", "input": "and then?", "previous_response_id": "resp_1"}
+        error = assert_openai_error(client.post("/v1/responses", json=body), 503)
+        assert error["type"] == "api_error" and "session store is unavailable" in error["message"]
+        assert states["ok"].calls == 0
+
+
+def test_feedback_with_traces_off_is_a_404_traces_disabled(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    _with_registry_text(path, "router:\n", "traces: {enabled: false}\nrouter:\n")
+    with client_for(path) as client:
+        answer = client.post("/v1/chat/completions", json={"model": "coe/expert/ok", "messages": USER})
+        grade = {"id": answer.json()["id"], "thumbs": "up"}
+        error = assert_openai_error(client.post("/v1/feedback", json=grade), 404)
+    assert error["code"] == "traces_disabled"
+
+
+def test_a_body_without_or_with_a_lying_content_length_cannot_pass_the_limit(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    small = json.dumps({"model": "coe/expert/ok", "messages": USER}).encode()
+    big = json.dumps({"model": "coe/expert/ok", "messages": [{"role": "user", "content": "x" * 5000}]})
+    with client_for(path, max_body_bytes=2000) as client:
+        chunked = client.post("/v1/chat/completions", content=iter([small]))  # no Content-Length
+        assert chunked.status_code == 200 and "content-length" not in chunked.request.headers
+        halves = iter([big[:2500].encode(), big[2500:].encode()])
+        resp = client.post("/v1/chat/completions", content=halves)
+        assert "content-length" not in resp.request.headers
+        assert assert_openai_error(resp, 413)["code"] == "request_too_large"
+        lying = client.post("/v1/chat/completions", content=big.encode(), headers={"content-length": "100"})
+        assert lying.request.headers["content-length"] == "100"
+        assert assert_openai_error(lying, 413)["code"] == "request_too_large"
+
+
+# ---------------------------------------------------------------------------------- readiness
+
+
+def _garbage_router(tmp_path: Path, url: str) -> Path:
+    """A registry whose router artefact (router.model) is not one."""
+    (tmp_path / "router.npz").write_bytes(b"this is no router artefact " * 40)
+    path = tmp_path / "experts.yaml"
+    path.write_text(
+        f"version: 1\nexperts:\n  ok: {{endpoint: '{url}', retries: 0}}\n"
+        "router:\n  model: router.npz\n  categories:\n    c: {expert: ok}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_router_that_cannot_load_is_a_503_naming_it_never_a_500(tmp_path: Path, warm: bool) -> None:
+    with stub_server("ok") as (url, state):
+        path = _garbage_router(tmp_path, url)
+        app = create_app(load_config(path), ServerSettings(warm=warm))
+        with TestClient(app, raise_server_exceptions=False) as client:
+            ready = readyz(client)
+            assert ready.status_code == 503 and set(ready.json()["not_ready"]) == {"router.model"}
+            assert ready.json()["status"] == "not ready"
+            for stream in (False, True):
+                body = {"model": "coe", "messages": USER, "stream": stream}
+                error = assert_openai_error(client.post("/v1/chat/completions", json=body), 503)
+                assert error["code"] == "not_ready" and "router.model" in error["message"]
+            anthropic = client.post("/v1/messages", json={**body, "max_tokens": 8})
+            assert anthropic.status_code == 503 and anthropic.json()["type"] == "error"
+            assert "router.model" in anthropic.json()["error"]["message"]
+            pinned = {"model": "coe/expert/ok", "messages": USER}
+            assert client.post("/v1/chat/completions", json=pinned).status_code == 503  # not ready
+    assert state.calls == 0
 
 
 # ------------------------------------------------------------------------------------ fuzzing

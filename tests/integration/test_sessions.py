@@ -2,7 +2,8 @@
 stub experts (what an expert answers does not matter here, who answers does): sessions keyed each
 way, stickiness and switching on hand-made conversations, the tool-loop lock, SQLite surviving a
 restart of a real `coe serve` process, two processes sharing one real Redis, and Redis killed
-mid-run degrading to stateless routing with no failed request."""
+mid-run degrading to stateless routing with no failed request, and a broken SQLite file doing the
+same until it is replaced."""
 
 from __future__ import annotations
 
@@ -280,6 +281,32 @@ def test_a_dead_redis_degrades_to_stateless_routing_without_failing_a_request(
         assert s["action"] == "stateless" and s["error"].startswith(f"redis {url}")
         assert response.headers["x-coe-expert"] == "general"  # what the turn gets on its own
     assert "coe_session_store_errors_total 3.0" in metrics  # one per turn routed statelessly
+
+
+def test_a_broken_sqlite_file_degrades_to_stateless_routing_and_recovers_once_replaced(
+    tmp_path: Path, stubs: dict[str, str]
+) -> None:
+    """The SQLite store on the request path, as the Redis one above: a file that is not a database
+    fails every store call, each turn is routed on its own and answered; once the file is gone the
+    next call reopens the store and a conversation is kept again."""
+    db = tmp_path / "s.db"
+    config = load_config(registry(tmp_path, stubs, f"{{store: sqlite, path: '{db}'}}"))
+    db.write_bytes(b"this is not a database " * 200)
+    with TestClient(create_app(config, ServerSettings(warm=False))) as client:
+        answers = [chat(client, conversation(CODE, FOLLOW_UP), {"x-coe-session": "q1"}) for _ in range(3)]
+        metrics = client.get("/metrics").text
+        db.unlink()
+        chat(client, conversation(CODE), {"x-coe-session": "q2"})
+        kept = chat(client, conversation(CODE, FOLLOW_UP), {"x-coe-session": "q2"})
+    for response in answers:
+        s = response.json()["coe"]["session"]
+        assert s["action"] == "stateless" and s["error"].startswith(f"sqlite {db}")
+        assert response.headers["x-coe-expert"] == "general"  # what the turn gets on its own
+    assert "coe_session_store_errors_total 3.0" in metrics  # one per turn routed statelessly
+    s = kept.json()["coe"]["session"]
+    assert (s["action"], s["turn"], s["error"]) == ("kept", 2, None) and kept.headers[
+        "x-coe-expert"
+    ] == "coder"
 
 
 @needs_redis

@@ -3,7 +3,8 @@
 ``responses`` (OpenAI Responses), ``messages`` (Anthropic Messages), ``completions`` (legacy prompt
 completion), ``embeddings``.
 
-A generating API's module has ``API`` (its field table, from ``policy``), ``parse`` (body -> a
-``Call``), ``body`` (Answer -> its reply) and ``Writer`` (stream events -> its events); the app
-routes each through the one coe.server.gateway. ``policy`` holds every field's fate, ``translate``
+A generating API's module has ``ADAPTER``, a ``coe.server.gateway.ApiAdapter``: ``info`` (its field
+table, from ``policy``), ``parse`` (body -> a ``Call``), ``body`` (Answer -> its reply) and ``writer``
+(stream events -> its events); the route table (coe/server/routes.py) routes each through the one
+coe.server.gateway. ``policy`` holds every field's fate, ``translate``
 the checks the modules share, ``openai_format`` the OpenAI reply shapes, ``docs`` the generated API page."""

@@ -19,7 +19,7 @@ from coe.server.apis.translate import (
     forwarded_params,
     parse_body,
 )
-from coe.server.gateway import Call, finish_reason
+from coe.server.gateway import ApiAdapter, Call, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import Answer, ReasoningEffort, Request, ResponseFormat, StreamEvent, Tool, ToolChoice
 
@@ -84,29 +84,6 @@ class ChatBody(BaseModel):
     coe: TraceOptions | None = None
 
 
-def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
-    data, body, extra = parse_body(CHAT, ChatBody, data, settings.unknown_fields)
-    messages = chat_messages(body.messages, settings.unknown_fields)
-    check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
-    check_max_tokens(body.max_completion_tokens, settings.max_tokens_limit, "max_completion_tokens")
-    check_tools(body.tools, body.tool_choice)
-    check_response_format(body.response_format)
-    if body.top_logprobs is not None and not body.logprobs:
-        raise bad("top_logprobs", "needs logprobs: true")
-    params = forwarded_params(data, CHAT.forwarded_names(), skip=("messages", *OPTIONS)) | extra
-    if body.max_completion_tokens is not None:
-        params["max_tokens"] = body.max_completion_tokens
-    typed = {k: getattr(body, k) for k in OPTIONS if getattr(body, k) is not None}
-    request = Request(messages=messages, params=params, **typed)
-    return Call(
-        request=request,
-        model=body.model,
-        stream=body.stream,
-        include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        trace=trace_header or bool(body.coe and body.coe.trace),
-    )
-
-
 def message_of(answer: Answer) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": answer.text or None}
     if answer.tool_calls:
@@ -114,16 +91,6 @@ def message_of(answer: Answer) -> dict[str, Any]:
     else:
         message["content"] = answer.text
     return message
-
-
-def body(answer: Answer, call: Call) -> dict[str, Any]:
-    choice: dict[str, Any] = {
-        "index": 0,
-        "message": message_of(answer),
-        "logprobs": {"content": answer.logprobs} if call.request.logprobs else None,
-        "finish_reason": finish_reason(answer, call.request.params.get("max_tokens")),
-    }
-    return whole("chatcmpl", "chat.completion", answer, call, choice)
 
 
 class Writer(OpenAIChunks):
@@ -152,4 +119,44 @@ class Writer(OpenAIChunks):
         return self.finish(answer, {"index": 0, "delta": {}, "finish_reason": finish})
 
 
-API = CHAT
+class ChatApi:
+    """The Chat Completions adapter (coe.server.gateway.ApiAdapter)."""
+
+    info = CHAT
+
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call:
+        data, body, extra = parse_body(CHAT, ChatBody, data, settings.unknown_fields)
+        messages = chat_messages(body.messages, settings.unknown_fields)
+        check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
+        check_max_tokens(body.max_completion_tokens, settings.max_tokens_limit, "max_completion_tokens")
+        check_tools(body.tools, body.tool_choice)
+        check_response_format(body.response_format)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise bad("top_logprobs", "needs logprobs: true")
+        params = forwarded_params(data, CHAT.forwarded_names(), skip=("messages", *OPTIONS)) | extra
+        if body.max_completion_tokens is not None:
+            params["max_tokens"] = body.max_completion_tokens
+        typed = {k: getattr(body, k) for k in OPTIONS if getattr(body, k) is not None}
+        request = Request(messages=messages, params=params, **typed)
+        return Call(
+            request=request,
+            model=body.model,
+            stream=body.stream,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            trace=trace_header or bool(body.coe and body.coe.trace),
+        )
+
+    def body(self, answer: Answer, call: Call) -> dict[str, Any]:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": message_of(answer),
+            "logprobs": {"content": answer.logprobs} if call.request.logprobs else None,
+            "finish_reason": finish_reason(answer, call.request.params.get("max_tokens")),
+        }
+        return whole("chatcmpl", "chat.completion", answer, call, choice)
+
+    def writer(self, call: Call, expert: str) -> Writer:
+        return Writer(call, expert)
+
+
+ADAPTER: ApiAdapter = ChatApi()

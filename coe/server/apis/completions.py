@@ -13,7 +13,7 @@ from coe.server.apis.chat import StreamOptions, TraceOptions
 from coe.server.apis.openai_format import OpenAIChunks, whole
 from coe.server.apis.policy import COMPLETIONS
 from coe.server.apis.translate import check_max_tokens, forwarded_params, parse_body
-from coe.server.gateway import Call, finish_reason
+from coe.server.gateway import ApiAdapter, Call, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import Answer, Message, Request, StreamEvent
 
@@ -45,26 +45,6 @@ class CompletionsBody(BaseModel):
     coe: TraceOptions | None = None
 
 
-def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
-    data, body, extra = parse_body(COMPLETIONS, CompletionsBody, data, settings.unknown_fields)
-    check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
-    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    params = forwarded_params(data, COMPLETIONS.forwarded_names(), skip=()) | extra
-    request = Request(
-        messages=[Message(role="user", content=prompt)],
-        params=params,
-        logprobs=True if body.logprobs is not None else None,
-        top_logprobs=body.logprobs,
-    )
-    return Call(
-        request=request,
-        model=body.model,
-        stream=body.stream,
-        include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        trace=trace_header or bool(body.coe and body.coe.trace),
-    )
-
-
 def legacy_logprobs(tokens: list[dict[str, Any]] | None, offset: int = 0) -> dict[str, Any] | None:
     """Chat logprobs in the legacy shape: parallel lists of tokens, logprobs, top alternatives, offsets."""
     if tokens is None:
@@ -79,16 +59,6 @@ def legacy_logprobs(tokens: list[dict[str, Any]] | None, offset: int = 0) -> dic
         out["text_offset"].append(offset)
         offset += len(t.get("token", ""))
     return out
-
-
-def body(answer: Answer, call: Call) -> dict[str, Any]:
-    choice = {
-        "index": 0,
-        "text": answer.text,
-        "logprobs": legacy_logprobs(answer.logprobs or []) if call.request.logprobs else None,
-        "finish_reason": finish_reason(answer, call.request.params.get("max_tokens")),
-    }
-    return whole("cmpl", "text_completion", answer, call, choice)
 
 
 class Writer(OpenAIChunks):
@@ -114,4 +84,41 @@ class Writer(OpenAIChunks):
         return self.finish(answer, {"index": 0, "text": "", "logprobs": None, "finish_reason": finish})
 
 
-API = COMPLETIONS
+class CompletionsApi:
+    """The legacy Completions adapter (coe.server.gateway.ApiAdapter)."""
+
+    info = COMPLETIONS
+
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call:
+        data, body, extra = parse_body(COMPLETIONS, CompletionsBody, data, settings.unknown_fields)
+        check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
+        prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        params = forwarded_params(data, COMPLETIONS.forwarded_names(), skip=()) | extra
+        request = Request(
+            messages=[Message(role="user", content=prompt)],
+            params=params,
+            logprobs=True if body.logprobs is not None else None,
+            top_logprobs=body.logprobs,
+        )
+        return Call(
+            request=request,
+            model=body.model,
+            stream=body.stream,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            trace=trace_header or bool(body.coe and body.coe.trace),
+        )
+
+    def body(self, answer: Answer, call: Call) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "text": answer.text,
+            "logprobs": legacy_logprobs(answer.logprobs or []) if call.request.logprobs else None,
+            "finish_reason": finish_reason(answer, call.request.params.get("max_tokens")),
+        }
+        return whole("cmpl", "text_completion", answer, call, choice)
+
+    def writer(self, call: Call, expert: str) -> Writer:
+        return Writer(call, expert)
+
+
+ADAPTER: ApiAdapter = CompletionsApi()

@@ -25,7 +25,7 @@ from coe.server.apis.translate import (
     forwarded_params,
     parse_body,
 )
-from coe.server.gateway import EXPERT_PREFIX, Call
+from coe.server.gateway import EXPERT_PREFIX, ApiAdapter, Call
 from coe.server.settings import ServerSettings
 from coe.types import (
     Answer,
@@ -111,51 +111,6 @@ class MessagesBody(BaseModel):
     user_profile_id: Any = None
     workspace_id: Any = None
     coe: TraceOptions | None = None
-
-
-def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
-    data, body, extra = parse_body(MESSAGES, MessagesBody, data, settings.unknown_fields)
-    check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
-    messages = conversation(body.messages)
-    if body.system:
-        messages.insert(0, Message(role="system", content=_text_blocks(body.system, "system")))
-    tools = [
-        Tool(
-            function=FunctionDef(
-                name=t.name, description=t.description, parameters=t.input_schema, strict=t.strict
-            )
-        )
-        for t in body.tools or []
-    ] or None
-    choice, parallel = tool_choice(body.tool_choice)
-    check_tools(tools, choice)
-    fmt = None
-    if body.output_config and body.output_config.format:
-        spec = JsonSchemaSpec(name="output", schema=body.output_config.format.schema_)
-        fmt = ResponseFormat(type="json_schema", json_schema=spec)
-        check_response_format(fmt, "output_config.format")
-    params = forwarded_params(data, MESSAGES.forwarded_names(), skip=()) | extra
-    params["max_tokens"] = body.max_tokens
-    if body.stop_sequences:
-        params["stop"] = body.stop_sequences
-    if body.metadata and body.metadata.user_id:
-        params["user"] = body.metadata.user_id
-    effort = body.output_config.effort if body.output_config else None
-    request = Request(
-        messages=messages,
-        params=params,
-        tools=tools,
-        tool_choice=choice,
-        parallel_tool_calls=parallel,
-        response_format=fmt,
-        reasoning_effort="xhigh" if effort == "max" else effort,
-    )
-    return Call(
-        request=request,
-        model=body.model,
-        stream=body.stream,
-        trace=trace_header or bool(body.coe and body.coe.trace),
-    )
 
 
 def tool_choice(choice: AnthropicToolChoice | None) -> tuple[ToolChoice | None, bool | None]:
@@ -291,26 +246,6 @@ def blocks_of(answer: Answer) -> list[dict[str, Any]]:
     return out
 
 
-def body(answer: Answer, call: Call) -> dict[str, Any]:
-    reason, sequence = stop_reason(answer, call)
-    out: dict[str, Any] = {
-        "id": f"msg_{uuid.uuid4().hex}",
-        "type": "message",
-        "role": "assistant",
-        "model": EXPERT_PREFIX + answer.expert,
-        "content": blocks_of(answer),
-        "stop_reason": reason,
-        "stop_sequence": sequence,
-        "usage": {
-            "input_tokens": answer.usage.prompt_tokens,
-            "output_tokens": answer.usage.completion_tokens,
-        },
-    }
-    if call.trace:
-        out["coe"] = answer.trace.model_dump()
-    return out
-
-
 class Writer:
     """message_start, then per block content_block_start / deltas (text_delta, input_json_delta) /
     content_block_stop, then message_delta (stop reason, output tokens) and message_stop. A failure
@@ -398,4 +333,76 @@ class Writer:
         return [self._event("error", error={"type": "api_error", "message": message})]
 
 
-API = MESSAGES
+class MessagesApi:
+    """The Anthropic Messages adapter (coe.server.gateway.ApiAdapter)."""
+
+    info = MESSAGES
+
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call:
+        data, body, extra = parse_body(MESSAGES, MessagesBody, data, settings.unknown_fields)
+        check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
+        messages = conversation(body.messages)
+        if body.system:
+            messages.insert(0, Message(role="system", content=_text_blocks(body.system, "system")))
+        tools = [
+            Tool(
+                function=FunctionDef(
+                    name=t.name, description=t.description, parameters=t.input_schema, strict=t.strict
+                )
+            )
+            for t in body.tools or []
+        ] or None
+        choice, parallel = tool_choice(body.tool_choice)
+        check_tools(tools, choice)
+        fmt = None
+        if body.output_config and body.output_config.format:
+            spec = JsonSchemaSpec(name="output", schema=body.output_config.format.schema_)
+            fmt = ResponseFormat(type="json_schema", json_schema=spec)
+            check_response_format(fmt, "output_config.format")
+        params = forwarded_params(data, MESSAGES.forwarded_names(), skip=()) | extra
+        params["max_tokens"] = body.max_tokens
+        if body.stop_sequences:
+            params["stop"] = body.stop_sequences
+        if body.metadata and body.metadata.user_id:
+            params["user"] = body.metadata.user_id
+        effort = body.output_config.effort if body.output_config else None
+        request = Request(
+            messages=messages,
+            params=params,
+            tools=tools,
+            tool_choice=choice,
+            parallel_tool_calls=parallel,
+            response_format=fmt,
+            reasoning_effort="xhigh" if effort == "max" else effort,
+        )
+        return Call(
+            request=request,
+            model=body.model,
+            stream=body.stream,
+            trace=trace_header or bool(body.coe and body.coe.trace),
+        )
+
+    def body(self, answer: Answer, call: Call) -> dict[str, Any]:
+        reason, sequence = stop_reason(answer, call)
+        out: dict[str, Any] = {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "type": "message",
+            "role": "assistant",
+            "model": EXPERT_PREFIX + answer.expert,
+            "content": blocks_of(answer),
+            "stop_reason": reason,
+            "stop_sequence": sequence,
+            "usage": {
+                "input_tokens": answer.usage.prompt_tokens,
+                "output_tokens": answer.usage.completion_tokens,
+            },
+        }
+        if call.trace:
+            out["coe"] = answer.trace.model_dump()
+        return out
+
+    def writer(self, call: Call, expert: str) -> Writer:
+        return Writer(call, expert)
+
+
+ADAPTER: ApiAdapter = MessagesApi()

@@ -24,7 +24,7 @@ from coe.server.apis.translate import (
     forwarded_params,
     parse_body,
 )
-from coe.server.gateway import EXPERT_PREFIX, Call, finish_reason
+from coe.server.gateway import EXPERT_PREFIX, ApiAdapter, Call, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import (
     Answer,
@@ -117,55 +117,6 @@ class ResponsesBody(BaseModel):
     moderation: Any = None
     context_management: Any = None
     coe: TraceOptions | None = None
-
-
-def parse(data: Any, settings: ServerSettings, trace_header: bool) -> Call:
-    data, body, extra = parse_body(RESPONSES, ResponsesBody, data, settings.unknown_fields)
-    check_max_tokens(body.max_output_tokens, settings.max_tokens_limit, "max_output_tokens")
-    # Tool outputs may answer calls of the stored response: checked once it is prepended (gateway).
-    messages = input_messages(body.input, settings, check_results=body.previous_response_id is None)
-    if body.instructions:
-        messages.insert(0, Message(role="system", content=body.instructions))
-    tools = [
-        Tool(
-            function=FunctionDef(
-                name=t.name, description=t.description, parameters=t.parameters, strict=t.strict
-            )
-        )
-        for t in body.tools or []
-    ] or None
-    choice: ToolChoice | None = (
-        NamedToolChoice(function=NamedFunction(name=body.tool_choice.name))
-        if isinstance(body.tool_choice, NamedChoice)
-        else body.tool_choice
-    )
-    check_tools(tools, choice)
-    fmt = response_format(body.text.format if body.text else None)
-    check_response_format(fmt, "text.format")
-    params = forwarded_params(data, RESPONSES.forwarded_names(), skip=("parallel_tool_calls",)) | extra
-    if body.max_output_tokens is not None:
-        params["max_tokens"] = body.max_output_tokens
-    logprobs = bool(body.include) or body.top_logprobs is not None
-    request = Request(
-        messages=messages,
-        params=params,
-        tools=tools,
-        tool_choice=choice,
-        parallel_tool_calls=body.parallel_tool_calls,
-        response_format=fmt,
-        logprobs=logprobs or None,
-        top_logprobs=body.top_logprobs,
-        reasoning_effort=body.reasoning.effort if body.reasoning else None,
-    )
-    return Call(
-        request=request,
-        model=body.model,
-        stream=body.stream,
-        trace=trace_header or bool(body.coe and body.coe.trace),
-        response_id=_ids("resp"),
-        store=body.store is not False,  # OpenAI's default: stored
-        previous_response_id=body.previous_response_id,
-    )
 
 
 def response_format(fmt: TextFormat | None) -> ResponseFormat | None:
@@ -351,14 +302,6 @@ def _format_out(fmt: ResponseFormat | None) -> dict[str, Any]:
     return {"type": "json_schema", **spec.model_dump(exclude_none=True, by_alias=True)}
 
 
-def body(answer: Answer, call: Call) -> dict[str, Any]:
-    output: list[dict[str, Any]] = []
-    if answer.text or not answer.tool_calls:
-        output.append(text_item(_ids("msg"), answer.text, answer.logprobs if call.request.logprobs else None))
-    output += [call_item(_ids("fc"), c) for c in answer.tool_calls or []]
-    return response(call, call.response_id or _ids("resp"), int(time.time()), output, answer, answer.expert)
-
-
 class Writer:
     """Typed events, in order: response.created, response.in_progress; per output item
     output_item.added, its deltas (output_text.delta, function_call_arguments.delta), its .done
@@ -520,4 +463,72 @@ class Writer:
         ]
 
 
-API = RESPONSES
+class ResponsesApi:
+    """The Responses adapter (coe.server.gateway.ApiAdapter)."""
+
+    info = RESPONSES
+
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call:
+        data, body, extra = parse_body(RESPONSES, ResponsesBody, data, settings.unknown_fields)
+        check_max_tokens(body.max_output_tokens, settings.max_tokens_limit, "max_output_tokens")
+        # Tool outputs may answer calls of the stored response: checked once it is prepended (gateway).
+        messages = input_messages(body.input, settings, check_results=body.previous_response_id is None)
+        if body.instructions:
+            messages.insert(0, Message(role="system", content=body.instructions))
+        tools = [
+            Tool(
+                function=FunctionDef(
+                    name=t.name, description=t.description, parameters=t.parameters, strict=t.strict
+                )
+            )
+            for t in body.tools or []
+        ] or None
+        choice: ToolChoice | None = (
+            NamedToolChoice(function=NamedFunction(name=body.tool_choice.name))
+            if isinstance(body.tool_choice, NamedChoice)
+            else body.tool_choice
+        )
+        check_tools(tools, choice)
+        fmt = response_format(body.text.format if body.text else None)
+        check_response_format(fmt, "text.format")
+        params = forwarded_params(data, RESPONSES.forwarded_names(), skip=("parallel_tool_calls",)) | extra
+        if body.max_output_tokens is not None:
+            params["max_tokens"] = body.max_output_tokens
+        logprobs = bool(body.include) or body.top_logprobs is not None
+        request = Request(
+            messages=messages,
+            params=params,
+            tools=tools,
+            tool_choice=choice,
+            parallel_tool_calls=body.parallel_tool_calls,
+            response_format=fmt,
+            logprobs=logprobs or None,
+            top_logprobs=body.top_logprobs,
+            reasoning_effort=body.reasoning.effort if body.reasoning else None,
+        )
+        return Call(
+            request=request,
+            model=body.model,
+            stream=body.stream,
+            trace=trace_header or bool(body.coe and body.coe.trace),
+            response_id=_ids("resp"),
+            store=body.store is not False,  # OpenAI's default: stored
+            previous_response_id=body.previous_response_id,
+        )
+
+    def body(self, answer: Answer, call: Call) -> dict[str, Any]:
+        output: list[dict[str, Any]] = []
+        if answer.text or not answer.tool_calls:
+            output.append(
+                text_item(_ids("msg"), answer.text, answer.logprobs if call.request.logprobs else None)
+            )
+        output += [call_item(_ids("fc"), c) for c in answer.tool_calls or []]
+        return response(
+            call, call.response_id or _ids("resp"), int(time.time()), output, answer, answer.expert
+        )
+
+    def writer(self, call: Call, expert: str) -> Writer:
+        return Writer(call, expert)
+
+
+ADAPTER: ApiAdapter = ResponsesApi()
