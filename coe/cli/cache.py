@@ -181,7 +181,7 @@ def eval_cache(
     out.print(
         f"{result.n} pairs ({split}; {result.paraphrases} paraphrases): {result.hits} hits, "
         f"{result.wrong_hits} wrong; precision {result.precision:.3f} [95%: {lo:.3f}, {hi:.3f}], "
-        f"recall {result.recall:.3f} at threshold {result.threshold}"
+        f"recall {result.recall:.3f} at threshold {result.threshold or 0:.3f}"
     )
     refused = ", ".join(
         f"{k} {r.pairs} ({r.paraphrases} paraphrases)" for k, r in result.refused.items() if r.pairs
