@@ -92,7 +92,7 @@ _IDENTIFIER = re.compile(
     r"|\b\w+\(\)"
     r"|(?<!\S)--?[A-Za-z][\w-]*"
 )
-_SENTENCE_START = re.compile(r"(?:^|[.!?:;\n]\s*|[\"'(\[]\s*)$")
+_SENTENCE_ENDS = frozenset(".!?:;\n\"'([")
 
 
 def dates(text: str) -> tuple[str, ...]:
@@ -120,10 +120,19 @@ def entities(text: str) -> frozenset[str]:
         token = m.group(0)
         if token.lower() in STOPWORDS:
             continue
-        named = token[0].isupper() and not title_case and _SENTENCE_START.search(text[: m.start()]) is None
+        named = token[0].isupper() and not title_case and not _starts_sentence(text, m.start())
         if named or any(c.isupper() for c in token[1:]):
             found.add(token.lower())
     return frozenset(found)
+
+
+def _starts_sentence(text: str, at: int) -> bool:
+    """Whether the word at ``at`` opens a sentence, a line, a quote or a bracket (scanning back over
+    spaces only, so a long prompt costs one step per word, not one per character)."""
+    i = at - 1
+    while i >= 0 and text[i] in " \t\r":
+        i -= 1
+    return i < 0 or text[i] in _SENTENCE_ENDS
 
 
 def _same_name(entity: str, word: str) -> bool:
