@@ -337,6 +337,11 @@ class CacheTrace(BaseModel):
     similarity: float | None = Field(None, description="cosine of the router embeddings")
     probability: float | None = Field(None, description="the pair verifier's probability")
     reason: str = ""
+    refused: str | None = Field(
+        None,
+        description="a miss the verifier would have replayed, refused by the guard: date, number, "
+        "direction, negation, identifier, entity or words (coe.signals.cache.features.REFUSALS)",
+    )
     candidates: int = Field(0, description="entries of the same scope compared")
     lookup_ms: float = 0.0
     error: str | None = None

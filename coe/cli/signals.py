@@ -157,13 +157,24 @@ def _label_accuracy(rows: list[GuardRow], scores: Any, flagged: list[bool]) -> f
     return round(sum(hits) / len(hits), 4) if hits else None
 
 
+PiiSplitOpt = Annotated[
+    str,
+    typer.Option(
+        "--split",
+        help="all; validation: the held-out 30% of the sentence templates (template_id) the recognizers' "
+        "rules were not written against; train: the rest",
+    ),
+]
+
+
 @eval_app.command("pii")
 def eval_pii(
-    data: Annotated[Path, typer.Argument(help="JSONL of {text, spans: [{start, end, type}]}.")],
+    data: Annotated[Path, typer.Argument(help="JSONL of {text, spans: [{start, end, type}], template_id}.")],
     types: Annotated[
         str | None, typer.Option("--types", help="Comma-separated types to detect (default: signals.pii's).")
     ] = None,
     min_score: Annotated[float | None, typer.Option("--min-score", help="Presidio score floor.")] = None,
+    split: PiiSplitOpt = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Span F1 (exact offsets and type) of Presidio's pattern recognizers, per type and micro."""
@@ -174,6 +185,8 @@ def eval_pii(
     from coe.signals.evaluation import pii_metrics
     from coe.signals.pii import find
 
+    if split not in ("all", "train", "validation"):
+        raise fail(f"--split must be all, train or validation, not {split!r}")
     try:
         cfg = PiiConfig.model_validate(
             {
@@ -184,28 +197,31 @@ def eval_pii(
     except ValidationError as exc:
         raise fail(exc.errors()[0]["msg"]) from None
     try:
-        rows = _pii_rows(data)
+        rows = _pii_rows(data, split)
         t = time.perf_counter()
         found = [[(s.start, s.end, s.type) for s in find(text, cfg.types, cfg.min_score)] for text, _ in rows]
         per_ms = (time.perf_counter() - t) * 1000 / len(rows)
     except CoEError as exc:
         raise fail(exc) from None
     result = pii_metrics([gold for _, gold in rows], found)
-    result.update(types=cfg.types, min_score=cfg.min_score, mean_ms_per_text=round(per_ms, 3))
+    result.update(split=split, types=cfg.types, min_score=cfg.min_score, mean_ms_per_text=round(per_ms, 3))
     if as_json:
         print_json(result)
         return
     typer.echo(
-        f"{result['n']} texts: f1_pattern_types {result['f1_pattern_types']:.3f}, "
+        f"{result['n']} texts ({split}): f1_pattern_types {result['f1_pattern_types']:.3f}, "
         f"f1_all {result['f1_all']:.3f}"
     )
     for name, f1 in result["f1_by_type"].items():
         typer.echo(f"  {name}: {f1:.3f} {result['counts_by_type'][name]}")
 
 
-def _pii_rows(path: Path) -> list[tuple[str, list[tuple[int, int, str]]]]:
+def _pii_rows(path: Path, split: str = "all") -> list[tuple[str, list[tuple[int, int, str]]]]:
+    """The rows of ``split`` (``coe.signals.evaluation.pii_in_validation`` by ``template_id``; a row
+    without one is its own template)."""
     from coe.data.jsonl import jsonl_rows, raise_problems, read_utf8
     from coe.errors import CoEError
+    from coe.signals.evaluation import pii_in_validation
 
     if not path.is_file():
         raise CoEError(f"{path}: no such file")
@@ -227,8 +243,11 @@ def _pii_rows(path: Path) -> list[tuple[str, list[tuple[int, int, str]]]]:
         if not good:
             problems.append(f"{path}:{n}: `spans` must be a list of {{start, end, type}} inside the text")
             continue
+        template = str(row.get("template_id", text))
+        if split != "all" and pii_in_validation(template) != (split == "validation"):
+            continue
         rows.append((text, [(s["start"], s["end"], s["type"]) for s in spans]))
     raise_problems(problems, CoEError)
     if not rows:
-        raise CoEError(f"{path}: no rows")
+        raise CoEError(f"{path}: no rows" + (f" in split {split!r}" if split != "all" else ""))
     return rows

@@ -78,7 +78,9 @@ class Metrics:
         )
         self.cache = Counter(
             "coe_cache_lookups",
-            "semantic cache lookups by result (hit, miss, skip, error) and match (exact, semantic)",
+            "semantic cache lookups by result (hit, miss, skip, error, or refused_REASON: a miss the "
+            "verifier would have replayed, refused by the guard for a different date, number, direction, "
+            "negation, identifier, entity or too many words) and match (exact, semantic)",
             ["result", "match"],
             registry=r,
         )
@@ -98,7 +100,9 @@ class Metrics:
         self.observe_session(trace.session)
         self.observe_signals(trace.signals)
         if trace.cache is not None:
-            self.cache.labels(result=trace.cache.status, match=trace.cache.match or "none").inc()
+            cache = trace.cache
+            result = f"refused_{cache.refused}" if cache.refused else cache.status
+            self.cache.labels(result=result, match=cache.match or "none").inc()
             if trace.cache.error is not None:
                 self.cache_errors.inc()
         for key, ms in trace.timings_ms.items():

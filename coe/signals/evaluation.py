@@ -8,11 +8,21 @@ the pattern types and over every type in the file.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 PATTERN_EVAL_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN")
+PII_VALIDATION_PERCENT = 30
+
+
+def pii_in_validation(template: str) -> bool:
+    """The PII split: whole sentence templates (``template_id``) on one side, 30% of them held out, so
+    the recognizers' rules, written against the train side's sentences only, are measured on
+    sentence contexts they were never shaped by. Fixed: tuning on the validation side defeats it."""
+    digest = hashlib.sha1(f"coe-pii:validation:{template}".encode()).hexdigest()
+    return int(digest[:8], 16) % 100 < PII_VALIDATION_PERCENT
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:

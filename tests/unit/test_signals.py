@@ -278,6 +278,32 @@ def test_eval_pii_json_has_the_issue_keys_and_reports_bad_lines(tmp_path: Path) 
     assert unknown.exit_code == 1 and "'NAME'" in unknown.output
 
 
+def test_eval_pii_split_keeps_each_template_on_one_side(tmp_path: Path) -> None:
+    from coe.signals.evaluation import pii_in_validation
+
+    held_out = next(t for t in range(1000) if pii_in_validation(str(t)))
+    trained = next(t for t in range(1000) if not pii_in_validation(str(t)))
+    start = PII_TEXT.index("jane")
+    span = [{"start": start, "end": start + 20, "type": "EMAIL_ADDRESS"}]
+    rows = [
+        {"text": PII_TEXT, "spans": span, "template_id": held_out},
+        {"text": PII_TEXT + " Again.", "spans": span, "template_id": held_out},
+        {"text": "No PII here.", "spans": [], "template_id": trained},
+    ]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sizes = {}
+    for side in ("all", "train", "validation"):
+        result = runner.invoke(app, ["eval", "pii", str(data), "--split", side, "--json"])
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output)
+        assert out["split"] == side
+        sizes[side] = out["n"]
+    assert sizes == {"all": 3, "train": 1, "validation": 2}
+    wrong = runner.invoke(app, ["eval", "pii", str(data), "--split", "test"])
+    assert wrong.exit_code == 1 and "--split must be" in wrong.output
+
+
 def test_signals_config_model_leaves_room_for_the_cache() -> None:
     assert set(SignalsConfig.model_fields) >= {"guard", "pii"}
     assert GuardConfig(model="g.npz").action == "block" and PiiConfig().action == "redact"

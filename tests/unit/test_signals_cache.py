@@ -17,8 +17,9 @@ import pytest
 from coe.config import EmbedderConfig
 from coe.config.signals import CacheConfig
 from coe.encoding.embedder import shared_embedder
-from coe.signals.cache.evaluation import PairsError, in_validation, read_pairs
-from coe.signals.cache.features import guard
+from coe.signals.cache.evaluation import PairsError, read_pairs
+from coe.signals.cache.features import guard, refusal
+from coe.signals.cache.fitting import bucket, choose_threshold, sentence_groups, wilson
 from coe.signals.cache.matcher import SHIPPED, Matcher, Verifier
 from coe.signals.cache.runtime import Embedding, SemanticCache
 from coe.signals.cache.store import MemoryCache, RedisCache, SqliteCache
@@ -65,11 +66,93 @@ def test_the_guard_refuses_pairs_that_differ_in_a_number_a_date_or_a_negation() 
     assert guard("Two eagles on a branch.", "Two bald eagles on a high dead branch.") is not None
 
 
-def test_the_shipped_verifier_names_the_default_encoder_and_its_threshold(embedder: Any) -> None:
+# A near miss of each kind the guard must refuse: the two wordings are close enough for the encoder
+# and the verifier, but one answer is wrong for the other.
+NEAR_MISSES = {
+    "number": ("How many bytes are in 64 kilobytes?", "How many bytes are in 32 kilobytes?"),
+    "date": ("What happened on 2021-03-04?", "What happened on 2021-04-03?"),
+    "negation": ("Why is my Python script running?", "Why is my Python script not running?"),
+    "entity": ("What is the capital city of Austria?", "What is the capital city of Australia?"),
+    "identifier": ("What does os.path.join return?", "What does os.path.split return?"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NEAR_MISSES))
+def test_a_near_miss_of_each_kind_is_refused_by_its_reason(kind: str) -> None:
+    a, b = NEAR_MISSES[kind]
+    assert refusal(a, b) is not None and refusal(a, b)[0] == kind  # type: ignore[index]
+    assert refusal(b, a) is not None and refusal(b, a)[0] == kind  # type: ignore[index]
+
+
+def test_the_guard_reads_entities_and_identifiers_without_an_ner_model() -> None:
+    assert refusal("Who founded Apple?", "Who founded Microsoft?") == ("entity", "different named entities")
+    assert refusal("Is HashMap thread-safe?", "Is HashSet thread-safe?") is not None
+    assert refusal("What does the --force flag do?", "What does the --quiet flag do?") is not None
+    # a headline's Title Case, and a name and its adjective, are not different entities
+    headline = "NATO Soldier Killed In Afghan Attack"
+    assert refusal(headline, "NATO soldier killed in Afghanistan attack") is None
+    assert refusal("Tell me about Rome.", "Tell me about rome") is None
+
+
+def test_near_misses_of_every_kind_never_hit_the_cache(embedder: Any) -> None:
+    async def go() -> None:
+        for kind, (stored, asked) in NEAR_MISSES.items():
+            c = cache()
+            first = ask(stored)
+            await miss_then_put(c, first, embed(embedder, first.text))
+            trace, answer, _ = await c.lookup(ask(asked), "routed", embed(embedder, asked))
+            assert trace.status == "miss" and answer is None, (kind, trace)
+            if trace.refused is not None:  # the verifier let it through: the guard names why not
+                assert trace.refused == kind, (kind, trace)
+            # a matcher that lets any cosine and any probability through still refuses, saying why
+            anything = Matcher(Verifier.load(SHIPPED), min_cosine=-1.0, threshold=0.0)
+            verdict = anything.decide(trace.similarity or 0.0, asked, stored)
+            assert not verdict.hit and verdict.refused == kind, (kind, verdict)
+
+    asyncio.run(go())
+
+
+def test_a_guard_refusal_is_counted_by_its_reason_in_prometheus() -> None:
+    from coe.server.metrics import Metrics
+    from coe.types import CacheTrace, Trace
+
+    metrics = Metrics()
+    answer = ANSWER.model_copy(deep=True)
+    answer.trace = Trace(cache=CacheTrace(status="miss", refused="entity"))
+    metrics.observe_answer(answer)
+    answer.trace = Trace(cache=CacheTrace(status="miss"))
+    metrics.observe_answer(answer)
+    text = metrics.render().decode()
+    assert 'coe_cache_lookups_total{match="none",result="refused_entity"} 1.0' in text
+    assert 'coe_cache_lookups_total{match="none",result="miss"} 1.0' in text
+
+
+def test_the_shipped_verifier_names_the_default_encoder_and_its_out_of_fold_numbers(embedder: Any) -> None:
     verifier = Verifier.load(SHIPPED)
     assert verifier.encoder == embedder.space
     assert 0.5 <= verifier.threshold < 1
-    assert verifier.trained_on["target_precision"] == 0.95
+    assert verifier.trained_on["target_precision"] == 0.98
+    recorded = verifier.out_of_fold
+    assert recorded is not None and recorded["threshold"] == verifier.threshold
+    assert recorded["precision"] >= 0.98 and recorded["folds"] == 5
+    lo, hi = recorded["precision_ci95"]
+    assert lo < recorded["precision"] <= hi
+
+
+def test_folds_keep_pairs_that_share_a_sentence_together_and_the_threshold_is_for_precision() -> None:
+    a = ["A cat sits.", "a  cat sits.", "A dog runs.", "Birds fly."]
+    b = ["A cat is sitting.", "A kitten sits.", "A kitten sits.", "Fish swim."]
+    groups = sentence_groups(a, b)
+    assert groups[0] == groups[1] == groups[2] != groups[3]  # linked through "A kitten sits."
+    assert len({bucket(g, "fold", 5) for g in groups[:3]}) == 1
+    scores = np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90, 0.89, 0.88])
+    labels = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1])
+    eligible = np.ones(12, dtype=bool)
+    assert choose_threshold(scores, eligible, labels, 0.95) == 0.90  # 10 of 10; 0.88 gives 11 of 12
+    assert choose_threshold(scores, eligible, labels, 0.999) == 0.90
+    assert choose_threshold(scores[:9], eligible[:9], labels[:9], 0.5) == 1.0  # fewer than 10 hits
+    lo, hi = wilson(60, 60)
+    assert hi == 1.0 and 0.93 < lo < 0.95  # every hit right still leaves room for a few wrong ones
 
 
 def test_a_verifier_survives_a_round_trip_and_a_foreign_file_is_refused(tmp_path: Path) -> None:
@@ -97,7 +180,19 @@ def test_pair_files_report_every_bad_line_and_the_split_is_deterministic(tmp_pat
     message = str(exc.value)
     assert f"{path}:2: not JSON" in message and f"{path}:3: missing field 'b'" in message
     assert f"{path}:4: 'a' and 'b' must be non-empty strings" in message
-    assert in_validation("A cat sits.", "A dog runs.") == in_validation("a dog runs.", "A  cat sits.")
+    path.write_text(
+        "".join(
+            json.dumps({"a": f"Sentence {i}.", "b": f"Sentence {(i + 1) % 40}.", "label": 1}) + "\n"
+            if i < 40
+            else json.dumps({"a": f"Other {i}.", "b": f"Else {i}.", "label": 0}) + "\n"
+            for i in range(100)
+        )
+    )
+    train, validation = read_pairs(path, "train"), read_pairs(path, "validation")
+    assert len(train.labels) + len(validation.labels) == 100 and validation.labels
+    seen = set(train.a) | set(train.b)
+    assert not seen & (set(validation.a) | set(validation.b))  # a sentence is on one side only
+    assert sum(train.labels) in (0, 40)  # the 40 pairs of the ring share sentences: one group, one side
 
 
 def test_exact_and_paraphrase_hits_within_one_scope(embedder: Any) -> None:
@@ -281,7 +376,13 @@ def test_cache_stats_and_clear_read_the_registrys_sqlite_store(tmp_path: Path, e
     asyncio.run(fill())
     stats = coe_cli("cache", "stats", "--json", "-c", str(registry), cwd=tmp_path)
     assert stats.returncode == 0, stats.stderr
-    assert json.loads(stats.stdout) == {"store": "sqlite", "path": str(db), "entries": 1, "scopes": 1}
+    shown = json.loads(stats.stdout)
+    verifier = shown.pop("verifier")
+    assert shown == {"store": "sqlite", "path": str(db), "entries": 1, "scopes": 1}
+    assert verifier["threshold"] == Verifier.load(SHIPPED).threshold
+    assert verifier["recorded"]["precision"] >= 0.98 and len(verifier["recorded"]["precision_ci95"]) == 2
+    plain = " ".join(coe_cli("cache", "stats", "-c", str(registry), cwd=tmp_path).stdout.split())
+    assert "recorded out of fold" in plain and "wrong of" in plain
     cleared = coe_cli("cache", "clear", "-c", str(registry), cwd=tmp_path)
     assert cleared.returncode == 0 and cleared.stdout.strip() == "cleared 1 cached answers"
     assert (
@@ -307,14 +408,15 @@ def test_eval_cache_reports_its_keys_and_every_bad_line(tmp_path: Path) -> None:
         },
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = coe_cli(
-        "eval", "cache", str(pairs), "--split", "all", "--json", "-c", str(DEFAULT_REGISTRY), cwd=tmp_path
-    )
+    run = coe_cli("eval", "cache", str(pairs), "--json", "-c", str(DEFAULT_REGISTRY), cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
-    assert {"precision", "recall", "threshold", "by_score_band"} <= set(result)
-    assert (result["hits"], result["precision"], result["recall"]) == (1, 1.0, 1.0)
-    assert result["blocked_by_guard"] == 1 and result["by_score_band"]["2-3"]["hits"] == 0
+    result = json.loads(run.stdout)  # every row of a file scored by default: no split to hold out
+    assert {"precision", "precision_ci95", "wrong_hits", "recall", "by_score_band"} <= set(result)
+    assert (result["n"], result["hits"], result["wrong_hits"], result["precision"]) == (3, 1, 0, 1.0)
+    assert result["precision_ci95"][1] == 1.0 and result["precision_ci95"][0] < 0.5  # one hit says little
+    assert result["blocked_by_guard"] == 2 and result["by_score_band"]["2-3"]["hits"] == 0
+    assert set(result["refused"]) >= {"number", "date", "negation", "entity", "identifier"}
+    assert result["recorded"]["precision"] >= 0.98  # the shipped verifier's out-of-fold numbers
     fitted = coe_cli(
         "train-cache", str(pairs), "--split", "all", "--out", str(tmp_path / "v.npz"), cwd=tmp_path
     )

@@ -69,18 +69,113 @@ def stems(text: str) -> frozenset[str]:
     return frozenset(w[:5] for w in words(text) if w not in STOPWORDS)
 
 
-def guard(a: str, b: str) -> str | None:
-    """Why the two may not share an answer whatever their similarity (None: no objection)."""
+# Dates as written, in order: "2024-05-01" and "2024-01-05" have the same numbers but not the same day.
+_DATE = re.compile(
+    r"\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}[/.]\d{1,2}[/.]\d{2,4}\b|\b\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?"
+    r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?(?:\s+\d{4})?\b|"
+    r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?\b(?:,?\s+\d{4})?",
+    re.IGNORECASE,
+)
+_MONTHS_AND_DAYS = _vocabulary(
+    "monday tuesday wednesday thursday friday saturday sunday january february march april june july "
+    "august september october november december today yesterday tomorrow tonight weekend"
+)
+# A code identifier as a programmer writes it: in backticks, snake_case, camelCase or PascalCase with
+# two humps, dotted or scoped paths (os.path.join, std::vector, src/main.py), a call (sort()) or a
+# command-line flag (--verbose). Compared case-sensitively: code is.
+_IDENTIFIER = re.compile(
+    r"`[^`\n]+`"
+    r"|\b[A-Za-z_]\w*(?:(?:\.|::|->)[A-Za-z_]\w*)+(?:\(\))?"
+    r"|\b\w*_\w+\b"
+    r"|\b[a-z]+[A-Z]\w*\b"
+    r"|\b[A-Z][a-z0-9]+[A-Z][a-z0-9]+\w*\b"
+    r"|\b\w+\(\)"
+    r"|(?<!\S)--?[A-Za-z][\w-]*"
+)
+_SENTENCE_ENDS = frozenset(".!?:;\n\"'([")
+
+
+def dates(text: str) -> tuple[str, ...]:
+    """Dates written out (numeric or with a month name), and the day, month and relative-day words."""
+    found = [" ".join(m.group(0).lower().replace(",", " ").split()) for m in _DATE.finditer(text)]
+    return (*found, *sorted({w for w in words(text) if w in _MONTHS_AND_DAYS}))
+
+
+def identifiers(text: str) -> frozenset[str]:
+    """Abbreviations written with dots (U.S., e.g.) are not identifiers: every part is one letter."""
+    found = (m.group(0).strip("`") for m in _IDENTIFIER.finditer(text))
+    return frozenset(i for i in found if any(len(part) > 1 for part in re.split(r"\W+", i)))
+
+
+def entities(text: str) -> frozenset[str]:
+    """Named entities without an NER model (none is installed): capitalised words that do not start a
+    sentence, and all-caps or mixed-case words (IBM, iPhone) wherever they are. A sentence's first word
+    is left out because every sentence starts with a capital ("Paris is ..." is therefore not seen), and
+    in a text written in Title Case (a headline) only the all-caps and mixed-case words count."""
+    tokens = [m for m in _WORD.finditer(text) if m.group(0)[:1].isalpha() and len(m.group(0)) > 1]
+    content = [m.group(0) for m in tokens[1:] if m.group(0).lower() not in STOPWORDS]
+    title_case = len(content) >= 3 and sum(t[0].isupper() for t in content) >= 0.6 * len(content)
+    found = set()
+    for m in tokens:
+        token = m.group(0)
+        if token.lower() in STOPWORDS:
+            continue
+        named = token[0].isupper() and not title_case and not _starts_sentence(text, m.start())
+        if named or any(c.isupper() for c in token[1:]):
+            found.add(token.lower())
+    return frozenset(found)
+
+
+def _starts_sentence(text: str, at: int) -> bool:
+    """Whether the word at ``at`` opens a sentence, a line, a quote or a bracket (scanning back over
+    spaces only, so a long prompt costs one step per word, not one per character)."""
+    i = at - 1
+    while i >= 0 and text[i] in " \t\r":
+        i -= 1
+    return i < 0 or text[i] in _SENTENCE_ENDS
+
+
+def _same_name(entity: str, word: str) -> bool:
+    """One name in two forms: the same word, or one a prefix of the other of at least four letters
+    ("Afghan" and "Afghanistan", "Russia" and "Russia's"; not "Austria" and "Australia")."""
+    short, long = sorted((entity, word), key=len)
+    return short == long or (len(short) >= 4 and long.startswith(short))
+
+
+def _unnamed(one: str, other: str) -> bool:
+    """Whether ``one`` names an entity that ``other`` does not name in any case or form."""
+    there = set(words(other))
+    return any(not any(_same_name(e, w) for w in there) for e in entities(one))
+
+
+# Why a guard refusal was made, as counted by ``coe eval cache`` and ``coe_cache_lookups_total``.
+REFUSALS = ("date", "number", "direction", "negation", "identifier", "entity", "words")
+
+
+def refusal(a: str, b: str) -> tuple[str, str] | None:
+    """(kind, why) the two may not share an answer whatever their similarity, or None."""
+    if dates(a) != dates(b):
+        return "date", "different dates"
     if numbers(a) != numbers(b):
-        return "different numbers"
+        return "number", "different numbers"
     if {w for w in words(a) if w in PINNED} != {w for w in words(b) if w in PINNED}:
-        return "different dates or directions"
+        return "direction", "different directions or order words"
     if negations(a) != negations(b):
-        return "one is negated"
+        return "negation", "one is negated"
+    if identifiers(a) != identifiers(b):
+        return "identifier", "different code identifiers"
+    if _unnamed(a, b) and _unnamed(b, a):  # one name for another; an added name is an added word
+        return "entity", "different named entities"
     different = len(stems(a) ^ stems(b))
     if different > MAX_DIFFERENT_WORDS:
-        return f"{different} content words differ (at most {MAX_DIFFERENT_WORDS})"
+        return "words", f"{different} content words differ (at most {MAX_DIFFERENT_WORDS})"
     return None
+
+
+def guard(a: str, b: str) -> str | None:
+    """Why the two may not share an answer whatever their similarity (None: no objection)."""
+    found = refusal(a, b)
+    return None if found is None else found[1]
 
 
 def pair_features(cosine: float, a: str, b: str) -> np.ndarray:

@@ -311,6 +311,7 @@ class SemanticCache:
             similarity=round(cosine, 4),
             probability=None if verdict.probability is None else round(verdict.probability, 4),
             reason=("nearest entry: " if verdict.hit else "nearest entry refused: ") + verdict.reason,
+            refused=verdict.refused,
             candidates=len(index.ids),
         )
         if not verdict.hit:
