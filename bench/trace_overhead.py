@@ -199,7 +199,7 @@ def _records(n: int, prompts: list[str]) -> list[Any]:
 
 
 def write_rate(args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
-    from coe.traces import TraceStore, TraceWriter
+    from coe.traces import TraceQueue, TraceStore
 
     records = _records(args.write_records, prompts)
     with tempfile.TemporaryDirectory(prefix="coe-trace-write-") as tmp:
@@ -209,7 +209,7 @@ def write_rate(args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
             store.write(records[start : start + 256])
         direct_s = time.perf_counter() - t
         store.close()
-        writer = TraceWriter(TraceStore(Path(tmp) / "b.db"), queue_size=10_000)
+        writer = TraceQueue(TraceStore(Path(tmp) / "b.db"), queue_size=10_000)
         t = time.perf_counter()
         for r in records:
             writer.submit(r)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from coe.config import CoEConfig, load_config
-from coe.experts.calls import Admission
+from coe.experts.calls import Slot
 from coe.experts.pool import ExpertPool
 from coe.pipeline import Flow, Parts, Pipeline
 from coe.pipeline.parts import StoreKind
@@ -133,7 +133,7 @@ class CoE:
         Keywords: ``expert`` pins an expert; ``decision`` skips the router (the server's
         ``coe/category/NAME``); ``session`` names the conversation (without it, a resent history
         finds its own); ``trace`` is filled in as the request goes (a caller that wants the decision
-        before the answer); ``admission`` is entered around each expert call of this request (the
+        before the answer); ``slot`` is entered around each expert call of this request (the
         server's per-expert limit); ``tools``, ``tool_choice``, ``parallel_tool_calls``,
         ``response_format``, ``logprobs``, ``top_logprobs`` and ``reasoning_effort`` are OpenAI's Chat
         Completions fields; the rest are generation settings (max_tokens, temperature, ...) sent over
@@ -237,7 +237,7 @@ def flow_of(
     decision: RouteDecision | None = None,
     session: str | SessionRef | None = None,
     trace: Trace | None = None,
-    admission: Admission | None = None,
+    slot: Slot | None = None,
     tools: Sequence[Tool | dict[str, Any]] | None = None,
     tool_choice: ToolChoice | dict[str, Any] | None = None,
     parallel_tool_calls: bool | None = None,
@@ -269,6 +269,4 @@ def flow_of(
     else:
         request = Request.from_input(prompt, expert=expert, params=params, **given)
     ref = SessionRef(id=session) if isinstance(session, str) else session
-    return Flow(
-        request, trace if trace is not None else Trace(), decision=decision, session=ref, admission=admission
-    )
+    return Flow(request, trace if trace is not None else Trace(), decision=decision, session=ref, slot=slot)

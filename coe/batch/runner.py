@@ -182,7 +182,7 @@ class _Runner:
                     )
                 )
             elif flow.cached is not None:
-                answer = self.pipeline.answering.replayed(flow)
+                answer = self.pipeline.answering.from_cache(flow)
                 await self.pipeline.finish(flow, answer)
                 known.append(
                     BatchResult(

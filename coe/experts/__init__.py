@@ -6,7 +6,7 @@ sleeps and evicts them under a memory budget.
 holds), ``scheduler`` (leases and admission under the memory budget), ``budget`` (footprints and what
 fits), ``supervisor`` (our processes, crashes, the restart limit), ``planner`` (pure functions: which
 expert to load or evict), ``engines`` / ``llamacpp`` / ``vllm`` (one launcher per engine), ``process``
-(a child server), ``detached`` (processes ``coe experts up`` leaves running), ``statedir`` (where
+(one engine process), ``detached`` (processes ``coe experts up`` leaves running), ``statedir`` (where
 logs, sessions, cache and traces are kept), ``models`` (model files) and ``footprint`` (memory
 estimates). Not to be confused
 with ``coe.server``, the HTTP API.

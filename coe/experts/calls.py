@@ -1,5 +1,5 @@
 """One call to one expert: the Chat Completions body (the caller's request over the expert's
-defaults), admission and a lease on a managed process, the HTTP call or the provider's, and the reply
+defaults), slot and a lease on a managed process, the HTTP call or the provider's, and the reply
 read into an ``ExpertAnswer``. The orchestrator decides *which* experts to call and in what order;
 this module knows *how* a call is made, so the request path reads as routing and falling back.
 
@@ -27,7 +27,7 @@ from coe.types import Attempt, ExpertAnswer, Request, Trace, Usage
 
 # Entered around each call to one expert (the server's per-expert concurrency limit); an exception
 # other than ExpertError raised on entry ends the request instead of falling back.
-Admission = Callable[[str], AbstractAsyncContextManager[object]]
+Slot = Callable[[str], AbstractAsyncContextManager[object]]
 
 # Request fields CoE acts on (capabilities, forced tool calls), sent to the expert when set.
 OPTIONS = (
@@ -63,15 +63,15 @@ class ExpertCalls:
         request: Request,
         trace: Trace | None = None,
         timeout_s: float | None = None,
-        admission: Admission | None = None,
+        slot: Slot | None = None,
     ) -> ExpertAnswer:
         """Ask one expert. ``timeout_s`` bounds the whole call, a cold start included (the expert's
-        own ``timeout_s`` bounds each HTTP request); ``admission``: this request's, over the default."""
+        own ``timeout_s`` bounds each HTTP request); ``slot``: this request's, over the default."""
         t = time.perf_counter()
         enforced = self.enforces(name, request)
         markers = turn_markers(self.config.experts.get(name))
         try:
-            async with self.admit(name, admission):
+            async with self.in_slot(name, slot):
                 call = self.complete(name, request, trace)
                 data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
             choice = (data.get("choices") or [{}])[0]
@@ -106,10 +106,10 @@ class ExpertCalls:
             trace.timings_ms[f"expert:{name}"] = answer.latency_ms
         return answer
 
-    def admit(self, name: str, admission: Admission | None = None) -> AbstractAsyncContextManager[object]:
-        """The admission for one call to ``name``: the request's own (the server's per-expert limit),
+    def in_slot(self, name: str, slot: Slot | None = None) -> AbstractAsyncContextManager[object]:
+        """The slot for one call to ``name``: the request's own (the server's per-expert limit),
         else none (the library)."""
-        return admission(name) if admission is not None else nullcontext()
+        return slot(name) if slot is not None else nullcontext()
 
     async def complete(self, name: str, request: Request, trace: Trace | None = None) -> dict[str, Any]:
         """The expert's whole reply as its Chat Completions JSON (``ExpertError`` on failure)."""

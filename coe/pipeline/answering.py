@@ -15,7 +15,7 @@ from coe.capabilities import forced as forced_calls
 from coe.clock import ms_since
 from coe.config import CoEConfig
 from coe.errors import AllExpertsFailed, ExpertError
-from coe.experts.calls import Admission, ExpertCalls
+from coe.experts.calls import ExpertCalls, Slot
 from coe.pipeline.flow import Flow
 from coe.pipeline.parts import Parts
 from coe.protocols import CallExpert, Context, StreamingAggregator
@@ -47,24 +47,24 @@ class Answering:
         decision, request, trace = flow.routed(), flow.request, flow.trace
         recruited = decision.recruited
         timeout = self.config.aggregator.timeout_s if len(recruited) > 1 else None
-        calls = (self.calls.call(n, request, trace, timeout, flow.admission) for n in recruited)
+        calls = (self.calls.call(n, request, trace, timeout, flow.slot) for n in recruited)
         answers = list(await asyncio.gather(*calls))
         while (name := next_candidate(decision, answers)) is not None:
-            answers.append(await self.calls.call(name, request, trace, None, flow.admission))
+            answers.append(await self.calls.call(name, request, trace, None, flow.slot))
         if not any(a.ok for a in answers):
             raise AllExpertsFailed({a.expert: a.error or "unknown error" for a in answers})
         return answers
 
     async def combine(self, flow: Flow, answers: list[ExpertAnswer]) -> Answer:
         """The aggregator merges the answers; the trace gets its time and the totals."""
-        ctx = Context(decision=flow.routed(), trace=flow.trace, call_expert=self.for_coe(flow.admission))
+        ctx = Context(decision=flow.routed(), trace=flow.trace, call_expert=self.for_coe(flow.slot))
         t = time.perf_counter()
         result = await self.parts.aggregator.combine(flow.request, answers, ctx)
         flow.trace.timings_ms["aggregate"] = ms_since(t)
         self.settle(flow, result.expert, result.usage)
         return result
 
-    def replayed(self, flow: Flow) -> Answer:
+    def from_cache(self, flow: Flow) -> Answer:
         """A cached answer: no expert was called, so no attempts, no fallback."""
         answer = flow.cached
         assert answer is not None
@@ -83,7 +83,7 @@ class Answering:
         trace.active_params_b = self.config.experts[used].params_b
         trace.timings_ms["total"] = ms_since(flow.started)
 
-    def for_coe(self, admission: Admission | None) -> CallExpert:
+    def for_coe(self, slot: Slot | None) -> CallExpert:
         """Calls CoE makes for itself (an aggregator's judge or writer, a router's annotator): a JSON
         schema constrains the reply where the expert enforces one and is left out where it does not,
         since these callers parse the reply as text either way."""
@@ -96,7 +96,7 @@ class Answering:
                 and "json_schema" not in self.parts.capabilities(name)
             ):
                 request = request.model_copy(update={"response_format": None})
-            return await self.calls.call(name, request, None, None, admission)
+            return await self.calls.call(name, request, None, None, slot)
 
         return call
 
@@ -116,7 +116,7 @@ class Answering:
             forced = forced_calls.CallStream(name, request) if self.calls.enforces(name, request) else None
             reply = StreamedReply(name, request, forced)
             try:
-                async with self.calls.admit(name, flow.admission):
+                async with self.calls.in_slot(name, flow.slot):
                     async for chunk in self.calls.stream(name, request, trace):
                         for event in reply.take(chunk):
                             yield event
@@ -146,8 +146,8 @@ class Answering:
         ctx = Context(
             decision=flow.routed(),
             trace=flow.trace,
-            call_expert=self.for_coe(flow.admission),
-            stream_expert=lambda name, request: self._stream_pinned(name, request, flow.admission),
+            call_expert=self.for_coe(flow.slot),
+            stream_expert=lambda name, request: self._stream_pinned(name, request, flow.slot),
         )
         t = time.perf_counter()
         aggregator = self.parts.aggregator
@@ -161,13 +161,11 @@ class Answering:
                 self.settle(flow, event.answer.expert, event.answer.usage)
             yield event
 
-    def _stream_pinned(
-        self, name: str, request: Request, admission: Admission | None
-    ) -> AsyncIterator[StreamEvent]:
+    def _stream_pinned(self, name: str, request: Request, slot: Slot | None) -> AsyncIterator[StreamEvent]:
         """One expert's answer, streamed, for an aggregator's synthesis. No routing, no retrieval:
         the request it gets was routed already and holds any documents."""
         decision = RouteDecision(router="pinned", experts=[name], reason="called by the aggregator")
-        inner = Flow(request, Trace(decision=decision), decision=decision, admission=admission)
+        inner = Flow(request, Trace(decision=decision), decision=decision, slot=slot)
         return self._stream_one(inner)
 
 

@@ -52,7 +52,7 @@ class Pipeline:
     async def answer(self, flow: Flow) -> Answer:
         await self._ready(flow)
         if flow.cached is not None:
-            answer = self.answering.replayed(flow)
+            answer = self.answering.from_cache(flow)
         else:
             answer = await self.answering.combine(flow, await self.answering.answers(flow))
         await self.finish(flow, answer)
@@ -63,10 +63,10 @@ class Pipeline:
         session before the first event (the server's headers)."""
         await self._ready(flow)
         if flow.cached is not None:  # a replay streams too: deltas, then done
-            from coe.signals.cache.runtime import replay_events
+            from coe.signals.cache.runtime import cached_events
 
             events: AsyncIterator[StreamEvent] = _iterate(
-                replay_events(self.answering.replayed(flow), flow.trace)
+                cached_events(self.answering.from_cache(flow), flow.trace)
             )
         else:
             events = self.answering.stream(flow)

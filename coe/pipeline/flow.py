@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from coe.errors import CoEError
-from coe.experts.calls import Admission
+from coe.experts.calls import Slot
 from coe.types import Answer, Request, RouteDecision, SessionRef, Trace
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class Flow:
     trace: Trace = field(default_factory=Trace)
     decision: RouteDecision | None = None
     session: SessionRef | None = None
-    admission: Admission | None = None
+    slot: Slot | None = None
     started: float = field(default_factory=time.perf_counter)
     original: Request | None = None
     turn: Turn | None = None

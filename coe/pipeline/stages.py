@@ -19,7 +19,7 @@ from coe.capabilities import restrict
 from coe.clock import ms_since
 from coe.config import CoEConfig
 from coe.errors import CoEError, ExpertError
-from coe.experts.calls import Admission
+from coe.experts.calls import Slot
 from coe.pipeline.flow import Flow
 from coe.pipeline.parts import Parts
 from coe.protocols import AsyncRouter, CallExpert
@@ -109,7 +109,7 @@ class Route:
 
     name = "route"
 
-    def __init__(self, parts: Parts, for_coe: Callable[[Admission | None], CallExpert]) -> None:
+    def __init__(self, parts: Parts, for_coe: Callable[[Slot | None], CallExpert]) -> None:
         self.parts = parts
         self.for_coe = for_coe  # for routers that ask experts while routing (skills annotator)
 
@@ -121,8 +121,8 @@ class Route:
             router = await self.parts.arouter()
             requests = [f.request for f in todo]
             if isinstance(router, AsyncRouter):
-                admission = todo[0].admission if len(todo) == 1 else None
-                decisions = await router.aroute(requests, self.for_coe(admission))
+                slot = todo[0].slot if len(todo) == 1 else None
+                decisions = await router.aroute(requests, self.for_coe(slot))
                 if any(f.turn is not None for f in todo):
                     await asyncio.to_thread(self._steer, todo, decisions)
                 else:

@@ -3,7 +3,7 @@
 Every route is a row of the one route table (coe/server/routes.py). Every generating route (chat
 completions, responses, messages, completions) parses its body with its API's adapter
 (coe/server/apis/) and runs through the one Gateway with a ``RequestContext`` made for the request
-(its admission into the experts' slots, its observed record), so routing, trace headers, limits,
+(its slot with each expert, its observed record), so routing, trace headers, limits,
 fallbacks and metrics are the same for all; /v1/embeddings answers from the registry's encoder.
 
 ``create_app(config)`` builds a CoE and an ExpertLimiter whose slots each request enters around each
@@ -240,7 +240,7 @@ def _probe_handlers(parts: _Parts) -> dict[str, Handler]:
 
 
 def _recorder(coe: CoE, metrics: Metrics) -> Recorder | None:
-    """The trace store's writer when ``traces.enabled``; its drops and writes go to the metrics."""
+    """The trace store's recorder when ``traces.enabled``; its drops and writes go to the metrics."""
     if not coe.config.traces.enabled:
         return None
     from coe.traces import Recorder

@@ -1,4 +1,4 @@
-"""One generating request as the server carries it through the engine: its admission into each
+"""One generating request as the server carries it through the engine: its slot into each
 expert's slots, the experts it tried, and what the dashboard and telemetry will see of it.
 
 Why an object handed down and not context variables: the route makes it, the gateway passes its
@@ -29,7 +29,7 @@ class RequestContext:
         """The context of the request ``scope`` names (its Observed from the observe middleware)."""
         return cls(limiter, observed_in(scope))
 
-    def admit(self, name: str) -> AbstractAsyncContextManager[None]:
+    def slot(self, name: str) -> AbstractAsyncContextManager[None]:
         """The request's slot with expert ``name`` (429 when its queue is full), noted as tried."""
         self.tried.append(name)
         return self.limiter.slot(name)

@@ -1,9 +1,9 @@
 """The one request path behind every API: resolve the model id, answer (or stream) through CoE, map
 failures to status codes, count metrics, and name the answering expert in the ``x-coe-*`` headers.
-Each API (coe/server/apis/) is an ``ApiAdapter`` that only translates its wire shape to a ``Call``
+Each API (coe/server/apis/) is an ``ApiAdapter`` that only translates its wire shape to an ``ApiRequest``
 and an ``Answer`` (or ``StreamEvent``s) back to its wire shape, so routing, limits, fallbacks and
 metrics are the same for all of them. Each request comes with its ``RequestContext``
-(coe/server/context.py): its admission into the experts' slots and its observed record.
+(coe/server/context.py): its slot into the experts' slots and its observed record.
 
 Model ids: ``coe`` routes; ``coe/expert/NAME`` pins an expert; ``coe/category/NAME`` answers as if
 the router had chosen that category (its expert, then the fallback expert). A reply's model is
@@ -43,7 +43,7 @@ EMBEDDER = "coe/embedder"
 
 
 @dataclass
-class Call:
+class ApiRequest:
     """One request in CoE's terms, whichever API it came through."""
 
     request: Request
@@ -60,7 +60,7 @@ class Call:
     previous_response_id: str | None = None  # the stored reply this request continues
 
 
-class Writer(Protocol):
+class SseFormat(Protocol):
     """One streamed reply in one API's event format; ``id`` is the response id it sends."""
 
     id: str
@@ -75,8 +75,8 @@ class Writer(Protocol):
 
 
 class ApiAdapter(Protocol):
-    """One generating API (coe/server/apis/): its body to a ``Call``, then the ``Answer`` to its reply
-    (``body``) or the stream to its events (``writer``). The route table (coe/server/routes.py) routes
+    """One generating API (coe/server/apis/): its body to an ``ApiRequest``, then the ``Answer`` to its reply
+    (``body``) or the stream to its events (``sse``). The route table (coe/server/routes.py) routes
     each through the one Gateway."""
 
     @property
@@ -84,11 +84,11 @@ class ApiAdapter(Protocol):
         """Its field table, name, method and path (coe/server/apis/policy.py)."""
         ...
 
-    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call: ...
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> ApiRequest: ...
 
-    def body(self, answer: Answer, call: Call) -> dict[str, Any]: ...
+    def body(self, answer: Answer, call: ApiRequest) -> dict[str, Any]: ...
 
-    def writer(self, call: Call, expert: str) -> Writer: ...
+    def sse(self, call: ApiRequest, expert: str) -> SseFormat: ...
 
 
 def model_ids(coe: CoE) -> list[str]:
@@ -211,7 +211,7 @@ class Gateway:
         self.recorder = recorder
         self.readiness = readiness or Readiness(coe)
 
-    def record(self, rid: object, call: Call, answer: Answer, ctx: RequestContext) -> None:
+    def record(self, rid: object, call: ApiRequest, answer: Answer, ctx: RequestContext) -> None:
         """The response id the client got, for the live view and telemetry, and the answer handed to
         the trace store under it (non-blocking)."""
         ctx.observed.note(rid=rid)
@@ -219,7 +219,7 @@ class Gateway:
             self.recorder.record(rid, call.request, answer, model=call.model, api=call.api)
 
     async def _prepare(
-        self, call: Call, ctx: RequestContext, stream: bool
+        self, call: ApiRequest, ctx: RequestContext, stream: bool
     ) -> tuple[str | None, RouteDecision | None]:
         """The model id resolved, readiness held to, the stored conversation resumed."""
         ctx.observed.note(model=call.model, stream=stream)
@@ -232,7 +232,7 @@ class Gateway:
         await self._resume(call)
         return expert, decision
 
-    async def answer(self, call: Call, ctx: RequestContext) -> Answer:
+    async def answer(self, call: ApiRequest, ctx: RequestContext) -> Answer:
         expert, decision = await self._prepare(call, ctx, stream=False)
         trace = Trace()  # filled in as it goes: the dashboard and telemetry see a failure's stages too
         try:
@@ -242,7 +242,7 @@ class Gateway:
                 decision=decision,
                 session=call.session,
                 trace=trace,
-                admission=ctx.admit,
+                slot=ctx.slot,
             )
         except Exception as exc:
             self._count_blocked(exc)
@@ -258,7 +258,7 @@ class Gateway:
         if isinstance(exc, RequestBlocked):
             self.metrics.observe_blocked(exc.signal, exc.verdict)
 
-    async def _resume(self, call: Call) -> None:
+    async def _resume(self, call: ApiRequest) -> None:
         """Put the stored conversation of ``previous_response_id`` before the request's own turns (its
         system turns stay first, as OpenAI does not carry instructions over), in the same session."""
         if not call.store and call.previous_response_id is None:
@@ -295,7 +295,7 @@ class Gateway:
         if call.session is None and stored.session:
             call.session = SessionRef(id=stored.session, source="previous_response_id")
 
-    async def _remember(self, call: Call, answer: Answer) -> None:
+    async def _remember(self, call: ApiRequest, answer: Answer) -> None:
         if not (call.store and call.response_id) or self.coe.sessions is None:
             return
         said = Message(role="assistant", content=answer.text or None, tool_calls=answer.tool_calls or None)
@@ -306,7 +306,7 @@ class Gateway:
         record = StoredResponse(id=call.response_id, session=session, messages=[*turns, said.payload()])
         await self.coe.sessions.remember_response(record)
 
-    async def stream(self, call: Call, api: ApiAdapter, ctx: RequestContext) -> StreamingResponse:
+    async def stream(self, call: ApiRequest, api: ApiAdapter, ctx: RequestContext) -> StreamingResponse:
         """Wait for the first event before answering, so that 429, 400 no_capable_expert and "every
         expert failed" still get a status code; after it, failures go in-band (``Writer.error``).
         ``astream`` fills the trace as it goes: routing and the session are decided before its first
@@ -321,7 +321,7 @@ class Gateway:
                 decision=decision,
                 session=call.session,
                 trace=trace,
-                admission=ctx.admit,
+                slot=ctx.slot,
             )
             first = await anext(events)
         except Exception as exc:
@@ -332,14 +332,14 @@ class Gateway:
         tried = ctx.tried
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
         headers = coe_headers(answering, trace.decision or decision, trace)
-        sse_writer = api.writer(call, answering)
-        ctx.observed.note(rid=getattr(sse_writer, "id", None))
+        sse_format = api.sse(call, answering)
+        ctx.observed.note(rid=getattr(sse_format, "id", None))
 
         async def after(answer: Answer) -> None:
             await self._remember(call, answer)
-            self.record(sse_writer.id, call, answer, ctx)
+            self.record(sse_format.id, call, answer, ctx)
 
-        sse = _Stream(self.metrics, sse_writer, answering, after, ctx.observed)
+        sse = _Stream(self.metrics, sse_format, answering, after, ctx.observed)
         return StreamingResponse(
             sse.run(first, events),
             media_type="text/event-stream",
@@ -351,29 +351,29 @@ class _Stream:
     def __init__(
         self,
         metrics: Metrics,
-        writer: Writer,
+        sse: SseFormat,
         expert: str,
         after: Callable[[Answer], Awaitable[None]],
         observed: Observed,
     ) -> None:
         self.metrics = metrics
-        self.writer = writer
+        self.sse = sse
         self.expert = expert
         self.after = after  # once the whole answer is known
         self.observed = observed
 
     async def run(self, first: StreamEvent, events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
-        for part in self.writer.start():
+        for part in self.sse.start():
             yield part
         try:
             event: StreamEvent | None = first
             while event is not None:
                 if event.type == "delta":
-                    for part in self.writer.delta(event):
+                    for part in self.sse.delta(event):
                         yield part
                 elif event.answer is not None:
                     await self.after(event.answer)  # stored before the client can continue from it
-                    for part in self.writer.done(self._finish(event.answer)):
+                    for part in self.sse.done(self._finish(event.answer)):
                         yield part
                     return
                 event = await anext(events, None)
@@ -384,7 +384,7 @@ class _Stream:
             message = str(exc) if isinstance(exc, CoEError) else "internal server error"
             if not isinstance(exc, CoEError):
                 log.error("stream failed: %s", type(exc).__name__, exc_info=exc)
-            for part in self.writer.error(message):
+            for part in self.sse.error(message):
                 yield part
         finally:
             await events.aclose()  # type: ignore[attr-defined]

@@ -72,7 +72,7 @@ class Metrics:
         self.trace_records = Counter("coe_trace_records", "requests written to the trace store", registry=r)
         self.trace_dropped = Counter(
             "coe_trace_records_dropped",
-            "trace records not kept: queue_full (the writer fell behind) or write_error (the disk)",
+            "trace records not kept: queue_full (the trace queue fell behind) or write_error (the disk)",
             ["reason"],
             registry=r,
         )

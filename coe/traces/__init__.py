@@ -23,7 +23,7 @@ from coe.traces.record import (
     score_of,
 )
 from coe.traces.store import TraceStore, store_path
-from coe.traces.writer import TraceWriter
+from coe.traces.trace_queue import TraceQueue
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig
@@ -34,9 +34,9 @@ __all__ = [
     "Recorder",
     "ThumbsValue",
     "TraceDecision",
+    "TraceQueue",
     "TraceRecord",
     "TraceStore",
-    "TraceWriter",
     "UnknownTrace",
     "build_record",
     "feedback",
@@ -63,7 +63,7 @@ class Recorder:
     ) -> None:
         self.config = config
         self.store = TraceStore.from_config(config.traces, store_path(config, state_dir))
-        self.writer = TraceWriter(self.store, config.traces.queue_size, on_drop, on_write)
+        self.writer = TraceQueue(self.store, config.traces.queue_size, on_drop, on_write)
 
     def record(
         self, rid: str, request: Request, answer: Answer, *, model: str = "coe", api: str | None = None

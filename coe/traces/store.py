@@ -5,7 +5,7 @@ feedback rows in a second table. Retention runs every few hundred writes: record
 ``max_age_days`` go, then the oldest beyond ``max_rows``, then the oldest while the file is larger than
 ``max_mb`` (SQLite reuses the freed pages, so the file stops growing rather than shrinking).
 
-Writes come from one thread (coe.traces.writer); reads (``coe traces``, feedback, replay) may come from
+Writes come from one thread (coe.traces.trace_queue); reads (``coe traces``, feedback, replay) may come from
 others, so every call takes the lock. Errors are ``sqlite3.Error`` or ``OSError``: the writer counts
 them, the commands report them.
 """

@@ -135,7 +135,7 @@ def test_failure_before_first_token_falls_back(stubs, failing: str, stream: bool
 
 
 async def test_a_requests_own_admission_is_entered_around_each_of_its_expert_calls(stubs) -> None:  # type: ignore[no-untyped-def]
-    """``aask``/``astream(admission=...)``: what the server hands each request (its per-expert slots);
+    """``aask``/``astream(slot=...)``: what the server hands each request (its per-expert slots);
     the fallback's call is admitted too, and another request's calls are not."""
     path, _ = stubs
     mine: list[str] = []
@@ -149,8 +149,8 @@ async def test_a_requests_own_admission_is_entered_around_each_of_its_expert_cal
 
     decision = RouteDecision(router="test", experts=["bad", "ok"])
     with CoE(load_config(path)) as coe:
-        answer = await coe.aask("hi", decision=decision, admission=admit(mine))
-        events = [e async for e in coe.astream("hi", decision=decision, admission=admit(mine))]
+        answer = await coe.aask("hi", decision=decision, slot=admit(mine))
+        events = [e async for e in coe.astream("hi", decision=decision, slot=admit(mine))]
         await coe.aask("hi", decision=decision)
     assert answer.expert == "ok" and events[-1].answer is not None and events[-1].answer.expert == "ok"
     assert mine == ["bad", "ok", "bad", "ok"]

@@ -306,7 +306,7 @@ def test_the_request_path_records_traces_but_never_loads_the_offline_tools() -> 
     """Serving writes trace records (coe.traces: record, store, writer); replay, refit and the judge
     (numpy, the fit-map solver, an expert as judge) are for commands, never the request path."""
     reached = runtime_modules(graph())
-    assert {"coe.traces", "coe.traces.writer", "coe.traces.store"} <= set(reached)
+    assert {"coe.traces", "coe.traces.trace_queue", "coe.traces.store"} <= set(reached)
     offline = ("coe.traces.replay", "coe.traces.refit", "coe.traces.judge")
     assert [show(reached[m]) for m in offline if m in reached] == []
 

@@ -19,7 +19,7 @@ from coe import CoE, load_config
 from coe.cli import app
 from coe.config import TracesConfig, parse_config
 from coe.errors import ConfigError
-from coe.traces import Feedback, TraceDecision, TraceRecord, TraceStore, TraceWriter
+from coe.traces import Feedback, TraceDecision, TraceQueue, TraceRecord, TraceStore
 from coe.traces.judge import rating
 from coe.traces.refit import refit
 from coe.traces.replay import NO_TEXT, mismatches, replay
@@ -102,9 +102,7 @@ def test_a_full_queue_drops_the_record_and_counts_it(tmp_path: Path) -> None:
             super().write(records)
 
     drops: list[tuple[str, int]] = []
-    writer = TraceWriter(
-        SlowStore(tmp_path / "t.db"), queue_size=2, on_drop=lambda r, n: drops.append((r, n))
-    )
+    writer = TraceQueue(SlowStore(tmp_path / "t.db"), queue_size=2, on_drop=lambda r, n: drops.append((r, n)))
     results = [writer.submit(_record(f"r{i}", "coder")) for i in range(6)]
     assert results.count(False) >= 3  # the writer holds at most one batch, the queue two: put never waited
     release.set()
@@ -119,7 +117,7 @@ def test_an_unwritable_store_drops_counts_and_logs_once(
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    writer = TraceWriter(TraceStore(blocker / "traces.db"))
+    writer = TraceQueue(TraceStore(blocker / "traces.db"))
     with caplog.at_level(logging.WARNING, logger="coe.traces"):
         for i in range(3):
             assert writer.submit(_record(f"r{i}", "coder"))

@@ -4,7 +4,7 @@
 completion), ``embeddings``.
 
 A generating API's module has ``ADAPTER``, a ``coe.server.gateway.ApiAdapter``: ``info`` (its field
-table, from ``policy``), ``parse`` (body -> a ``Call``), ``body`` (Answer -> its reply) and ``writer``
+table, from ``policy``), ``parse`` (body -> an ``ApiRequest``), ``body`` (Answer -> its reply) and ``sse``
 (stream events -> its events); the route table (coe/server/routes.py) routes each through the one
 coe.server.gateway. ``policy`` holds every field's fate, ``translate``
 the checks the modules share, ``openai_format`` the OpenAI reply shapes, ``docs`` the generated API page."""

@@ -19,7 +19,7 @@ from coe.server.apis.translate import (
     forwarded_params,
     parse_body,
 )
-from coe.server.gateway import ApiAdapter, Call, finish_reason
+from coe.server.gateway import ApiAdapter, ApiRequest, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import Answer, ReasoningEffort, Request, ResponseFormat, StreamEvent, Tool, ToolChoice
 
@@ -93,7 +93,7 @@ def message_of(answer: Answer) -> dict[str, Any]:
     return message
 
 
-class Writer(OpenAIChunks):
+class SseFormat(OpenAIChunks):
     """OpenAI chunks: a role chunk, deltas (content, tool-call fragments, logprobs), a finish chunk
     (with the trace when asked), usage when asked, ``[DONE]``; or an error event and ``[DONE]``."""
 
@@ -124,7 +124,7 @@ class ChatApi:
 
     info = CHAT
 
-    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call:
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> ApiRequest:
         data, body, extra = parse_body(CHAT, ChatBody, data, settings.unknown_fields)
         messages = chat_messages(body.messages, settings.unknown_fields)
         check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
@@ -138,7 +138,7 @@ class ChatApi:
             params["max_tokens"] = body.max_completion_tokens
         typed = {k: getattr(body, k) for k in OPTIONS if getattr(body, k) is not None}
         request = Request(messages=messages, params=params, **typed)
-        return Call(
+        return ApiRequest(
             request=request,
             model=body.model,
             stream=body.stream,
@@ -146,7 +146,7 @@ class ChatApi:
             trace=trace_header or bool(body.coe and body.coe.trace),
         )
 
-    def body(self, answer: Answer, call: Call) -> dict[str, Any]:
+    def body(self, answer: Answer, call: ApiRequest) -> dict[str, Any]:
         choice: dict[str, Any] = {
             "index": 0,
             "message": message_of(answer),
@@ -155,8 +155,8 @@ class ChatApi:
         }
         return whole("chatcmpl", "chat.completion", answer, call, choice)
 
-    def writer(self, call: Call, expert: str) -> Writer:
-        return Writer(call, expert)
+    def sse(self, call: ApiRequest, expert: str) -> SseFormat:
+        return SseFormat(call, expert)
 
 
 ADAPTER: ApiAdapter = ChatApi()

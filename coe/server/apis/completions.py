@@ -13,7 +13,7 @@ from coe.server.apis.chat import StreamOptions, TraceOptions
 from coe.server.apis.openai_format import OpenAIChunks, whole
 from coe.server.apis.policy import COMPLETIONS
 from coe.server.apis.translate import check_max_tokens, forwarded_params, parse_body
-from coe.server.gateway import ApiAdapter, Call, finish_reason
+from coe.server.gateway import ApiAdapter, ApiRequest, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import Answer, Message, Request, StreamEvent
 
@@ -61,11 +61,11 @@ def legacy_logprobs(tokens: list[dict[str, Any]] | None, offset: int = 0) -> dic
     return out
 
 
-class Writer(OpenAIChunks):
+class SseFormat(OpenAIChunks):
     prefix = "cmpl"
     object = "text_completion"
 
-    def __init__(self, call: Call, expert: str) -> None:
+    def __init__(self, call: ApiRequest, expert: str) -> None:
         super().__init__(call, expert)
         self.offset = 0
 
@@ -89,7 +89,7 @@ class CompletionsApi:
 
     info = COMPLETIONS
 
-    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call:
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> ApiRequest:
         data, body, extra = parse_body(COMPLETIONS, CompletionsBody, data, settings.unknown_fields)
         check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
@@ -100,7 +100,7 @@ class CompletionsApi:
             logprobs=True if body.logprobs is not None else None,
             top_logprobs=body.logprobs,
         )
-        return Call(
+        return ApiRequest(
             request=request,
             model=body.model,
             stream=body.stream,
@@ -108,7 +108,7 @@ class CompletionsApi:
             trace=trace_header or bool(body.coe and body.coe.trace),
         )
 
-    def body(self, answer: Answer, call: Call) -> dict[str, Any]:
+    def body(self, answer: Answer, call: ApiRequest) -> dict[str, Any]:
         choice = {
             "index": 0,
             "text": answer.text,
@@ -117,8 +117,8 @@ class CompletionsApi:
         }
         return whole("cmpl", "text_completion", answer, call, choice)
 
-    def writer(self, call: Call, expert: str) -> Writer:
-        return Writer(call, expert)
+    def sse(self, call: ApiRequest, expert: str) -> SseFormat:
+        return SseFormat(call, expert)
 
 
 ADAPTER: ApiAdapter = CompletionsApi()

@@ -25,7 +25,7 @@ from coe.server.apis.translate import (
     forwarded_params,
     parse_body,
 )
-from coe.server.gateway import EXPERT_PREFIX, ApiAdapter, Call
+from coe.server.gateway import EXPERT_PREFIX, ApiAdapter, ApiRequest
 from coe.server.settings import ServerSettings
 from coe.types import (
     Answer,
@@ -218,7 +218,7 @@ def _image(source: Any, param: str) -> ContentPart:
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def stop_reason(answer: Answer, call: Call) -> tuple[str, str | None]:
+def stop_reason(answer: Answer, call: ApiRequest) -> tuple[str, str | None]:
     """Anthropic's stop reason and stop sequence. The sequence stays None: llama.cpp and vLLM strip
     the stop text and do not say which one matched, so a stop is reported as end_turn."""
     if answer.tool_calls:
@@ -246,12 +246,12 @@ def blocks_of(answer: Answer) -> list[dict[str, Any]]:
     return out
 
 
-class Writer:
+class SseFormat:
     """message_start, then per block content_block_start / deltas (text_delta, input_json_delta) /
     content_block_stop, then message_delta (stop reason, output tokens) and message_stop. A failure
     after the first byte: an ``error`` event (the SDKs raise it)."""
 
-    def __init__(self, call: Call, expert: str) -> None:
+    def __init__(self, call: ApiRequest, expert: str) -> None:
         self.call = call
         self.expert = expert
         self.id = f"msg_{uuid.uuid4().hex}"
@@ -338,7 +338,7 @@ class MessagesApi:
 
     info = MESSAGES
 
-    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call:
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> ApiRequest:
         data, body, extra = parse_body(MESSAGES, MessagesBody, data, settings.unknown_fields)
         check_max_tokens(body.max_tokens, settings.max_tokens_limit, "max_tokens")
         messages = conversation(body.messages)
@@ -375,14 +375,14 @@ class MessagesApi:
             response_format=fmt,
             reasoning_effort="xhigh" if effort == "max" else effort,
         )
-        return Call(
+        return ApiRequest(
             request=request,
             model=body.model,
             stream=body.stream,
             trace=trace_header or bool(body.coe and body.coe.trace),
         )
 
-    def body(self, answer: Answer, call: Call) -> dict[str, Any]:
+    def body(self, answer: Answer, call: ApiRequest) -> dict[str, Any]:
         reason, sequence = stop_reason(answer, call)
         out: dict[str, Any] = {
             "id": f"msg_{uuid.uuid4().hex}",
@@ -401,8 +401,8 @@ class MessagesApi:
             out["coe"] = answer.trace.model_dump()
         return out
 
-    def writer(self, call: Call, expert: str) -> Writer:
-        return Writer(call, expert)
+    def sse(self, call: ApiRequest, expert: str) -> SseFormat:
+        return SseFormat(call, expert)
 
 
 ADAPTER: ApiAdapter = MessagesApi()

@@ -10,13 +10,13 @@ import uuid
 from typing import Any
 
 from coe.server.errors import error_body
-from coe.server.gateway import EXPERT_PREFIX, Call
+from coe.server.gateway import EXPERT_PREFIX, ApiRequest
 from coe.types import Answer
 
 DONE = b"data: [DONE]\n\n"
 
 
-def whole(prefix: str, kind: str, answer: Answer, call: Call, choice: dict[str, Any]) -> dict[str, Any]:
+def whole(prefix: str, kind: str, answer: Answer, call: ApiRequest, choice: dict[str, Any]) -> dict[str, Any]:
     """A non-streamed reply of one choice, with the trace when asked."""
     out: dict[str, Any] = {
         "id": f"{prefix}-{uuid.uuid4().hex}",
@@ -35,7 +35,7 @@ class OpenAIChunks:
     prefix = "chatcmpl"
     object = "chat.completion.chunk"
 
-    def __init__(self, call: Call, expert: str) -> None:
+    def __init__(self, call: ApiRequest, expert: str) -> None:
         self.call = call
         self.expert = expert
         self.id = f"{self.prefix}-{uuid.uuid4().hex}"

@@ -24,7 +24,7 @@ from coe.server.apis.translate import (
     forwarded_params,
     parse_body,
 )
-from coe.server.gateway import EXPERT_PREFIX, ApiAdapter, Call, finish_reason
+from coe.server.gateway import EXPERT_PREFIX, ApiAdapter, ApiRequest, finish_reason
 from coe.server.settings import ServerSettings
 from coe.types import (
     Answer,
@@ -254,7 +254,12 @@ def call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict[s
 
 
 def response(
-    call: Call, resp_id: str, created: int, output: list[dict[str, Any]], answer: Answer | None, expert: str
+    call: ApiRequest,
+    resp_id: str,
+    created: int,
+    output: list[dict[str, Any]],
+    answer: Answer | None,
+    expert: str,
 ) -> dict[str, Any]:
     req = call.request
     status, incomplete = "in_progress", None
@@ -302,13 +307,13 @@ def _format_out(fmt: ResponseFormat | None) -> dict[str, Any]:
     return {"type": "json_schema", **spec.model_dump(exclude_none=True, by_alias=True)}
 
 
-class Writer:
+class SseFormat:
     """Typed events, in order: response.created, response.in_progress; per output item
     output_item.added, its deltas (output_text.delta, function_call_arguments.delta), its .done
     events and output_item.done; response.completed. A failure after the first byte: an ``error``
     event, then response.failed."""
 
-    def __init__(self, call: Call, expert: str) -> None:
+    def __init__(self, call: ApiRequest, expert: str) -> None:
         self.call = call
         self.expert = expert
         self.id = call.response_id or _ids("resp")
@@ -468,7 +473,7 @@ class ResponsesApi:
 
     info = RESPONSES
 
-    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> Call:
+    def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> ApiRequest:
         data, body, extra = parse_body(RESPONSES, ResponsesBody, data, settings.unknown_fields)
         check_max_tokens(body.max_output_tokens, settings.max_tokens_limit, "max_output_tokens")
         # Tool outputs may answer calls of the stored response: checked once it is prepended (gateway).
@@ -506,7 +511,7 @@ class ResponsesApi:
             top_logprobs=body.top_logprobs,
             reasoning_effort=body.reasoning.effort if body.reasoning else None,
         )
-        return Call(
+        return ApiRequest(
             request=request,
             model=body.model,
             stream=body.stream,
@@ -516,7 +521,7 @@ class ResponsesApi:
             previous_response_id=body.previous_response_id,
         )
 
-    def body(self, answer: Answer, call: Call) -> dict[str, Any]:
+    def body(self, answer: Answer, call: ApiRequest) -> dict[str, Any]:
         output: list[dict[str, Any]] = []
         if answer.text or not answer.tool_calls:
             output.append(
@@ -527,8 +532,8 @@ class ResponsesApi:
             call, call.response_id or _ids("resp"), int(time.time()), output, answer, answer.expert
         )
 
-    def writer(self, call: Call, expert: str) -> Writer:
-        return Writer(call, expert)
+    def sse(self, call: ApiRequest, expert: str) -> SseFormat:
+        return SseFormat(call, expert)
 
 
 ADAPTER: ApiAdapter = ResponsesApi()

@@ -262,7 +262,7 @@ class SemanticCache:
                 )
                 trace.reason = "the same last user turn in the same scope"
                 trace.lookup_ms = ms_since(t)
-                return trace, replay(found), None
+                return trace, cached_answer(found), None
             if refusal is not None or index is None or embedding is None:
                 trace, entry = CacheTrace(status="miss", reason=refusal or "no entry of this scope"), None
             else:
@@ -275,7 +275,7 @@ class SemanticCache:
             return trace, None, None
         trace.lookup_ms = ms_since(t)
         if entry is not None:
-            return trace, replay(entry), None
+            return trace, cached_answer(entry), None
         return trace, None, pending
 
     def _refusal(self, embedding: Embedding | None) -> str | None:
@@ -359,7 +359,7 @@ class SemanticCache:
         await self.store.aclose()
 
 
-def replay(entry: CacheEntry) -> Answer:
+def cached_answer(entry: CacheEntry) -> Answer:
     a = entry.answer
     calls = [ToolCall.model_validate(c) for c in a.get("tool_calls") or []] or None
     return Answer(
@@ -372,7 +372,7 @@ def replay(entry: CacheEntry) -> Answer:
     )
 
 
-def replay_events(answer: Answer, trace: Trace) -> list[StreamEvent]:
+def cached_events(answer: Answer, trace: Trace) -> list[StreamEvent]:
     """A cached answer as a stream: its text in word-sized deltas, each tool call whole, then done."""
     import re
 

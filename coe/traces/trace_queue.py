@@ -22,7 +22,7 @@ log = logging.getLogger("coe.traces")
 _BATCH = 256
 
 
-class TraceWriter:
+class TraceQueue:
     def __init__(
         self,
         store: TraceStore,
