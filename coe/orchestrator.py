@@ -213,8 +213,8 @@ class CoE:
             self._loop.run_until_complete(self.pipeline.calls.aclose())
             self._loop.run_until_complete(self.parts.aclose())
             self._loop.close()
-        elif (recorder := self.parts.built("recorder")) is not None:
-            recorder.close()  # type: ignore[attr-defined]
+        else:
+            self.parts.close_recorder()
         self.pool.stop_all()
 
     def __enter__(self) -> CoE:

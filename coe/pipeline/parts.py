@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from coe import plugins
 from coe.capabilities import expert_capabilities
@@ -31,6 +31,23 @@ T = TypeVar("T")
 StoreKind = Literal["memory", "sqlite", "redis"]
 
 
+class _Once(Generic[T]):
+    """One object, built by the first caller that needs it and by no other."""
+
+    def __init__(self, build: Callable[[], T], lock: threading.Lock) -> None:
+        self._build = build
+        self._lock = lock
+        self.done = False
+        self.value: T | None = None
+
+    def get(self) -> T:
+        if not self.done:
+            with self._lock:
+                if not self.done:
+                    self.value, self.done = self._build(), True
+        return self.value  # type: ignore[return-value]  # set by _build, which may return None on purpose
+
+
 class Parts:
     """``store``: where sessions and the cache live when the registry does not say (the library keeps
     them in memory; ``coe serve`` passes sqlite, so a restart keeps them). ``traces``: whether this
@@ -41,36 +58,36 @@ class Parts:
         self.pool = pool
         self.store = store
         self.traces = traces
-        self._built: dict[str, object] = {}
-        self._lock = threading.Lock()
-
-    def _once(self, key: str, build: Callable[[], T]) -> T:
-        if key not in self._built:
-            with self._lock:
-                if key not in self._built:
-                    self._built[key] = build()
-        return self._built[key]  # type: ignore[return-value]
-
-    def built(self, key: str) -> object | None:
-        """The object if it was built already (closing, or reusing the router's vector), else None."""
-        return self._built.get(key)
+        lock = threading.Lock()  # one lock: two first requests never build the same object twice
+        self._router = _Once(self._build_router, lock)
+        self._aggregator = _Once(self._build_aggregator, lock)
+        self._retriever = _Once(self._build_retriever, lock)
+        self._signals = _Once(self._build_signals, lock)
+        self._sessions = _Once(self._build_sessions, lock)
+        self._cache = _Once(self._build_cache, lock)
+        self._recorder = _Once(self._build_recorder, lock)
 
     @property
     def router(self) -> Router:
-        return self._once(
-            "router", lambda: plugins.router_factory(self.config.router.type).from_config(self.config)
-        )
+        return self._router.get()
+
+    @property
+    def built_router(self) -> Router | None:
+        """The router if something built it already (the cache reuses its vector; nothing builds it)."""
+        return self._router.value
 
     async def arouter(self) -> Router:
         """``router`` from async code: building it loads the encoder (seconds), so off the loop."""
-        built = self._built.get("router")
-        return built if built is not None else await asyncio.to_thread(lambda: self.router)  # type: ignore[return-value]
+        return self._router.get() if self._router.done else await asyncio.to_thread(self._router.get)
+
+    def _build_router(self) -> Router:
+        return plugins.router_factory(self.config.router.type).from_config(self.config)
 
     @property
     def aggregator(self) -> Aggregator:
-        return self._once("aggregator", self._aggregator)
+        return self._aggregator.get()
 
-    def _aggregator(self) -> Aggregator:
+    def _build_aggregator(self) -> Aggregator:
         cfg = self.config.aggregator
         factory = plugins.aggregator_factory(cfg.type)
         if isinstance(factory, AggregatorFactory):
@@ -81,62 +98,81 @@ class Parts:
     @property
     def retriever(self) -> Retriever | None:
         """The retrieval gate and index; None without a ``retrieval`` block."""
+        return self._retriever.get()
+
+    def _build_retriever(self) -> Retriever | None:
         if self.config.retrieval is None:
             return None
         from coe.retrieval.retriever import Retriever
 
-        return self._once("retriever", lambda: Retriever(self.config))
+        return Retriever(self.config)
 
     @property
     def signals(self) -> SignalStage | None:
         """The checks before routing; None without a guard or PII block."""
+        return self._signals.get()
+
+    def _build_signals(self) -> SignalStage | None:
         if self.config.signals.guard is None and self.config.signals.pii is None:
             return None
         from coe.signals.stage import SignalStage
 
-        return self._once("signals", lambda: SignalStage(self.config))
+        return SignalStage(self.config)
 
     @property
     def sessions(self) -> Sessions | None:
         """The conversation sessions; None when ``router.sessions.enabled`` is false."""
+        return self._sessions.get()
+
+    async def asessions(self) -> Sessions | None:
+        """``sessions`` from async code: the first call may load the encoder, so off the loop."""
+        if self._sessions.done or not self.config.router.sessions.enabled:
+            return self._sessions.get()
+        return await asyncio.to_thread(self._sessions.get)
+
+    def _build_sessions(self) -> Sessions | None:
         if not self.config.router.sessions.enabled:
             return None
         from coe.sessions import build_sessions
 
-        return self._once("sessions", lambda: build_sessions(self.config, self.store, self.pool.state_dir))
-
-    async def asessions(self) -> Sessions | None:
-        """``sessions`` from async code: the first call may load the encoder, so off the loop."""
-        if not self.config.router.sessions.enabled or "sessions" in self._built:
-            return self.sessions
-        return await asyncio.to_thread(lambda: self.sessions)
+        return build_sessions(self.config, self.store, self.pool.state_dir)
 
     @property
     def cache(self) -> SemanticCache | None:
         """The semantic response cache; None without ``signals.cache``."""
+        return self._cache.get()
+
+    def _build_cache(self) -> SemanticCache | None:
         from coe.signals.cache.runtime import build_cache
 
-        return self._once("cache", lambda: build_cache(self.config, self.store, self.pool.state_dir))
+        return build_cache(self.config, self.store, self.pool.state_dir)
 
     @property
     def recorder(self) -> Recorder | None:
-        """The trace store's writer when this CoE records its own answers."""
+        """The trace store's recorder when this CoE records its own answers."""
+        return self._recorder.get()
+
+    def _build_recorder(self) -> Recorder | None:
         if not self.traces:
             return None
         from coe.traces import Recorder
 
-        return self._once("recorder", lambda: Recorder(self.config, self.pool.state_dir))
+        return Recorder(self.config, self.pool.state_dir)
 
     def capabilities(self, name: str) -> frozenset[str]:
         """What expert ``name`` serves now: declared, else detected from its engine, else defaults."""
         return expert_capabilities(self.config.experts[name], self.pool.supervisor.detected.get(name))[0]
 
     async def aclose(self) -> None:
-        """Close what was built (stores, the trace writer); the pool is the caller's to stop."""
-        sessions, cache, recorder = self.built("sessions"), self.built("cache"), self.built("recorder")
-        if recorder is not None:
-            await asyncio.to_thread(recorder.close)  # type: ignore[attr-defined]
-        if sessions is not None:
-            await sessions.aclose()  # type: ignore[attr-defined]
-        if cache is not None:
-            await cache.aclose()  # type: ignore[attr-defined]
+        """Close what was built (stores, the trace queue); the pool is the caller's to stop."""
+        if (recorder := self._recorder.value) is not None:
+            await asyncio.to_thread(recorder.close)
+        if (sessions := self._sessions.value) is not None:
+            await sessions.aclose()
+        if (cache := self._cache.value) is not None:
+            await cache.aclose()
+
+    def close_recorder(self) -> None:
+        """For a CoE that never ran an event loop: only the recorder can have been built then."""
+        if (recorder := self._recorder.value) is not None:
+            recorder.close()

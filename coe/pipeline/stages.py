@@ -179,7 +179,7 @@ class CacheLookup:
         decision, known = flow.routed(), self.parts.config.experts
         expert = decision.experts[0] if decision.experts else None
         temperature = known[expert].params.temperature if expert is not None and expert in known else None
-        router = self.parts.built("router")
+        router = self.parts.built_router
         embedding = router_embedding(router, flow.request) if router is not None else None
         flow.trace.cache, flow.cached, flow.pending = await cache.lookup(
             flow.request, flow.asked, embedding, temperature

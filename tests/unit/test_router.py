@@ -75,7 +75,7 @@ def test_pinned_expert_skips_routing(default_config) -> None:  # type: ignore[no
     coe = CoE(default_config)
     [decision] = coe.decide([Request.from_input("Tell me a story", expert="coder")])
     assert decision.experts == ["coder"] and decision.router == "pinned"
-    assert coe.parts.built("router") is None  # the encoder was not even loaded
+    assert coe.parts.built_router is None  # the encoder was not even loaded
 
 
 def test_temperature_is_calibrated_on_the_examples(router) -> None:  # type: ignore[no-untyped-def]
