@@ -62,7 +62,7 @@ class Pipeline:
         """Deltas, then one ``done`` event with the whole answer. The trace holds the decision and the
         session before the first event (the server's headers)."""
         await self._ready(flow)
-        if flow.cached is not None:  # a replay streams too: deltas, then done
+        if flow.cached is not None:  # a cached answer streams too: deltas, then done
             from coe.signals.cache.runtime import cached_events
 
             events: AsyncIterator[StreamEvent] = _iterate(
