@@ -13,8 +13,9 @@ node failure are Ray's own; only the cores are shared.
    removed (its raylet and everything on it killed, no drain); ``--lost-s`` later a node offering the
    same resources joins; once coder runs again, ``--after`` more answers.
 4. Reported: the nodes, where each application's replicas ran before and after, requests sent /
-   answered / lost (no HTTP answer) / 5xx, fallbacks (answered by a later candidate), the time until
-   coder ran again, and p50/p99 before, during (removal to recovery) and after.
+   answered / lost (no HTTP answer) / 5xx, fallbacks (answered by a later candidate) and why the
+   first candidate failed, the time until coder ran again, and p50/p99 before (answered before the
+   removal), during (in flight at the removal, or sent before coder ran again) and after.
 
 ``--stub`` replaces llama-server with bench/_stub_backend.py (one word every ``--token-ms``): the
 harness in seconds, latencies of the path only.
@@ -269,9 +270,9 @@ def _custom(resources: dict[str, float]) -> dict[str, float]:
 def _report(result: dict[str, Any], out: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     rows = result.pop("requests")
     removed, recovered = result["removed_at_s"], result["recovered_at_s"]
-    phases = {
-        "before": [r for r in rows if r["start"] < removed],
-        "during": [r for r in rows if removed <= r["start"] < recovered],
+    phases = {  # "during": in flight at the removal, or sent before coder ran again
+        "before": [r for r in rows if r["end"] < removed],
+        "during": [r for r in rows if r["end"] >= removed and r["start"] < recovered],
         "after": [r for r in rows if r["start"] >= recovered],
     }
     total = summary(rows)
