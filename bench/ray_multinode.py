@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ray.shutdown()
         cluster.shutdown()
         stub_dir.cleanup()
-    out.update(_report(result, out, args))
+    out.update(report(result, out, args))
     return out
 
 
@@ -267,7 +267,7 @@ def _custom(resources: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in resources.items() if k.startswith("coe_") or k in ("CPU", "GPU")}
 
 
-def _report(result: dict[str, Any], out: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def report(result: dict[str, Any], out: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     rows = result.pop("requests")
     removed, recovered = result["removed_at_s"], result["recovered_at_s"]
     phases = {  # "during": in flight at the removal, or sent before coder ran again
