@@ -3,6 +3,9 @@ endpoint that answers ``max_tokens`` words, one every ``--token-ms``, streamed o
 
 It exists so that the bench's harness (process start and stop, rounds, the kill and the restart, the
 JSON it writes) can be checked in seconds without models; its latencies say nothing about any gateway.
+It also takes llama-server's own command line (``--alias`` names the model, the other flags are
+ignored), so that ``COE_LLAMA_SERVER`` pointing at a wrapper that runs it makes every managed
+llama.cpp expert a stub (bench/ray_multinode.py, tests/e2e/test_deploy_ray_multinode.py).
 
     python bench/_stub_backend.py --port 8081 --model smollm2-135m-instruct
 """
@@ -64,9 +67,13 @@ def _sse(body: dict[str, Any]) -> bytes:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--model", required=True, help="the model id it answers as (llama-server's --alias)")
+    p.add_argument("--model", required=True, help="the model id it answers as (llama-server: a path)")
+    p.add_argument("--alias", help="llama-server's: the model id, over --model")
     p.add_argument("--token-ms", type=float, default=2.0)
-    args = p.parse_args()
+    args, _ = p.parse_known_args()  # llama-server's other flags: --ctx-size, --threads, ...
     uvicorn.run(
-        create(args.model, args.token_ms / 1000), host="127.0.0.1", port=args.port, log_level="warning"
+        create(args.alias or args.model, args.token_ms / 1000),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
     )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, fail, load, out
+from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, fail, load, note, out
 
 if TYPE_CHECKING:
     from coe.config import CoEConfig
@@ -28,14 +28,21 @@ def register(app: typer.Typer) -> None:
 def deploy_ray(
     config: ConfigOpt = DEFAULT_CONFIG,
     address: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Ray cluster: auto (the one this machine joined), HOST:PORT, ray://HOST:PORT, or local "
-            "(start one here and serve until Ctrl-C)."
+            help="Ray cluster: auto (the one this machine joined; the default), HOST:PORT, ray://HOST:PORT, "
+            "or local (start one here and serve until Ctrl-C). With --dry-run: the cluster whose nodes "
+            "the plan is placed on (without it, no cluster is known and placement is not checked)."
         ),
-    ] = "auto",
+    ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan (apps, replicas, resources) as JSON; no Ray.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (apps, replicas, resources) as JSON and deploy nothing; with --address, "
+            "also which nodes can host each application (exit 1, naming the expert and the resource, "
+            "when none can).",
+        ),
     ] = False,
     delete: Annotated[bool, typer.Option("--delete", help="Remove this registry's applications.")] = False,
     check_resources: Annotated[
@@ -55,10 +62,9 @@ def deploy_ray(
     `deploy.ray` block. `endpoint:` and `provider:` experts stay where they are."""
     cfg = load(config)
     if dry_run:
-        from coe.deploy.plan import plan, ray_llm_available
-
-        typer.echo(json.dumps(plan(cfg, ray_llm_available()).model_dump(), indent=2))
+        _dry_run(cfg, address)
         return
+    address = address or "auto"
     if not delete:  # before any cluster is joined: the refusal is about the registry alone
         from coe.deploy.plan import ingress_settings, plan
 
@@ -90,6 +96,38 @@ def deploy_ray(
                 time.sleep(3600)
         except KeyboardInterrupt:
             coe_ray.delete(cfg)
+
+
+def _dry_run(cfg: CoEConfig, address: str | None) -> None:
+    """The plan as JSON; with a cluster, its ``placement``: the live nodes and, per application, the
+    nodes where one replica fits (custom resources included). Refuses (exit 1) when one fits nowhere."""
+    from coe.deploy.plan import hosts, plan, ray_llm_available
+
+    deploy_plan = plan(cfg, ray_llm_available())
+    data = deploy_plan.model_dump()
+    if address is None:
+        data["placement"] = None
+        typer.echo(json.dumps(data, indent=2))
+        note("placement", "no Ray cluster is known (give --address HOST:PORT): nodes not checked")
+        return
+    try:
+        from coe.deploy import ray as coe_ray
+    except ImportError as exc:
+        raise fail(f"Ray Serve is not installed ({exc}): pip install 'coe[ray]'") from None
+    try:
+        coe_ray.connect(address)
+        nodes, problems = coe_ray.placement(deploy_plan)
+    except coe_ray.DeployError as exc:
+        raise fail(exc) from None
+    labels = {n.node_id: n.label for n in nodes}
+    data["placement"] = {
+        "address": address,
+        "nodes": [{**n.model_dump(), "label": n.label} for n in nodes],
+        "hosts": {app: [labels[i] for i in ids] for app, ids in hosts(deploy_plan, nodes).items()},
+    }
+    typer.echo(json.dumps(data, indent=2))
+    if problems:
+        raise fail("cannot place the deployment on this Ray cluster:\n  " + "\n  ".join(problems))
 
 
 def _local_cluster(cfg: CoEConfig) -> dict[str, object]:

@@ -226,26 +226,51 @@ def _reachable(host: str) -> str:
 # ------------------------------------------------------------------------------ resource check
 
 
+class ClusterNode(BaseModel):
+    """One live node of a Ray cluster as placement sees it: what it offers, in Ray's resource names
+    (``CPU``, ``GPU``, ``memory``, ``accelerator_type:A100``, and the custom resources that
+    ``ray start --resources`` gave it)."""
+
+    node_id: str
+    address: str
+    head: bool = False
+    resources: dict[str, float]
+
+    @property
+    def label(self) -> str:
+        """Short enough for a table, distinct on a one-machine cluster where every node has one address."""
+        if not self.node_id:
+            return "?"
+        return f"{self.node_id[:8]} ({self.address}{', head' if self.head else ''})"
+
+    def lacks(self, per_replica: dict[str, float]) -> list[str]:
+        """The resources this node has too little of for one replica (ignoring what others use now)."""
+        return [r for r, need in per_replica.items() if need > 0 and need > self.resources.get(r, 0.0) + 1e-9]
+
+
+def hosts(deploy_plan: DeployPlan, nodes: list[ClusterNode]) -> dict[str, list[str]]:
+    """For each application, the nodes where one of its replicas fits (every resource it asks for,
+    custom ones included); Ray places replicas only there."""
+    return {p.app: [n.node_id for n in nodes if not n.lacks(p.per_replica)] for p in deploy_plan.deployments}
+
+
 def missing_resources(
-    deploy_plan: DeployPlan, total: dict[str, float], nodes: list[dict[str, float]]
+    deploy_plan: DeployPlan, total: dict[str, float], nodes: list[dict[str, float]] | list[ClusterNode]
 ) -> list[str]:
     """Problems that would leave replicas pending forever, each naming the deployment and resources.
 
     Ray itself would only log that a replica cannot be scheduled and keep waiting; this catches it
-    before anything is deployed: a replica larger than every node, or more at start (min replicas)
-    than the whole cluster has."""
+    before anything is deployed: a replica that no single node can host (a resource larger than every
+    node's, or a custom resource no node offers, or resources that are each somewhere but never on
+    one node together), or more at start (min replicas) than the whole cluster has."""
+    cluster = [
+        n if isinstance(n, ClusterNode) else ClusterNode(node_id="", address="", resources=n) for n in nodes
+    ]
     problems = []
     for p in deploy_plan.deployments:
-        who = "the ingress" if p.expert == INGRESS else f"expert {p.expert!r}"
-        for res, need in p.per_replica.items():
-            if need <= 0:
-                continue
-            largest = max((n.get(res, 0.0) for n in nodes), default=0.0)
-            if need > largest + 1e-9:
-                problems.append(
-                    f"{who}: one replica needs {_amount(res, need)} ({_key(p.expert, res)}), but no node of "
-                    f"the Ray cluster has that much (largest: {_amount(res, largest)})"
-                )
+        if any(not n.lacks(p.per_replica) for n in cluster):
+            continue
+        problems.extend(_unplaceable(p, cluster))
     for res in sorted({r for p in deploy_plan.deployments for r in p.per_replica}):
         parts = [
             (p, p.min_replicas * p.per_replica[res])
@@ -265,6 +290,25 @@ def missing_resources(
                 f"at start: {detail}"
             )
     return problems
+
+
+def _unplaceable(p: DeploymentPlan, nodes: list[ClusterNode]) -> list[str]:
+    """Why no node can host one replica of ``p``: the resources no node has enough of, else the ones
+    that never come together on one node."""
+    who = "the ingress" if p.expert == INGRESS else f"expert {p.expert!r}"
+    problems = []
+    for res, need in p.per_replica.items():
+        largest = max((n.resources.get(res, 0.0) for n in nodes), default=0.0)
+        if need > 0 and need > largest + 1e-9:
+            problems.append(
+                f"{who}: one replica needs {_amount(res, need)} ({_key(p.expert, res)}), but no node of "
+                f"the Ray cluster has that much (largest: {_amount(res, largest)})"
+            )
+    if problems:
+        return problems
+    wanted = ", ".join(f"{_amount(r, v)} ({_key(p.expert, r)})" for r, v in p.per_replica.items() if v > 0)
+    short = "; ".join(f"node {n.label} lacks {', '.join(n.lacks(p.per_replica))}" for n in nodes)
+    return [f"{who}: one replica needs {wanted} on one node, but no node has them all: {short}"]
 
 
 def _amount(res: str, value: float) -> str:

@@ -34,6 +34,7 @@ from ray.serve.exceptions import RayServeException
 
 from coe.config import CoEConfig
 from coe.deploy.plan import (
+    ClusterNode,
     DeployError,
     DeploymentPlan,
     DeployPlan,
@@ -48,7 +49,17 @@ from coe.deploy.plan import (
 from coe.deploy.ray_replicas import ExpertReplica, IngressReplica
 from coe.server import ServerSettings
 
-__all__ = ["DeployError", "build_app", "connect", "delete", "deploy", "ray_llm_available"]
+__all__ = [
+    "DeployError",
+    "build_app",
+    "cluster_nodes",
+    "connect",
+    "delete",
+    "deploy",
+    "placement",
+    "ray_llm_available",
+    "replica_nodes",
+]
 
 HEALTH_CHECK_PERIOD_S = 2.0  # a dead expert process is noticed (and its replica replaced) this fast
 
@@ -77,7 +88,10 @@ def build_app(
         targets.append(RunTarget(target=app, name=p.app, route_prefix=p.route_prefix))
     ingress = serve.deployment(IngressReplica).options(name="ingress", **deploy_plan.ingress.options)
     key = min(settings.api_keys) if settings.api_keys else None  # the ingress's own key to its experts
-    app = ingress.bind(ingress_config(config, deploy_plan, key), settings)
+    # The experts the ingress fails over from at once when none of their replicas runs (node lost);
+    # not those that may scale to zero, whose requests wait for a cold start.
+    watched = {n: p.app for n, p in deploy_plan.experts.items() if p.min_replicas > 0}
+    app = ingress.bind(ingress_config(config, deploy_plan, key), settings, watched)
     targets.append(
         RunTarget(target=app, name=deploy_plan.ingress.app, route_prefix=deploy_plan.ingress.route_prefix)
     )
@@ -138,9 +152,42 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+def cluster_nodes() -> list[ClusterNode]:
+    """The live nodes of the cluster this process joined, with what each offers."""
+    return [
+        ClusterNode(
+            node_id=n["NodeID"],
+            address=n.get("NodeManagerAddress", ""),
+            head="node:__internal_head__" in n["Resources"],
+            resources={k: float(v) for k, v in n["Resources"].items() if not k.startswith("node:")},
+        )
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
+def replica_nodes(deploy_plan: DeployPlan) -> dict[str, list[str]]:
+    """Where each application's replicas run now: node ids of its RUNNING replicas, one per replica."""
+    from ray.serve.context import _get_global_client  # no public API names replica nodes
+    from ray.serve.schema import ServeInstanceDetails
+
+    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+    out: dict[str, list[str]] = {}
+    for p in deploy_plan.deployments:
+        app = details.applications.get(p.app)
+        replicas = [r for d in app.deployments.values() for r in d.replicas] if app else []
+        out[p.app] = sorted(r.node_id or "" for r in replicas if r.state == "RUNNING")
+    return out
+
+
+def placement(deploy_plan: DeployPlan) -> tuple[list[ClusterNode], list[str]]:
+    """The cluster's live nodes, and what would leave replicas of ``deploy_plan`` unplaced there."""
+    nodes = cluster_nodes()
+    return nodes, missing_resources(deploy_plan, ray.cluster_resources(), nodes)
+
+
 def check_resources(deploy_plan: DeployPlan) -> None:
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    problems = missing_resources(deploy_plan, ray.cluster_resources(), nodes)
+    _, problems = placement(deploy_plan)
     if problems:
         raise DeployError("not enough resources in the Ray cluster:\n  " + "\n  ".join(problems))
 
@@ -180,7 +227,9 @@ def deploy(
 
 
 def _start_serve(deploy_plan: DeployPlan) -> None:
-    serve.start(http_options={"host": deploy_plan.host, "port": deploy_plan.port})
+    serve.start(
+        http_options={"host": deploy_plan.host, "port": deploy_plan.port}, proxy_location=_proxy_location()
+    )
     from ray.serve.context import _get_global_client  # no public getter for the running HTTP options
 
     running = _get_global_client().http_config
@@ -189,6 +238,15 @@ def _start_serve(deploy_plan: DeployPlan) -> None:
             f"Ray Serve already runs on this cluster with its proxies on port {running.port}, not "
             f"deploy.ray.port {deploy_plan.port}: set deploy.ray.port: {running.port} or restart Serve"
         )
+
+
+def _proxy_location() -> str:
+    """Serve runs a proxy on every node by default, each on deploy.ray.port. Nodes that share one
+    address (a test cluster on one machine) would share that port (Serve's proxies bind it with
+    SO_REUSEPORT), so the kernel would hand a client's connection to any node's proxy, and losing a
+    worker node would cut the connections that landed there: there, only the head runs one."""
+    nodes = cluster_nodes()
+    return "HeadOnly" if len(nodes) > 1 and len({n.address for n in nodes}) == 1 else "EveryNode"
 
 
 def wait_running(deploy_plan: DeployPlan, timeout_s: float) -> None:

@@ -6,7 +6,8 @@
 ``check_health`` fails when that process has exited, so Ray replaces the replica.
 
 ``IngressReplica``: the ``coe serve`` FastAPI app from ``coe.server.create_app``, unchanged, over the
-registry in which managed experts are endpoints on their Serve applications.
+registry in which managed experts are endpoints on their Serve applications. One addition, for node
+loss (``LostExperts``): an expert whose application runs no replica is failed over at once.
 
 Both are ASGI ingresses built at replica start (``__serve_build_asgi_app__``) rather than pickled,
 because a CoE holds locks, processes and an HTTP pool that must live in the replica's own process.
@@ -14,11 +15,13 @@ because a CoE holds locks, processes and an HTTP pool that must live in the repl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 import httpx
@@ -31,6 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from coe.config import CoEConfig
+from coe.errors import ExpertError
 from coe.experts.pool import ExpertPool
 from coe.experts.templates import turn_markers, with_turn_stops
 from coe.server import ServerSettings, create_app
@@ -139,13 +143,106 @@ def _closer(resp: httpx.Response) -> BackgroundTask:
     return BackgroundTask(resp.aclose)
 
 
+Admission = Callable[[str], AbstractAsyncContextManager[object]]
+
+
+class LostExperts:
+    """Managed experts whose Serve application runs no replica right now, watched from the ingress.
+
+    Why: when the node that held an expert's only replicas is lost, Ray Serve's proxy does not fail
+    requests for it; it queues them until a replica runs again, which for an expert pinned by its
+    resources is when a node offering them joins (maybe never). The CoE's fallback would only start
+    after the expert's ``timeout_s``. So the ingress asks Serve every ``period_s`` which applications
+    have no RUNNING replica, and for those experts (1) a new call fails at admission, before any HTTP,
+    and (2) calls already waiting (queued in the proxy, or retrying after the lost replica's 500) are
+    cancelled; both as an ``ExpertError``, so the CoE tries its next candidate exactly as for any failed
+    expert. Experts that may scale to zero (``min_replicas: 0``) are not watched: for them no replica
+    is normal, and a request waits for the cold start.
+
+    A stream cut after its first token cannot fail over (as on one machine): it ends with an error."""
+
+    def __init__(self, apps: dict[str, str], period_s: float = 0.5) -> None:
+        self.apps = apps  # expert name -> its Serve application
+        self.period_s = period_s
+        self.down: set[str] = set()
+        self._waiting: dict[str, set[asyncio.Timeout]] = {name: set() for name in apps}
+        self._task: asyncio.Task[None] | None = None
+
+    def guard(self, inner: Admission | None) -> Admission:
+        """The server's admission (its per-expert limits), with the lost-replica check around it."""
+
+        def admit(name: str) -> AbstractAsyncContextManager[object]:
+            return self._admit(name, inner)
+
+        return admit
+
+    @asynccontextmanager
+    async def _admit(self, name: str, inner: Admission | None) -> AsyncIterator[None]:
+        if self._task is None:  # started here: on the event loop that serves requests
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+        if name in self.down:
+            raise ExpertError(name, self._why(name))
+        async with inner(name) if inner is not None else nullcontext():
+            waiting = self._waiting.get(name, set())
+            deadline = asyncio.timeout(None)
+            try:
+                async with deadline:
+                    waiting.add(deadline)
+                    yield
+            except TimeoutError:
+                if deadline.expired():  # ours, not a timeout of the call itself
+                    raise ExpertError(name, self._why(name)) from None
+                raise
+            finally:
+                waiting.discard(deadline)
+
+    def _why(self, name: str) -> str:
+        return (
+            f"no replica of its Ray Serve application {self.apps[name]} is running (its node was lost?); "
+            "its requests go to the next candidate until Ray places one again"
+        )
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                status = await asyncio.to_thread(serve.status)
+            except Exception as exc:  # the controller unreachable (the head lost): keep what we knew
+                log.debug("serve.status failed: %s", exc)
+            else:
+                down = {n for n, app in self.apps.items() if _none_running(status.applications.get(app))}
+                for name in down - self.down:
+                    log.warning("expert %s: %s", name, self._why(name))
+                for name in self.down - down:
+                    log.warning("expert %s: a replica runs again", name)
+                self.down = down
+                for name in down:
+                    for deadline in self._waiting[name]:
+                        if not deadline.expired():
+                            deadline.reschedule(loop.time())
+            await asyncio.sleep(self.period_s)
+
+
+def _none_running(app: Any) -> bool:
+    """Deployed and settled once, now without a RUNNING replica in some deployment."""
+    if app is None or not app.deployments:
+        return False
+    return any(d.replica_states.get("RUNNING", 0) == 0 for d in app.deployments.values())
+
+
 @serve.ingress()
 class IngressReplica:
-    def __init__(self, config: CoEConfig, settings: ServerSettings) -> None:
+    def __init__(
+        self, config: CoEConfig, settings: ServerSettings, watched: dict[str, str] | None = None
+    ) -> None:
         self.config = config
         self.settings = settings
+        self.lost = LostExperts(watched or {})
 
     def __serve_build_asgi_app__(self) -> Any:
         # Ray runs the app's lifespan: warm-up (the router's encoder) at start, experts' clients closed
         # at shutdown. The experts themselves are other deployments and stay up.
-        return create_app(self.config, self.settings)
+        app = create_app(self.config, self.settings)
+        coe = app.state.coe
+        coe.admission = self.lost.guard(coe.admission)
+        return app

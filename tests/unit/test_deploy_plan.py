@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from coe.config import load_config, parse_config
-from coe.deploy.plan import ingress_config, missing_resources, plan, ray_llm_config
+from coe.deploy.plan import ClusterNode, hosts, ingress_config, missing_resources, plan, ray_llm_config
 from coe.errors import ConfigError
 from tests.support.paths import ROOT
 
@@ -97,6 +97,57 @@ def test_missing_gpus_name_the_expert_and_the_resources() -> None:
         "the Ray cluster has 2 GPU but the deployment needs 2.5 GPU at start: "
         "'big' 2 x 1 GPU, 'frac' 1 x 0.5 GPU"
     ]
+
+
+PINNED = """
+version: 1
+experts:
+  coder:
+    serve: {engine: llamacpp, gguf: model.gguf}
+    deploy: {ray: {num_gpus: 1, resources: {a100: 1}}}
+  general:
+    serve: {engine: llamacpp, gguf: model.gguf}
+    deploy: {ray: {replicas: 2, resources: {pool: 1}}}
+router:
+  categories:
+    a: {expert: coder, examples: [hello]}
+"""
+
+
+def _node(name: str, **resources: float) -> ClusterNode:
+    return ClusterNode(node_id=name * 8, address="10.0.0.1", resources={"CPU": 4.0, **resources})
+
+
+def test_custom_resources_place_replicas_on_the_nodes_that_offer_them() -> None:
+    """The recipe "this expert on the GPU node with the A100": only that node can host coder."""
+    p = plan(parse_config(PINNED))
+    nodes = [_node("h"), _node("g", GPU=1.0, a100=1.0, pool=1.0), _node("c", GPU=1.0, pool=1.0)]
+    assert hosts(p, nodes) == {
+        "coe": ["h" * 8, "g" * 8, "c" * 8],
+        "coe-expert-coder": ["g" * 8],
+        "coe-expert-general": ["g" * 8, "c" * 8],
+    }
+    total = {"CPU": 12.0, "GPU": 2.0, "a100": 1.0, "pool": 2.0}
+    assert missing_resources(p, total, nodes) == []
+
+
+def test_a_replica_no_node_can_host_names_the_expert_and_the_resource() -> None:
+    p = plan(parse_config(PINNED))
+    no_a100 = [_node("h"), _node("g", GPU=1.0, pool=2.0)]
+    problems = missing_resources(p, {"CPU": 8.0, "GPU": 1.0, "pool": 2.0}, no_a100)
+    assert problems == [
+        "expert 'coder': one replica needs 1 a100 (experts.coder.deploy.ray.resources.a100), but no node "
+        "of the Ray cluster has that much (largest: 0 a100)",
+        "the Ray cluster has 0 a100 but the deployment needs 1 a100 at start: 'coder' 1 x 1 a100",
+    ]
+    # Each resource is somewhere, never on one node together: named with what each node lacks.
+    apart = [_node("g", GPU=1.0, pool=2.0), _node("a", a100=1.0)]
+    (problem,) = missing_resources(p, {"CPU": 8.0, "GPU": 1.0, "a100": 1.0, "pool": 2.0}, apart)
+    assert problem.startswith("expert 'coder': one replica needs 1 CPU (experts.coder.deploy.ray.num_cpus)")
+    assert (
+        "no node has them all: node gggggggg (10.0.0.1) lacks a100; node aaaaaaaa (10.0.0.1) lacks GPU"
+        in (problem)
+    )
 
 
 def test_the_multi_node_example_plans_as_its_readme_says() -> None:
