@@ -21,7 +21,7 @@ import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -143,9 +143,6 @@ def _closer(resp: httpx.Response) -> BackgroundTask:
     return BackgroundTask(resp.aclose)
 
 
-Admission = Callable[[str], AbstractAsyncContextManager[object]]
-
-
 class LostExperts:
     """Managed experts whose Serve application runs no replica right now, watched from the ingress.
 
@@ -153,7 +150,7 @@ class LostExperts:
     requests for it; it queues them until a replica runs again, which for an expert pinned by its
     resources is when a node offering them joins (maybe never). The CoE's fallback would only start
     after the expert's ``timeout_s``. So the ingress asks Serve every ``period_s`` which applications
-    have no RUNNING replica, and for those experts (1) a new call fails at admission, before any HTTP,
+    have no RUNNING replica, and for those experts (1) a new call fails at its slot, before any HTTP,
     and (2) calls already waiting (queued in the proxy, or retrying after the lost replica's 500) are
     cancelled; both as an ``ExpertError``, so the CoE tries its next candidate exactly as for any failed
     expert. Experts that may scale to zero (``min_replicas: 0``) are not watched: for them no replica
@@ -168,33 +165,26 @@ class LostExperts:
         self._waiting: dict[str, set[asyncio.Timeout]] = {name: set() for name in apps}
         self._task: asyncio.Task[None] | None = None
 
-    def guard(self, inner: Admission | None) -> Admission:
-        """The server's admission (its per-expert limits), with the lost-replica check around it."""
-
-        def admit(name: str) -> AbstractAsyncContextManager[object]:
-            return self._admit(name, inner)
-
-        return admit
-
     @asynccontextmanager
-    async def _admit(self, name: str, inner: Admission | None) -> AsyncIterator[None]:
+    async def slot(self, name: str) -> AsyncIterator[None]:
+        """Entered around each expert call, before the server's own per-expert slot (create_app's
+        ``guard``): a lost expert fails here, before any HTTP; a waiting call is cancelled."""
         if self._task is None:  # started here: on the event loop that serves requests
             self._task = asyncio.get_running_loop().create_task(self._watch())
         if name in self.down:
             raise ExpertError(name, self._why(name))
-        async with inner(name) if inner is not None else nullcontext():
-            waiting = self._waiting.get(name, set())
-            deadline = asyncio.timeout(None)
-            try:
-                async with deadline:
-                    waiting.add(deadline)
-                    yield
-            except TimeoutError:
-                if deadline.expired():  # ours, not a timeout of the call itself
-                    raise ExpertError(name, self._why(name)) from None
-                raise
-            finally:
-                waiting.discard(deadline)
+        waiting = self._waiting.get(name, set())
+        deadline = asyncio.timeout(None)
+        try:
+            async with deadline:
+                waiting.add(deadline)
+                yield
+        except TimeoutError:
+            if deadline.expired():  # ours, not a timeout of the call itself
+                raise ExpertError(name, self._why(name)) from None
+            raise
+        finally:
+            waiting.discard(deadline)
 
     def _why(self, name: str) -> str:
         return (
@@ -242,7 +232,4 @@ class IngressReplica:
     def __serve_build_asgi_app__(self) -> Any:
         # Ray runs the app's lifespan: warm-up (the router's encoder) at start, experts' clients closed
         # at shutdown. The experts themselves are other deployments and stay up.
-        app = create_app(self.config, self.settings)
-        coe = app.state.coe
-        coe.admission = self.lost.guard(coe.admission)
-        return app
+        return create_app(self.config, self.settings, guard=self.lost.slot)

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 
 from coe.config import CoEConfig
 from coe.encoding.embedder import shared_embedder
+from coe.experts.calls import Slot
 from coe.orchestrator import CoE
 from coe.protocols import WarmRouter
 from coe.server import dashboard
@@ -66,10 +67,15 @@ class _Parts:
     recent: Recent  # the dashboard's live view (coe/server/dashboard.py)
     telemetry: Telemetry | None
     exposure: str | None  # served open on purpose: said at start-up and by /readyz
+    guard: Slot | None  # entered around each expert call before the limiter's slot (the Ray ingress)
 
 
-def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> FastAPI:
-    parts = _parts(config, settings or ServerSettings())
+def create_app(
+    config: CoEConfig, settings: ServerSettings | None = None, guard: Slot | None = None
+) -> FastAPI:
+    """``guard``: entered around each expert call of every request, before the per-expert limit (the
+    Ray ingress fails calls to an expert whose replicas are all lost here, so the fallback answers)."""
+    parts = _parts(config, settings or ServerSettings(), guard)
     app = FastAPI(title="CoE", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(parts))
     app.state.coe = parts.coe
     app.state.metrics = parts.metrics
@@ -95,7 +101,7 @@ def create_app(config: CoEConfig, settings: ServerSettings | None = None) -> Fas
     return app
 
 
-def _parts(config: CoEConfig, settings: ServerSettings) -> _Parts:
+def _parts(config: CoEConfig, settings: ServerSettings, guard: Slot | None) -> _Parts:
     coe = CoE(config, session_store="sqlite")  # a restart keeps the conversations
     metrics = Metrics(coe.pool)
     limiter = ExpertLimiter(
@@ -122,6 +128,7 @@ def _parts(config: CoEConfig, settings: ServerSettings) -> _Parts:
         recent=Recent(settings.ui_recent),
         telemetry=telemetry,
         exposure=settings.exposure_warning(),
+        guard=guard,
     )
 
 
@@ -173,7 +180,7 @@ def _generating(parts: _Parts, api: ApiAdapter) -> Handler:
         call = api.parse(data, settings, trace)
         call.session = session_ref(request.headers.get("x-coe-session"), call.request)
         call.api = api.info.name
-        ctx = RequestContext.of(request.scope, parts.limiter)
+        ctx = RequestContext.of(request.scope, parts.limiter, parts.guard)
         if call.stream:
             return await gateway.stream(call, api, ctx)
         answer = await gateway.answer(call, ctx)

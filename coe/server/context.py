@@ -9,11 +9,13 @@ and read in another.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
+from coe.experts.calls import Slot
 from coe.server.limits import ExpertLimiter
 from coe.server.observe import Observed, observed_in
 
@@ -22,14 +24,20 @@ from coe.server.observe import Observed, observed_in
 class RequestContext:
     limiter: ExpertLimiter
     observed: Observed
+    guard: Slot | None = None  # entered before the limiter's slot (the Ray ingress's lost-replica check)
     tried: list[str] = field(default_factory=list)  # experts admitted, in order; the last one answers
 
     @classmethod
-    def of(cls, scope: Scope, limiter: ExpertLimiter) -> RequestContext:
+    def of(cls, scope: Scope, limiter: ExpertLimiter, guard: Slot | None = None) -> RequestContext:
         """The context of the request ``scope`` names (its Observed from the observe middleware)."""
-        return cls(limiter, observed_in(scope))
+        return cls(limiter, observed_in(scope), guard)
 
-    def slot(self, name: str) -> AbstractAsyncContextManager[None]:
+    def slot(self, name: str) -> AbstractAsyncContextManager[object]:
         """The request's slot with expert ``name`` (429 when its queue is full), noted as tried."""
         self.tried.append(name)
-        return self.limiter.slot(name)
+        return self.limiter.slot(name) if self.guard is None else self._guarded(name, self.guard)
+
+    @asynccontextmanager
+    async def _guarded(self, name: str, guard: Slot) -> AsyncIterator[None]:
+        async with guard(name), self.limiter.slot(name):
+            yield
