@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from coe.errors import ExpertError
+from coe.errors import BadReply, ExpertError
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
@@ -70,7 +70,7 @@ class ChatClient:
                         answer: dict[str, Any] = resp.json()
                         return answer
                     except ValueError:
-                        raise ExpertError(expert, f"invalid JSON from {url}") from None
+                        raise BadReply(expert, f"the reply is not JSON ({url})") from None
                 last = f"HTTP {resp.status_code} from {url}: {_snippet(resp.text)}"
                 if resp.status_code not in RETRY_STATUS:
                     break
