@@ -161,8 +161,8 @@ class ExpertCalls:
             while True:
                 try:
                     chunk = await anext(chunks, None)
-                except (ValueError, AttributeError, TypeError):  # a chunk that is not JSON, or no object
-                    raise BadReply(name, "a stream chunk is not a JSON object") from None
+                except (ValueError, AttributeError, TypeError) as exc:  # not JSON, or no object
+                    raise BadReply(name, f"the stream is not chat completion chunks: {exc}") from None
                 if chunk is None:
                     return
                 if markers:

@@ -1,0 +1,251 @@
+"""No 5xx from anything an expert sends: a stub expert answers 200 with replies that are no valid
+chat completion (tests/support/stub_server.py FAULTS, plus tool calls with arguments that are not
+JSON or naming a tool the request did not offer), and every API, whole and streamed, answers either
+a well-formed reply (checked with the API's own types), a fallback to the next expert, or a 502 in
+the API's error shape naming the expert and what was wrong; never a 500 or a traceback. Also here:
+reasoning passed through (a stub expert that returns reasoning_content), the Open Responses fields,
+and Anthropic's error shape, ids, headers and count_tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from coe import load_config
+from coe.server import ServerSettings, create_app
+from tests.integration.test_server_faults import make_registry
+from tests.support.stub_server import StubState, stub_server
+from tests.support.wire import (
+    check_chat,
+    check_chat_chunks,
+    check_message,
+    check_response,
+    check_response_events,
+    sse,
+)
+
+PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+BAD_ARGS = [
+    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "city=Paris"}}
+]
+UNKNOWN = [{"id": "call_1", "type": "function", "function": {"name": "rm_rf", "arguments": "{}"}}]
+APIS = ("chat", "responses", "messages", "completions")
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "responses": "/v1/responses",
+    "messages": "/v1/messages",
+    "completions": "/v1/completions",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, StubState]]:
+    """One app over two stubs: ``faulty`` (its mode set per test) and ``ok``; the category
+    ``to_faulty`` asks faulty, then ok (the fallback)."""
+    with ExitStack() as stack:
+        faulty_url, faulty = stack.enter_context(stub_server("ok", text="fine"))
+        ok_url, _ = stack.enter_context(stub_server("ok", text="answer from ok"))
+        path = make_registry(
+            tmp_path_factory.mktemp("faults"), {"faulty": (faulty_url, ""), "ok": (ok_url, "")}
+        )
+        app = create_app(load_config(path), ServerSettings(warm=False))
+        client = stack.enter_context(TestClient(app, raise_server_exceptions=False))
+        yield client, faulty
+
+
+def body(api: str, stream: bool, model: str = "coe/expert/faulty", tools: bool = True) -> dict[str, Any]:
+    """A request of ``api`` offering the tool get_weather (completions has no tools)."""
+    if api == "chat":
+        tool = {"type": "function", "function": {"name": "get_weather", "parameters": PARAMS}}
+        out = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "tools": [tool],
+        }
+    elif api == "responses":
+        tool = {"type": "function", "name": "get_weather", "parameters": PARAMS}
+        out = {"model": model, "input": "Weather in Paris?", "tools": [tool]}
+    elif api == "messages":
+        tool = {"name": "get_weather", "input_schema": PARAMS}
+        out = {
+            "model": model,
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "Weather?"}],
+            "tools": [tool],
+        }
+    else:
+        out = {"model": model, "prompt": "Weather in Paris?"}
+    if not tools:
+        out.pop("tools", None)
+    return {**out, "stream": stream}
+
+
+def set_fault(state: StubState, fault: str) -> None:
+    state.mode, state.tool_calls, state.text, state.reasoning = "ok", None, "fine", None  # type: ignore[assignment]
+    if fault in ("bad-args", "unknown-tool"):
+        state.tool_calls, state.text = (BAD_ARGS if fault == "bad-args" else UNKNOWN), ""
+    else:
+        state.mode = fault  # type: ignore[assignment]
+
+
+def assert_502(resp: httpx.Response, api: str) -> None:
+    assert resp.status_code == 502, resp.text
+    assert "Traceback" not in resp.text
+    error = resp.json()
+    if api == "messages":
+        assert error["type"] == "error" and error["error"]["type"] == "api_error"
+        message = error["error"]["message"]
+    else:
+        assert set(error["error"]) == {"message", "type", "param", "code"}
+        assert error["error"]["code"] == "bad_expert_reply"
+        message = error["error"]["message"]
+    assert "faulty" in message, message
+
+
+def check_whole(api: str, data: dict[str, Any]) -> str:
+    """The reply checked with its API's types; its text and tool-call arguments, for the test."""
+    if api == "chat":
+        check_chat(data)
+        message = data["choices"][0]["message"]
+        return (message["content"] or "") + "".join(
+            c["function"]["arguments"] for c in message.get("tool_calls") or []
+        )
+    if api == "responses":
+        check_response(data)
+        return "".join(
+            part["text"] if item["type"] == "message" else item.get("arguments", "")
+            for item in data["output"]
+            for part in (item.get("content") or [{"text": ""}])
+        )
+    if api == "messages":
+        check_message(data)
+        return "".join(b.get("text", "") for b in data["content"])
+    return str(data["choices"][0]["text"])
+
+
+def check_stream(api: str, text: str) -> tuple[str, str | None]:
+    """(the streamed text and arguments, the in-band error's message or None), every event checked."""
+    events = sse(text)
+    datas = [d for _, d in events if d != "[DONE]"]
+    errors = [d for d in datas if "error" in d and (d.get("type") in (None, "error"))]
+    error = None
+    if errors:
+        e = errors[0]["error"] if isinstance(errors[0].get("error"), dict) else errors[0]
+        error = e["message"]
+    if api == "chat":
+        calls = check_chat_chunks([d for d in datas if "error" not in d])
+        said = "".join(d["choices"][0]["delta"].get("content") or "" for d in datas if d.get("choices"))
+        return said + "".join(c["arguments"] for c in calls.values()), error
+    if api == "responses":
+        check_response_events(datas)
+        said = [
+            d["delta"]
+            for d in datas
+            if d["type"] in ("response.output_text.delta", "response.function_call_arguments.delta")
+        ]
+        return "".join(said), error
+    if api == "messages":
+        blocks: list[dict[str, Any]] = []
+        for d in datas:
+            if d["type"] == "content_block_start":
+                blocks.append(dict(d["content_block"]))
+            elif d["type"] == "content_block_delta":
+                delta = d["delta"]
+                blocks[d["index"]]["text"] = blocks[d["index"]].get("text", "") + delta.get("text", "")
+                if delta["type"] == "input_json_delta":
+                    json.loads(delta["partial_json"])  # whole: an SDK parses each partial_json
+        assert all(b["type"] != "tool_use" or b["id"].startswith("toolu_") for b in blocks)
+        return "".join(b.get("text", "") for b in blocks), error
+    return "".join(d["choices"][0]["text"] for d in datas if d.get("choices")), error
+
+
+# (fault, api, stream) -> "502", "error" (in-band, after the first byte), or a text the reply holds.
+WHOLE = {
+    "no-choices": "502",
+    "no-message": "502",
+    "null-content": "",
+    "not-json": "502",
+    "bad-utf8": "502",
+    "no-done": "fine",
+    "bad-chunk": "fine",
+    "unknown-tool": "502",
+}
+STREAMED = {
+    "no-choices": "",
+    "no-message": "",
+    "null-content": "",
+    "not-json": "502",
+    "bad-utf8": "caf\ufffd",
+    "no-done": "error",
+    "bad-chunk": "502",
+    "unknown-tool": "502",
+}
+BAD_ARGS_SHOWN = {
+    "chat": "city=Paris",
+    "responses": "city=Paris",
+    "messages": "not a JSON object: city=Paris",
+}
+
+
+def expected(fault: str, api: str, stream: bool) -> str:
+    if fault == "bad-args":  # passed through as the string; a text block for Messages; no tools: 502
+        return BAD_ARGS_SHOWN.get(api, "502")
+    if fault == "unknown-tool" or (api == "completions" and fault == "bad-args"):
+        return "502"
+    return (STREAMED if stream else WHOLE)[fault]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "bad-args",
+        "unknown-tool",
+        "no-choices",
+        "no-message",
+        "null-content",
+        "not-json",
+        "bad-utf8",
+        "no-done",
+        "bad-chunk",
+    ],
+)
+def test_an_unreadable_reply_is_an_answer_or_a_502_naming_the_expert(
+    server, fault: str, api: str, stream: bool
+) -> None:  # type: ignore[no-untyped-def]
+    client, state = server
+    set_fault(state, fault)
+    resp = client.post(PATHS[api], json=body(api, stream))
+    assert resp.status_code != 500 and "Traceback" not in resp.text, resp.text
+    want = expected(fault, api, stream)
+    if want == "502":
+        assert_502(resp, api)
+        return
+    assert resp.status_code == 200, resp.text
+    if not stream:
+        assert want in check_whole(api, resp.json())
+        return
+    said, error = check_stream(api, resp.text)
+    if want == "error":
+        assert error is not None and "faulty" in error, resp.text
+    else:
+        assert error is None and want in said, resp.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("api", APIS)
+def test_an_unreadable_reply_falls_back_to_the_next_expert(server, api: str, stream: bool) -> None:  # type: ignore[no-untyped-def]
+    client, state = server
+    set_fault(state, "not-json")
+    resp = client.post(PATHS[api], json=body(api, stream, model="coe/category/to_faulty", tools=False))
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-coe-expert"] == "ok"
+    said = check_stream(api, resp.text)[0] if stream else check_whole(api, resp.json())
+    assert "answer from ok" in said
