@@ -51,9 +51,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
     with ExitStack() as stack:
         faulty_url, faulty = stack.enter_context(stub_server("ok", text="fine"))
         ok_url, _ = stack.enter_context(stub_server("ok", text="answer from ok"))
-        path = make_registry(
-            tmp_path_factory.mktemp("faults"), {"faulty": (faulty_url, ""), "ok": (ok_url, "")}
-        )
+        experts = {
+            "faulty": (faulty_url, "params: {max_tokens: 256, temperature: 0.3}"),
+            "ok": (ok_url, ""),
+            "plain": (ok_url, "capabilities: [tools]"),  # no reasoning
+        }
+        path = make_registry(tmp_path_factory.mktemp("faults"), experts)
         app = create_app(load_config(path), ServerSettings(warm=False))
         client = stack.enter_context(TestClient(app, raise_server_exceptions=False))
         yield client, faulty
@@ -87,7 +90,8 @@ def body(api: str, stream: bool, model: str = "coe/expert/faulty", tools: bool =
 
 
 def set_fault(state: StubState, fault: str) -> None:
-    state.mode, state.tool_calls, state.text, state.reasoning = "ok", None, "fine", None  # type: ignore[assignment]
+    state.mode, state.tool_calls, state.text = "ok", None, "fine"  # type: ignore[assignment]
+    state.reasoning = state.finish_reason = None
     if fault in ("bad-args", "unknown-tool"):
         state.tool_calls, state.text = (BAD_ARGS if fault == "bad-args" else UNKNOWN), ""
     else:
@@ -249,3 +253,98 @@ def test_an_unreadable_reply_falls_back_to_the_next_expert(server, api: str, str
     assert resp.headers["x-coe-expert"] == "ok"
     said = check_stream(api, resp.text)[0] if stream else check_whole(api, resp.json())
     assert "answer from ok" in said
+
+
+# ------------------------------------------------------------------------------------ reasoning
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+def test_reasoning_passes_through_in_each_apis_own_shape(server, api: str, stream: bool) -> None:  # type: ignore[no-untyped-def]
+    client, state = server
+    set_fault(state, "none")
+    state.mode, state.reasoning = "ok", "The user wants weather."
+    resp = client.post(PATHS[api], json=body(api, stream, tools=False))
+    assert resp.status_code == 200, resp.text
+    if not stream:
+        data = resp.json()
+        check_whole(api, data)
+        if api == "chat":
+            assert data["choices"][0]["message"]["reasoning_content"] == state.reasoning
+        elif api == "responses":
+            first = data["output"][0]
+            assert first["type"] == "reasoning" and first["content"][0]["text"] == state.reasoning
+        else:
+            assert data["content"][0] == {"type": "thinking", "thinking": state.reasoning, "signature": ""}
+        return
+    check_stream(api, resp.text)
+    datas = [d for _, d in sse(resp.text) if d != "[DONE]"]
+    if api == "chat":
+        said = "".join(d["choices"][0]["delta"].get("reasoning_content") or "" for d in datas if d["choices"])
+    elif api == "responses":
+        said = "".join(d["delta"] for d in datas if d["type"] == "response.reasoning.delta")
+        done = next(d for d in datas if d["type"] == "response.completed")["response"]
+        assert [i["type"] for i in done["output"]] == ["reasoning", "message"]
+    else:
+        said = "".join(d["delta"].get("thinking", "") for d in datas if d["type"] == "content_block_delta")
+    assert said == state.reasoning
+
+
+@pytest.mark.parametrize(
+    ("api", "field", "value", "effort"),
+    [
+        ("chat", "reasoning_effort", "high", "high"),
+        ("responses", "reasoning", {"effort": "low"}, "low"),
+        ("messages", "thinking", {"type": "enabled", "budget_tokens": 8000}, "medium"),
+        ("messages", "output_config", {"effort": "max"}, "xhigh"),
+    ],
+)
+def test_reasoning_effort_is_forwarded_or_refused_by_name(  # type: ignore[no-untyped-def]
+    server, api: str, field: str, value: Any, effort: str
+) -> None:
+    client, state = server
+    set_fault(state, "none")
+    state.mode = "ok"
+    resp = client.post(PATHS[api], json={**body(api, False, tools=False), field: value})
+    assert resp.status_code == 200, resp.text
+    assert state.bodies[-1]["reasoning_effort"] == effort
+    # An expert that does not reason: 400 naming the field the caller wrote, in the API's shape.
+    refused = client.post(
+        PATHS[api], json={**body(api, False, model="coe/expert/plain", tools=False), field: value}
+    )
+    assert refused.status_code == 400, refused.text
+    named = {"reasoning": "reasoning.effort", "output_config": "output_config.effort"}.get(field, field)
+    if api == "messages":
+        assert refused.json()["error"]["message"].startswith(f"{named}: ")
+    else:
+        assert refused.json()["error"]["param"] == named
+
+
+# ----------------------------------------------------------------------------- Open Responses
+
+
+def test_open_responses_fields_are_the_values_that_applied(server) -> None:  # type: ignore[no-untyped-def]
+    """The expert's defaults (max_tokens 256, temperature 0.3) where the request sets none; a cut
+    reply is incomplete, its message too, and streams end in response.incomplete."""
+    client, state = server
+    set_fault(state, "none")
+    state.mode = "ok"
+    data = client.post(PATHS["responses"], json=body("responses", False, tools=True)).json()
+    check_response(data)
+    assert (data["max_output_tokens"], data["temperature"], data["top_p"]) == (256, 0.3, 1.0)
+    assert data["completed_at"] >= data["created_at"] and data["service_tier"] == "default"
+    assert data["tools"][0]["strict"] is False and data["background"] is False
+    asked = {**body("responses", False), "max_output_tokens": 2, "temperature": 0.9, "top_p": 0.5}
+    asked |= {"safety_identifier": "u1", "prompt_cache_key": "k1"}
+    state.finish_reason = "length"
+    cut = client.post(PATHS["responses"], json=asked).json()
+    check_response(cut)
+    assert (cut["max_output_tokens"], cut["temperature"], cut["top_p"]) == (2, 0.9, 0.5)
+    assert cut["status"] == "incomplete" and cut["output"][-1]["status"] == "incomplete"
+    assert cut["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert (cut["safety_identifier"], cut["prompt_cache_key"]) == ("u1", "k1")
+    streamed = client.post(PATHS["responses"], json={**asked, "stream": True})
+    events = [d for _, d in sse(streamed.text)]
+    check_response_events(events)
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"]["output"][-1]["status"] == "incomplete"

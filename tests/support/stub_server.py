@@ -76,6 +76,7 @@ class StubState:
         self.bodies: list[dict[str, Any]] = []
         self.tool_calls: list[dict[str, Any]] | None = None
         self.reasoning: str | None = None  # sent as reasoning_content (a thinking model's)
+        self.finish_reason: str | None = None  # instead of stop (length: a reply cut at max_tokens)
         self.released = threading.Event()
 
 
@@ -136,7 +137,10 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 return self._raw(whole)
             if body.get("stream"):
                 return self._stream(drop=mode == "drop-stream")
-            return self._send(200, _completion(state.text, state.tool_calls, state.reasoning))
+            reply = _completion(state.text, state.tool_calls, state.reasoning)
+            if state.finish_reason:
+                reply["choices"][0]["finish_reason"] = state.finish_reason  # type: ignore[index]
+            return self._send(200, reply)
 
         def _raw(self, data: bytes) -> None:
             self.send_response(200)
@@ -184,11 +188,9 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 for delta in (first, rest):
                     chunk = {"model": "stub", "choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]}
                     self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
-            if state.tool_calls:
-                done = {
-                    "model": "stub",
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
-                }
+            if state.tool_calls or state.finish_reason:
+                finish = state.finish_reason or "tool_calls"
+                done = {"model": "stub", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
                 self._chunk(f"data: {json.dumps(done)}\n\n".encode())
             usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
             self._chunk(f"data: {json.dumps({'model': 'stub', 'choices': [], 'usage': usage})}\n\n".encode())

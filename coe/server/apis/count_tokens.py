@@ -31,6 +31,8 @@ async def reply(
     gateway: Gateway, data: Any, settings: ServerSettings, headers: Mapping[str, str]
 ) -> JSONResponse:
     noted = ADAPTER.headers(headers)
+    if isinstance(data, dict) and "max_tokens" not in data:  # a count needs no answer budget
+        data = {**data, "max_tokens": 1}
     call = ADAPTER.parse(data, settings, False)
     coe = gateway.coe
     expert, decision = resolve_model(coe, call.model)
