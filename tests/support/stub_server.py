@@ -74,6 +74,7 @@ class StubState:
         self.connections = 0  # TCP connections accepted: a client that reuses its connection opens one
         self.open = 0  # requests being handled right now (a hanging one stays open)
         self.bodies: list[dict[str, Any]] = []
+        self.paths: list[str] = []  # the path of each POST
         self.tool_calls: list[dict[str, Any]] | None = None
         self.reasoning: str | None = None  # sent as reasoning_content (a thinking model's)
         self.finish_reason: str | None = None  # instead of stop (length: a reply cut at max_tokens)
@@ -116,6 +117,7 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             state.calls += 1
             state.bodies.append(body)
+            state.paths.append(self.path)
             mode = state.mode
             if mode == "500-then-ok":
                 mode = "500" if state.calls == 1 else "ok"
