@@ -224,8 +224,8 @@ RESPONSES = Api(
         applied(
             "input",
             "a string (one user turn) or items: messages (input_text, input_image, input_file parts; "
-            "output_text "
-            "for assistant turns), function_call and function_call_output items (a tool call and its result)",
+            "output_text for assistant turns), function_call and function_call_output items (a tool call "
+            "and its result); reasoning items (an earlier reply's) are accepted and not sent",
         ),
         applied("instructions", "a system message before the input"),
         applied(

@@ -159,10 +159,13 @@ def input_messages(
                 messages.append(Message(role="assistant", content=None, tool_calls=[call]))
         elif kind == "function_call_output":
             messages.append(_function_output(item, param))
+        elif kind == "reasoning":
+            continue  # an earlier reply's reasoning (clients send it back): not part of the prompt
         else:
             raise bad(
                 f"{param}.type",
-                f"unsupported input item {kind!r}; expected message, function_call, function_call_output",
+                f"unsupported input item {kind!r}; expected message, function_call, function_call_output, "
+                "reasoning",
             )
     if check_results:
         check_tool_results(messages, "input")
