@@ -54,7 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
         experts = {
             "faulty": (faulty_url, "params: {max_tokens: 256, temperature: 0.3}"),
             "ok": (ok_url, ""),
-            "plain": (ok_url, "capabilities: [tools]"),  # no reasoning
+            "plain": (faulty_url, "capabilities: [tools, json_schema]"),  # no reasoning; CoE enforces tool_choice
         }
         path = make_registry(tmp_path_factory.mktemp("faults"), experts)
         app = create_app(load_config(path), ServerSettings(warm=False))
@@ -348,3 +348,36 @@ def test_open_responses_fields_are_the_values_that_applied(server) -> None:  # t
     check_response_events(events)
     assert events[-1]["type"] == "response.incomplete"
     assert events[-1]["response"]["output"][-1]["status"] == "incomplete"
+
+
+# -------------------------------------------------------------------------------- chat streams
+
+
+@pytest.mark.parametrize("model", ["coe/expert/faulty", "coe/expert/plain"])
+def test_streamed_tool_calls_read_naively_and_with_the_sdk_give_valid_json(server, model: str) -> None:  # type: ignore[no-untyped-def]
+    """faulty streams the engine's own tool-call deltas; for plain CoE enforces the forced call and
+    streams it from the JSON text (the path that once put a call's header and first fragment in one
+    chunk). A reader of ``delta.tool_calls[0]`` and the SDK's accumulator both get the call."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    client, state = server
+    set_fault(state, "none")
+    state.mode = "ok"
+    if model.endswith("plain"):
+        state.text = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    else:
+        state.tool_calls, state.text = (
+            [{**BAD_ARGS[0], "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}],
+            "",
+        )
+    resp = client.post(PATHS["chat"], json={**body("chat", True, model=model), "tool_choice": "required"})
+    chunks = [d for _, d in sse(resp.text) if d != "[DONE]"]
+    assert resp.status_code == 200, resp.text
+    naive = check_chat_chunks(chunks)  # at most one entry per index per chunk
+    assert naive[0]["name"] == "get_weather" and json.loads(naive[0]["arguments"]) == {"city": "Paris"}
+    accumulated = ChatCompletionStreamState()
+    for chunk in chunks:
+        accumulated.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    call = accumulated.get_final_completion().choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.id == naive[0]["id"] and json.loads(call.function.arguments) == {"city": "Paris"}

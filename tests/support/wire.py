@@ -40,7 +40,7 @@ def check_response_events(events: list[dict[str, Any]]) -> None:
         assert event["type"] in kinds, f"not an Open Responses event: {event['type']}"
         kinds[event["type"]].model_validate(event)
         if "response" in event:
-            check_response(event["response"]) if event["response"]["status"] != "in_progress" else None
+            check_response(event["response"])
 
 
 def check_chat(body: dict[str, Any]) -> None:
