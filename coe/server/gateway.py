@@ -198,7 +198,7 @@ def error_for(exc: Exception, aliases: Mapping[str, str] | None = None) -> APIEr
         return APIError(429, str(exc), code="expert_busy", headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, NoCapableExpert):
         param, message = exc.param, str(exc)
-        if aliases and param in aliases:
+        if aliases and param is not None and param in aliases:
             param, message = aliases[param], message.replace(f"(for {param})", f"(for {aliases[param]})")
         return APIError(400, message, param=param, code="no_capable_expert")
     if isinstance(exc, RequestBlocked):  # a signal's verdict (signals: in experts.yaml); no expert called
