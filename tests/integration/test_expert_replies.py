@@ -54,7 +54,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
         experts = {
             "faulty": (faulty_url, "params: {max_tokens: 256, temperature: 0.3}"),
             "ok": (ok_url, ""),
-            "plain": (faulty_url, "capabilities: [tools, json_schema]"),  # no reasoning; CoE enforces tool_choice
+            # no reasoning, no tool_choice: CoE enforces a forced call through a JSON schema
+            "plain": (faulty_url, "capabilities: [tools, json_schema]"),
         }
         path = make_registry(tmp_path_factory.mktemp("faults"), experts)
         app = create_app(load_config(path), ServerSettings(warm=False))
