@@ -335,6 +335,10 @@ def test_open_responses_fields_are_the_values_that_applied(server) -> None:  # t
     assert (data["max_output_tokens"], data["temperature"], data["top_p"]) == (256, 0.3, 1.0)
     assert data["completed_at"] >= data["created_at"] and data["service_tier"] == "default"
     assert data["tools"][0]["strict"] is False and data["background"] is False
+    schema = {"type": "json_schema", "name": "out", "schema": PARAMS, "strict": True}
+    formatted = client.post(PATHS["responses"], json={**body("responses", False), "text": {"format": schema}})
+    check_response(formatted.json())
+    assert formatted.json()["text"]["format"] == {**schema, "description": None}
     asked = {**body("responses", False), "max_output_tokens": 2, "temperature": 0.9, "top_p": 0.5}
     asked |= {"safety_identifier": "u1", "prompt_cache_key": "k1"}
     state.finish_reason = "length"
