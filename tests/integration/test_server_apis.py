@@ -503,12 +503,12 @@ def test_anthropic_messages_with_the_sdk(stubs) -> None:  # type: ignore[no-unty
         }
         with pytest.raises(anthropic.BadRequestError) as refused:
             client.messages.create(
-                model="coe/expert/ok",
+                model="coe/expert/blind",
                 max_tokens=20,
                 messages=USER,
                 thinking={"type": "enabled", "budget_tokens": 1024},
             )
-        assert refused.value.body["error"]["message"].startswith("thinking: ")  # no expert reasons
+        assert refused.value.body["error"]["message"].startswith("thinking: ")  # blind does not reason
         with pytest.raises(anthropic.NotFoundError):
             client.messages.create(model="gpt-4", max_tokens=20, messages=USER)
         states["ok"].tool_calls = None  # a call of a tool the request does not offer is a bad reply
