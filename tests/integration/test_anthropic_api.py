@@ -174,3 +174,19 @@ def test_count_tokens_routes_like_messages_without_generating(stubs) -> None:  #
         assert states["ok"].paths == ["/apply-template"]  # asked for its template, nothing generated
         with pytest.raises(anthropic.BadRequestError, match="thinking"):  # refused as /v1/messages would
             client.messages.count_tokens(model="coe/expert/ok", messages=USER, thinking={"type": "enabled"})
+
+
+def test_an_unexpected_failure_is_anthropics_500_without_details(
+    stubs, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from coe.server.apis import count_tokens
+
+    async def broken(*_: Any) -> int:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(count_tokens, "exact_count", broken)
+    path, _ = stubs
+    with app_client(path) as client:
+        resp = client.post("/v1/messages/count_tokens", json={"model": "coe/expert/ok", "messages": USER})
+        assert assert_anthropic_error(resp, 500, "api_error") == "internal server error"
+        assert "secret" not in resp.text
