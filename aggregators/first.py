@@ -27,4 +27,5 @@ class FirstAggregator:
             tool_calls=best.tool_calls,
             finish_reason=best.finish_reason,
             logprobs=best.logprobs,
+            reasoning=best.reasoning,
         )

@@ -101,4 +101,5 @@ def finish(
         tool_calls=chosen.tool_calls if text is None else None,
         finish_reason=chosen.finish_reason,
         logprobs=chosen.logprobs if text is None else None,
+        reasoning=chosen.reasoning if text is None else None,
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from coe.errors import ExpertError
+from coe.errors import BadReply, ExpertError
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
@@ -70,7 +70,7 @@ class ChatClient:
                         answer: dict[str, Any] = resp.json()
                         return answer
                     except ValueError:
-                        raise ExpertError(expert, f"invalid JSON from {url}") from None
+                        raise BadReply(expert, f"the reply is not JSON ({url})") from None
                 last = f"HTTP {resp.status_code} from {url}: {_snippet(resp.text)}"
                 if resp.status_code not in RETRY_STATUS:
                     break
@@ -123,7 +123,7 @@ async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """Parse SSE. A stream that ends with neither ``[DONE]`` nor a finish_reason was cut off: over
     HTTP/1.1 without chunking a dropped connection looks like a normal end of body."""
     data: list[str] = []
-    finished = False
+    finished = seen = False
     lines = resp.aiter_lines()
     async for line in lines:
         if line.startswith("data:"):
@@ -137,9 +137,12 @@ async def _sse_events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
             if isinstance(event, dict) and "error" in event:
                 raise httpx.RemoteProtocolError(f"error event in stream: {event['error']}")
             finished = finished or any(c.get("finish_reason") for c in event.get("choices") or [])
+            seen = True
             yield event
     if data and data != ["[DONE]"]:
         yield json.loads("\n".join(data))
+    elif not seen:  # a 200 whose body holds no event at all: an unreadable reply, not a cut one
+        raise ValueError("the stream holds no data events")
     elif not finished:
         raise httpx.RemoteProtocolError("stream ended without [DONE] or a finish_reason")
 

@@ -28,11 +28,18 @@ class ExpertError(CoEError):
         super().__init__(f"expert {expert!r} failed: {reason}")
 
 
-class AllExpertsFailed(CoEError):
-    """Every candidate expert for a request failed; ``errors`` maps expert name to reason."""
+class BadReply(ExpertError):
+    """The expert answered, but its reply cannot be read (not JSON, no choices, tool calls that are
+    no calls of the offered tools...): the server's 502, where an expert it cannot reach is a 503."""
 
-    def __init__(self, errors: dict[str, str]) -> None:
+
+class AllExpertsFailed(CoEError):
+    """Every candidate expert for a request failed; ``errors`` maps expert name to reason, ``bad``
+    names those that answered with a reply that cannot be read (``BadReply``)."""
+
+    def __init__(self, errors: dict[str, str], bad: frozenset[str] = frozenset()) -> None:
         self.errors = errors
+        self.bad = bad
         detail = "; ".join(f"{name}: {why}" for name, why in errors.items())
         super().__init__(f"no expert could answer ({detail})")
 

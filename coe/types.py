@@ -235,9 +235,11 @@ class ExpertAnswer(BaseModel):
     latency_ms: float = 0.0
     finish_reason: str | None = None
     error: str | None = None
+    bad_reply: bool = Field(False, description="it answered, but with a reply that cannot be read (a 502)")
     logprobs: list[dict[str, Any]] | None = Field(
         None, description="per generated token, OpenAI-style {token, logprob, top_logprobs}, when requested"
     )
+    reasoning: str | None = Field(None, description="the engine's reasoning_content (a thinking model's)")
 
     @property
     def ok(self) -> bool:
@@ -376,6 +378,7 @@ class Answer(BaseModel):
     tool_calls: list[ToolCall] | None = None
     finish_reason: str | None = Field(None, description="the answering expert's: stop, length, tool_calls")
     logprobs: list[dict[str, Any]] | None = None
+    reasoning: str | None = Field(None, description="the answering expert's reasoning, passed through")
 
     def summary(self) -> dict[str, object]:
         """The stable JSON shape of ``coe ask --json`` (users' scripts read these keys)."""
@@ -412,6 +415,7 @@ class StreamEvent(BaseModel):
 
     type: Literal["delta", "done"]
     text: str = ""
+    reasoning: str = ""
     tool_calls: list[ToolCallDelta] | None = None
     logprobs: list[dict[str, Any]] | None = None
     answer: Answer | None = None

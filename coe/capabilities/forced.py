@@ -15,7 +15,7 @@ import re
 import uuid
 from typing import Any
 
-from coe.errors import ExpertError
+from coe.errors import BadReply
 from coe.types import FunctionCall, FunctionCallDelta, NamedToolChoice, Request, Tool, ToolCall, ToolCallDelta
 
 SCHEMA_NAME = "coe_tool_call"
@@ -68,11 +68,9 @@ def parse_call(expert: str, text: str, request: Request) -> ToolCall:
     try:
         data = json.loads(text)
     except ValueError:
-        raise ExpertError(
-            expert, f"the forced tool call is not valid JSON (cut off?): {text[:120]!r}"
-        ) from None
+        raise BadReply(expert, f"the forced tool call is not valid JSON (cut off?): {text[:120]!r}") from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or "arguments" not in data:
-        raise ExpertError(expert, f"the forced tool call has no name and arguments: {text[:120]!r}")
+        raise BadReply(expert, f"the forced tool call has no name and arguments: {text[:120]!r}")
     check_arguments(expert, data["name"], data["arguments"], request)
     return ToolCall(
         id=new_call_id(), function=FunctionCall(name=data["name"], arguments=json.dumps(data["arguments"]))
@@ -82,14 +80,14 @@ def parse_call(expert: str, text: str, request: Request) -> ToolCall:
 def check_arguments(expert: str, name: str, arguments: Any, request: Request) -> None:
     tool = next((t for t in allowed_tools(request) if t.function.name == name), None)
     if tool is None:
-        raise ExpertError(expert, f"the forced tool call names {name!r}, which the request does not allow")
+        raise BadReply(expert, f"the forced tool call names {name!r}, which the request does not allow")
     if tool.function.parameters:
         import jsonschema
 
         try:
             jsonschema.validate(arguments, tool.function.parameters)
         except jsonschema.ValidationError as exc:
-            raise ExpertError(
+            raise BadReply(
                 expert, f"the arguments of {name!r} do not match its schema: {exc.message}"
             ) from None
 
@@ -136,12 +134,12 @@ class CallStream:
         """The deltas still held back, and the whole call (checked like ``parse_call``)."""
         tail = self.buffer.rstrip()
         if self.name is None or not tail.endswith("}"):
-            raise ExpertError(self.expert, f"the forced tool call was cut off: {self.buffer[:120]!r}")
+            raise BadReply(self.expert, f"the forced tool call was cut off: {self.buffer[:120]!r}")
         arguments = tail[:-1].rstrip()
         try:
             parsed = json.loads(arguments)
         except ValueError:
-            raise ExpertError(
+            raise BadReply(
                 self.expert, f"the forced tool call's arguments are not JSON: {arguments[:120]!r}"
             ) from None
         check_arguments(self.expert, self.name, parsed, self.request)

@@ -19,11 +19,11 @@ from coe.capabilities import forced as forced_calls
 from coe.clients import ChatClient, provider_chat
 from coe.clock import ms_since
 from coe.config import CoEConfig
-from coe.errors import ExpertError
+from coe.errors import BadReply, ExpertError
 from coe.experts.pool import ExpertPool
 from coe.experts.templates import strip_markers, turn_markers, with_turn_stops
-from coe.replies import tool_calls_of, usage_fields
-from coe.types import Attempt, ExpertAnswer, Request, Trace, Usage
+from coe.replies import read_reply
+from coe.types import Attempt, ExpertAnswer, Request, Trace
 
 # Entered around each call to one expert (the server's per-expert concurrency limit); an exception
 # other than ExpertError raised on entry ends the request instead of falling back.
@@ -39,6 +39,18 @@ OPTIONS = (
     "top_logprobs",
     "reasoning_effort",
 )
+
+# What an engine applies to a setting neither the request nor the expert gives: llama-server's own
+# defaults for the experts CoE runs with it, OpenAI's API defaults for any other server.
+OPENAI_DEFAULTS: dict[str, Any] = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+ENGINE_DEFAULTS: dict[str | None, dict[str, Any]] = {
+    "llamacpp": {**OPENAI_DEFAULTS, "temperature": 0.8, "top_p": 0.95},
+}
 
 
 class ExpertCalls:
@@ -74,27 +86,27 @@ class ExpertCalls:
             async with self.in_slot(name, slot):
                 call = self.complete(name, request, trace)
                 data = await (asyncio.wait_for(call, timeout_s) if timeout_s else call)
-            choice = (data.get("choices") or [{}])[0]
-            message = choice.get("message") or {}
-            text = strip_markers(message.get("content") or "", markers)
-            calls = tool_calls_of(name, message.get("tool_calls"))
-            finish = choice.get("finish_reason")
+            reply = read_reply(name, data, request)
+            text, calls, finish = strip_markers(reply.text, markers), reply.tool_calls, reply.finish_reason
             if enforced:  # the reply is the call's JSON, constrained by coe.capabilities.forced
                 calls, text, finish = [forced_calls.parse_call(name, text, request)], "", "tool_calls"
                 if trace is not None and trace.capabilities is not None:
                     trace.capabilities.enforced_tool_choice = True
             answer = ExpertAnswer(
                 expert=name,
-                model=data.get("model"),
+                model=reply.model,
                 text=text,
                 tool_calls=calls,
-                usage=Usage(**usage_fields(data.get("usage") or {})),
+                usage=reply.usage,
                 finish_reason=finish,
                 latency_ms=ms_since(t),
-                logprobs=(choice.get("logprobs") or {}).get("content"),
+                logprobs=reply.logprobs,
+                reasoning=reply.reasoning,
             )
         except ExpertError as exc:
-            answer = ExpertAnswer(expert=name, error=exc.reason, latency_ms=ms_since(t))
+            answer = ExpertAnswer(
+                expert=name, error=exc.reason, latency_ms=ms_since(t), bad_reply=isinstance(exc, BadReply)
+            )
         except TimeoutError:
             answer = ExpertAnswer(
                 expert=name, error=f"no answer within {timeout_s:g}s", latency_ms=ms_since(t)
@@ -142,14 +154,17 @@ class ExpertCalls:
         key = expert.api_key.get_secret_value() if expert.api_key else None
         markers = turn_markers(expert)
         async with self._lease(name, trace) as url:
-            async for chunk in self.client.stream(
-                name,
-                url,
-                self.payload(name, request),
-                api_key=key,
-                timeout_s=expert.timeout_s,
-                retries=expert.retries,
-            ):
+            payload = self.payload(name, request)
+            chunks = self.client.stream(
+                name, url, payload, api_key=key, timeout_s=expert.timeout_s, retries=expert.retries
+            )
+            while True:
+                try:
+                    chunk = await anext(chunks, None)
+                except (ValueError, AttributeError, TypeError) as exc:  # not JSON, or no object
+                    raise BadReply(name, f"the stream is not chat completion chunks: {exc}") from None
+                if chunk is None:
+                    return
                 if markers:
                     _strip_chunk(chunk, markers)
                 yield chunk
@@ -163,6 +178,22 @@ class ExpertCalls:
             if trace is not None and self.pool.scheduler.loads.get(name, 0) > loads:
                 trace.timings_ms[f"start:{name}"] = ms_since(t)
             yield url
+
+    def settings(self, name: str, request: Request) -> dict[str, Any]:
+        """The generation settings expert ``name`` applies to ``request``: the request's, over the
+        expert's defaults, over the engine's own (``ENGINE_DEFAULTS``), for replies that report them
+        (the Responses API's temperature, top_p, max_output_tokens...)."""
+        expert = self.config.experts.get(name)
+        if expert is None:  # not an expert of this registry (a stream that failed before answering)
+            return {**OPENAI_DEFAULTS, **request.params}
+        engine = expert.serve.engine if expert.serve is not None else None
+        defaults = expert.params.model_dump(exclude_none=True, exclude={"extra"})
+        return {
+            **ENGINE_DEFAULTS.get(engine, OPENAI_DEFAULTS),
+            **expert.params.extra,
+            **defaults,
+            **request.params,
+        }
 
     def payload(self, name: str, request: Request) -> dict[str, Any]:
         """The Chat Completions body for one expert: the request's messages and fields as the caller

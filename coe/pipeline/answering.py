@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from coe.capabilities import forced as forced_calls
 from coe.clock import ms_since
 from coe.config import CoEConfig
-from coe.errors import AllExpertsFailed, ExpertError
+from coe.errors import AllExpertsFailed, BadReply, ExpertError
 from coe.experts.calls import ExpertCalls, Slot
 from coe.pipeline.flow import Flow
 from coe.pipeline.parts import Parts
@@ -52,7 +52,8 @@ class Answering:
         while (name := next_candidate(decision, answers)) is not None:
             answers.append(await self.calls.call(name, request, trace, None, flow.slot))
         if not any(a.ok for a in answers):
-            raise AllExpertsFailed({a.expert: a.error or "unknown error" for a in answers})
+            bad = frozenset(a.expert for a in answers if a.bad_reply)
+            raise AllExpertsFailed({a.expert: a.error or "unknown error" for a in answers}, bad)
         return answers
 
     async def combine(self, flow: Flow, answers: list[ExpertAnswer]) -> Answer:
@@ -110,6 +111,7 @@ class Answering:
         failure raises ExpertError: the caller holds part of the answer, which another model must
         not continue."""
         errors: dict[str, str] = {}
+        bad: set[str] = set()
         request, trace = flow.request, flow.trace
         for name in flow.routed().experts:
             t = time.perf_counter()
@@ -129,6 +131,8 @@ class Answering:
                 if reply.started:
                     raise
                 errors[name] = exc.reason
+                if isinstance(exc, BadReply):
+                    bad.add(name)
                 continue
             if reply.forced is not None and trace.capabilities is not None:
                 trace.capabilities.enforced_tool_choice = True
@@ -137,7 +141,7 @@ class Answering:
             self.settle(flow, name, reply.usage)
             yield StreamEvent(type="done", answer=reply.answer(trace))
             return
-        raise AllExpertsFailed(errors)
+        raise AllExpertsFailed(errors, frozenset(bad))
 
     async def _stream_many(self, flow: Flow) -> AsyncIterator[StreamEvent]:
         """Several experts: their answers are collected whole, then the aggregator's answer streams

@@ -33,6 +33,7 @@ from coe.experts.calls import Slot
 from coe.orchestrator import CoE
 from coe.protocols import WarmRouter
 from coe.server import dashboard
+from coe.server.apis import count_tokens as tokens
 from coe.server.apis import embeddings
 from coe.server.apis import feedback as feedback_api
 from coe.server.context import RequestContext
@@ -177,14 +178,16 @@ def _generating(parts: _Parts, api: ApiAdapter) -> Handler:
 
     async def route(request: Request) -> Response:
         data, trace = await _body_of(request, settings)
+        noted = api.headers(request.headers)
         call = api.parse(data, settings, trace)
+        call.reply_headers = noted
         call.session = session_ref(request.headers.get("x-coe-session"), call.request)
         call.api = api.info.name
         ctx = RequestContext.of(request.scope, parts.limiter, parts.guard)
         if call.stream:
             return await gateway.stream(call, api, ctx)
         answer = await gateway.answer(call, ctx)
-        headers = coe_headers(answer.expert, answer.trace.decision, answer.trace)
+        headers = coe_headers(answer.expert, answer.trace.decision, answer.trace) | call.reply_headers
         reply = api.body(answer, call)
         gateway.record(reply.get("id"), call, answer, ctx)
         return JSONResponse(reply, headers=headers)
@@ -193,7 +196,7 @@ def _generating(parts: _Parts, api: ApiAdapter) -> Handler:
 
 
 def _api_handlers(parts: _Parts, app: FastAPI) -> dict[str, Handler]:
-    """/v1/embeddings, /v1/feedback and /v1/models."""
+    """/v1/embeddings, /v1/feedback, /v1/models and /v1/messages/count_tokens."""
     settings, config, recorder = parts.settings, parts.config, parts.recorder
 
     async def create_embeddings(request: Request) -> Response:
@@ -224,7 +227,16 @@ def _api_handlers(parts: _Parts, app: FastAPI) -> dict[str, Handler]:
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    return {"embeddings": create_embeddings, "feedback": create_feedback, "models": list_models}
+    async def count_tokens(request: Request) -> Response:
+        data, _ = await _body_of(request, settings)
+        return await tokens.reply(parts.gateway, data, settings, request.headers)
+
+    return {
+        "embeddings": create_embeddings,
+        "feedback": create_feedback,
+        "models": list_models,
+        "count_tokens": count_tokens,
+    }
 
 
 def _probe_handlers(parts: _Parts) -> dict[str, Handler]:

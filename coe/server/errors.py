@@ -65,9 +65,16 @@ _ANTHROPIC = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     500: "api_error",
+    502: "api_error",
     503: "overloaded_error",
+    529: "overloaded_error",
 }
-ANTHROPIC_PATHS = ("/v1/messages",)
+ANTHROPIC_ROOT = "/v1/messages"
+
+
+def anthropic_path(path: str) -> bool:
+    """/v1/messages and everything under it (count_tokens, and the 404 of a route CoE lacks)."""
+    return path == ANTHROPIC_ROOT or path.startswith(ANTHROPIC_ROOT + "/")
 
 
 def anthropic_body(message: str, status: int) -> dict[str, Any]:
@@ -75,8 +82,8 @@ def anthropic_body(message: str, status: int) -> dict[str, Any]:
 
 
 def error_response(exc: APIError, path: str = "") -> JSONResponse:
-    """``path``: the route called, which decides the shape (Anthropic's for /v1/messages)."""
-    if path in ANTHROPIC_PATHS:
+    """``path``: the route called, which decides the shape (Anthropic's under /v1/messages)."""
+    if anthropic_path(path):
         message = (
             f"{exc.param}: {exc.message}"
             if exc.param and not exc.message.startswith(exc.param)
@@ -101,6 +108,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 "no such route; see /v1/models, /v1/chat/completions, /v1/responses, /v1/messages, "
                 "/v1/completions and /v1/embeddings"
             )
+            if anthropic_path(request.url.path):
+                message = "no such route; CoE serves POST /v1/messages and POST /v1/messages/count_tokens"
         err = APIError(exc.status_code, message, code=str(exc.status_code), headers=exc.headers)
         return error_response(err, request.url.path)
 

@@ -13,8 +13,8 @@ the router had chosen that category (its expert, then the fallback expert). A re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi.responses import StreamingResponse
@@ -58,6 +58,12 @@ class ApiRequest:
     response_id: str | None = None
     store: bool = False
     previous_response_id: str | None = None  # the stored reply this request continues
+    reply_headers: dict[str, str] = field(default_factory=dict)  # the adapter's (``ApiAdapter.headers``)
+    # The generation settings the answering expert applied (the request's over its defaults).
+    generation: dict[str, Any] = field(default_factory=dict)
+    # A CoE field name -> the name this API gave it (Anthropic's ``thinking`` for reasoning_effort),
+    # so a refusal names the field the caller wrote.
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 class SseFormat(Protocol):
@@ -85,6 +91,10 @@ class ApiAdapter(Protocol):
         ...
 
     def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> ApiRequest: ...
+
+    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The request's headers checked (a 400 names one it refuses); what the reply adds about them."""
+        ...
 
     def body(self, answer: Answer, call: ApiRequest) -> dict[str, Any]: ...
 
@@ -181,14 +191,21 @@ def finish_reason(answer: Answer, max_tokens: object) -> str:
     return "length" if limit is not None and answer.usage.completion_tokens >= limit else "stop"
 
 
-def error_for(exc: Exception) -> APIError:
-    """Map CoE failures before the first byte to status codes; never leak a traceback."""
+def error_for(exc: Exception, aliases: Mapping[str, str] | None = None) -> APIError:
+    """Map CoE failures before the first byte to status codes; never leak a traceback. ``aliases``:
+    the API's names of CoE's fields (ApiRequest.aliases)."""
     if isinstance(exc, ExpertBusy):
         return APIError(429, str(exc), code="expert_busy", headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, NoCapableExpert):
-        return APIError(400, str(exc), param=exc.param, code="no_capable_expert")
+        param, message = exc.param, str(exc)
+        if aliases and param is not None and param in aliases:
+            param, message = aliases[param], message.replace(f"(for {param})", f"(for {aliases[param]})")
+        return APIError(400, message, param=param, code="no_capable_expert")
     if isinstance(exc, RequestBlocked):  # a signal's verdict (signals: in experts.yaml); no expert called
         return APIError(400, str(exc), param="messages", code=exc.code)
+    if isinstance(exc, AllExpertsFailed) and exc.bad and exc.bad == set(exc.errors):
+        log.warning("%s", exc)  # every one answered, with a reply that cannot be read: a bad gateway
+        return APIError(502, str(exc), code="bad_expert_reply", type="api_error")
     if isinstance(exc, AllExpertsFailed):
         log.warning("%s", exc)
         return APIError(
@@ -246,11 +263,12 @@ class Gateway:
             )
         except Exception as exc:
             self._count_blocked(exc)
-            err = error_for(exc)
+            err = error_for(exc, call.aliases)
             ctx.observed.note(trace=trace, error=str(err.message))
             raise err from None
         self.metrics.observe_answer(answer)
         ctx.observed.note(answer=answer)
+        call.generation = self.coe.pipeline.calls.settings(answer.expert, call.request)
         await self._remember(call, answer)
         return answer
 
@@ -326,12 +344,13 @@ class Gateway:
             first = await anext(events)
         except Exception as exc:
             self._count_blocked(exc)
-            err = error_for(exc)
+            err = error_for(exc, call.aliases)
             ctx.observed.note(error=str(err.message))
             raise err from None
         tried = ctx.tried
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
         headers = coe_headers(answering, trace.decision or decision, trace)
+        call.generation = self.coe.pipeline.calls.settings(answering, call.request)
         sse_format = api.sse(call, answering)
         ctx.observed.note(rid=getattr(sse_format, "id", None))
 
@@ -343,7 +362,7 @@ class Gateway:
         return StreamingResponse(
             sse.run(first, events),
             media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={**headers, **call.reply_headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
 

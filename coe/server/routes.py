@@ -42,6 +42,7 @@ ADAPTERS: dict[str, ApiAdapter] = {
 
 ROUTES: tuple[Route, ...] = (
     *(Route(a.info.path, (a.info.method,), name, "generate") for name, a in ADAPTERS.items()),
+    Route("/v1/messages/count_tokens", ("POST",), "count_tokens", "api"),
     Route(EMBEDDINGS.path, (EMBEDDINGS.method,), "embeddings", "api"),
     Route("/v1/feedback", ("POST",), "feedback", "api"),
     Route("/v1/models", ("GET",), "models", "api"),

@@ -2,10 +2,14 @@
 against `coe serve` with the real llama-server experts of the default registry (SmolLM2 `coder`,
 Gemma `general`). Forced tool calls come back as valid calls from both models (CoE enforces them:
 llama-server does not), the tool-result turn reaches the model and is answered, streams assemble,
-JSON schemas and logprobs hold, and an image finds no capable expert."""
+JSON schemas and logprobs hold, and an image finds no capable expert. Real clients run their own
+loops: the OpenAI Agents SDK (a function tool forced on the first turn, its output fed back, a final
+answer) with both its Chat Completions and its Responses model classes, and the Anthropic SDK with
+tools, streaming and count_tokens (exact: the expert's own template and tokenizer)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -288,3 +292,78 @@ def test_completions_and_embeddings(client: openai.OpenAI) -> None:
     a, b, c = (v.embedding for v in vectors.data)
     dot = lambda x, y: sum(i * j for i, j in zip(x, y, strict=True))  # noqa: E731
     assert len(a) == 384 and dot(a, b) > dot(a, c)
+
+
+def test_agents_sdk_tool_loop_with_both_model_classes(server: ServerThread) -> None:
+    """A forced first turn (the tool runs), its output fed back, then a final answer with tool_choice
+    none (the hook: the small models call tools again under auto). Chat whole, Responses streamed:
+    the SDK reads every event of ours."""
+    import dataclasses
+
+    import agents
+    from agents import Agent, AgentHooks, ModelSettings, Runner, function_tool
+
+    agents.set_tracing_disabled(True)  # the SDK would export traces to OpenAI
+    ran: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """Current weather in a city."""
+        ran.append(city)
+        return json.dumps({"city": city, "temperature_celsius": 18, "sky": "sunny"})
+
+    class AnswerAfterTheTool(AgentHooks):  # type: ignore[type-arg]
+        async def on_tool_end(self, context: Any, agent: Any, tool: Any, result: str) -> None:
+            agent.model_settings = dataclasses.replace(agent.model_settings, tool_choice="none")
+
+    async def run(kind: str, cls: Any) -> Any:
+        http = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=180)
+        agent = Agent(
+            name="weather",
+            instructions="Answer weather questions with the tool.",
+            model=cls(model="coe/expert/coder", openai_client=http),
+            tools=[get_weather],
+            model_settings=ModelSettings(tool_choice="get_weather", temperature=0, max_tokens=96),
+            hooks=AnswerAfterTheTool(),
+            reset_tool_choice=False,
+        )
+        if kind == "chat":
+            return await Runner.run(agent, "What is the weather in Paris?", max_turns=4)
+        streamed = Runner.run_streamed(agent, "What is the weather in Paris?", max_turns=4)
+        async for _ in streamed.stream_events():
+            pass
+        return streamed
+
+    for kind, cls in (
+        ("chat", agents.OpenAIChatCompletionsModel),
+        ("responses", agents.OpenAIResponsesModel),
+    ):
+        before = len(ran)
+        result = asyncio.run(run(kind, cls))
+        assert len(ran) == before + 1 and ran[-1].strip(), (kind, ran)  # the forced call ran the tool
+        assert isinstance(result.final_output, str) and result.final_output.strip(), kind
+
+
+def test_anthropic_sdk_counts_tokens_exactly_and_streams_tools(server: ServerThread) -> None:
+    client = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0, timeout=180)
+    tool = {"name": "get_weather", "description": "Current weather in a city", "input_schema": WEATHER}
+    ask: Any = {"model": "coe/expert/coder", "system": "Be brief.", "messages": [ASK[0]], "tools": [tool]}
+    counted = client.messages.with_raw_response.count_tokens(**ask)
+    assert counted.headers["x-coe-token-count"] == "exact"
+    with client.messages.stream(max_tokens=96, tool_choice={"type": "any"}, **ask) as stream:
+        final = stream.get_final_message()
+    assert counted.parse().input_tokens == final.usage.input_tokens  # the prompt the expert read
+    use = next(b for b in final.content if b.type == "tool_use")
+    assert use.id.startswith("toolu_") and final.stop_reason == "tool_use"
+    jsonschema.validate(use.input, WEATHER)
+
+
+def test_a_real_experts_responses_are_open_responses(server: ServerThread) -> None:
+    from tests.support.wire import check_response, check_response_events, sse
+
+    fn = {"type": "function", "name": "get_weather", "description": "Weather", "parameters": WEATHER}
+    ask = {"model": "coe/expert/general", "input": "Weather in Oslo?", "tools": [fn], "max_output_tokens": 96}
+    url = server.url + "/v1/responses"
+    check_response(httpx.post(url, json={**ask, "tool_choice": "required"}, timeout=180).json())
+    streamed = httpx.post(url, json={**ask, "stream": True}, timeout=180)
+    check_response_events([d for _, d in sse(streamed.text)])

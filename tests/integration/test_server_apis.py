@@ -269,6 +269,7 @@ def test_several_recruited_experts_with_tools_only_the_top_weighted_answers(stub
     with CoE(load_config(path)) as coe:
         answer = coe.run(coe.aask("weather?", decision=decision, tools=TOOLS))
         assert states["bad"].calls == 0  # recruited, but not the top-weighted one: not asked
+        states["ok"].tool_calls = None  # a call of no offered tool would be a bad reply
         plain = coe.run(coe.aask("weather?", decision=decision))
     assert answer.tool_calls is not None and answer.tool_calls[0].function.name == "get_weather"
     assert answer.trace.capabilities.tool_answerer == "ok"
@@ -304,7 +305,9 @@ def test_tool_calls_pass_through_whole_and_streamed_with_the_sdk(stubs) -> None:
                 for d in choice.delta.tool_calls or []:
                     assert d.index == 0
                     fragments.append(d.function.arguments or "")
-        assert len(fragments) == 2 and json.loads("".join(fragments)) == {"city": "Paris"}
+        # OpenAI's shape: the header (arguments ""), then each fragment in a chunk of its own
+        assert fragments[0] == "" and len(fragments) == 3
+        assert json.loads("".join(fragments)) == {"city": "Paris"}
         assert finish == "tool_calls" and usage is not None
 
 
@@ -500,14 +503,15 @@ def test_anthropic_messages_with_the_sdk(stubs) -> None:  # type: ignore[no-unty
         }
         with pytest.raises(anthropic.BadRequestError) as refused:
             client.messages.create(
-                model="coe/expert/ok",
+                model="coe/expert/blind",
                 max_tokens=20,
                 messages=USER,
                 thinking={"type": "enabled", "budget_tokens": 1024},
             )
-        assert refused.value.body["error"]["message"].startswith("thinking: ")
+        assert refused.value.body["error"]["message"].startswith("thinking: ")  # blind does not reason
         with pytest.raises(anthropic.NotFoundError):
             client.messages.create(model="gpt-4", max_tokens=20, messages=USER)
+        states["ok"].tool_calls = None  # a call of a tool the request does not offer is a bad reply
         bearer = http.post(
             "/v1/messages",
             json={"model": "coe/expert/ok", "max_tokens": 5, "messages": USER},

@@ -3,7 +3,9 @@ capturing exactly what CoE forwarded (``StubState.bodies``).
 
 The real path is always tested against llama-server; this stub exists because a real server cannot
 be told to fail on cue, and cannot show what it was sent. ``StubState.tool_calls`` makes it answer
-with those tool calls (whole, or streamed as OpenAI tool-call deltas in two argument fragments).
+with those tool calls (whole, or streamed as OpenAI tool-call deltas in two argument fragments);
+``StubState.reasoning`` with that reasoning_content (no reasoning model ships on PyPI). The fault
+modes of ``FAULTS`` answer 200 with a reply that is not a valid chat completion.
 """
 
 from __future__ import annotations
@@ -17,7 +19,50 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-Mode = Literal["ok", "500", "500-then-ok", "400", "hang", "drop-stream", "drop-before-stream"]
+Mode = Literal[
+    "ok",
+    "500",
+    "500-then-ok",
+    "400",
+    "hang",
+    "drop-stream",
+    "drop-before-stream",
+    # Replies that are no (valid) chat completion, whole and streamed (see FAULTS):
+    "no-choices",
+    "no-message",
+    "null-content",
+    "not-json",
+    "bad-utf8",
+    "no-done",
+    "bad-chunk",
+]
+# What each fault mode sends: whole (the body of a 200) and streamed (the SSE lines of a 200).
+FAULTS: dict[str, tuple[bytes, list[bytes]]] = {
+    "no-choices": (b'{"id": "x", "choices": []}', [b'data: {"choices": []}', b"data: [DONE]"]),
+    "no-message": (
+        b'{"choices": [{"index": 0, "finish_reason": "stop"}]}',
+        [b'data: {"choices": [{"index": 0}]}', b"data: [DONE]"],
+    ),
+    "null-content": (
+        b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": null},'
+        b' "finish_reason": "stop"}]}',
+        [
+            b'data: {"choices": [{"index": 0, "delta": {"content": null}, "finish_reason": "stop"}]}',
+            b"data: [DONE]",
+        ],
+    ),
+    "not-json": (b"<html>upstream error</html>", [b"<html>upstream error</html>"]),
+    "bad-utf8": (
+        b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "caf\xe9"},'
+        b' "finish_reason": "stop"}]}',
+        [
+            b'data: {"choices": [{"index": 0, "delta": {"content": "caf\xe9"}, "finish_reason": "stop"}]}',
+            b"data: [DONE]",
+        ],
+    ),
+    "no-done": (b"", [b'data: {"choices": [{"index": 0, "delta": {"content": "cut"}}]}']),
+    "bad-chunk": (b"", [b"data: {not json", b"data: [DONE]"]),
+}
 
 
 class StubState:
@@ -29,7 +74,10 @@ class StubState:
         self.connections = 0  # TCP connections accepted: a client that reuses its connection opens one
         self.open = 0  # requests being handled right now (a hanging one stays open)
         self.bodies: list[dict[str, Any]] = []
+        self.paths: list[str] = []  # the path of each POST
         self.tool_calls: list[dict[str, Any]] | None = None
+        self.reasoning: str | None = None  # sent as reasoning_content (a thinking model's)
+        self.finish_reason: str | None = None  # instead of stop (length: a reply cut at max_tokens)
         self.released = threading.Event()
 
 
@@ -69,6 +117,7 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             state.calls += 1
             state.bodies.append(body)
+            state.paths.append(self.path)
             mode = state.mode
             if mode == "500-then-ok":
                 mode = "500" if state.calls == 1 else "ok"
@@ -83,9 +132,33 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return None
+            whole, streamed = FAULTS.get(mode, (b"", []))
+            if body.get("stream") and streamed:
+                return self._raw_stream(streamed)
+            if whole:
+                return self._raw(whole)
             if body.get("stream"):
                 return self._stream(drop=mode == "drop-stream")
-            return self._send(200, _completion(state.text, state.tool_calls))
+            reply = _completion(state.text, state.tool_calls, state.reasoning)
+            if state.finish_reason:
+                reply["choices"][0]["finish_reason"] = state.finish_reason  # type: ignore[index]
+            return self._send(200, reply)
+
+        def _raw(self, data: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _raw_stream(self, lines: list[bytes]) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for line in lines:
+                self._chunk(line + b"\n\n")
+            self._chunk(b"")
 
         def _stream(self, drop: bool) -> None:
             # Chunked, like llama-server: the connection stays open for the next request.
@@ -93,6 +166,12 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            if state.reasoning:
+                thought = {
+                    "model": "stub",
+                    "choices": [{"index": 0, "delta": {"reasoning_content": state.reasoning}}],
+                }
+                self._chunk(f"data: {json.dumps(thought)}\n\n".encode())
             words = state.text.split(" ")
             for i, word in enumerate(words):
                 delta = word if i == 0 else " " + word
@@ -111,11 +190,9 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 for delta in (first, rest):
                     chunk = {"model": "stub", "choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]}
                     self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
-            if state.tool_calls:
-                done = {
-                    "model": "stub",
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
-                }
+            if state.tool_calls or state.finish_reason:
+                finish = state.finish_reason or "tool_calls"
+                done = {"model": "stub", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
                 self._chunk(f"data: {json.dumps(done)}\n\n".encode())
             usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
             self._chunk(f"data: {json.dumps({'model': 'stub', 'choices': [], 'usage': usage})}\n\n".encode())
@@ -129,8 +206,12 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _completion(text: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, object]:
+def _completion(
+    text: str, tool_calls: list[dict[str, Any]] | None = None, reasoning: str | None = None
+) -> dict[str, object]:
     message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if tool_calls:
         message["tool_calls"] = tool_calls
     return {

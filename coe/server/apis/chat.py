@@ -3,6 +3,7 @@ into a Request as the caller wrote it, and the Answer back as a chat.completion 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +22,16 @@ from coe.server.apis.translate import (
 )
 from coe.server.gateway import ApiAdapter, ApiRequest, finish_reason
 from coe.server.settings import ServerSettings
-from coe.types import Answer, ReasoningEffort, Request, ResponseFormat, StreamEvent, Tool, ToolChoice
+from coe.types import (
+    Answer,
+    ReasoningEffort,
+    Request,
+    ResponseFormat,
+    StreamEvent,
+    Tool,
+    ToolCallDelta,
+    ToolChoice,
+)
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
@@ -86,11 +96,29 @@ class ChatBody(BaseModel):
 
 def message_of(answer: Answer) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": answer.text or None}
+    if answer.reasoning:
+        message["reasoning_content"] = answer.reasoning  # as llama-server, vLLM and DeepSeek name it
     if answer.tool_calls:
         message["tool_calls"] = [c.model_dump() for c in answer.tool_calls]
     else:
         message["content"] = answer.text
     return message
+
+
+def tool_call_entries(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
+    """Tool-call fragments as OpenAI streams them: a call's first entry is its header (id, type,
+    name, ``arguments: ""``), each later one a piece of the arguments. One entry per chunk, so that a
+    client reading ``delta.tool_calls[0]`` sees every piece."""
+    out: list[dict[str, Any]] = []
+    for d in deltas:
+        if d.id is not None:
+            function = {"name": d.function.name or "", "arguments": ""}
+            out.append({"index": d.index, "id": d.id, "type": "function", "function": function})
+            if d.function.arguments:
+                out.append({"index": d.index, "function": {"arguments": d.function.arguments}})
+        else:
+            out.append({"index": d.index, "function": d.function.model_dump(exclude_none=True)})
+    return out
 
 
 class SseFormat(OpenAIChunks):
@@ -108,11 +136,12 @@ class SseFormat(OpenAIChunks):
 
     def delta(self, event: StreamEvent) -> list[bytes]:
         delta: dict[str, Any] = {}
+        if event.reasoning:
+            delta["reasoning_content"] = event.reasoning
         if event.text:
             delta["content"] = event.text
-        if event.tool_calls:
-            delta["tool_calls"] = [d.model_dump(exclude_none=True) for d in event.tool_calls]
-        return [self._delta(delta, event.logprobs)] if delta or event.logprobs else []
+        out = [self._delta(delta, event.logprobs)] if delta or event.logprobs else []
+        return out + [self._delta({"tool_calls": [e]}) for e in tool_call_entries(event.tool_calls or [])]
 
     def done(self, answer: Answer) -> list[bytes]:
         finish = finish_reason(answer, self.call.request.params.get("max_tokens"))
@@ -123,6 +152,9 @@ class ChatApi:
     """The Chat Completions adapter (coe.server.gateway.ApiAdapter)."""
 
     info = CHAT
+
+    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {}  # no header of OpenAI's changes what CoE does
 
     def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> ApiRequest:
         data, body, extra = parse_body(CHAT, ChatBody, data, settings.unknown_fields)

@@ -5,6 +5,7 @@ experts are chat models; there is no raw-text path through routing and fallbacks
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,6 +89,9 @@ class CompletionsApi:
     """The legacy Completions adapter (coe.server.gateway.ApiAdapter)."""
 
     info = COMPLETIONS
+
+    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {}  # no header of OpenAI's changes what CoE does
 
     def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> ApiRequest:
         data, body, extra = parse_body(COMPLETIONS, CompletionsBody, data, settings.unknown_fields)

@@ -29,7 +29,8 @@ by CoE (it changes what CoE does, or is translated), or **refused** with a 400 t
 |---|---|---|
 """
 
-ENDPOINTS_TAIL = """| POST | `/v1/feedback` | grade a response by its id (`chatcmpl-…`, `resp_…`, `msg_…`): `{"id", "score": 0..1}` or `{"id", "thumbs": "up"\\|"down"}`, optional `label`; 404 for an id the trace store does not hold, 400 for a score outside [0, 1] (see [Operations](operations.md)) |
+ENDPOINTS_TAIL = """| POST | `/v1/messages/count_tokens` | Anthropic's token count: the `/v1/messages` body, routed as `/v1/messages` would be (model id, router, capabilities; no session, cache or retrieval), counted with the chosen expert's own chat template and tokenizer (llama-server's `/apply-template` and `/tokenize`), else estimated (UTF-8 bytes / 4 plus turn markers); `{"input_tokens": N}` with `x-coe-token-count: exact\\|estimate` and `x-coe-expert` |
+| POST | `/v1/feedback` | grade a response by its id (`chatcmpl-…`, `resp_…`, `msg_…`): `{"id", "score": 0..1}` or `{"id", "thumbs": "up"\\|"down"}`, optional `label`; 404 for an id the trace store does not hold, 400 for a score outside [0, 1] (see [Operations](operations.md)) |
 | GET | `/v1/models` | `coe`, `coe/expert/NAME` per expert, `coe/category/NAME` per category, `coe/embedder` |
 | GET | `/healthz` | the process is up (no key needed) |
 | GET | `/readyz` | 200 once the router and the managed experts are up, else 503 naming those that are not |
@@ -45,6 +46,52 @@ in the request or the header `x-coe-trace: 1`.
 
 Authentication: with `server.api_keys` (or `COE_API_KEYS`) set, every `/v1` route needs a key, as
 `Authorization: Bearer KEY` or as `x-api-key: KEY` (what Anthropic's SDK sends).
+
+Anthropic's headers: `anthropic-version` may be absent, `2023-06-01` or a later date (the SDKs send
+one); an earlier or malformed one is a 400 naming the header. `anthropic-beta` is ignored (no beta
+changes what CoE serves) and the reply says so in `x-coe-ignored-beta`. Every response under
+`/v1/messages` (404, 405, 401, 413, 429, 5xx included) is in Anthropic's error shape
+`{"type": "error", "error": {"type", "message"}}` with its error types.
+
+## What an expert sends
+
+An expert's reply is read into an answer or refused, never a 500: a reply that is no chat completion
+(not JSON, invalid UTF-8, no `choices`, no `message`, a stream chunk that is not JSON or a stream
+with no data event) or a tool call naming a tool the request did not offer counts as that expert
+failing, so the next candidate is tried; when every candidate answered such a reply the client gets
+a 502 (`code: bad_expert_reply`, Anthropic: `api_error`) naming each expert and what was wrong (an
+expert that cannot be reached or answers 5xx is a 503). `content: null` without tool calls is an
+empty answer. Tool arguments that are not JSON pass through as the string they are (Chat and
+Responses carry arguments as text); Anthropic's `tool_use.input` must be an object, so such a call
+comes back as a text block `[tool call NAME with arguments that are not a JSON object: ...]` and the
+stop reason is not `tool_use`. Streamed, Anthropic tool calls are held until whole and sent as one
+`input_json_delta`. After a stream's first byte a broken stream ends with the API's error event.
+
+## Reasoning
+
+An expert's reasoning (`reasoning_content` from llama-server with a reasoning model or vLLM's
+reasoning parsers, or `reasoning`) is passed through: Chat `message.reasoning_content` (streamed:
+`delta.reasoning_content`), a Responses `reasoning` item with `reasoning_text` content before the
+message (streamed: `response.reasoning.delta` / `.done`, the Open Responses events), an Anthropic
+`thinking` block (streamed: `thinking_delta`). No reasoning model ships on PyPI, so the suite tests
+this with a stub expert that returns `reasoning_content`. The effort (`reasoning_effort`,
+`reasoning.effort`, Anthropic `thinking` / `output_config.effort`) routes only to experts with the
+`reasoning` capability; when none can, the 400 names the field the caller wrote.
+
+## Responses objects
+
+Response objects and stream events follow the Open Responses spec (the suite validates each with
+the `openresponses-types` package). Fields report what applied: `temperature`, `top_p`,
+`presence_penalty`, `frequency_penalty` and `max_output_tokens` are the request's, else the expert's
+`params:`, else the engine's defaults (llama-server: temperature 0.8, top_p 0.95; any other server:
+OpenAI's 1.0 and 1.0; no `max_tokens` anywhere: `max_output_tokens: null`); `completed_at` is set
+once answered; `service_tier` is `default` (a local expert has one tier); `background` is false;
+`max_tool_calls` is null (CoE runs no built-in tools); `tools[].strict` is as asked, false when not
+given (CoE constrains arguments to the schema only for a forced call); `reasoning` is
+`{"effort", "summary": null}` when an effort was asked, else null. A reply cut at
+`max_output_tokens` is `incomplete`, its last item too, and a stream ends with
+`response.incomplete`. The `error` event carries OpenAI's top-level `code`/`message` and the spec's
+`error` object.
 
 ## Unknown fields
 

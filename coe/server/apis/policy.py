@@ -189,7 +189,11 @@ CHAT = Api(
         forwarded("top_logprobs", "needs `logprobs: true`"),
         applied("n", "one choice", refuse=_n_one, when="n > 1"),
         *_OPENAI_PASSTHROUGH,
-        forwarded("reasoning_effort", "routed only to experts with `reasoning` (llama-server reports it)"),
+        forwarded(
+            "reasoning_effort",
+            "routed only to experts with `reasoning` (llama-server reports it); an expert's reasoning comes "
+            "back as `message.reasoning_content` (streamed: `delta.reasoning_content`)",
+        ),
         refused_unless("service_tier", _is("auto", "default"), _TIER, "not auto or default"),
         refused_unless("store", _is(False), _STORE, "true"),
         refused("audio", "CoE's experts answer in text; audio output is not supported"),
@@ -220,8 +224,8 @@ RESPONSES = Api(
         applied(
             "input",
             "a string (one user turn) or items: messages (input_text, input_image, input_file parts; "
-            "output_text "
-            "for assistant turns), function_call and function_call_output items (a tool call and its result)",
+            "output_text for assistant turns), function_call and function_call_output items (a tool call "
+            "and its result); reasoning items (an earlier reply's) are accepted and not sent",
         ),
         applied("instructions", "a system message before the input"),
         applied(
@@ -253,7 +257,9 @@ RESPONSES = Api(
         ),
         applied(
             "reasoning",
-            "`effort` sent as `reasoning_effort`; other keys are refused",
+            "`effort` sent as `reasoning_effort` (routed only to experts with `reasoning`); an expert's "
+            "reasoning comes back as a `reasoning` output item (streamed: `response.reasoning.delta`); other "
+            "keys are refused",
             when="a key other than effort",
         ),
         *_OPENAI_PASSTHROUGH,
@@ -316,7 +322,9 @@ MESSAGES = Api(
         applied(
             "tool_choice",
             "auto, any (required), tool (a named function), none; `disable_parallel_tool_use` sent as "
-            "`parallel_tool_calls: false`",
+            "`parallel_tool_calls: false`. tool_use ids are `toolu_...` (the expert's own id inside, mapped "
+            "back when a tool_result names it); a call whose arguments are no JSON object comes back as a "
+            "text block showing it",
         ),
         applied(
             "stream",
@@ -325,13 +333,15 @@ MESSAGES = Api(
         applied("metadata", "`user_id` sent as `user`"),
         applied(
             "output_config",
-            "`format` (json_schema) sent as `response_format`; `effort` as `reasoning_effort`",
+            "`format` (json_schema) sent as `response_format`; `effort` as `reasoning_effort` (max: xhigh)",
         ),
-        refused_unless(
+        applied(
             "thinking",
-            lambda v: isinstance(v, dict) and v.get("type") == "disabled",
-            "extended thinking is not supported (type: disabled only)",
-            "not disabled",
+            "`enabled` with `budget_tokens` sent as `reasoning_effort` (under 4096: low, under 16384: "
+            "medium, else high; routed only to experts with `reasoning`); `adaptive` leaves it to "
+            "`output_config.effort`; `disabled` sends none. An expert's reasoning comes back as a `thinking` "
+            'block (`signature: ""`: no Anthropic model signed it); earlier turns\' thinking blocks are '
+            "accepted and, as Anthropic does, not sent",
         ),
         refused_unless(
             "service_tier",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +41,7 @@ from coe.types import (
     StreamEvent,
     Tool,
     ToolCall,
+    ToolCallDelta,
     ToolChoice,
 )
 
@@ -157,10 +159,13 @@ def input_messages(
                 messages.append(Message(role="assistant", content=None, tool_calls=[call]))
         elif kind == "function_call_output":
             messages.append(_function_output(item, param))
+        elif kind == "reasoning":
+            continue  # an earlier reply's reasoning (clients send it back): not part of the prompt
         else:
             raise bad(
                 f"{param}.type",
-                f"unsupported input item {kind!r}; expected message, function_call, function_call_output",
+                f"unsupported input item {kind!r}; expected message, function_call, function_call_output, "
+                "reasoning",
             )
     if check_results:
         check_tool_results(messages, "input")
@@ -235,6 +240,12 @@ def usage_of(answer: Answer) -> dict[str, Any]:
     }
 
 
+def reasoning_item(item_id: str, text: str) -> dict[str, Any]:
+    """The expert's reasoning as a ``reasoning`` item (its text in ``content``; no summary is made)."""
+    content = [{"type": "reasoning_text", "text": text}] if text else []
+    return {"type": "reasoning", "id": item_id, "summary": [], "content": content}
+
+
 def text_item(
     item_id: str, text: str, logprobs: list[dict[str, Any]] | None, status: str = "completed"
 ) -> dict[str, Any]:
@@ -253,6 +264,10 @@ def call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict[s
     }
 
 
+def truncated(answer: Answer, call: ApiRequest) -> bool:
+    return finish_reason(answer, call.generation.get("max_tokens")) == "length"
+
+
 def response(
     call: ApiRequest,
     resp_id: str,
@@ -261,36 +276,47 @@ def response(
     answer: Answer | None,
     expert: str,
 ) -> dict[str, Any]:
-    req = call.request
-    status, incomplete = "in_progress", None
+    """The response object, every field Open Responses requires with the value that applied: the
+    sampling settings the expert used (``ApiRequest.generation``: the request's, the expert's defaults,
+    else the engine's), ``service_tier: default`` (local experts have one tier), ``background: false``."""
+    req, used = call.request, call.generation
+    status, incomplete, completed_at = "in_progress", None, None
     if answer is not None:
-        length = finish_reason(answer, req.params.get("max_tokens")) == "length"
+        length = truncated(answer, call)
         status = "incomplete" if length else "completed"
         incomplete = {"reason": "max_output_tokens"} if length else None
-    fmt = req.response_format
+        completed_at = int(time.time())
     out: dict[str, Any] = {
         "id": resp_id,
         "object": "response",
         "created_at": created,
+        "completed_at": completed_at,
         "status": status,
         "model": EXPERT_PREFIX + expert,
         "output": output,
         "error": None,
         "incomplete_details": incomplete,
         "instructions": next((m.text for m in req.messages[:1] if m.role == "system"), None),
-        "max_output_tokens": req.params.get("max_tokens"),
+        "max_output_tokens": _number(used.get("max_tokens"), int),
+        "max_tool_calls": None,
         "parallel_tool_calls": req.parallel_tool_calls if req.parallel_tool_calls is not None else True,
         "previous_response_id": call.previous_response_id,
         "store": call.store,
-        "temperature": req.params.get("temperature"),
-        "top_p": req.params.get("top_p"),
-        "text": {"format": _format_out(fmt)},
-        "tool_choice": req.tool_choice.model_dump()
-        if isinstance(req.tool_choice, NamedToolChoice)
-        else (req.tool_choice or "auto"),
-        "tools": [{"type": "function", **t.function.model_dump(exclude_none=True)} for t in req.tools or []],
+        "background": False,
+        "service_tier": "default",
+        "temperature": _number(used.get("temperature"), float, 1.0),
+        "top_p": _number(used.get("top_p"), float, 1.0),
+        "presence_penalty": _number(used.get("presence_penalty"), float, 0.0),
+        "frequency_penalty": _number(used.get("frequency_penalty"), float, 0.0),
+        "top_logprobs": req.top_logprobs or 0,
+        "reasoning": {"effort": req.reasoning_effort, "summary": None} if req.reasoning_effort else None,
+        "text": {"format": _format_out(req.response_format)},
+        "tool_choice": req.tool_choice or "auto",
+        "tools": [_tool_out(t) for t in req.tools or []],
         "truncation": "disabled",
         "metadata": req.params.get("metadata") or {},
+        "safety_identifier": req.params.get("safety_identifier"),
+        "prompt_cache_key": req.params.get("prompt_cache_key"),
         "usage": usage_of(answer) if answer is not None else None,
     }
     if isinstance(req.tool_choice, NamedToolChoice):
@@ -300,18 +326,45 @@ def response(
     return out
 
 
+def _number(value: Any, kind: type[int] | type[float], default: float | None = None) -> Any:
+    """A setting as the number the schema wants (an engine extension may have sent it as text)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return kind(value)
+    return default
+
+
+def _tool_out(tool: Tool) -> dict[str, Any]:
+    """A function tool as Open Responses lists it: ``strict`` as asked (false when not given: CoE
+    constrains arguments to the schema only for a forced call)."""
+    f = tool.function
+    return {
+        "type": "function",
+        "name": f.name,
+        "description": f.description,
+        "parameters": f.parameters,
+        "strict": bool(f.strict),
+    }
+
+
 def _format_out(fmt: ResponseFormat | None) -> dict[str, Any]:
     if fmt is None or fmt.json_schema is None:
         return {"type": fmt.type if fmt else "text"}
     spec = fmt.json_schema
-    return {"type": "json_schema", **spec.model_dump(exclude_none=True, by_alias=True)}
+    return {
+        "type": "json_schema",
+        "name": spec.name,
+        "description": spec.description,
+        "schema": spec.schema_,
+        "strict": bool(spec.strict),
+    }
 
 
 class SseFormat:
     """Typed events, in order: response.created, response.in_progress; per output item
-    output_item.added, its deltas (output_text.delta, function_call_arguments.delta), its .done
-    events and output_item.done; response.completed. A failure after the first byte: an ``error``
-    event, then response.failed."""
+    output_item.added, its deltas (reasoning.delta, output_text.delta, function_call_arguments.delta),
+    its .done events and output_item.done; response.completed (response.incomplete when the answer
+    was cut at max_output_tokens, its last item ``incomplete`` too). A failure after the first byte:
+    an ``error`` event, then response.failed."""
 
     def __init__(self, call: ApiRequest, expert: str) -> None:
         self.call = call
@@ -343,36 +396,18 @@ class SseFormat:
     def _index(self, item: dict[str, Any]) -> int:
         return self.items.index(item)
 
-    def _close(self) -> list[bytes]:
+    def _close(self, status: str = "completed") -> list[bytes]:
         item, self.open = self.open, None
         if item is None:
             return []
         index = self._index(item)
-        out = []
         if item["type"] == "message":
-            text = "".join(self.text)
-            item.update(text_item(item["id"], text, self.logprobs if self.call.request.logprobs else None))
-            part = item["content"][0]
-            out += [
-                self._event(
-                    "response.output_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=text,
-                    logprobs=part["logprobs"],
-                ),
-                self._event(
-                    "response.content_part.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part=part,
-                ),
-            ]
+            out = self._close_text(item, index, status)
+        elif item["type"] == "reasoning":
+            out = self._close_reasoning(item, index)
         else:
-            item["status"] = "completed"
-            out.append(
+            item["status"] = status
+            out = [
                 self._event(
                     "response.function_call_arguments.done",
                     item_id=item["id"],
@@ -380,32 +415,56 @@ class SseFormat:
                     name=item["name"],
                     arguments=item["arguments"],
                 )
-            )
+            ]
         out.append(self._event("response.output_item.done", output_index=index, item=item))
         return out
 
-    def _open_text(self) -> list[bytes]:
+    def _close_text(self, item: dict[str, Any], index: int, status: str) -> list[bytes]:
+        text = "".join(self.text)
+        logprobs = self.logprobs if self.call.request.logprobs else None
+        item.update(text_item(item["id"], text, logprobs, status))
+        part = item["content"][0]
+        where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        return [
+            self._event("response.output_text.done", **where, text=text, logprobs=part["logprobs"]),
+            self._event("response.content_part.done", **where, part=part),
+        ]
+
+    def _close_reasoning(self, item: dict[str, Any], index: int) -> list[bytes]:
+        part = item["content"][0]
+        where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        return [
+            self._event("response.reasoning.done", **where, text=part["text"]),
+            self._event("response.content_part.done", **where, part=part),
+        ]
+
+    def _open(self, item: dict[str, Any], part: dict[str, Any]) -> list[bytes]:
         out = self._close()
-        item = text_item(_ids("msg"), "", None, status="in_progress")
-        item["content"] = []
         self.items.append(item)
         self.open = item
         index = self._index(item)
-        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        out.append(self._event("response.output_item.added", output_index=index, item=item))
-        out.append(
-            self._event(
-                "response.content_part.added",
-                item_id=item["id"],
-                output_index=index,
-                content_index=0,
-                part=part,
-            )
-        )
-        return out
+        out.append(self._event("response.output_item.added", output_index=index, item=dict(item, content=[])))
+        where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        return [*out, self._event("response.content_part.added", **where, part=part)]
+
+    def _open_text(self) -> list[bytes]:
+        item = text_item(_ids("msg"), "", None, status="in_progress")
+        item["content"] = []
+        return self._open(item, {"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+
+    def _reasoning(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open is None or self.open["type"] != "reasoning":
+            item = reasoning_item(_ids("rs"), "")
+            out += self._open(item, {"type": "reasoning_text", "text": ""})
+            item["content"] = [{"type": "reasoning_text", "text": ""}]
+        assert self.open is not None
+        self.open["content"][0]["text"] += text
+        where = {"item_id": self.open["id"], "output_index": self._index(self.open), "content_index": 0}
+        return [*out, self._event("response.reasoning.delta", **where, delta=text)]
 
     def delta(self, event: StreamEvent) -> list[bytes]:
-        out: list[bytes] = []
+        out: list[bytes] = self._reasoning(event.reasoning) if event.reasoning else []
         if event.text:
             if self.open is None or self.open["type"] != "message":
                 out += self._open_text()
@@ -423,47 +482,56 @@ class SseFormat:
                 )
             )
         for d in event.tool_calls or []:
-            item = self.calls.get(d.index)
-            if item is None:
-                out += self._close()
-                call = ToolCall(
-                    id=d.id or _ids("call"), function=FunctionCall(name=d.function.name or "", arguments="")
+            out += self._call_delta(d)
+        return out
+
+    def _call_delta(self, d: ToolCallDelta) -> list[bytes]:
+        out: list[bytes] = []
+        item = self.calls.get(d.index)
+        if item is None:
+            out += self._close()
+            call = ToolCall(
+                id=d.id or _ids("call"), function=FunctionCall(name=d.function.name or "", arguments="")
+            )
+            item = call_item(_ids("fc"), call, status="in_progress")
+            self.calls[d.index] = item
+            self.items.append(item)
+            self.open = item
+            out.append(
+                self._event("response.output_item.added", output_index=self._index(item), item=dict(item))
+            )
+        elif d.function.name:
+            item["name"] += d.function.name
+        if d.function.arguments:
+            item["arguments"] += d.function.arguments
+            out.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=self._index(item),
+                    delta=d.function.arguments,
                 )
-                item = call_item(_ids("fc"), call, status="in_progress")
-                self.calls[d.index] = item
-                self.items.append(item)
-                self.open = item
-                out.append(
-                    self._event("response.output_item.added", output_index=self._index(item), item=dict(item))
-                )
-            elif d.function.name:
-                item["name"] += d.function.name
-            if d.function.arguments:
-                item["arguments"] += d.function.arguments
-                out.append(
-                    self._event(
-                        "response.function_call_arguments.delta",
-                        item_id=item["id"],
-                        output_index=self._index(item),
-                        delta=d.function.arguments,
-                    )
-                )
+            )
         return out
 
     def done(self, answer: Answer) -> list[bytes]:
         out = []
-        if not self.items:  # nothing streamed: the reply still has its (empty) message
+        if not any(i["type"] != "reasoning" for i in self.items):  # the reply still has its message
             out += self._open_text()
-        out += self._close()
-        return [*out, self._event("response.completed", response=self._response(answer))]
+        length = truncated(answer, self.call)
+        out += self._close("incomplete" if length else "completed")
+        kind = "response.incomplete" if length else "response.completed"
+        return [*out, self._event(kind, response=self._response(answer))]
 
     def error(self, message: str) -> list[bytes]:
         failed = self._response(None) | {
             "status": "failed",
             "error": {"code": "server_error", "message": message},
         }
+        # OpenAI's error event carries code and message at the top, Open Responses in ``error``.
+        error = {"type": "server_error", "code": "stream_interrupted", "message": message, "param": None}
         return [
-            self._event("error", code="stream_interrupted", message=message, param=None),
+            self._event("error", code="stream_interrupted", message=message, param=None, error=error),
             self._event("response.failed", response=failed),
         ]
 
@@ -472,6 +540,9 @@ class ResponsesApi:
     """The Responses adapter (coe.server.gateway.ApiAdapter)."""
 
     info = RESPONSES
+
+    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {}  # no header of OpenAI's changes what CoE does
 
     def parse(self, data: Any, settings: ServerSettings, trace_header: bool) -> ApiRequest:
         data, body, extra = parse_body(RESPONSES, ResponsesBody, data, settings.unknown_fields)
@@ -519,15 +590,16 @@ class ResponsesApi:
             response_id=_ids("resp"),
             store=body.store is not False,  # OpenAI's default: stored
             previous_response_id=body.previous_response_id,
+            aliases={"reasoning_effort": "reasoning.effort"},
         )
 
     def body(self, answer: Answer, call: ApiRequest) -> dict[str, Any]:
-        output: list[dict[str, Any]] = []
+        status = "incomplete" if truncated(answer, call) else "completed"
+        output = [reasoning_item(_ids("rs"), answer.reasoning)] if answer.reasoning else []
         if answer.text or not answer.tool_calls:
-            output.append(
-                text_item(_ids("msg"), answer.text, answer.logprobs if call.request.logprobs else None)
-            )
-        output += [call_item(_ids("fc"), c) for c in answer.tool_calls or []]
+            logprobs = answer.logprobs if call.request.logprobs else None
+            output.append(text_item(_ids("msg"), answer.text, logprobs, status))
+        output += [call_item(_ids("fc"), c, status) for c in answer.tool_calls or []]
         return response(
             call, call.response_id or _ids("resp"), int(time.time()), output, answer, answer.expert
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
@@ -170,11 +171,20 @@ def check_base64(data: str, param: str) -> None:
 
 def check_tool_results(messages: Sequence[Message], param: str = "messages") -> None:
     """A tool message answers a call an earlier assistant turn made: an unknown id is a client bug
-    the expert would paper over."""
+    the expert would paper over. An earlier call's arguments must be JSON: the engines parse them to
+    render the prompt (llama-server answers 500, vLLM 400), so the 400 says which (a reply cut at
+    max_tokens, passed on as the text it was, is the usual source)."""
     calls: set[str] = set()
     for i, message in enumerate(messages):
-        for call in message.tool_calls or []:
+        for j, call in enumerate(message.tool_calls or []):
             calls.add(call.id)
+            try:
+                json.loads(call.function.arguments or "{}")
+            except ValueError:
+                where = f"{param}.{i}.tool_calls.{j}.function.arguments"
+                raise bad(
+                    where, "is not JSON; the experts' chat templates render arguments as JSON"
+                ) from None
         if message.role == "tool" and message.tool_call_id not in calls:
             raise bad(
                 f"{param}.{i}.tool_call_id",
