@@ -17,6 +17,7 @@ from coe.cli.common import (
     exit_on_sigterm,
     fail,
     load,
+    note,
     out,
     print_json,
 )
@@ -41,24 +42,53 @@ def validate(
         typer.Option(help="Also check that model files resolve and that every strategy loads its files."),
     ] = True,
 ) -> None:
-    """Check a registry: exit 0, or print each problem with file, line and key path and exit 1.
+    """Check a registry: exit 0, or print every problem with file, line and key path and exit 1.
 
-    Besides the registry itself, every strategy is built as ``coe serve`` would build it (the router
-    and its artefact, the aggregator, the retrieval gate and index, the signal checks, the sessions,
-    the cache and its verifier), so a file that cannot be loaded fails here rather than on the first
-    request. No expert is started."""
+    Every stage reports in the same run: duplicate keys and YAML, the schema, the cross-references,
+    then (unless --no-check-models) the model files and every strategy built as ``coe serve`` would
+    build it (the router and its artefact, the aggregator, the retrieval gate and index, the signal
+    checks, the sessions, the cache and its verifier). No expert is started. A category with fewer
+    than 3 examples is a warning on stderr, not an error."""
+    from coe.config.loader import read_config
     from coe.config.messages import format_issue, line_index
 
     file = file or config_file  # the positional form came first; -c works as for every other command
-    config = load(file)
+    config, issues = read_config(file)
+    for issue in issues:
+        error(issue)
+    if config is None:
+        raise typer.Exit(1)
     problems = _load_problems(config) if check_models else []
     lines = line_index(file.read_text(encoding="utf-8"))
     for key, message in problems:
         error(format_issue(str(file), lines, tuple(key.split(".")), message))
-    if problems:
+    for loc, message in _rough_categories(config):
+        note("warning", format_issue(str(file), lines, loc, message))
+    if issues or problems:
         raise typer.Exit(1)
     cats = len(config.router.category_routes())
     out.print(f"[green]ok[/green] {file}: {len(config.experts)} experts, {cats} categories", highlight=False)
+
+
+ROUGH_BELOW = 3  # examples per category under which the router's confidence is only rough
+
+
+def _rough_categories(config: CoEConfig) -> list[tuple[tuple[str, ...], str]]:
+    """Categories a router fits on their examples with fewer than ``ROUGH_BELOW`` of them: their
+    confidence (and the out-of-scope floor) rests on too few points to mean much."""
+    if getattr(config.router, "model", None):  # a trained artefact does not fit on the examples
+        return []
+    found = []
+    for name, spec in config.router.category_routes().items():
+        if len(spec.examples) < ROUGH_BELOW:
+            found.append(
+                (
+                    ("router", "categories", name, "examples"),
+                    f"{len(spec.examples)} example(s): with fewer than {ROUGH_BELOW} the router's "
+                    "confidence for this category is rough; add examples",
+                )
+            )
+    return found
 
 
 def _load_problems(config: CoEConfig) -> list[tuple[str, str]]:
