@@ -20,6 +20,7 @@ from coe.cli.common import (
     note,
     out,
     print_json,
+    rule,
 )
 from coe.errors import CoEError
 
@@ -141,8 +142,8 @@ def ask(
     expert: Annotated[
         str | None, typer.Option("--expert", "-e", help="Skip routing; ask this expert.")
     ] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Limit the answer's length.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Limit the answer's length.")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature.")] = None,
     trace: Annotated[bool, typer.Option("--trace/--no-trace", help="Print the routing trace.")] = True,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
 ) -> None:
@@ -164,13 +165,27 @@ def ask(
         raise fail(exc) from None
     finally:
         coe.close()
+    summary = answer.summary()
+    _note_fallback(summary)
     if as_json:
-        print_json(answer.summary())
+        print_json(summary)
         return
-    if not stream:
-        out.print(answer.text, highlight=False, markup=False)
+    if not stream:  # as the model wrote it: rich would rewrap it to the console's width
+        sys.stdout.write(answer.text if answer.text.endswith("\n") else answer.text + "\n")
+        sys.stdout.flush()
     if trace:
-        _show_trace(answer.summary())
+        _show_trace(summary)
+
+
+def _note_fallback(summary: dict[str, Any]) -> None:
+    """One line on stderr when the answer is not from the expert chosen first because that one failed:
+    with --no-trace (or --json) the answer would otherwise come from another expert without a word."""
+    failed = [
+        a for a in summary["trace"].get("attempts", []) if not a["ok"] and a["expert"] != summary["expert"]
+    ]
+    if failed and summary.get("expert"):
+        why = "; ".join(f"expert {a['expert']!r} failed: {a['error']}" for a in failed)
+        note("fallback", f"{why}; {summary['expert']!r} answered")
 
 
 async def _stream_to_stdout(coe: Any, text: str, expert: str | None, params: dict[str, Any]) -> Any:
@@ -201,7 +216,7 @@ def _show_decision(d: dict[str, Any]) -> None:
 
 def _show_trace(summary: dict[str, Any]) -> None:
     trace = summary["trace"]
-    out.rule("routing trace")
+    rule("routing trace")
     for v in (trace.get("signals") or {}).get("verdicts", []):
         score = f" (score {v['score']:.2f})" if v.get("score") is not None else ""
         out.print(f"signal {v['signal']}: {v['verdict']}{score}, action {v['action']}", highlight=False)
