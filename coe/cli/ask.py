@@ -79,7 +79,7 @@ def _rough_categories(config: CoEConfig) -> list[tuple[tuple[str, ...], str]]:
     confidence (and the out-of-scope floor) rests on too few points to mean much."""
     if getattr(config.router, "model", None):  # a trained artefact does not fit on the examples
         return []
-    found = []
+    found: list[tuple[tuple[str, ...], str]] = []
     for name, spec in config.router.category_routes().items():
         if len(spec.examples) < ROUGH_BELOW:
             found.append(
