@@ -218,27 +218,45 @@ def cell(parts: list[dict[str, np.ndarray]], with_floor: bool) -> dict[str, Any]
     return row
 
 
+PRIOR_POOL = 300  # train prompts per domain that --fit-prior scores on
+
+
+def _probs_at(clf: Any, vectors: np.ndarray) -> Callable[[float], np.ndarray]:
+    """Probabilities at any temperature from one pass over the prompts (the similarities or the
+    neighbours do not depend on it)."""
+    if isinstance(clf, KNNClassifier):
+        sims, idx = clf._exact.search(vectors, clf.k)
+        return lambda t: clf._vote(sims, idx, float(t))
+    cosines = clf.similarities(vectors)
+    return lambda t: softmax(cosines / float(t))
+
+
 def fit_prior(
     data: Data, train_y: np.ndarray, encode: Callable[[list[str]], np.ndarray], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Per classifier: the best temperature of each train-side registry on train prompts it was not
-    given (the validation side is never read), summarised as a log-normal prior."""
-    train_v = encode([t for t, _ in data.train])
+    given (up to ``PRIOR_POOL`` per domain; the validation side is never read), summarised as a
+    log-normal prior: the geometric mean and the spread of the logarithm."""
+    rng = np.random.default_rng(args.seed + 2000)
+    pool = np.concatenate(
+        [rng.permutation(np.flatnonzero(train_y == d))[:PRIOR_POOL] for d in range(len(data.domains))]
+    )
+    pool_v = encode([data.train[i][0] for i in pool])
     result: dict[str, Any] = {}
     for kind in KINDS:
         best: list[float] = []
         for n in args.n:
             for k in args.k:
                 for reg in registries(data, train_y, encode, n, k, args.draws, args.seed + 1000):
-                    mask = np.isin(train_y, reg.domains)
-                    mask[reg.rows] = False
-                    truth = np.searchsorted(reg.domains, train_y[mask])
+                    mask = np.isin(train_y[pool], reg.domains) & ~np.isin(pool, reg.rows)
+                    truth = np.searchsorted(reg.domains, train_y[pool][mask])
                     clf = fit_classifier(kind, reg.vectors, reg.y, [str(d) for d in reg.domains], 1.0)
-                    losses = []
-                    for t in TEMPERATURE_GRID:
-                        clf.temperature = float(t)
-                        p, _ = clf.predict_proba(train_v[mask])
-                        losses.append(-np.mean(np.log(np.maximum(p[np.arange(len(truth)), truth], 1e-12))))
+                    probs_at = _probs_at(clf, pool_v[mask])
+                    rows = np.arange(len(truth))
+                    losses = [
+                        -np.mean(np.log(np.maximum(probs_at(t)[rows, truth], 1e-12)))
+                        for t in TEMPERATURE_GRID
+                    ]
                     best.append(float(TEMPERATURE_GRID[int(np.argmin(losses))]))
         logs = np.log(best)
         result[kind] = {

@@ -27,7 +27,7 @@ import numpy as np
 
 # Log-normal priors on the temperature, per classifier: the geometric mean of the best temperature
 # over train-side registries and the spread of its logarithm (bench/confidence.py --fit-prior).
-PRIORS: dict[str, tuple[float, float]] = {"centroid": (0.077, 0.25), "knn": (0.065, 0.39)}
+PRIORS: dict[str, tuple[float, float]] = {"centroid": (0.083, 0.31), "knn": (0.065, 0.28)}
 TEMPERATURE_GRID = np.geomspace(0.005, 1.0, 120)
 # The share of the examples' leave-one-out similarities below the floor.
 FLOOR_QUANTILE = 0.05
