@@ -122,7 +122,7 @@ def syntax_issue(name: str, exc: yaml.YAMLError) -> str:
     message = (f"{problem} ({context})" if context else str(problem)).replace("\n", " ")
     if mark is None:
         return f"{name}: not valid YAML: {message}"
-    return f"{name}:{mark.line + 1}:{mark.column + 1}: {message}"
+    return f"{name}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {message}"
 
 
 def duplicate_keys(root: yaml.Node | None) -> list[tuple[tuple[Any, ...], int, int]]:
