@@ -24,6 +24,7 @@ Run from the repository root::
 
     .venv/bin/python bench/confidence.py                 # the table; JSON in bench/results/confidence.json
     .venv/bin/python bench/confidence.py --fit-prior
+    .venv/bin/python bench/confidence.py --no-descriptions   # categories with examples only
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, nargs="+", default=[1, 3, 10], help="examples per category")
     p.add_argument("--draws", type=int, default=5, help="registries per (n, k)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-descriptions", action="store_true", help="categories with examples only (no description)"
+    )
     p.add_argument("--fit-prior", action="store_true", help="re-derive the temperature prior (train side)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "confidence.json")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of the table")
@@ -101,8 +105,9 @@ def load(folder: Path) -> Data:
 class Registry:
     domains: np.ndarray  # the chosen domain indices, sorted: category j is domains[j]
     rows: list[int]  # train rows used as examples
-    vectors: np.ndarray  # descriptions then examples
+    vectors: np.ndarray  # descriptions (if any) then examples
     y: np.ndarray
+    prompts: np.ndarray  # which rows are examples (a description is never held out)
 
 
 def registries(
@@ -113,6 +118,7 @@ def registries(
     k: int,
     draws: int,
     seed: int,
+    described: bool = True,
 ) -> Iterator[Registry]:
     rng = np.random.default_rng([seed, n, k])
     for _ in range(draws):
@@ -120,9 +126,10 @@ def registries(
         rows: list[int] = []
         for d in domains:
             rows += [int(i) for i in rng.choice(np.flatnonzero(train_y == d), k, replace=False)]
-        texts = [data.domains[d].replace("_", " ") for d in domains] + [data.train[i][0] for i in rows]
-        y = np.concatenate([np.arange(n), np.repeat(np.arange(n), k)])
-        yield Registry(domains, rows, encode(texts), y)
+        names = [data.domains[d].replace("_", " ") for d in domains] if described else []
+        y = np.concatenate([np.arange(len(names)), np.repeat(np.arange(n), k)])
+        texts = names + [data.train[i][0] for i in rows]
+        yield Registry(domains, rows, encode(texts), y, np.arange(len(y)) >= len(names))
 
 
 def old_temperature(kind: str, vectors: np.ndarray, y: np.ndarray, n: int) -> float:
@@ -179,15 +186,16 @@ def score(
     labels = [str(d) for d in reg.domains]
     mask = np.isin(val_y, reg.domains)
     inside, truth = val_v[mask], np.searchsorted(reg.domains, val_y[mask])
-    new = fit_classifier(kind, reg.vectors, reg.y, labels, held_out=np.arange(len(reg.y)) >= n)
+    new = fit_classifier(kind, reg.vectors, reg.y, labels, held_out=reg.prompts)
     scope = ScopeFloor.fit(reg.vectors, reg.y, n, None)
     old = fit_classifier(kind, reg.vectors, reg.y, labels, old_temperature(kind, reg.vectors, reg.y, n))
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, clf, floor in (("old", old, None), ("new", new, scope)):
         p_in, _ = clf.predict_proba(inside)
         p_out, _ = clf.predict_proba(oos_v)
-        far_in = floor.closeness(inside) < floor.floor if floor else np.zeros(len(inside), bool)
-        far_out = floor.closeness(oos_v) < floor.floor if floor else np.zeros(len(oos_v), bool)
+        on = floor is not None and floor.active  # as the router applies it
+        far_in = floor.closeness(inside) < floor.floor if on else np.zeros(len(inside), bool)
+        far_out = floor.closeness(oos_v) < floor.floor if on else np.zeros(len(oos_v), bool)
         out[name] = {
             "conf": p_in.max(axis=1),
             "correct": p_in.argmax(axis=1) == truth,
@@ -287,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "encoder": embedder.space,
         "draws": args.draws,
         "min_confidence": MIN_CONFIDENCE,
+        "descriptions": not args.no_descriptions,
     }
     if args.fit_prior:
         result["prior"] = fit_prior(data, train_y, encode, args)
@@ -307,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
             for k in args.k:
                 parts = [
                     score(kind, reg, val_v, val_y, oos_v)
-                    for reg in registries(data, train_y, encode, n, k, args.draws, args.seed)
+                    for reg in registries(
+                        data, train_y, encode, n, k, args.draws, args.seed, not args.no_descriptions
+                    )
                 ]
                 for name in ("old", "new"):
                     rows.append(
@@ -320,13 +331,15 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
     result["rows"] = rows
-    emit(result, args.out, args.json, show, started)
+    out = args.out.with_name("confidence_no_descriptions.json") if args.no_descriptions else args.out
+    emit(result, out, args.json, show, started)
     return 0
 
 
 def show(result: dict[str, Any]) -> None:
     draws, floor = result["draws"], result["min_confidence"]
-    print(f"encoder {result['encoder']}, {draws} draws per cell, min_confidence {floor}")
+    described = "descriptions and examples" if result["descriptions"] else "examples only"
+    print(f"encoder {result['encoder']}, {described}, {draws} draws per cell, min_confidence {floor}")
     print(
         "| classifier | n, k | confidence | accuracy | ECE | in-scope → fallback (floor alone) "
         "| oos → fallback | AUROC |"

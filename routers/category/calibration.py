@@ -61,6 +61,11 @@ class ScopeFloor:
     floor: float
     fitted: bool  # False: set in the registry
 
+    @property
+    def active(self) -> bool:
+        """A floor of 0 (set so, or no category with two examples to fit one on) sends nothing away."""
+        return self.floor > 0
+
     def closeness(self, vectors: np.ndarray) -> np.ndarray:
         """Each prompt's highest similarity to a category centroid."""
         top: np.ndarray = (vectors @ self.centroids.T).max(axis=1)

@@ -238,7 +238,7 @@ class CategoryRouter:
     def _out_of_scope(self, closeness: float | None, details: dict[str, Any]) -> str | None:
         """Why the prompt is close to no category, or None (no floor, or close enough)."""
         scope = getattr(self.model, "scope", None)
-        if closeness is None or scope is None or scope.floor <= 0:
+        if closeness is None or scope is None or not scope.active:
             return None
         details["closeness"] = round(closeness, 4)
         details["floor"] = round(scope.floor, 4)
