@@ -17,8 +17,10 @@ from coe.cli.common import (
     exit_on_sigterm,
     fail,
     load,
+    note,
     out,
     print_json,
+    rule,
 )
 from coe.errors import CoEError
 
@@ -41,24 +43,53 @@ def validate(
         typer.Option(help="Also check that model files resolve and that every strategy loads its files."),
     ] = True,
 ) -> None:
-    """Check a registry: exit 0, or print each problem with file, line and key path and exit 1.
+    """Check a registry: exit 0, or print every problem with file, line and key path and exit 1.
 
-    Besides the registry itself, every strategy is built as ``coe serve`` would build it (the router
-    and its artefact, the aggregator, the retrieval gate and index, the signal checks, the sessions,
-    the cache and its verifier), so a file that cannot be loaded fails here rather than on the first
-    request. No expert is started."""
+    Every stage reports in the same run: duplicate keys and YAML, the schema, the cross-references,
+    then (unless --no-check-models) the model files and every strategy built as ``coe serve`` would
+    build it (the router and its artefact, the aggregator, the retrieval gate and index, the signal
+    checks, the sessions, the cache and its verifier). No expert is started. A category with fewer
+    than 3 examples is a warning on stderr, not an error."""
+    from coe.config.loader import read_config
     from coe.config.messages import format_issue, line_index
 
     file = file or config_file  # the positional form came first; -c works as for every other command
-    config = load(file)
+    config, issues = read_config(file)
+    for issue in issues:
+        error(issue)
+    if config is None:
+        raise typer.Exit(1)
     problems = _load_problems(config) if check_models else []
     lines = line_index(file.read_text(encoding="utf-8"))
     for key, message in problems:
         error(format_issue(str(file), lines, tuple(key.split(".")), message))
-    if problems:
+    for loc, message in _rough_categories(config):
+        note("warning", format_issue(str(file), lines, loc, message))
+    if issues or problems:
         raise typer.Exit(1)
     cats = len(config.router.category_routes())
     out.print(f"[green]ok[/green] {file}: {len(config.experts)} experts, {cats} categories", highlight=False)
+
+
+ROUGH_BELOW = 3  # examples per category under which the router's confidence is only rough
+
+
+def _rough_categories(config: CoEConfig) -> list[tuple[tuple[str, ...], str]]:
+    """Categories a router fits on their examples with fewer than ``ROUGH_BELOW`` of them: their
+    confidence (and the out-of-scope floor) rests on too few points to mean much."""
+    if getattr(config.router, "model", None):  # a trained artefact does not fit on the examples
+        return []
+    found: list[tuple[tuple[str, ...], str]] = []
+    for name, spec in config.router.category_routes().items():
+        if len(spec.examples) < ROUGH_BELOW:
+            found.append(
+                (
+                    ("router", "categories", name, "examples"),
+                    f"{len(spec.examples)} example(s): with fewer than {ROUGH_BELOW} the router's "
+                    "confidence for this category is rough; add examples",
+                )
+            )
+    return found
 
 
 def _load_problems(config: CoEConfig) -> list[tuple[str, str]]:
@@ -111,8 +142,8 @@ def ask(
     expert: Annotated[
         str | None, typer.Option("--expert", "-e", help="Skip routing; ask this expert.")
     ] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Limit the answer's length.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Limit the answer's length.")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature.")] = None,
     trace: Annotated[bool, typer.Option("--trace/--no-trace", help="Print the routing trace.")] = True,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
 ) -> None:
@@ -134,13 +165,27 @@ def ask(
         raise fail(exc) from None
     finally:
         coe.close()
+    summary = answer.summary()
+    _note_fallback(summary)
     if as_json:
-        print_json(answer.summary())
+        print_json(summary)
         return
-    if not stream:
-        out.print(answer.text, highlight=False, markup=False)
+    if not stream:  # as the model wrote it: rich would rewrap it to the console's width
+        sys.stdout.write(answer.text if answer.text.endswith("\n") else answer.text + "\n")
+        sys.stdout.flush()
     if trace:
-        _show_trace(answer.summary())
+        _show_trace(summary)
+
+
+def _note_fallback(summary: dict[str, Any]) -> None:
+    """One line on stderr when the answer is not from the expert chosen first because that one failed:
+    with --no-trace (or --json) the answer would otherwise come from another expert without a word."""
+    failed = [
+        a for a in summary["trace"].get("attempts", []) if not a["ok"] and a["expert"] != summary["expert"]
+    ]
+    if failed and summary.get("expert"):
+        why = "; ".join(f"expert {a['expert']!r} failed: {a['error']}" for a in failed)
+        note("fallback", f"{why}; {summary['expert']!r} answered")
 
 
 async def _stream_to_stdout(coe: Any, text: str, expert: str | None, params: dict[str, Any]) -> Any:
@@ -171,7 +216,7 @@ def _show_decision(d: dict[str, Any]) -> None:
 
 def _show_trace(summary: dict[str, Any]) -> None:
     trace = summary["trace"]
-    out.rule("routing trace")
+    rule("routing trace")
     for v in (trace.get("signals") or {}).get("verdicts", []):
         score = f" (score {v['score']:.2f})" if v.get("score") is not None else ""
         out.print(f"signal {v['signal']}: {v['verdict']}{score}, action {v['action']}", highlight=False)

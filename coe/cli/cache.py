@@ -39,7 +39,10 @@ def _store(cfg: CoEConfig) -> CacheStore:
 
     cache = cfg.signals.cache
     if cache is None:
-        raise fail("this registry has no signals.cache block")
+        raise fail(
+            "this registry has no cache: add a signals.cache block, e.g. `signals: {cache: {store: sqlite}}` "
+            "(docs/signals.md)"
+        )
     if (cache.store or "sqlite") == "memory":
         raise fail("the cache is kept in memory by its process: only a sqlite or redis store can be read")
     return open_cache_store(cache, cfg, "sqlite", state_dir(cfg))

@@ -23,8 +23,20 @@ ConfigOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 DEFAULT_CONFIG = Path("experts.yaml")
 
-out = Console()
+# Written to a pipe or a file, output is for scripts and pastes: tables keep every character of an
+# id or a path (rich would otherwise cut them at 80 columns) and long lines are not wrapped.
+PIPE_WIDTH = 100_000
+out = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err = Console(stderr=True)
+
+
+def rule(title: str) -> None:
+    """A section heading: a rule across a terminal, a plain line elsewhere (a rule to a pipe would be
+    ``PIPE_WIDTH`` characters long)."""
+    if out.is_terminal:
+        out.rule(title)
+    else:
+        out.print(f"-- {title} --", highlight=False, markup=False)
 
 
 def error(message: object) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import Annotated
 
 import typer
 
@@ -41,6 +42,27 @@ COMMAND_MODULES = (
     "cache",
     "signals",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"coe {version('coe')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("coe (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """CoE: route each prompt to the right expert LLM, answer it, and show why."""
+
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"coe.cli.{_name}").register(app)

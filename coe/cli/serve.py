@@ -8,6 +8,14 @@ from typing import Annotated
 import typer
 
 from coe.cli.common import DEFAULT_CONFIG, ConfigOpt, fail, load
+from coe.config.schema import ServerConfig
+
+
+def _setting(help_text: str, key: str, default: str | None = None) -> str:
+    """The help of a flag that overrides ``server.KEY``, with the default it falls back to (None: the
+    registry's own default), so --help shows every default without a copy of the numbers."""
+    shown = default if default is not None else repr(ServerConfig.model_fields[key].default)
+    return f"{help_text} (server.{key} in the registry; default: {shown})"  # [..] would be rich markup
 
 
 def register(app: typer.Typer) -> None:
@@ -17,15 +25,25 @@ def register(app: typer.Typer) -> None:
 def serve(
     config: ConfigOpt = DEFAULT_CONFIG,
     host: Annotated[
-        str | None, typer.Option(help="Address to bind [server.host, default 127.0.0.1: loopback].")
+        str | None,
+        typer.Option(help=_setting("Address to bind: loopback unless you mean to expose it.", "host")),
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [server.port, default 8000].")] = None,
-    max_body_bytes: Annotated[int | None, typer.Option(help="Largest accepted request body.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Largest max_tokens a request may ask for.")] = None,
+    port: Annotated[int | None, typer.Option(help=_setting("Port to listen on.", "port"))] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(help=_setting("Largest accepted request body.", "max_body_bytes"))
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help=_setting("Largest max_tokens a request may ask for.", "max_tokens"))
+    ] = None,
     max_concurrency: Annotated[
-        int | None, typer.Option(help="Concurrent calls per expert (default: its llama.cpp slots, or 8).")
+        int | None,
+        typer.Option(
+            help=_setting("Concurrent calls per expert.", "max_concurrency", "its llama.cpp slots, or 8")
+        ),
     ] = None,
-    max_queue: Annotated[int | None, typer.Option(help="Requests waiting per expert before 429.")] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help=_setting("Requests waiting per expert before 429.", "max_queue"))
+    ] = None,
     warm: Annotated[bool, typer.Option(help="Start the router and managed experts at startup.")] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     allow_unauthenticated: Annotated[

@@ -13,7 +13,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from coe.config.base import Issue
-from coe.config.messages import Strategies, explain, format_issue, line_index
+from coe.config.messages import (
+    Strategies,
+    duplicate_keys,
+    explain,
+    format_duplicate,
+    format_issue,
+    line_index,
+    syntax_issue,
+)
 from coe.config.schema import CoEConfig, strategy_model
 from coe.errors import ConfigError
 
@@ -22,37 +30,76 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def load_config(path: str | os.PathLike[str]) -> CoEConfig:
     """Read, interpolate and validate a registry; raise ConfigError listing every problem."""
+    config, issues = read_config(path)
+    if issues or config is None:
+        raise ConfigError(issues)
+    return config
+
+
+def read_config(path: str | os.PathLike[str]) -> tuple[CoEConfig | None, list[str]]:
+    """The registry and every problem found in it (``file:line: key.path: message``), without raising:
+    ``coe validate`` goes on to the files and the strategies with what could be read."""
     file = Path(path)
     if not file.is_file():
-        raise ConfigError([f"{file}: file not found"])
-    text = file.read_text(encoding="utf-8")
-    return parse_config(text, source=file)
+        return None, [f"{file}: file not found"]
+    return collect_config(file.read_text(encoding="utf-8"), source=file)
 
 
 def parse_config(text: str, source: Path | None = None) -> CoEConfig:
+    config, issues = collect_config(text, source)
+    if issues or config is None:
+        raise ConfigError(issues)
+    return config
+
+
+def collect_config(text: str, source: Path | None = None) -> tuple[CoEConfig | None, list[str]]:
+    """Every stage whose input exists, their problems together: duplicate keys, ${ENV}, the schema,
+    then the cross-references. Unknown keys do not stop the later stages (they are dropped for them,
+    so a misspelt key, a dangling reference and a missing file show up in one run); any other schema
+    error does, and the config is then None."""
     name = str(source) if source else "<string>"
     try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{name}: not valid YAML: {exc}"]) from None
+        return None, [syntax_issue(name, exc)]
     if not isinstance(data, dict):
-        raise ConfigError([f"{name}: expected a mapping at the top level, got {type(data).__name__}"])
+        return None, [f"{name}: expected a mapping at the top level, got {type(data).__name__}"]
     lines = line_index(text)
+    issues = [format_duplicate(name, *dup) for dup in duplicate_keys(root)]
     env_issues: list[tuple[tuple[Any, ...], str]] = []
     data = _interpolate(data, (), env_issues)
-    if env_issues:
-        raise ConfigError([format_issue(name, lines, loc, msg) for loc, msg in env_issues])
+    issues += [format_issue(name, lines, loc, msg) for loc, msg in env_issues]
     data["source"] = source
-    try:
-        config = CoEConfig.model_validate(data)
-    except ValidationError as exc:
-        strategies = _strategy_models(data)
-        issues = [format_issue(name, lines, *explain(err, strategies)) for err in exc.errors()]
-        raise ConfigError(issues) from None
-    problems = _check_references(config)
-    if problems:
-        raise ConfigError([format_issue(name, lines, loc, msg) for loc, msg in problems])
-    return config
+    config = None
+    for _ in range(2):  # the second pass without the unknown keys the first one reported
+        try:
+            config = CoEConfig.model_validate(data)
+            break
+        except ValidationError as exc:
+            strategies = _strategy_models(data)
+            explained = [(err["type"], explain(err, strategies)) for err in exc.errors()]
+            issues += [i for i in (format_issue(name, lines, *e) for _, e in explained) if i not in issues]
+            unknown = [loc for kind, (loc, _) in explained if kind == "extra_forbidden"]
+            if len(unknown) < len(explained):
+                return None, issues
+            for loc in unknown:
+                _prune(data, loc)
+    if config is None:
+        return None, issues
+    issues += [format_issue(name, lines, loc, msg) for loc, msg in _check_references(config)]
+    return config, issues
+
+
+def _prune(data: Any, loc: tuple[Any, ...]) -> None:
+    """Drop the key at ``loc`` (a path through mappings and lists), if it is there."""
+    for part in loc[:-1]:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    if isinstance(data, dict):
+        data.pop(loc[-1], None)
 
 
 def _interpolate(value: Any, loc: tuple[Any, ...], issues: list[tuple[tuple[Any, ...], str]]) -> Any:

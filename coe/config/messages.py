@@ -110,6 +110,50 @@ def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> in
     return None
 
 
+def syntax_issue(name: str, exc: yaml.YAMLError) -> str:
+    """A YAML syntax error as one line, ``file:line:col: message`` (PyYAML's own text is several lines
+    and names the file ``<unicode string>``)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None and mark is not None and context_mark.line != mark.line:
+        context = f"{context} at line {context_mark.line + 1}"
+    message = (f"{problem} ({context})" if context else str(problem)).replace("\n", " ")
+    if mark is None:
+        return f"{name}: not valid YAML: {message}"
+    return f"{name}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {message}"
+
+
+def duplicate_keys(root: yaml.Node | None) -> list[tuple[tuple[Any, ...], int, int]]:
+    """(key path, first line, repeated line) for each key given twice in one mapping: PyYAML keeps the
+    last silently, so two ``shell:`` categories would quietly become one."""
+    found: list[tuple[tuple[Any, ...], int, int]] = []
+
+    def walk(node: yaml.Node, loc: tuple[Any, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key, value in node.value:
+                line = key.start_mark.line + 1
+                if key.value in seen:
+                    found.append(((*loc, key.value), seen[key.value], line))
+                else:
+                    seen[key.value] = line
+                walk(value, (*loc, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*loc, i))
+
+    if root is not None:
+        walk(root, ())
+    return found
+
+
+def format_duplicate(name: str, loc: tuple[Any, ...], first: int, again: int) -> str:
+    path = ".".join(str(p) for p in loc)
+    return f"{name}:{again}: {path}: duplicate key {loc[-1]!r}, also at line {first} (only one may be given)"
+
+
 def line_index(text: str) -> dict[tuple[Any, ...], int]:
     """Map each key path in the YAML document to its 1-based line number."""
     try:

@@ -34,7 +34,19 @@ class CategoryConfig(Strict):
 class FallbackConfig(Strict):
     expert: str = Field(description="the generalist that answers when the router is unsure")
     min_confidence: float = Field(
-        0.45, ge=0, le=1, description="below this probability the prompt goes to the fallback expert"
+        0.45,
+        ge=0,
+        le=1,
+        description="below this probability the prompt goes to the fallback expert (the category router's "
+        "probabilities are calibrated on the registry's examples: p=0.8 is right about 80% of the time)",
+    )
+    min_similarity: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="out of scope: a prompt whose similarity to every category is below this goes to the "
+        "fallback expert; None: fitted on the examples (leave-one-out), 0: off. Category router with "
+        "centroid, knn or logreg on the examples",
     )
 
 

@@ -142,6 +142,7 @@ def row_of(seen: Observed) -> dict[str, Any]:
         "prompt_tokens": answer.usage.prompt_tokens if answer is not None else 0,
         "completion_tokens": answer.usage.completion_tokens if answer is not None else 0,
         "error": seen.error,
+        "code": seen.code,
     }
 
 

@@ -13,6 +13,7 @@ the router had chosen that category (its expert, then the fallback expert). A re
 from __future__ import annotations
 
 import asyncio
+import difflib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -134,9 +135,11 @@ def resolve_model(coe: CoE, model: str) -> tuple[str | None, RouteDecision | Non
         )
         return None, decision
     hint = f"; {EMBEDDER} is for /v1/embeddings" if model == EMBEDDER else ""
+    near = difflib.get_close_matches(model, [m for m in model_ids(coe) if m != EMBEDDER], n=3, cutoff=0.6)
+    suggest = f"; did you mean {', '.join(repr(m) for m in near)}?" if near and not hint else ""
     raise APIError(
         404,
-        f"the model {model!r} does not exist; see GET /v1/models{hint}",
+        f"the model {model!r} does not exist{suggest}; see GET /v1/models{hint}",
         param="model",
         code="model_not_found",
     )

@@ -13,6 +13,8 @@ span exporter batches in a thread of its own).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import threading
 import time
@@ -44,6 +46,7 @@ class Observed:
     answer: Answer | None = None
     trace: Trace | None = None
     error: str | None = None
+    code: str | None = None  # a refusal's error code (model_not_found, unknown_parameter...)
 
     @property
     def duration_ms(self) -> float:
@@ -106,15 +109,28 @@ class ObserveMiddleware:
         headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
         seen = Observed(path=scope["path"], started_ns=time.time_ns(), headers=headers, status=500)
 
+        body = bytearray()  # the request's head, for the model a refused request asked for
+
+        async def keep_head() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and len(body) < _HEAD_BYTES:
+                body.extend(message.get("body", b"")[: _HEAD_BYTES - len(body)])
+            return message
+
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen.status = message["status"]
+            elif message["type"] == "http.response.body" and seen.status >= 400 and seen.code is None:
+                seen.code, said = _error_of(message.get("body", b""))
+                seen.error = seen.error or said
             await send(message)
 
         scope[SCOPE_KEY] = seen
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, keep_head, send_status)
         finally:
+            if seen.model is None and seen.status >= 400:  # refused before the gateway noted it
+                seen.model = _model_asked(bytes(body))
             seen.ended_ns = time.time_ns()
             if seen.id is None:  # refused before a reply id existed: still one row to click
                 seen.id = f"req_{uuid.uuid4().hex[:24]}"
@@ -123,6 +139,32 @@ class ObserveMiddleware:
                     sink(seen)
                 except Exception:  # a sink's bug must not fail the request it observed
                     log.exception("observer sink %r failed", sink)
+
+
+_HEAD_BYTES = 64 * 1024
+
+
+def _model_asked(body: bytes) -> str | None:
+    """The ``model`` of a JSON request body, if it can be read."""
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        data = json.loads(body)
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            return str(data["model"])[:200]
+    return None
+
+
+def _error_of(body: bytes) -> tuple[str, str | None]:
+    """The code and message of an error body in any API's shape (OpenAI's ``error.code``, else
+    ``error.type``)."""
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        data = json.loads(body)
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            message = error.get("message")
+            return str(error.get("code") or error.get("type") or ""), message if isinstance(
+                message, str
+            ) else None
+    return "", None
 
 
 def _percentile(values: list[float], q: float) -> float:

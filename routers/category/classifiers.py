@@ -15,12 +15,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from coe.encoding.search import ExactSearch
+from routers.category.calibration import PRIORS, map_temperature
 
 # Class indices of the training rows, as a list or an integer array.
 Labels = Sequence[int] | np.ndarray
-
-DEFAULT_TEMPERATURE = 0.05
-_TEMPERATURE_GRID = np.geomspace(0.005, 1.0, 60)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -35,17 +33,6 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return probs
 
 
-def _best_temperature(score_fn: Any, y: np.ndarray) -> float:
-    """The grid temperature minimising log loss of ``score_fn(t)`` (probabilities) on held-out labels."""
-    best, best_loss = DEFAULT_TEMPERATURE, np.inf
-    for t in _TEMPERATURE_GRID:
-        p = score_fn(float(t))[np.arange(len(y)), y]
-        loss = -np.mean(np.log(np.maximum(p, 1e-12)))
-        if loss < best_loss:
-            best, best_loss = float(t), loss
-    return best
-
-
 class CentroidClassifier:
     """Nearest centroid in a *centred* embedding space.
 
@@ -53,7 +40,8 @@ class CentroidClassifier:
     ("general") gets a centroid close to that component and wins prompts it should not. Subtracting
     the mean of the category means before comparing removes it (on router_mix it raises accuracy
     and the general category's recall, and leaves code and math unchanged; docs/benchmarks).
-    The softmax temperature is calibrated by leave-one-out on the examples themselves.
+    The softmax temperature is calibrated by leave-one-out on the examples themselves, under a prior
+    (routers.category.calibration: a few examples cannot make it extreme).
     """
 
     kind: ClassVar[str] = "centroid"
@@ -68,8 +56,15 @@ class CentroidClassifier:
 
     @classmethod
     def fit(
-        cls, vectors: np.ndarray, y: Labels, labels: list[str], temperature: float | None = None
+        cls,
+        vectors: np.ndarray,
+        y: Labels,
+        labels: list[str],
+        temperature: float | None = None,
+        held_out: np.ndarray | None = None,
     ) -> CentroidClassifier:
+        """``held_out``: which rows are prompts, held out one at a time to fit the temperature (None:
+        all). A description is a label, not a prompt: held out, it scored unlike any prompt would."""
         ys = np.asarray(y)
         center = np.stack([vectors[ys == k].mean(axis=0) for k in range(len(labels))]).mean(axis=0)
         z = _normalise(vectors - center)
@@ -77,7 +72,7 @@ class CentroidClassifier:
         counts = np.bincount(ys, minlength=len(labels)).astype(np.float32)
         centroids = _normalise(sums / counts[:, None])
         if temperature is None:
-            temperature = _calibrate_centroid(z, ys, sums, counts)
+            temperature = _calibrate_centroid(z, ys, sums, counts, _rows(held_out, len(ys)))
         return cls(labels, centroids, center, temperature)
 
     def similarities(self, vectors: np.ndarray) -> np.ndarray:
@@ -101,16 +96,22 @@ class CentroidClassifier:
         return cls(labels, arrays["centroids"], arrays["center"], float(params["temperature"]))
 
 
-def _calibrate_centroid(vectors: np.ndarray, y: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> float:
-    """Pick the softmax temperature that minimises leave-one-out log loss on the examples."""
-    if len(y) < 2 * len(counts) or np.any(counts < 2):
-        return DEFAULT_TEMPERATURE
-    sims = np.empty((len(y), len(counts)), dtype=np.float64)
-    for i, (vec, label) in enumerate(zip(vectors, y, strict=True)):
+def _rows(held_out: np.ndarray | None, n: int) -> np.ndarray:
+    return np.ones(n, dtype=bool) if held_out is None else np.asarray(held_out, dtype=bool)
+
+
+def _calibrate_centroid(
+    vectors: np.ndarray, y: np.ndarray, sums: np.ndarray, counts: np.ndarray, held_out: np.ndarray
+) -> float:
+    """The softmax temperature from leave-one-out on the examples (each against the centroids with
+    itself removed); an example alone in its category has no held-out centroid and is skipped."""
+    keep = np.flatnonzero(held_out & (counts[y] > 1))
+    sims = np.empty((len(keep), len(counts)), dtype=np.float64)
+    for row, i in enumerate(keep):
         loo = sums.copy()
-        loo[label] -= vec
-        sims[i] = _normalise(loo) @ vec
-    return _best_temperature(lambda t: softmax(sims / t), y)
+        loo[y[i]] -= vectors[i]
+        sims[row] = _normalise(loo) @ vectors[i]
+    return map_temperature(lambda t: softmax(sims / t), y[keep], "centroid")
 
 
 class KNNClassifier:
@@ -119,8 +120,8 @@ class KNNClassifier:
     Why kNN: categories such as "general" are unions of unlike topics that one centroid cannot
     describe; neighbours can. Each neighbour votes exp(cos / T) for its class; votes are summed and
     normalised, so the probability is a softmax over neighbours. T is picked by leave-one-out log loss
-    (each example's own hit removed). The score shown per class is its best neighbour's cosine
-    (0 for a class with no neighbour in the top k).
+    (each example's own hit removed) under a prior (routers.category.calibration). The score shown
+    per class is its best neighbour's cosine (0 for a class with no neighbour in the top k).
     """
 
     kind: ClassVar[str] = "knn"
@@ -143,12 +144,15 @@ class KNNClassifier:
         labels: list[str],
         temperature: float | None = None,
         k: int = 10,
+        held_out: np.ndarray | None = None,
     ) -> KNNClassifier:
-        clf = cls(labels, vectors, np.asarray(y), k, temperature or DEFAULT_TEMPERATURE)
-        if temperature is None and len(clf.y) > clf.k + 1:
-            sims, idx = clf._exact.search(clf.vectors, clf.k + 1)
+        """``held_out``: the prompts among the rows, as for CentroidClassifier.fit."""
+        clf = cls(labels, vectors, np.asarray(y), k, temperature or PRIORS["knn"][0])
+        rows = np.flatnonzero(_rows(held_out, len(clf.y)))
+        if temperature is None and len(clf.y) > 1:
+            sims, idx = clf._exact.search(clf.vectors[rows], min(clf.k, len(clf.y) - 1) + 1)
             sims, idx = sims[:, 1:], idx[:, 1:]  # drop each example's own hit
-            clf.temperature = _best_temperature(lambda t: clf._vote(sims, idx, t), clf.y)
+            clf.temperature = map_temperature(lambda t: clf._vote(sims, idx, t), clf.y[rows], "knn")
         return clf
 
     def _vote(self, sims: np.ndarray, idx: np.ndarray, temperature: float) -> np.ndarray:
@@ -223,8 +227,9 @@ class LogRegClassifier:
         labels: list[str],
         temperature: float | None = None,
         c: float = 10.0,
+        held_out: np.ndarray | None = None,
     ) -> LogRegClassifier:
-        del temperature  # logistic regression is trained on log loss; no temperature to fit
+        del temperature, held_out  # trained on log loss: no temperature to fit
         coef, intercept = fit_logistic(vectors, y, len(labels), c)
         return cls(labels, coef, intercept, c)
 
@@ -252,8 +257,13 @@ CLASSIFIERS: dict[str, type[CentroidClassifier] | type[KNNClassifier] | type[Log
 
 
 def fit_classifier(
-    kind: str, vectors: np.ndarray, y: Labels, labels: list[str], temperature: float | None = None
+    kind: str,
+    vectors: np.ndarray,
+    y: Labels,
+    labels: list[str],
+    temperature: float | None = None,
+    held_out: np.ndarray | None = None,
 ) -> Classifier:
     if kind not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {kind!r}; expected one of: {', '.join(CLASSIFIERS)}")
-    return CLASSIFIERS[kind].fit(vectors, y, labels, temperature)
+    return CLASSIFIERS[kind].fit(vectors, y, labels, temperature, held_out=held_out)

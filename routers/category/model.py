@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
+from routers.category.calibration import ScopeFloor
 from routers.category.classifiers import CLASSIFIERS, Classifier, softmax
 from routers.category.text_classifier import TfidfClassifier
 
@@ -40,6 +41,8 @@ class Prediction:
     # per prompt, for a cascade: each member's own top category and its probability, so a trace shows
     # who agreed (the combined distribution alone hides a member that was outvoted)
     members: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+    # per prompt, when the model has a scope floor: its highest similarity to a category centroid
+    closeness: np.ndarray | None = None
 
 
 def _need(embedder: Embedder | None) -> Embedder:
@@ -66,16 +69,24 @@ def combine(
 
 
 class EmbeddingModel:
+    """``scope``: the out-of-scope floor of a model fitted on a registry's examples (an artefact has
+    none); its closeness comes from the same vectors, so it costs one small matrix product."""
+
     needs_embedder: ClassVar[bool] = True
 
-    def __init__(self, classifier: Classifier, max_tokens: int | None = None) -> None:
+    def __init__(
+        self, classifier: Classifier, max_tokens: int | None = None, scope: ScopeFloor | None = None
+    ) -> None:
         self.classifier = classifier
         self.kind = classifier.kind
         self.max_tokens = max_tokens
+        self.scope = scope
 
     def predict(self, texts: Sequence[str], embedder: Embedder | None) -> Prediction:
-        probs, scores = self.classifier.predict_proba(_need(embedder).encode(texts, self.max_tokens))
-        return Prediction(probs, scores, [self.kind] * len(texts))
+        vectors = _need(embedder).encode(texts, self.max_tokens)
+        probs, scores = self.classifier.predict_proba(vectors)
+        closeness = self.scope.closeness(vectors) if self.scope is not None else None
+        return Prediction(probs, scores, [self.kind] * len(texts), closeness=closeness)
 
     def warm(self, embedder: Embedder | None) -> None:
         """Load the encoder and fill its caches, so the first routed prompt pays no load."""

@@ -11,7 +11,9 @@ Where p(category | prompt) comes from (``router.classifier``):
 * ``router.model``: an artefact written by ``coe train-router`` (any of the above but llm, or the
   tfidf -> kNN ``cascade``), trained on thousands of labelled prompts.
 
-Every classifier returns calibrated probabilities, so ``min_confidence`` means what it says.
+Every classifier returns calibrated probabilities, so ``min_confidence`` means what it says. A
+classifier fitted on the examples also has an out-of-scope floor (``fallback.min_similarity``,
+routers.category.calibration): a prompt close to no category falls back whatever its probabilities.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from coe.encoding.embedder import Embedder, shared_embedder
 from coe.encoding.files import resolve_recorded
 from coe.errors import ModelNotFoundError
 from coe.types import Request, RouteDecision
+from routers.category.calibration import FITS, ScopeFloor, fingerprint
 from routers.category.classifiers import CentroidClassifier, fit_classifier
 from routers.category.config import CategoryRouterConfig
 from routers.category.model import EmbeddingModel, Prediction, RoutingModel, TextModel
@@ -67,10 +70,15 @@ class CategoryRouter:
         self.labels = list(cfg.categories)
         texts: list[str] = []
         y: list[int] = []
+        prompts: list[bool] = []  # an example, not a description: held out to calibrate
         for k, spec in enumerate(cfg.categories.values()):
-            for text in ([spec.description] if spec.description else []) + spec.examples:
+            rows = ([(spec.description, False)] if spec.description else []) + [
+                (e, True) for e in spec.examples
+            ]
+            for text, prompt in rows:
                 texts.append(text)
                 y.append(k)
+                prompts.append(prompt)
         kind = cfg.classifier
         if kind == "llm":
             from routers.category.llm_classifier import LLMClassifier
@@ -81,9 +89,36 @@ class CategoryRouter:
         if kind == "tfidf":
             self.model = TextModel(TfidfClassifier.fit(texts, y, self.labels))
         else:
+            self.model = self._fit_on_examples(kind, texts, y, prompts)
+
+    def _fit_on_examples(
+        self, kind: str, texts: list[str], y: list[int], prompts: list[bool]
+    ) -> EmbeddingModel:
+        """Encode the examples, fit the classifier and the scope floor; cached by everything the fit
+        reads, so reloading the same registry costs neither an encoder pass nor a refit."""
+        cfg = self.cfg
+        floor = cfg.fallback.min_similarity if cfg.fallback else None
+        key = fingerprint(
+            kind,
+            cfg.temperature,
+            cfg.max_tokens,
+            floor,
+            self.embedder.cache_key,
+            self.labels,
+            y,
+            prompts,
+            texts=texts,
+        )
+
+        def fit() -> EmbeddingModel:
             vectors = self.embedder.encode(texts, cfg.max_tokens)
-            classifier = fit_classifier(kind, vectors, y, self.labels, cfg.temperature)
-            self.model = EmbeddingModel(classifier, cfg.max_tokens)
+            held_out = np.asarray(prompts)
+            classifier = fit_classifier(kind, vectors, y, self.labels, cfg.temperature, held_out)
+            scope = ScopeFloor.fit(vectors, np.asarray(y), len(self.labels), floor)
+            return EmbeddingModel(classifier, cfg.max_tokens, scope)
+
+        model: EmbeddingModel = FITS.get_or_fit(key, fit)
+        return model
 
     @property
     def embedder(self) -> Embedder:
@@ -169,9 +204,10 @@ class CategoryRouter:
         if self.llm is not None:
             note = "no generation, so no llm call: centroid on the examples"
         members = pred.members or [{}] * len(requests)
+        close = [None] * len(requests) if pred.closeness is None else [float(c) for c in pred.closeness]
         return [
-            self._decide(p, s, {"classifier": stage, **({"members": m} if m else {})}, note)
-            for p, s, stage, m in zip(pred.probs, pred.scores, pred.stages, members, strict=True)
+            self._decide(p, s, {"classifier": stage, **({"members": m} if m else {})}, note, c)
+            for p, s, stage, m, c in zip(pred.probs, pred.scores, pred.stages, members, close, strict=True)
         ]
 
     async def aroute(self, requests: Sequence[Request], call_expert: CallExpert) -> list[RouteDecision]:
@@ -199,8 +235,25 @@ class CategoryRouter:
             for p, z, ok in zip(probs, logprobs, from_model, strict=True)
         ]
 
+    def _out_of_scope(self, closeness: float | None, details: dict[str, Any]) -> str | None:
+        """Why the prompt is close to no category, or None (no floor, or close enough)."""
+        scope = getattr(self.model, "scope", None)
+        if closeness is None or scope is None or not scope.active:
+            return None
+        details["closeness"] = round(closeness, 4)
+        details["floor"] = round(scope.floor, 4)
+        if closeness >= scope.floor:
+            return None
+        origin = "fitted on the examples" if scope.fitted else "fallback.min_similarity"
+        return f"no category is close: top similarity {closeness:.2f} < floor {scope.floor:.2f} ({origin})"
+
     def _decide(
-        self, probs: np.ndarray, sims: np.ndarray, details: dict[str, Any], note: str | None
+        self,
+        probs: np.ndarray,
+        sims: np.ndarray,
+        details: dict[str, Any],
+        note: str | None,
+        closeness: float | None = None,
     ) -> RouteDecision:
         order = np.argsort(-probs)
         top = self.labels[order[0]]
@@ -211,7 +264,11 @@ class CategoryRouter:
         scores = {self.labels[i]: round(float(probs[i]), 4) for i in order}
         similarities = {self.labels[i]: round(float(sims[i]), 4) for i in order}
         suffix = f" ({note})" if note else ""
-        if fallback is not None and confidence < fallback.min_confidence:
+        far = self._out_of_scope(closeness, details) if fallback is not None else None
+        if fallback is not None and (far or confidence < fallback.min_confidence):
+            why = far or (
+                f"top category {top!r} has p={confidence:.2f} < min_confidence {fallback.min_confidence:.2f}"
+            )
             return RouteDecision(
                 router=self.name,
                 experts=_unique([fallback.expert, expert]),
@@ -220,10 +277,7 @@ class CategoryRouter:
                 scores=scores,
                 similarities=similarities,
                 fallback=True,
-                reason=(
-                    f"top category {top!r} has p={confidence:.2f} < min_confidence "
-                    f"{fallback.min_confidence:.2f}: fallback expert {fallback.expert!r}{suffix}"
-                ),
+                reason=f"{why}: fallback expert {fallback.expert!r}{suffix}",
                 details=details,
             )
         threshold = f" >= min_confidence {fallback.min_confidence:.2f}" if fallback else ""

@@ -65,3 +65,27 @@ def test_cli_route_starts_no_expert(tmp_path: Path) -> None:
     assert {"expert", "category", "confidence", "scores"} <= set(data)
     assert data["expert"] == "coder"
     assert not started.exists()
+
+
+def test_cli_ask_writes_the_answer_as_written_and_says_when_a_fallback_answered(tmp_path: Path) -> None:
+    """The chosen expert is down, another one answers: the answer goes to stdout untouched (a code line
+    longer than any terminal stays one line) and one line on stderr names the expert that failed."""
+    from tests.support.stub_server import stub_server
+
+    answer = "```python\n" + "x = [" + ", ".join(str(i) for i in range(80)) + "]\n```\n\n  indented  line"
+    with stub_server("ok", text=answer) as (url, _):
+        path = tmp_path / "experts.yaml"
+        path.write_text(
+            "version: 1\nexperts:\n  broken: {endpoint: 'http://127.0.0.1:9/v1', retries: 0}\n"
+            f"  general: {{endpoint: '{url}'}}\nrouter:\n  categories:\n"
+            "    code: {expert: broken, examples: ['write a python function', 'fix this bug in my code']}\n"
+            "    chat: {expert: general, examples: ['tell me a story', 'how are you today']}\n"
+            "  fallback: {expert: general, min_confidence: 0, min_similarity: 0}\n"
+        )
+        result = run_coe(
+            "ask", "Write a Python function that reverses a string", "-c", str(path), "--no-trace"
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == answer + "\n"
+    [line] = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert line.startswith("fallback expert 'broken' failed: ") and line.endswith("; 'general' answered")

@@ -233,3 +233,18 @@ def test_feedback_scores_average_per_expert_and_category(tmp_path: Path) -> None
         "none": {"mean": 0.25, "count": 1},
     }
     assert feedback_scores(None)["store"] is False
+
+
+def test_a_refused_request_shows_the_model_asked_and_the_error_code(api: TestClient) -> None:
+    unknown_field = {"model": "coe/expert/ok", "messages": USER, "bogus_field": 1}
+    assert api.post("/v1/chat/completions", json=unknown_field, headers=AUTH).status_code == 400
+    assert (
+        api.post(
+            "/v1/chat/completions", json={"model": "coe/expert/nope", "messages": USER}, headers=AUTH
+        ).status_code
+        == 404
+    )
+    nope, bogus = api.get("/ui/api/recent", headers=AUTH).json()["data"]
+    assert (bogus["model"], bogus["status"]) == ("coe/expert/ok", 400) and bogus["code"]
+    assert "bogus_field" in bogus["error"]
+    assert (nope["model"], nope["status"], nope["code"]) == ("coe/expert/nope", 404, "model_not_found")

@@ -856,3 +856,14 @@ def test_fuzzed_requests_to_the_routed_model_never_cause_5xx(fuzz_client: TestCl
         assert_openai_error(resp, resp.status_code)
     else:  # routed: the router decided (its category is in the headers), and the stub answered
         assert resp.headers["x-coe-category"] == "to_ok" and resp.headers["x-coe-expert"] == "ok"
+
+
+def test_an_unknown_model_id_suggests_the_nearest_ids(stubs) -> None:  # type: ignore[no-untyped-def]
+    path, _ = stubs
+    with client_for(path) as client:
+        body = {"model": "coe/expert/okk", "messages": USER}
+        error = assert_openai_error(client.post("/v1/chat/completions", json=body), 404)
+        far = {"model": "gpt-4o", "messages": USER}
+        unlike = assert_openai_error(client.post("/v1/chat/completions", json=far), 404)
+    assert "did you mean 'coe/expert/ok'" in error["message"]
+    assert "did you mean" not in unlike["message"] and "GET /v1/models" in unlike["message"]

