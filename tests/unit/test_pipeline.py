@@ -3,9 +3,12 @@ asked once for a whole batch, and the one fallback rule (``next_candidate``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from coe import CoE
+from coe.config import CoEConfig
 from coe.errors import ExpertError, NoCapableExpert
 from coe.pipeline import Flow, next_candidate
 from coe.pipeline.stages import Capable, Route
@@ -27,8 +30,14 @@ def test_next_candidate_walks_the_candidates_after_the_recruited_ones_in_order()
     assert next_candidate(decision, [ExpertAnswer(expert="a", text="ok")]) is None
 
 
-def test_the_route_stage_refuses_only_the_flow_that_pins_an_unknown_expert(coe_default: CoE) -> None:
-    coe = coe_default
+@pytest.fixture
+def coe(default_config: CoEConfig) -> Iterator[CoE]:
+    """A CoE of its own: the shared ``coe_default`` may run experts that other tests started."""
+    with CoE(default_config) as fresh:
+        yield fresh
+
+
+def test_the_route_stage_refuses_only_the_flow_that_pins_an_unknown_expert(coe: CoE) -> None:
     flows = [
         Flow(Request.from_input("Write a Python function that reverses a string")),
         Flow(Request.from_input("hello", expert="nobody")),
@@ -46,8 +55,7 @@ def test_the_route_stage_refuses_only_the_flow_that_pins_an_unknown_expert(coe_d
     assert not coe.pool.running  # routing starts no expert
 
 
-def test_the_capability_stage_keeps_the_refusal_on_its_flow(coe_default: CoE) -> None:
-    coe = coe_default
+def test_the_capability_stage_keeps_the_refusal_on_its_flow(coe: CoE) -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
     wants_vision = Request.from_input([{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}])
     plain = Request.from_input("hi")
