@@ -63,12 +63,32 @@ def make_app(post: Post, key: str) -> Any:
     return app
 
 
+def from_env() -> Any:
+    """The app of one worker of ``--workers N``."""
+    import os
+
+    client, upstream, key = os.environ["FLOOR_ARGS"].split("|")
+    return make_app(poster(client, upstream + "/chat/completions"), key)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--upstream", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--client", choices=["httpx", "aiohttp"], default="httpx")
+    p.add_argument("--loop", default="auto", help="uvicorn's: auto (uvloop when installed), asyncio, uvloop")
+    p.add_argument(
+        "--http", default="auto", help="uvicorn's: auto (httptools when installed), h11, httptools"
+    )
+    p.add_argument("--workers", type=int, default=1)
     a = p.parse_args()
     app = make_app(poster(a.client, a.upstream + "/chat/completions"), a.key)
-    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
+    if a.workers > 1:  # uvicorn forks workers from an import string, not from an app object
+        import os
+
+        os.environ["FLOOR_ARGS"] = f"{a.client}|{a.upstream}|{a.key}"
+        uvicorn.run("_asgi_floor:from_env", factory=True, host="127.0.0.1", port=a.port, log_level="warning",
+                    loop=a.loop, http=a.http, workers=a.workers)  # fmt: skip
+    else:
+        uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", loop=a.loop, http=a.http)

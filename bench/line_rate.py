@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -68,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
     p.add_argument("--duration", type=float, default=4.0, help="seconds measured per point")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds not counted before each point")
-    p.add_argument("--coe-args", nargs="*", default=[], help="extra `coe serve` flags, e.g. --workers 2")
+    p.add_argument("--coe-args", default="", help="extra `coe serve` flags, one string")
+    p.add_argument("--floor-args", default="", help="extra floor flags, one string: '--loop asyncio'")
     p.add_argument("--litellm", type=Path, default=GATEWAY_VENV / "bin" / "litellm", help="its executable")
     p.add_argument("--profile", choices=["pinned", "routed"], help="py-spy record coe at --profile-c")
     p.add_argument("--profile-c", type=int, default=64)
@@ -227,7 +229,7 @@ def start_gateway(
     if kind == "coe":
         registry = coe_registry(tmp, upstream)
         cmd = [sys.executable, "-m", "coe", "serve", "-c", str(registry), "--port", str(port)]
-        cmd += ["--log-level", "warning", *args.coe_args]
+        cmd += ["--log-level", "warning", *shlex.split(args.coe_args)]
         proc, ready = spawn("coe", cmd, core, tmp, offline_env(COE_API_KEYS=key)), "/readyz"
     elif kind == "litellm":
         cmd = [str(args.litellm), "--config", str(litellm_config(tmp, upstream)), "--host", "127.0.0.1"]
@@ -236,7 +238,7 @@ def start_gateway(
         ready = "/health/liveliness"
     else:
         cmd = [sys.executable, str(HERE / "_asgi_floor.py"), "--port", str(port)]
-        cmd += ["--client", "aiohttp" if kind == "floor_aiohttp" else "httpx"]
+        cmd += ["--client", "aiohttp" if kind == "floor_aiohttp" else "httpx", *shlex.split(args.floor_args)]
         proc = spawn(kind, [*cmd, "--upstream", upstream, "--key", key], core, tmp, offline_env())
         ready = "/healthz"
     base = f"http://127.0.0.1:{port}"
