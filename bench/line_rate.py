@@ -72,7 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--coe-args", default="", help="extra `coe serve` flags, one string")
     p.add_argument("--floor-args", default="", help="extra floor flags, one string: '--loop asyncio'")
     p.add_argument("--litellm", type=Path, default=GATEWAY_VENV / "bin" / "litellm", help="its executable")
-    p.add_argument("--profile", choices=["pinned", "routed"], help="py-spy record coe at --profile-c")
+    p.add_argument(
+        "--profile",
+        nargs="*",
+        choices=["pinned", "routed"],
+        default=[],
+        help="py-spy record coe (whole) at --profile-c",
+    )
     p.add_argument("--profile-c", type=int, default=64)
     p.add_argument("--profile-out", type=Path, default=HERE / "results" / "line_rate_profile")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -382,7 +388,7 @@ def models(kind: str) -> dict[str, str]:
 
 
 def profile(
-    proc: Proc, site: Site, conc: int, load_core: int | None, args: argparse.Namespace, tmp: Path
+    proc: Proc, site: Site, path: str, conc: int, load_core: int | None, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
     """py-spy on the gateway while wrk loads it: a flame graph (SVG), then the collapsed stacks
     (raw) of a second run for the top items by own time and by time inside."""
@@ -390,7 +396,7 @@ def profile(
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     found: dict[str, Any] = {}
     for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt")):
-        out = args.profile_out / f"{args.profile}_c{conc}.{suffix}"
+        out = args.profile_out / f"{path}_c{conc}.{suffix}"
         cmd = [py_spy, "record", "--nonblocking", "-r", "200", "-d", str(int(args.duration) + 1)]
         cmd += ["-p", str(proc.proc.pid), "-f", fmt, "-o", str(out)]
         if load_core is not None:
@@ -451,8 +457,8 @@ def run_mode(
                 for conc in args.concurrency:
                     row[f"c{conc}"] = point(site, conc, load_core, args, tmp)
                     print(f"  {mode} {kind} {path} c={conc}: {row[f'c{conc}']}", file=sys.stderr)
-                if kind == "coe" and args.profile == path and proc is not None:
-                    row["profile"] = profile(proc, site, args.profile_c, load_core, args, tmp)
+                if kind == "coe" and path in args.profile and mode == "whole" and proc is not None:
+                    row["profile"] = profile(proc, site, path, args.profile_c, load_core, args, tmp)
         finally:
             if proc is not None:
                 code = proc.stop()
