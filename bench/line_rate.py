@@ -524,7 +524,7 @@ def show(result: dict[str, Any]) -> None:
             f"{result['cores']['gateway']}, nginx and wrk on {result['cores']['nginx_and_wrk']})"
         )
         for col in ("path", "C", "RPS", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx", "errors", "CPU ms/req"):
-            table.add_column(col, justify="left" if col == "path" else "right")
+            table.add_column(col, justify="left" if col == "path" else "right", no_wrap=True)
         for path, points in rows.items():
             for c in result["concurrency"]:
                 p = points.get(f"c{c}")

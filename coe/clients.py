@@ -36,11 +36,15 @@ class StreamBroken(Exception):
 class ChatClient:
     def __init__(self, max_connections: int = 64, backoff_s: float = 0.25) -> None:
         self._http: aiohttp.ClientSession | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
         self._max_connections = max_connections
         self.backoff_s = backoff_s
 
     @property
     def http(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._http is not None and self._http_loop is not loop:
+            self._http = None  # a session belongs to the loop it was made in (a library's earlier run)
         if self._http is None or self._http.closed:
             import aiohttp
 
@@ -52,6 +56,7 @@ class ChatClient:
             self._http = aiohttp.ClientSession(
                 connector=connector, trust_env=False, timeout=aiohttp.ClientTimeout(total=None)
             )
+            self._http_loop = loop
         return self._http
 
     async def aclose(self) -> None:
