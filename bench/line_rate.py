@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="py-spy record coe (whole) at --profile-c",
     )
     p.add_argument("--profile-c", type=int, default=64)
+    p.add_argument("--profile-modes", nargs="+", choices=["whole", "stream"], default=["whole"])
     p.add_argument("--profile-out", type=Path, default=HERE / "results" / "line_rate_profile")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", type=Path, default=HERE / "results" / "line_rate.json")
@@ -457,8 +458,9 @@ def run_mode(
                 for conc in args.concurrency:
                     row[f"c{conc}"] = point(site, conc, load_core, args, tmp)
                     print(f"  {mode} {kind} {path} c={conc}: {row[f'c{conc}']}", file=sys.stderr)
-                if kind == "coe" and path in args.profile and mode == "whole" and proc is not None:
-                    row["profile"] = profile(proc, site, path, args.profile_c, load_core, args, tmp)
+                if kind == "coe" and path in args.profile and mode in args.profile_modes and proc is not None:
+                    name = path if mode == "whole" else f"{path}_{mode}"
+                    row["profile"] = profile(proc, site, name, args.profile_c, load_core, args, tmp)
         finally:
             if proc is not None:
                 code = proc.stop()
