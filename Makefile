@@ -53,6 +53,10 @@ $(STAMP): pyproject.toml Makefile
 	@command -v redis-server >/dev/null || { echo ">> installing Debian's redis-server"; \
 	  $(SUDO) apt-get install -y -q redis-server >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
+	@# bench/line_rate.py: Debian's nginx answers as a canned expert, Debian's wrk is the load generator.
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || { echo ">> installing Debian's nginx-light and wrk"; \
+	  $(SUDO) apt-get install -y -q nginx-light wrk >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q nginx-light wrk >/dev/null; }; }
 	@# The dashboard's browser test drives Debian's chromium (Playwright cannot download its own offline).
 	@command -v chromium >/dev/null || { echo ">> installing Debian's chromium"; \
 	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \

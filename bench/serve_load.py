@@ -8,10 +8,12 @@
    sent to the expert's llama-server directly, to CoE as ``coe`` (routed) and as ``coe/expert/coder``
    (pinned, no routing), one at a time in a shuffled order each round; ``overhead_ratio_p50`` =
    p50(CoE) / p50(direct), and ``overhead_ratio_p50_pinned`` the same for the pinned requests.
-   Then the same for a tool-call request: ``tool_choice`` naming a function, routed through CoE (which
-   enforces the call with a JSON schema, llama-server does not) against llama-server sent exactly
-   what CoE sends it (the tools and that schema); ``tool_overhead_ratio_p50``, and
-   ``tool_calls_valid``: how many CoE replies were a call whose arguments parse.
+   Then the same for a tool-call request: ``tool_choice`` naming a function, routed through CoE
+   against llama-server sent exactly what CoE sends it (built by ``ExpertCalls.payload`` with the
+   capabilities the running llama-server reports: the tools and the forced-call schema when CoE
+   enforces the call); ``tool_overhead_ratio_p50``, ``tool_calls_valid`` (CoE replies that were a
+   call whose arguments parse) and ``tool_failed`` (samples that failed, with what they said: a
+   failed sample is reported, never fatal).
 4. Load: ``--requests`` concurrent requests (a quarter streamed) across the three categories; once
    ``--kill-after`` of them have completed, ``coder2``'s llama-server is SIGKILLed. In-flight requests
    fall back to another candidate; the pool restarts the process for later ones.
@@ -124,21 +126,35 @@ LOOKUP = {
 }
 
 
+async def sent_to_expert(registry: Path, expert: str, root: str, request: Any) -> dict[str, Any]:
+    """The body CoE sends ``expert`` for ``request``: built by CoE's own code (``ExpertCalls.payload``)
+    with the capabilities the running llama-server at ``root`` reports, as ``coe serve`` detects them,
+    so that the baseline cannot drift from what CoE does (a forced call it enforces, or not)."""
+    from coe import load_config
+    from coe.capabilities import expert_capabilities
+    from coe.experts.calls import ExpertCalls
+    from coe.experts.detect import detect
+
+    cfg = load_config(registry)
+    detected = await detect("llamacpp", root)
+    calls = ExpertCalls(cfg, None, lambda name: expert_capabilities(cfg.experts[name], detected)[0])  # type: ignore[arg-type]
+    return calls.payload(expert, request)
+
+
 async def tool_overhead(
-    client: httpx.AsyncClient, base: str, direct: str, args: argparse.Namespace
+    client: httpx.AsyncClient, base: str, direct: str, registry: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """A forced tool call through CoE (routed) against llama-server given what CoE sends it."""
-    from coe.capabilities.forced import constrain
+    """A forced tool call through CoE (routed) against llama-server given the body CoE sends it. A
+    failed sample (a non-200, a dropped connection) is counted with what it said, never fatal."""
     from coe.types import Request
 
     system = "You are a careful programmer. Answer with code first, then one short explanation."
     messages = [{"role": "system", "content": system}, {"role": "user", "content": PROMPTS["code"]}]
     params = {"max_tokens": 48, "temperature": 0.0}
     choice = {"type": "function", "function": {"name": "search_docs"}}
-    forced = Request.from_input(messages, tools=[LOOKUP], tool_choice=choice)
-    direct_body = constrain(
-        {"model": "smollm2-135m-instruct", "messages": messages, "tools": [LOOKUP], **params}, forced
-    )
+    forced = Request.from_input(messages, tools=[LOOKUP], tool_choice=choice, **params)
+    root = direct.split("/v1/", 1)[0]
+    direct_body = await sent_to_expert(registry, "coder", root, forced)
     bodies = {
         "direct": (direct, direct_body),
         "coe": (
@@ -147,6 +163,7 @@ async def tool_overhead(
         ),
     }
     times: dict[str, list[float]] = {"direct": [], "coe": []}
+    failed: dict[str, list[str]] = {"direct": [], "coe": []}
     valid = 0
     order = random.Random(1)
     for i in range(args.tool_samples + 2):
@@ -155,20 +172,30 @@ async def tool_overhead(
         for kind in kinds:
             url, body = bodies[kind]
             t = time.perf_counter()
-            resp = await client.post(url, json=body)
-            resp.raise_for_status()
+            try:
+                resp = await client.post(url, json=body)
+            except httpx.HTTPError as exc:
+                failed[kind].append(f"{type(exc).__name__}: {exc}")
+                continue
             elapsed = (time.perf_counter() - t) * 1000
+            if resp.status_code != 200:
+                failed[kind].append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                continue
             if kind == "coe":
                 calls = resp.json()["choices"][0]["message"].get("tool_calls") or []
                 valid += bool(calls) and isinstance(json.loads(calls[0]["function"]["arguments"]), dict)
             if i >= 2:
                 times[kind].append(elapsed)
-    p50 = {k: statistics.median(v) for k, v in times.items()}
+    p50 = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
+    n = args.tool_samples + 2
     return {
         "tool_direct_p50_ms": round(p50["direct"], 1),
         "tool_coe_p50_ms": round(p50["coe"], 1),
         "tool_overhead_ratio_p50": round(p50["coe"] / p50["direct"], 3),
-        "tool_calls_valid": f"{valid}/{args.tool_samples + 2}",
+        "tool_calls_valid": f"{valid}/{n}",
+        "tool_failed": {k: f"{len(v)}/{n}" for k, v in failed.items()},
+        "tool_failures": {k: sorted(set(v))[:3] for k, v in failed.items() if v},
+        "tool_direct_body_keys": sorted(direct_body),
     }
 
 
@@ -351,7 +378,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 children = llama_children(proc.pid)
                 direct = f"http://127.0.0.1:{children['smollm2-135m-instruct'][1]}/v1/chat/completions"
                 result = await overhead(client, base, direct, args)
-                result |= await tool_overhead(client, base, direct, args)
+                result |= await tool_overhead(client, base, direct, registry, args)
                 before = fallbacks_from_metrics((await client.get(base + "/metrics")).text)
                 result = {**(await load(client, base, proc.pid, args)), **result}
                 after = fallbacks_from_metrics((await client.get(base + "/metrics")).text)

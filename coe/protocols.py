@@ -39,7 +39,9 @@ class Router(Protocol):
 class AsyncRouter(Protocol):
     """A router that may call experts while routing (the skills router's keyword annotator).
     ``CoE.aask`` uses ``aroute`` when a router has it; ``route`` stays the path that calls no expert
-    (``coe route``, batch routing)."""
+    (``coe route``, batch routing). A router that sets ``asks_experts`` to False for a request
+    mix (the category router without its llm classifier) has its ``route`` micro-batched across
+    concurrent requests by the pipeline instead (coe.pipeline.batching)."""
 
     name: str
 

@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from coe.encoding.files import EncoderFiles
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset``, a container's cpuset), not the machine's:
+    two onnxruntime threads on a process pinned to one core spin against each other, and one
+    prompt cost 2.7x the CPU of one thread (docs/benchmarks/line_rate.md)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 class TorchBackend:
     """sentence-transformers on torch: the reference implementation."""
 
@@ -55,7 +64,7 @@ class OnnxBackend:
 
         assert files.onnx is not None and files.tokenizer is not None
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+        options.intra_op_num_threads = threads or min(2, usable_cores())
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(files.onnx), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}

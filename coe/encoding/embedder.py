@@ -73,6 +73,22 @@ def request_scope() -> Iterator[None]:
         _REQUEST_VECTORS.reset(token)
 
 
+def request_vectors() -> dict[tuple[Any, ...], np.ndarray] | None:
+    """The current request scope's vectors (None outside one): a micro-batch routed in another
+    context hands each request its vectors through it (coe.pipeline.batching)."""
+    return _REQUEST_VECTORS.get()
+
+
+@contextmanager
+def scope_into(vectors: dict[tuple[Any, ...], np.ndarray]) -> Iterator[None]:
+    """Within it, ``vectors`` is the request scope (a micro-batch's, shared by its requests)."""
+    token = _REQUEST_VECTORS.set(vectors)
+    try:
+        yield
+    finally:
+        _REQUEST_VECTORS.reset(token)
+
+
 class Embedder:
     """Unit-normalised sentence embeddings (so a dot product is a cosine similarity).
 
@@ -168,6 +184,9 @@ class Embedder:
         if scope is not None:
             out.flags.writeable = False  # shared by the stages: none may change it under another
             scope[key] = out
+            if len(texts) > 1:  # each prompt's own too: a batch-mate's stage looks up its prompt alone
+                for i, text in enumerate(texts):
+                    scope.setdefault((id(self), limit, text), out[i : i + 1])
         return out
 
     def peek(self, texts: Sequence[str], max_tokens: int | None = None) -> np.ndarray | None:

@@ -20,9 +20,10 @@ from coe.clock import ms_since
 from coe.config import CoEConfig
 from coe.errors import CoEError, ExpertError
 from coe.experts.calls import Slot
+from coe.pipeline.batching import MicroBatcher
 from coe.pipeline.flow import Flow
 from coe.pipeline.parts import Parts
-from coe.protocols import AsyncRouter, CallExpert
+from coe.protocols import AsyncRouter, CallExpert, Router
 from coe.types import Answer, Message, Request, RouteDecision
 
 
@@ -112,6 +113,7 @@ class Route:
     def __init__(self, parts: Parts, for_coe: Callable[[Slot | None], CallExpert]) -> None:
         self.parts = parts
         self.for_coe = for_coe  # for routers that ask experts while routing (skills annotator)
+        self._batchers: dict[int, MicroBatcher[Flow]] = {}  # by router: one per CoE in practice
 
     async def run(self, flows: Sequence[Flow]) -> None:
         t = time.perf_counter()
@@ -119,21 +121,30 @@ class Route:
         todo = [f for f in flows if f.live and f.decision is None]
         if todo:
             router = await self.parts.arouter()
-            requests = [f.request for f in todo]
-            if isinstance(router, AsyncRouter):
+            if isinstance(router, AsyncRouter) and getattr(router, "asks_experts", True):
                 slot = todo[0].slot if len(todo) == 1 else None
-                decisions = await router.aroute(requests, self.for_coe(slot))
+                decisions = await router.aroute([f.request for f in todo], self.for_coe(slot))
                 if any(f.turn is not None for f in todo):
                     await asyncio.to_thread(self._steer, todo, decisions)
                 else:
                     self._steer(todo, decisions)
-            else:  # the encoder is CPU-bound: off the loop, so a server keeps serving while it runs
-                await asyncio.to_thread(lambda: self._steer(todo, router.route(requests)))
+            else:  # CPU-bound (the encoder): off the loop, micro-batched with concurrent requests
+                await self._batcher(router).submit(todo)
         share = share_ms(t, len(flows))
         for flow in flows:
             if flow.decision is not None:
                 flow.trace.timings_ms["route"] = share
                 flow.trace.decision = flow.decision
+
+    def _batcher(self, router: Router) -> MicroBatcher[Flow]:
+        found = self._batchers.get(id(router))
+        if found is None:
+
+            def work(flows: list[Flow]) -> None:
+                self._steer(flows, router.route([f.request for f in flows]))
+
+            found = self._batchers[id(router)] = MicroBatcher(work)
+        return found
 
     async def _given(self, flow: Flow) -> None:
         """A decision the router does not make: the caller's, a signal's, or a pinned expert's."""

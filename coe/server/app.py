@@ -16,6 +16,7 @@ when the server shuts down, after in-flight requests finish.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -305,6 +306,11 @@ async def _warm(coe: CoE, readiness: Readiness) -> None:
         if coe.signals is not None:  # the guard file, its encoder and Presidio's recognizers
             await asyncio.to_thread(coe.signals.warm)
         loaded = set(await coe.pool.scheduler.warm())  # as many as the memory budget holds together
+        # What start-up built (the encoder, the registry, imported modules) lives as long as the
+        # server: out of the collector's sight, a full collection no longer walks it in the middle
+        # of a request (the p99 stall at concurrency 1; docs/benchmarks/line_rate.md).
+        gc.collect()
+        gc.freeze()
         for name, expert in coe.config.experts.items():
             if expert.serve is not None and name not in loaded and (why := coe.pool.error(name)):
                 log.warning("expert %s did not start: %s", name, why)

@@ -66,9 +66,19 @@ def names(kind: Kind) -> list[str]:
 
 def register(app: FastAPI, handlers: Mapping[str, Handler]) -> None:
     """Add every route of the table with the handler of its name. A route without a handler, or a
-    handler without a route, fails here at start-up rather than as a 404 later."""
+    handler without a route, fails here at start-up rather than as a 404 later. The generating
+    routes are Starlette's own: their handlers take the request and nothing else, and FastAPI's
+    per-request dependency machinery cost a fifth of a pinned request's time on the event loop
+    (docs/benchmarks/line_rate.md)."""
     wanted = {r.name for r in ROUTES}
     if set(handlers) != wanted:
         raise RuntimeError(f"route table and handlers differ: {sorted(set(handlers) ^ wanted)}")
+    from starlette.routing import Route as PlainRoute
+
     for r in ROUTES:
-        app.add_api_route(r.path, handlers[r.name], methods=list(r.methods), name=r.name)
+        if r.generates:  # (request) -> Response: no FastAPI dependency solving per request
+            app.router.routes.append(
+                PlainRoute(r.path, handlers[r.name], methods=list(r.methods), name=r.name)
+            )
+        else:
+            app.add_api_route(r.path, handlers[r.name], methods=list(r.methods), name=r.name)

@@ -12,8 +12,10 @@ and a metric say so): a session is a routing hint, never a reason to fail a requ
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -28,6 +30,8 @@ from coe.data.stores import RedisClient, SqliteFile, StoreUnavailable
 if TYPE_CHECKING:
     import numpy as np
 
+
+log = logging.getLogger("coe.sessions")
 
 __all__ = ["MemoryStore", "RedisStore", "SessionRecord", "SqliteStore", "StoreUnavailable", "StoredResponse"]
 
@@ -190,49 +194,105 @@ class SqliteStore(SqliteFile):
         "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, created REAL, data TEXT)",
     )
 
-    def __init__(self, path: Path, ttl_s: float, max_sessions: int) -> None:
+    def __init__(self, path: Path, ttl_s: float, max_sessions: int, flush_s: float = 0.02) -> None:
         super().__init__(path, self.SCHEMA)
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
+        self.flush_s = flush_s
         self._puts = 0
+        # Write-behind: a turn's record is written by a background task (one transaction for every
+        # turn that ended within ``flush_s``, in a thread), not on the request path; until then
+        # ``get`` answers from here, so the next turn still finds it.
+        self._pending: dict[str, SessionRecord] = {}
+        self._pending_alias: dict[str, tuple[str, float]] = {}
+        self._flush_task: asyncio.Task[None] | None = None
+        self._write_failing = False
+        self._broken = False  # the last store call failed: answer from the file, not from _pending
 
     async def get(self, session_id: str | None, alias: str | None) -> SessionRecord | None:
         oldest = time.time() - self.ttl_s
+        sid = session_id
+        if sid is None and alias is not None and (held := self._pending_alias.get(alias)) is not None:
+            sid = held[0] if held[1] > oldest else None
+        if sid is not None and (record := self._pending.get(sid)) is not None and not self._broken:
+            return record.model_copy(deep=True) if record.updated > oldest else None
 
         def read(db: sqlite3.Connection) -> str | None:
-            sid = session_id
-            if sid is None and alias is not None:
+            found = sid
+            if found is None and alias is not None:
                 row = db.execute(
                     "SELECT id FROM aliases WHERE alias = ? AND updated > ?", (alias, oldest)
                 ).fetchone()
-                sid = row[0] if row else None
-            if sid is None:
+                found = row[0] if row else None
+            if found is None:
                 return None
             row = db.execute(
-                "SELECT data FROM sessions WHERE id = ? AND updated > ?", (sid, oldest)
+                "SELECT data FROM sessions WHERE id = ? AND updated > ?", (found, oldest)
             ).fetchone()
             return row[0] if row else None
 
-        return _parse(self._run(read))
+        try:
+            raw = self._run(read)
+        except StoreUnavailable:
+            self._broken = True  # a broken file fails every turn (stateless routing) until it answers
+            raise
+        self._broken = False
+        return _parse(raw)
 
     async def put(self, record: SessionRecord, alias: str | None) -> None:
-        self._puts += 1
-        trim = self._puts % self._TRIM_EVERY == 0
+        self._pending[record.id] = record  # the caller is done with it (``get`` hands out copies)
+        if alias is not None:
+            self._pending_alias[alias] = (record.id, record.updated)
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.flush_s)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the pending records now, in one transaction off the event loop. A failure is logged
+        (once until a write succeeds): the answers went out, and the next turn routes statelessly."""
+        if not self._pending and not self._pending_alias:
+            return
+        records, aliases = dict(self._pending), dict(self._pending_alias)
+        self._puts += len(records)
+        trim = self._puts >= self._TRIM_EVERY
+        rows = [(r.id, r.updated, r.model_dump_json()) for r in records.values()]
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT OR REPLACE INTO sessions (id, updated, data) VALUES (?, ?, ?)",
-                (record.id, record.updated, record.model_dump_json()),
-            )
-            if alias is not None:
-                db.execute(
+            with db:  # one transaction
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO sessions (id, updated, data) VALUES (?, ?, ?)", rows)
+                db.executemany(
                     "INSERT OR REPLACE INTO aliases (alias, id, updated) VALUES (?, ?, ?)",
-                    (alias, record.id, record.updated),
+                    [(a, sid, at) for a, (sid, at) in aliases.items()],
                 )
-            if trim:
-                self._trim(db)
+                if trim:
+                    self._trim(db)
 
-        self._run(write)
+        try:
+            await asyncio.to_thread(self._run, write)
+        except StoreUnavailable as exc:
+            if not self._write_failing:
+                log.warning("session store cannot be written, %d turns not kept: %s", len(records), exc)
+            self._write_failing = self._broken = True
+        else:
+            self._write_failing = False
+            if trim:
+                self._puts = 0
+        for sid, record in records.items():  # newer turns that came meanwhile stay pending
+            if self._pending.get(sid) is record:
+                del self._pending[sid]
+        for name, held in aliases.items():
+            if self._pending_alias.get(name) == held:
+                del self._pending_alias[name]
+
+    async def aclose(self) -> None:
+        if self._flush_task is not None and not self._flush_task.done():
+            self._flush_task.cancel()
+        await self.flush()
+        await super().aclose()
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
         oldest = time.time() - self.ttl_s
@@ -261,6 +321,7 @@ class SqliteStore(SqliteFile):
         db.execute("DELETE FROM aliases WHERE id NOT IN (SELECT id FROM sessions)")
 
     async def list(self, limit: int) -> list[SessionRecord]:
+        await self.flush()  # what is pending first
         oldest = time.time() - self.ttl_s
         rows = self._run(
             lambda db: db.execute(
@@ -270,6 +331,8 @@ class SqliteStore(SqliteFile):
         return [r for r in (_parse(row[0]) for row in rows) if r is not None]
 
     async def delete(self, session_id: str) -> bool:
+        await self.flush()  # what is pending first
+
         def remove(db: sqlite3.Connection) -> bool:
             gone = db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount
             db.execute("DELETE FROM aliases WHERE id = ?", (session_id,))
@@ -278,6 +341,8 @@ class SqliteStore(SqliteFile):
         return bool(self._run(remove))
 
     async def clear(self) -> int:
+        await self.flush()  # what is pending first
+
         def wipe(db: sqlite3.Connection) -> int:
             n = db.execute("DELETE FROM sessions").rowcount
             db.execute("DELETE FROM aliases")

@@ -76,7 +76,12 @@ class CentroidClassifier:
         return cls(labels, centroids, center, temperature)
 
     def similarities(self, vectors: np.ndarray) -> np.ndarray:
-        cosines: np.ndarray = _normalise(vectors - self.center) @ self.centroids.T
+        # Row by row: a matrix product's last bits depend on how many rows it multiplies, and one
+        # prompt's decision must not depend on the prompts routed beside it (coe/pipeline/batching.py).
+        rows = _normalise(vectors - self.center)
+        cosines = np.zeros((len(rows), len(self.labels)), dtype=np.float64)
+        for i, row in enumerate(rows):
+            cosines[i] = self.centroids @ row
         return cosines
 
     def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +169,10 @@ class KNNClassifier:
         return normalised
 
     def predict_proba(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sims, idx = self._exact.search(vectors, self.k)
+        # Row by row, as the centroid's similarities: faiss takes another code path from 20 queries on.
+        found = [self._exact.search(row[None, :], self.k) for row in vectors]
+        sims = np.vstack([f[0] for f in found]) if found else np.zeros((0, self.k), dtype=np.float32)
+        idx = np.vstack([f[1] for f in found]) if found else np.zeros((0, self.k), dtype=np.int64)
         best = np.zeros((len(sims), len(self.labels)), dtype=np.float64)
         rows = np.repeat(np.arange(len(sims)), sims.shape[1])
         np.maximum.at(best, (rows, self.y[idx].ravel()), sims.ravel())

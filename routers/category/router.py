@@ -210,6 +210,12 @@ class CategoryRouter:
             for p, s, stage, m, c in zip(pred.probs, pred.scores, pred.stages, members, close, strict=True)
         ]
 
+    @property
+    def asks_experts(self) -> bool:
+        """Whether routing calls an expert (``classifier: llm``); if not, the pipeline batches
+        ``route`` across concurrent requests (coe.pipeline.batching)."""
+        return self.llm is not None
+
     async def aroute(self, requests: Sequence[Request], call_expert: CallExpert) -> list[RouteDecision]:
         """With ``classifier: llm``, ask the classifying expert; if it fails, route without it."""
         if self.llm is None or not requests:

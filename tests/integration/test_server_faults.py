@@ -867,3 +867,36 @@ def test_an_unknown_model_id_suggests_the_nearest_ids(stubs) -> None:  # type: i
         unlike = assert_openai_error(client.post("/v1/chat/completions", json=far), 404)
     assert "did you mean 'coe/expert/ok'" in error["message"]
     assert "did you mean" not in unlike["message"] and "GET /v1/models" in unlike["message"]
+
+
+# llama-server's answer when a chat template's tool-call parser cannot read what the model wrote
+# (seen from SmolLM2 with `tools`): a 500 for that request, not a dead server.
+PEG_500 = "The model produced output that does not match the expected peg-native format"
+
+
+def test_an_expert_500_for_a_tools_request_falls_back_or_is_a_503_naming_it(tmp_path: Path) -> None:
+    """A non-forced ``tools`` request whose expert answers that 500: a failed attempt that falls back
+    when the decision has another candidate, else a 503 in OpenAI's shape naming the expert and what
+    it said; never a bare 500. The tools go to the expert as given (no forced-call schema)."""
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    with (
+        stub_server("500", error=PEG_500) as (bad_url, bad),
+        stub_server("ok", text="answer from ok stub") as (ok_url, _),
+    ):
+        path = make_registry(tmp_path, {"bad": (bad_url, ""), "ok": (ok_url, "")})
+        with client_for(path) as client:
+            for stream in (False, True):
+                body = {"messages": USER, "tools": tools, "tool_choice": "auto", "stream": stream}
+                fell_back = client.post("/v1/chat/completions", json={**body, "model": "coe/category/to_bad"})
+                assert fell_back.status_code == 200, fell_back.text
+                assert fell_back.headers["x-coe-expert"] == "ok"
+                alone = client.post("/v1/chat/completions", json={**body, "model": "coe/expert/bad"})
+                error = assert_openai_error(alone, 503)
+                assert error["code"] == "all_experts_failed"
+                assert (
+                    "bad" in error["message"]
+                    and "HTTP 500" in error["message"]
+                    and "peg-native" in error["message"]
+                )
+    assert bad.bodies and all(b["tools"][0]["function"]["name"] == "lookup" for b in bad.bodies)
+    assert all("response_format" not in b for b in bad.bodies)

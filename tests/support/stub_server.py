@@ -66,9 +66,12 @@ FAULTS: dict[str, tuple[bytes, list[bytes]]] = {
 
 
 class StubState:
-    def __init__(self, mode: Mode, text: str = "stub answer", hang_s: float = 5.0) -> None:
+    def __init__(
+        self, mode: Mode, text: str = "stub answer", hang_s: float = 5.0, error: str = "injected failure"
+    ) -> None:
         self.mode = mode
         self.text = text
+        self.error = error  # the message of a "500" (e.g. llama-server's own words)
         self.hang_s = hang_s  # how long "hang" holds a request, unless the stub shuts down first
         self.calls = 0
         self.connections = 0  # TCP connections accepted: a client that reuses its connection opens one
@@ -122,7 +125,7 @@ def _handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             if mode == "500-then-ok":
                 mode = "500" if state.calls == 1 else "ok"
             if mode == "500":
-                return self._send(500, {"error": {"message": "injected failure"}})
+                return self._send(500, {"error": {"message": state.error}})
             if mode == "400":
                 return self._send(400, {"error": {"message": "bad request injected"}})
             if mode == "hang":
@@ -236,9 +239,9 @@ class _QuietServer(ThreadingHTTPServer):
 
 @contextmanager
 def stub_server(
-    mode: Mode, text: str = "stub answer", hang_s: float = 5.0
+    mode: Mode, text: str = "stub answer", hang_s: float = 5.0, error: str = "injected failure"
 ) -> Iterator[tuple[str, StubState]]:
-    state = StubState(mode, text, hang_s)
+    state = StubState(mode, text, hang_s, error)
     server = _QuietServer(("127.0.0.1", 0), _handler(state))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -83,8 +83,9 @@ def test_settings_survive_a_dump_and_reload() -> None:
 def test_another_routers_keys_are_refused_with_this_routers_keys(tmp_path: Path) -> None:
     path = tmp_path / "experts.yaml"
     assert issues_of(path, EXPERTS + "router:\n  type: cost\n  categories: {x: {expert: a}}\n") == [
-        f"{path}:6: router.categories: unknown key 'categories'; expected one of: type, sessions, cost"
-    ]
+        f"{path}:6: router.categories: unknown key 'categories'; expected one of: type, sessions, cost",
+        f"{path}:4: router.cost: the cost router needs a cost block with a model (from `coe train-cost-router`)",
+    ]  # every problem in one run: the unknown key and the cost router's own check
 
 
 def test_an_unknown_router_type_is_a_load_error_at_its_line(tmp_path: Path) -> None:
@@ -175,7 +176,8 @@ def test_a_plugins_settings_model_gives_the_same_errors_as_a_built_in(plugin: Pa
     path = plugin / "experts.yaml"
     pin = EXPERTS + "router:\n  type: pin_plugin:PinRouter\n  expert: zed\n"
     assert issues_of(path, pin + "  wieght: 2\n") == [
-        f"{path}:7: router.wieght: unknown key 'wieght'; expected one of: type, sessions, expert, weight"
+        f"{path}:7: router.wieght: unknown key 'wieght'; expected one of: type, sessions, expert, weight",
+        f"{path}:6: router.expert: unknown expert 'zed'; expected one of: a, b",
     ]
     assert issues_of(path, pin) == [f"{path}:6: router.expert: unknown expert 'zed'; expected one of: a, b"]
     path.write_text(EXPERTS + "router:\n  type: pin_plugin:PinRouter\n  expert: b\n")

@@ -143,6 +143,7 @@ async def test_a_store_forgets_after_ttl_and_keeps_at_most_max_sessions(kind: in
     for i in range(5):
         await store.put(SessionRecord(id=f"s{i}", expert="coder", updated=time.time() + i), None)  # type: ignore[attr-defined]
     if isinstance(store, SqliteStore):
+        await store.flush()  # written behind the request; write the pending turns now
         store._trim(store._conn())  # the size sweep runs every few hundred puts; run it now
     listed = [r.id for r in await store.list(10)]  # type: ignore[attr-defined]
     assert listed == ["s4", "s3", "s2"]  # the least recently continued went first

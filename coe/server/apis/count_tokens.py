@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 from fastapi.responses import JSONResponse
 
 from coe.capabilities.needs import estimate_tokens
@@ -69,13 +68,10 @@ async def exact_count(coe: CoE, name: str, request: Request) -> int | None:
     try:
         async with coe.pool.lease(name) as url:
             root = url.rstrip("/").removesuffix("/v1")
-            http = calls.client.http
-            applied = await http.post(f"{root}/apply-template", json=payload, timeout=TIMEOUT_S)
-            applied.raise_for_status()
-            body = {"content": applied.json()["prompt"], "add_special": True, "parse_special": True}
-            tokenized = await http.post(f"{root}/tokenize", json=body, timeout=TIMEOUT_S)
-            tokenized.raise_for_status()
-            tokens = tokenized.json()["tokens"]
-    except (CoEError, httpx.HTTPError, ValueError, KeyError, TypeError):
+            post = calls.client.post_json
+            applied = await post(name, f"{root}/apply-template", payload, TIMEOUT_S)
+            body = {"content": applied["prompt"], "add_special": True, "parse_special": True}
+            tokens = (await post(name, f"{root}/tokenize", body, TIMEOUT_S))["tokens"]
+    except (CoEError, KeyError, TypeError):
         return None
     return len(tokens) if isinstance(tokens, list) else None
