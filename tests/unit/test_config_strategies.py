@@ -84,7 +84,8 @@ def test_another_routers_keys_are_refused_with_this_routers_keys(tmp_path: Path)
     path = tmp_path / "experts.yaml"
     assert issues_of(path, EXPERTS + "router:\n  type: cost\n  categories: {x: {expert: a}}\n") == [
         f"{path}:6: router.categories: unknown key 'categories'; expected one of: type, sessions, cost",
-        f"{path}:4: router.cost: the cost router needs a cost block with a model (from `coe train-cost-router`)",
+        f"{path}:4: router.cost: the cost router needs a cost block with a model"
+        " (from `coe train-cost-router`)",
     ]  # every problem in one run: the unknown key and the cost router's own check
 
 
