@@ -102,6 +102,7 @@ def _parts(config: CoEConfig, settings: ServerSettings) -> _Parts:
         _concurrency(config, settings),
         settings.max_queue,
         on_reject=lambda name: metrics.rejected.labels(expert=name).inc(),
+        process_of=coe.pool.groups.host,
     )
     recorder = _recorder(coe, metrics)
     readiness = Readiness(coe)
