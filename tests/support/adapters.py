@@ -10,6 +10,7 @@ so that the delta is ``B @ A * alpha / rank``.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,7 @@ def write_lora(
     than the base's writes an adapter llama.cpp (and ``coe validate``) refuses for that base."""
     import gguf
 
-    reader = gguf.GGUFReader(base or base_path())
-    arch = str(reader.fields["general.architecture"].contents())
-    shapes = {
-        t.name: (int(t.shape[0]), int(t.shape[1]))
-        for t in reader.tensors
-        if t.name.startswith("blk.") and t.name.split(".")[2] in targets and t.name.endswith(".weight")
-    }
+    arch, shapes = _base_shapes(base or base_path(), targets)
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), architecture or arch)
     writer.add_string("general.type", "adapter")
@@ -60,6 +55,22 @@ def write_lora(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@functools.cache
+def _base_shapes(base: Path, targets: tuple[str, ...]) -> tuple[str, dict[str, tuple[int, int]]]:
+    """The base's architecture and the (in, out) dims of its target weights: reading the header takes
+    seconds (the tokenizer's arrays), so once per base."""
+    import gguf
+
+    reader = gguf.GGUFReader(base)
+    arch = str(reader.fields["general.architecture"].contents())
+    shapes = {
+        t.name: (int(t.shape[0]), int(t.shape[1]))
+        for t in reader.tensors
+        if t.name.startswith("blk.") and t.name.split(".")[2] in targets and t.name.endswith(".weight")
+    }
+    return arch, shapes
 
 
 def write_loras(folder: Path, count: int, *, base: Path | None = None) -> list[Path]:

@@ -229,3 +229,10 @@ def test_experts_list_shows_which_process_serves_each(adapters: Path) -> None:
     assert rows["legal"]["process"] == rows["base"]["process"].replace("base;", "adapter 0;")
     assert rows["base"]["process"] == "base (base; 3 experts)" and rows["other"]["process"] == "own"
     assert rows["medical"]["lora"] == "adapters/medical.gguf"
+
+
+def test_ray_deployment_of_adapter_experts_is_refused_not_guessed(adapters: Path) -> None:
+    from coe.deploy.plan import DeployError, plan
+
+    with pytest.raises(DeployError, match=r"LoRA adapters of one base \(base, legal, medical\)"):
+        plan(registry(adapters))
