@@ -176,7 +176,8 @@ def measure(config: CoEConfig, args: argparse.Namespace) -> dict[str, Any]:
         assert len(loaded) == len(coe.pool.groups.hosts(names)), coe.pool.supervisor.error(names[0])
         pids = list(coe.pool.running.values())
         result: dict[str, Any] = {"processes": len(pids), "start_s": start_s, "idle": memory_mb(pids)}
-        coe.run(_latencies(coe, names, 4, args.max_tokens))  # warm-up: first-request buffers
+        # Warm-up: every process answers twice first (its first request allocates its buffers).
+        coe.run(_latencies(coe, names, max(4, 2 * len(names)), args.max_tokens))
         stay = coe.run(_latencies(coe, names[:1], args.requests, args.max_tokens))
         switch = coe.run(_latencies(coe, names, args.requests, args.max_tokens))
         # Without llama-server's prompt cache: what the switch itself costs (a prefix cached under one
