@@ -1,7 +1,8 @@
 """LoRA adapters as experts with the real llama-server and the packaged SmolLM2: adapters written with
 the gguf package share one process with the base, each pinned request is answered by its own adapter
 at temperature 0 (scale 0 answers as the base alone), and the answers stay the same whether requests
-stay on one adapter, alternate, or run at once; a crash restarts the process once for all of them."""
+stay on one adapter, alternate, or run at once; an adapter expert whose process cannot start falls
+back to the next candidate; a crash restarts the process once for all of them."""
 
 from __future__ import annotations
 
@@ -31,15 +32,17 @@ SHORT = {"temperature": 0.0, "max_tokens": 16}
 @pytest.fixture(scope="module")
 def coe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoE]:
     """``base`` and three adapters share one process; ``alone`` is the same base in a process of its
-    own (another ctx), to compare scale 0 with."""
+    own (another ctx), to compare scale 0 with; ``bad`` has an adapter of another architecture."""
     folder = tmp_path_factory.mktemp("lora-e2e")
     for seed in (1, 2, 3):
         write_lora(folder / f"a{seed}.gguf", seed=seed)
+    write_lora(folder / "gemma.gguf", seed=4, architecture="gemma3")  # llama-server refuses it
     experts = "".join(f"  a{s}: {{serve: {{{SERVE}, lora: a{s}.gguf}}}}\n" for s in (1, 2, 3))
     (folder / "experts.yaml").write_text(
         "version: 1\nexperts:\n"
         f"  base: {{serve: {{{SERVE}}}}}\n{experts}"
         f"  alone: {{serve: {{engine: llamacpp, gguf: '{SMOLLM}', ctx: 256, parallel: 1, threads: 1}}}}\n"
+        f"  bad: {{serve: {{engine: llamacpp, gguf: '{SMOLLM}', ctx: 384, parallel: 1, lora: gemma.gguf}}}}\n"
         "router:\n  categories:\n    any: {expert: a1, examples: [hi]}\n"
     )
     with CoE(load_config(folder / "experts.yaml")) as coe:
@@ -82,6 +85,14 @@ def test_concurrent_requests_to_different_adapters_keep_their_own(coe: CoE) -> N
     result = coe.run(VoteAggregator().combine(request, answers, ctx))
     assert ctx.trace.aggregation is not None and sorted(ctx.trace.aggregation.answered) == experts
     assert result.text in alone.values()
+
+
+def test_an_adapter_expert_that_cannot_start_falls_back_to_the_next(coe: CoE) -> None:
+    decision = RouteDecision(router="test", experts=["bad", "a2"], fanout=1)
+    answer = coe.ask(PROMPT, decision=decision, **SHORT)
+    assert answer.expert == "a2" and answer.text == ask(coe, "a2")
+    assert answer.trace.fallback_used and [a.ok for a in answer.trace.attempts] == [False, True]
+    assert "bad" not in coe.pool.running and coe.pool.state("base") == "ready"  # the group is untouched
 
 
 def test_a_crash_restarts_the_shared_process_once_for_all_its_experts(coe: CoE) -> None:
