@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,25 @@ def test_a_crash_restarts_the_shared_process_once_for_all_its_experts(coe: CoE) 
     stats = coe.pool.stats()
     assert stats.crashes == {"base": 1, "a1": 1, "a2": 1, "a3": 1}  # one crash, seen by each expert
     assert stats.starts["a2"] == stats.starts["base"] == 2  # one restart for all of them
+
+
+def test_the_cache_keeps_adapter_experts_apart(tmp_path: Path) -> None:
+    """The adapter is part of the expert's identity: a pinned adapter expert replays its own cached
+    answer, never another adapter's of the same process."""
+    write_lora(tmp_path / "a1.gguf", seed=1)
+    write_lora(tmp_path / "a2.gguf", seed=2)
+    experts = "".join(f"  a{s}: {{serve: {{{SERVE}, lora: a{s}.gguf}}}}\n" for s in (1, 2))
+    (tmp_path / "experts.yaml").write_text(
+        f"version: 1\nexperts:\n{experts}"
+        "router:\n  categories:\n    any: {expert: a1, examples: [hi]}\n"
+        "signals: {cache: {semantic: false, store: memory}}\n"
+    )
+    with CoE(load_config(tmp_path / "experts.yaml")) as coe:
+        first = coe.ask(PROMPT, expert="a1", **SHORT)
+        again = coe.ask(PROMPT, expert="a1", **SHORT)
+        other = coe.ask(PROMPT, expert="a2", **SHORT)
+        assert first.trace.cache is not None and first.trace.cache.status == "miss"
+        assert again.trace.cache is not None and again.trace.cache.status == "hit"
+        assert again.text == first.text
+        assert other.trace.cache is not None and other.trace.cache.status == "miss"
+        assert other.text != first.text and list(coe.pool.running) == ["a1"]  # one process for both
