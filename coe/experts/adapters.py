@@ -37,6 +37,8 @@ def check_adapter(spec: LlamaCppServe | VllmServe, base_dir: Path) -> str | None
 def _check_gguf_adapter(path: Path, spec: LlamaCppServe, base_dir: Path) -> str | None:
     if not path.is_file():
         return f"adapter file not found: {path}"
+    if "," in str(path):  # llama-server reads its adapters as one comma-separated list
+        return f"{path}: llama-server cannot load an adapter whose path holds a comma; rename it"
     try:
         meta = read_gguf_metadata(path)
     except (OSError, ValueError, KeyError, struct.error) as exc:
