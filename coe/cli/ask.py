@@ -93,19 +93,25 @@ def _rough_categories(config: CoEConfig) -> list[tuple[tuple[str, ...], str]]:
 
 
 def _load_problems(config: CoEConfig) -> list[tuple[str, str]]:
-    """(key path, message) for each model file that does not resolve and each strategy that cannot
+    """(key path, message) for each model or adapter file that does not resolve (or is no adapter of its
+    expert's base) and each strategy that cannot
     be built (coe.pipeline.readiness). The strategies are built only once the encoder resolves: each of them
     would otherwise repeat its error."""
     from coe.encoding.files import resolve_encoder_files
     from coe.errors import ModelNotFoundError
+    from coe.experts.adapters import check_adapter
     from coe.experts.models import check_serve
     from coe.orchestrator import CoE
     from coe.pipeline import readiness
 
     problems: list[tuple[str, str]] = []
     for name, expert in config.experts.items():
-        if expert.serve is not None and (found := check_serve(expert.serve, config.base_dir)):
+        if expert.serve is None:
+            continue
+        if found := check_serve(expert.serve, config.base_dir):
             problems.append((f"experts.{name}.serve.{found[0]}", found[1]))
+        elif (why := check_adapter(expert.serve, config.base_dir)) is not None:
+            problems.append((f"experts.{name}.serve.lora", why))
     try:
         emb = config.embedder
         resolve_encoder_files(emb.model, emb.backend, emb.path, config.base_dir)

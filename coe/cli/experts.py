@@ -20,26 +20,34 @@ def register(root: typer.Typer) -> None:
 
 @experts_app.command("list")
 def experts_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
-    """The experts of the registry, where they live and which categories map to them."""
+    """The experts of the registry, where they live, which process serves them (LoRA adapters of one
+    base share one) and which categories map to them."""
+    from coe.experts.groups import ProcessGroups
+
     cfg = load(config)
+    groups = ProcessGroups(cfg)
     rows: list[dict[str, Any]] = []
     for name, e in cfg.experts.items():
         cats = [c for c, spec in cfg.router.category_routes().items() if spec.expert == name]
         if cfg.router.fallback_expert() == name:
             cats.append("(fallback)")
         where = e.serve.where if e.serve else (e.endpoint or e.provider or "")
+        lora = e.serve.lora if e.serve else None
         rows.append({"name": name, "kind": e.kind, "model": e.model or name, "where": where,
-                     "params_b": e.params_b, "categories": cats})  # fmt: skip
+                     "lora": lora, "process": groups.describe(name), "params_b": e.params_b,
+                     "categories": cats})  # fmt: skip
     if as_json:
         print_json(rows)
         return
-    table = Table("expert", "kind", "model", "where", "params (B)", "categories")
+    table = Table("expert", "kind", "model", "where", "lora", "process", "params (B)", "categories")
     for r in rows:
         table.add_row(
             r["name"],
             r["kind"],
             r["model"],
             r["where"],
+            r["lora"] or "-",
+            r["process"],
             str(r["params_b"] or "-"),
             ", ".join(r["categories"]),
         )

@@ -29,8 +29,30 @@ class GenerationParams(Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="engine-specific request fields")
 
 
+# A LoRA adapter as an expert: experts whose serve blocks differ only in these two share one engine
+# process that loads every adapter (coe.experts.groups).
+LoraPath = Annotated[
+    str | None,
+    Field(
+        description="a LoRA adapter of this base model (llama.cpp: a GGUF adapter file; vLLM: a PEFT "
+        "adapter folder), relative to this file or pkg:MODULE/FILE; experts whose serve blocks differ only "
+        "in lora and lora_scale share one process that loads all their adapters, an expert without lora "
+        "on the same base included",
+    ),
+]
+LoraScale = Annotated[
+    float, Field(ge=0, description="how strongly the adapter applies (llama.cpp; vLLM: 1.0 only)")
+]
+
+
+def _scale_needs_lora(spec: LlamaCppServe | VllmServe) -> None:
+    if "lora_scale" in spec.model_fields_set and spec.lora is None:
+        raise ValueError("lora_scale is set but lora is not: name the adapter file")
+
+
 class LlamaCppServe(Strict):
-    """Run llama.cpp's ``llama-server`` for this expert, one process per expert on a loopback port."""
+    """Run llama.cpp's ``llama-server`` for this expert, one process per expert on a loopback port
+    (one per group of LoRA adapters of one base: ``lora``)."""
 
     engine: Literal["llamacpp"] = Field(description="llama.cpp's llama-server")
     gguf: str = Field(description="pkg:MODULE/FILE, pkg:MODULE (assembling package) or a path")
@@ -57,6 +79,13 @@ class LlamaCppServe(Strict):
     gpu_layers: int = Field(0, ge=-1, description="layers offloaded to a GPU; -1: all")
     extra_args: list[str] = Field(default_factory=list, description="passed to llama-server as is")
     startup_timeout_s: float = Field(120.0, gt=0, description="longest wait for the server to answer /health")
+    lora: LoraPath = None
+    lora_scale: LoraScale = 1.0
+
+    @model_validator(mode="after")
+    def _adapter(self) -> LlamaCppServe:
+        _scale_needs_lora(self)
+        return self
 
     @property
     def where(self) -> str:
@@ -79,6 +108,16 @@ class VllmServe(Strict):
     extra_args: list[str] = Field(default_factory=list, description="passed to `vllm serve` as is")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the process")
     startup_timeout_s: float = Field(900.0, gt=0, description="longest wait for the server to answer /health")
+    lora: LoraPath = None
+    lora_scale: LoraScale = 1.0
+
+    @model_validator(mode="after")
+    def _adapter(self) -> VllmServe:
+        _scale_needs_lora(self)
+        # vLLM has no per-request adapter strength: a scale other than 1 would be silently ignored.
+        if self.lora_scale != 1.0:
+            raise ValueError("vLLM applies a LoRA adapter at scale 1.0 only: drop lora_scale")
+        return self
 
     @property
     def parallel(self) -> int:

@@ -77,6 +77,16 @@ class DeployPlan(BaseModel):
 
 
 def plan(config: CoEConfig, ray_llm_available: bool = False) -> DeployPlan:
+    from coe.experts.groups import ProcessGroups
+
+    if shared := ProcessGroups(config).groups():
+        # The ingress would reach them as plain endpoints and never send the per-request adapter
+        # scales: each would answer with whatever scales the process last had. Refused, not guessed.
+        names = "; ".join(", ".join(g.experts) for g in shared)
+        raise DeployError(
+            f"experts that are LoRA adapters of one base ({names}) cannot be deployed on Ray yet: "
+            "serve them with `coe serve`, or give each its own model file"
+        )
     top = config.deploy.ray or IngressRayDeployment()
     ingress = DeploymentPlan(
         expert=INGRESS,

@@ -197,9 +197,10 @@ class ExpertCalls:
 
     def payload(self, name: str, request: Request) -> dict[str, Any]:
         """The Chat Completions body for one expert: the request's messages and fields as the caller
-        sent them, over the expert's defaults. Two changes, both for engines CoE runs: ``developer``
-        becomes ``system`` (chat templates know no developer role), and a forced tool choice the
-        engine would ignore becomes a JSON schema (coe.capabilities.forced)."""
+        sent them, over the expert's defaults. Three changes, all for engines CoE runs: ``developer``
+        becomes ``system`` (chat templates know no developer role), a forced tool choice the engine
+        would ignore becomes a JSON schema (coe.capabilities.forced), and an expert that is a LoRA
+        adapter of a shared process selects its adapter (coe.experts.groups)."""
         expert = self.config.experts[name]
         managed = expert.serve is not None
         messages = [m.payload() for m in request.messages]
@@ -223,6 +224,7 @@ class ExpertCalls:
                 payload[key] = value.model_dump(exclude_none=True, by_alias=True)
             elif value is not None:
                 payload[key] = value
+        payload.update(self.pool.groups.request_fields(name))
         if self.enforces(name, request):
             payload = forced_calls.constrain(payload, request)
         return with_turn_stops(payload, turn_markers(expert))  # the template's turns end an answer

@@ -24,8 +24,10 @@ from coe.experts.supervisor import Supervisor, expert_with_url
 Entry = dict[str, object]
 
 
-def fingerprint(expert: ExpertConfig) -> str:
-    return hashlib.sha1(expert.model_dump_json(exclude={"api_key"}).encode()).hexdigest()[:16]
+def fingerprint(*experts: ExpertConfig) -> str:
+    """The settings of the experts a process serves (several when they share it)."""
+    text = "".join(e.model_dump_json(exclude={"api_key"}) for e in experts)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def read_records(path: Path) -> dict[str, Entry]:
@@ -71,7 +73,7 @@ class DetachedExperts:
         self.config = config
         self.supervisor = supervisor
         self.budget = budget
-        self.adopted: dict[str, str] = {}
+        self.adopted: dict[str, str] = {}  # by process: a group's name for experts that share one
 
     @property
     def path(self) -> Path:
@@ -84,8 +86,9 @@ class DetachedExperts:
     async def adopt(self, name: str) -> str | None:
         """Reuse the expert's detached server if one is up with the expert's current settings: its URL,
         or None."""
+        name = self.supervisor.groups.host(name)
         entry = self.records().get(name)
-        if not entry or entry.get("fingerprint") != fingerprint(self.config.experts[name]):
+        if not entry or entry.get("fingerprint") != self._fingerprint(name):
             return None
         url = str(entry["url"])
         if entry_pid(entry) is None or not await healthy(url):
@@ -103,7 +106,8 @@ class DetachedExperts:
         each one left cold was not started."""
         records = self.records()
         skipped: dict[str, str] = {}
-        for name in names or [n for n, e in self.config.experts.items() if e.serve is not None]:
+        managed = names or [n for n, e in self.config.experts.items() if e.serve is not None]
+        for name in self.supervisor.groups.hosts(managed):
             if expert_with_url(self.config, name).serve is None or await self.adopt(name):
                 continue
             if not self.budget.fits([*self.adopted, name]):
@@ -115,12 +119,14 @@ class DetachedExperts:
             except ExpertError as exc:
                 self.supervisor.mark(name, "failed", exc.reason)
                 raise
-            fp = fingerprint(self.config.experts[name])
-            records[name] = {"pid": server.pid, "url": server.url, "fingerprint": fp}
+            records[name] = {"pid": server.pid, "url": server.url, "fingerprint": self._fingerprint(name)}
             write_records(self.path, records)
             self.adopted[name] = server.url
             self.supervisor.mark(name, "ready")
         return skipped
+
+    def _fingerprint(self, host: str) -> str:
+        return fingerprint(*(self.config.experts[n] for n in self.supervisor.groups.members(host)))
 
     def down(self) -> list[str]:
         """Stop what ``coe experts up`` started (``coe experts down``)."""

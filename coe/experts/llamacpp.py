@@ -15,9 +15,11 @@ import importlib.util
 import os
 import shutil
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from coe.config import CoEConfig, LlamaCppServe
+from coe.experts.groups import Group
 from coe.experts.models import resolve_model, shipped_template
 from coe.experts.process import ServerProcess, free_port, tail
 from coe.experts.templates import turn_markers
@@ -59,10 +61,13 @@ def build_command(
     threads: int,
     template_file: Path | None = None,
     special: bool = False,
+    loras: Sequence[Path] = (),
 ) -> list[str]:
     """Jinja on (llama-server renders tools only through a Jinja template), with ``template_file``
     when one is given; a built-in template name turns Jinja off, and with it tools. ``special``:
-    marker tokens come out as their text, so that turn stops can match them (coe.experts.templates)."""
+    marker tokens come out as their text, so that turn stops can match them (coe.experts.templates).
+    ``loras``: adapters loaded beside the model, ids in this order; one comma-separated ``--lora``,
+    because llama-server keeps only the last of several ``--lora`` flags."""
     cmd = [
         str(binary),
         "--model", str(model),
@@ -90,6 +95,8 @@ def build_command(
         cmd.append("--jinja")
     if special:
         cmd.append("--special")
+    if loras:
+        cmd += ["--lora", ",".join(str(p) for p in loras)]
     return [*cmd, *spec.extra_args]
 
 
@@ -127,10 +134,18 @@ class LlamaServer(ServerProcess):
 
 
 def llamacpp_server(
-    name: str, spec: LlamaCppServe, config: CoEConfig, log_path: Path, *, threads: int
+    name: str,
+    spec: LlamaCppServe,
+    config: CoEConfig,
+    log_path: Path,
+    *,
+    threads: int,
+    group: Group | None = None,
 ) -> LlamaServer:
-    """Resolve the model (offline, hash-checked) and prepare the process; nothing runs yet."""
+    """Resolve the model (offline, hash-checked) and the group's adapters, and prepare the process;
+    nothing runs yet."""
     model = resolve_model(spec.gguf, config.base_dir, spec.sha256)
+    loras = [resolve_model(ref, config.base_dir, key="serve.lora") for ref in group.adapters] if group else []
     template = template_file(spec, config.base_dir)
     if template is not None and not template.is_file():
         raise FileNotFoundError(f"chat template file not found: {template}")
@@ -146,5 +161,6 @@ def llamacpp_server(
         threads=threads,
         template_file=template,
         special=special,
+        loras=loras,
     )
     return LlamaServer(name, command, port, log_path)

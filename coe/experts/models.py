@@ -111,8 +111,24 @@ def check_serve(spec: LlamaCppServe | VllmServe, base_dir: Path) -> tuple[str, s
     return ("model", f"model folder not found: {path}") if local and not path.exists() else None
 
 
-def resolve_model(ref: str, base_dir: Path, sha256: str | None = None) -> Path:
-    """Return a local path to the model file, assembling and hash-checking it when needed."""
+def package_file(ref: str) -> Path:
+    """Where ``pkg:MODULE/FILE`` lies inside the installed package, without assembling anything."""
+    module, _, file = ref.removeprefix("pkg:").partition("/")
+    return _package_dir(module) / file
+
+
+def adapter_path(ref: str, base_dir: Path) -> Path:
+    """The adapter's local path: ``pkg:MODULE/FILE`` inside an installed package, else a path
+    relative to the registry. Adapters are small: no assembling, no pinned hash."""
+    if ref.startswith("pkg:"):
+        return package_file(ref)
+    path = Path(os.path.expanduser(ref))
+    return path if path.is_absolute() else base_dir / path
+
+
+def resolve_model(ref: str, base_dir: Path, sha256: str | None = None, key: str = "serve.gguf") -> Path:
+    """Return a local path to the model file, assembling and hash-checking it when needed; ``key``
+    names the registry field in the error."""
     expected = sha256 or (k.sha256 if (k := known_model(ref)) else None)
     if ref.startswith("pkg:"):
         module, _, file = ref[4:].partition("/")
@@ -123,7 +139,7 @@ def resolve_model(ref: str, base_dir: Path, sha256: str | None = None) -> Path:
     else:
         path = _as_path(ref, base_dir)
         if not path.is_file():
-            raise ModelNotFoundError(f"model file not found: {path} (from serve.gguf {ref!r})")
+            raise ModelNotFoundError(f"model file not found: {path} (from {key} {ref!r})")
     if expected:
         verify_sha256(path, expected)
     return path

@@ -10,6 +10,9 @@ never stopped, put to sleep or evicted until the block exits (a whole stream inc
   goes to sleep (ready -> stopping -> asleep, weights in host RAM) and wakes on its next use; a
   llama.cpp expert is stopped (-> cold). A process that dies on its own is marked failed and started
   again on its next use (``supervisor.crashes`` counts those; coe.experts.supervisor).
+* Experts that are LoRA adapters of one base share one process (coe.experts.groups): leasing any of
+  them holds it, it is started, evicted and restarted after a crash once for all of them, and its
+  memory (the base plus the adapters) is counted once.
 * ``coe experts up`` starts experts detached; they are adopted (reused, never evicted, counted in the
   budget) and left running (coe.experts.detached).
 
@@ -65,6 +68,7 @@ class ExpertPool:
         changes = Changes()
         self.budget = MemoryBudget(config)
         self.supervisor = Supervisor(config, on_change=changes.notify)
+        self.groups = self.supervisor.groups  # which experts share a process
         self.detached = DetachedExperts(config, self.supervisor, self.budget)
         self.scheduler = Scheduler(config, self.supervisor, self.detached, self.budget, changes)
 
@@ -111,6 +115,7 @@ class ExpertPool:
         dashboard, /readyz). A crashed process is noticed here too."""
         recorded = self.detached.records()
         out = []
+        state: State
         for name, expert in self.config.experts.items():
             if expert.serve is None:
                 where = expert.endpoint or expert.provider
@@ -119,14 +124,17 @@ class ExpertPool:
                 out.append(ExpertStatus(name, expert.kind, "external", where, None, detail))
                 continue
             self.supervisor.reap(name)
-            server, entry = self.supervisor.server(name), recorded.get(name)
+            host = self.groups.host(name)
+            server, entry = self.supervisor.server(name), recorded.get(host)
             size = self.budget.known(name)
             size = expert.memory_gb if size is None else size
+            shared = f"shares {host}'s process" if host != name else ""
             if server is not None and server.alive():
-                out.append(ExpertStatus(name, "serve", self.state(name), server.url, server.pid, "", size))
+                state = self.state(name)
+                out.append(ExpertStatus(name, "serve", state, server.url, server.pid, shared, size))
             elif entry is not None and (pid := entry_pid(entry)) is not None:
                 url = str(entry["url"])
-                state: State = "ready" if await healthy(url) else "starting"
+                state = "ready" if await healthy(url) else "starting"
                 out.append(ExpertStatus(name, "serve", state, url, pid, "up (detached)", size))
             else:
                 detail = self.error(name) or ""

@@ -13,6 +13,10 @@ Admission policy, so that concurrent online requests do not thrash:
 4. No starvation: once a request has waited ``max_wait_s``, its expert goes first, and the busy
    experts it needs memory from are drained (they take no new leases, finish what they hold, and
    are evicted).
+
+Experts that share a process (coe.experts.groups) are one lease holder: leasing any of them holds
+the process, and everything here is kept by process (its group's name). The counters ``loads`` and
+``evictions`` are by expert: a shared process's start counts for each of its experts.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Scheduler:
         self.detached = detached
         self.budget = budget
         self.changes = changes
+        self.groups = supervisor.groups
         self.loads: dict[str, int] = {}  # starts + wakes: the swap counter
         self.evictions: dict[str, int] = {}  # stopped or put to sleep to make room
         self.in_use: dict[str, int] = {}  # open leases per expert; a leased expert is never evicted
@@ -81,11 +86,12 @@ class Scheduler:
     async def lease(self, name: str) -> AsyncIterator[str]:
         """Hold an expert for one call (a whole stream included): start or wake it, and keep it from
         being stopped or evicted until the block exits. Yields its OpenAI base URL."""
-        url = await self._acquire(name)
+        host = self.groups.host(name)
+        url = await self._acquire(host)
         try:
             yield url
         finally:
-            self._release(name)
+            self._release(host)
 
     async def url_for(self, name: str) -> str:
         """Load the expert if needed and return its URL, without holding it."""
@@ -97,7 +103,8 @@ class Scheduler:
         them without a budget); evicts nothing. Returns those loaded; the supervisor's ``error()`` says
         why the others failed."""
         loaded: list[str] = []
-        for name in names or [n for n, e in self.config.experts.items() if e.serve is not None]:
+        managed = names or [n for n, e in self.config.experts.items() if e.serve is not None]
+        for name in self.groups.hosts(managed):
             try:
                 if self.budget.fits([*loaded, name]):
                     await self.url_for(name)
@@ -108,11 +115,16 @@ class Scheduler:
 
     def expect(self, names: Sequence[str]) -> None:
         """The known queue of upcoming uses, nearest first (a batch plan); ``lookahead`` reads it."""
-        self._upcoming = list(names)
+        self._upcoming = [self.groups.host(n) for n in names]
         self.changes.notify()
 
     def is_loaded(self, name: str) -> bool:
-        return name in self.detached.adopted or self.supervisor.state(name) == "ready"
+        host = self.groups.host(name)
+        return host in self.detached.adopted or self.supervisor.state(host) == "ready"
+
+    def _count(self, counter: dict[str, int], host: str) -> None:
+        for member in self.groups.members(host):
+            counter[member] = counter.get(member, 0) + 1
 
     def resident_gb(self) -> float:
         """Memory held by loaded experts, and by those starting or stopping."""
@@ -241,7 +253,7 @@ class Scheduler:
             self.changes.notify()
 
     async def _evict(self, name: str) -> None:
-        self.evictions[name] = self.evictions.get(name, 0) + 1
+        self._count(self.evictions, name)
         self._draining.pop(name, None)
         await self.supervisor.park(name)
 
@@ -251,7 +263,7 @@ class Scheduler:
             if (adopted := await self.detached.adopt(name)) is not None:
                 return adopted
             url = (await self.supervisor.start(name, detach=False)).url
-        self.loads[name] = self.loads.get(name, 0) + 1
+        self._count(self.loads, name)
         self.supervisor.mark(name, "ready")
         self._last_used[name] = time.monotonic()
         return url

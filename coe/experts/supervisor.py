@@ -1,7 +1,11 @@
 """The expert processes CoE starts itself: start, sleep, wake and stop them, notice one that died on
 its own (a crash) and refuse to start it again past a restart limit, and ask each started engine what
 it can do. It records each expert's state and last error, which the other parts of the pool read;
-when to start or stop a process is the scheduler's decision, not this module's."""
+when to start or stop a process is the scheduler's decision, not this module's.
+
+Experts that share a process (coe.experts.groups) share everything recorded here: asked about any
+of them, it answers for the process (their state, error, server); a start, wake, crash or what the
+engine said it can do is counted for each of them, so that a reader keyed by expert sees it."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from coe.config import CoEConfig, ExpertConfig
 from coe.errors import ExpertError, ModelNotFoundError
 from coe.experts.detect import Detected, detect
 from coe.experts.engines import prepare_server
+from coe.experts.groups import ProcessGroups
 from coe.experts.process import ServerProcess
 from coe.experts.statedir import log_path
 
@@ -36,7 +41,8 @@ def expert_with_url(config: CoEConfig, name: str) -> ExpertConfig:
 class Supervisor:
     def __init__(self, config: CoEConfig, on_change: Callable[[], None]) -> None:
         self.config = config
-        self._servers: dict[str, ServerProcess] = {}
+        self.groups = ProcessGroups(config)
+        self._servers: dict[str, ServerProcess] = {}  # by process, as are the states and errors
         self._states: dict[str, State] = {}
         self._errors: dict[str, str] = {}
         self.starts: dict[str, int] = {}  # processes started per expert
@@ -53,30 +59,35 @@ class Supervisor:
     # ------------------------------------------------------------------------ what is recorded
 
     def state(self, name: str) -> State:
-        return self._states.get(name, "cold")
+        return self._states.get(self.groups.host(name), "cold")
 
     def error(self, name: str) -> str | None:
         """Why the expert last failed to start or died, if it did."""
-        return self._errors.get(name)
+        return self._errors.get(self.groups.host(name))
 
     def mark(self, name: str, state: State, why: str | None = None) -> None:
         """Record the expert's state (the scheduler marks memory it reserves: starting, stopping) and,
         given one, why it failed."""
-        self._states[name] = state
+        host = self.groups.host(name)
+        self._states[host] = state
         if why is not None:
-            self._errors[name] = why
+            self._errors[host] = why
 
     def note_error(self, name: str, why: str) -> None:
         """Record why the expert failed unless an earlier, first cause is already recorded."""
-        self._errors.setdefault(name, why)
+        self._errors.setdefault(self.groups.host(name), why)
 
     def in_state(self, *states: State) -> list[str]:
-        """The experts in any of these states."""
+        """The processes (each named after its first expert) in any of these states."""
         return [n for n, s in self._states.items() if s in states]
 
     def server(self, name: str) -> ServerProcess | None:
         """Our process for the expert (a sleeping one's included), if we hold one."""
-        return self._servers.get(name)
+        return self._servers.get(self.groups.host(name))
+
+    def _count(self, counter: dict[str, int], host: str) -> None:
+        for member in self.groups.members(host):
+            counter[member] = counter.get(member, 0) + 1
 
     @property
     def running(self) -> dict[str, int]:
@@ -88,13 +99,14 @@ class Supervisor:
     def reap(self, name: str) -> str | None:
         """Notice a process that died on its own (a crash): mark it failed so that its next use starts
         it again. Returns why it died, or None while it is fine."""
+        name = self.groups.host(name)
         server = self._servers.get(name)
         if server is None or server.alive() or self.state(name) not in ("ready", "asleep"):
             return None
         code = server.proc.returncode if server.proc is not None else -1
         with self._guard:
             self._servers.pop(name, None)
-        self.crashes[name] = self.crashes.get(name, 0) + 1
+        self._count(self.crashes, name)
         self.mark(name, "failed", server.exit_reason(code if code is not None else -1, "unexpectedly"))
         self._on_change()
         return self._errors[name]
@@ -116,13 +128,16 @@ class Supervisor:
         """Raise the crash's reason if the expert crashed past the restart limit in force."""
         cap = self._crash_caps.get(name)
         if cap is not None and self.crashes.get(name, 0) > cap:
-            raise ExpertError(name, (self._errors.get(name) or "its process crashed").split("\n")[0])
+            why = self._errors.get(self.groups.host(name)) or "its process crashed"
+            raise ExpertError(name, why.split("\n")[0])
 
     # ---------------------------------------------------------------------- start, sleep, stop
 
     async def start(self, name: str, detach: bool) -> ServerProcess:
         """Start a process for the expert and wait until it answers /health. A detached process (``coe
-        experts up``) is left to outlive us: it is not ours to stop afterwards."""
+        experts up``) is left to outlive us: it is not ours to stop afterwards. A shared process is
+        started once, under its group's name, for all its experts."""
+        name = self.groups.host(name)
         spec = self.config.experts[name].serve
         assert spec is not None
         log = log_path(self.config, name)
@@ -143,7 +158,7 @@ class Supervisor:
             with self._guard:
                 self._servers.pop(name, None)
             raise
-        self.starts[name] = self.starts.get(name, 0) + 1
+        self._count(self.starts, name)
         await self.detect(name, server.root)
         if detach:
             with self._guard:
@@ -154,20 +169,23 @@ class Supervisor:
         """Ask the engine at ``root`` what the expert can do (tools, vision, ...), for routing."""
         spec = self.config.experts[name].serve
         if spec is not None and (found := await detect(spec.engine, root)) is not None:
-            self.detected[name] = found
+            self.detected.update(dict.fromkeys(self.groups.members(self.groups.host(name)), found))
 
     async def wake(self, name: str) -> str | None:
         """Wake the expert's sleeping process (only the weights move) and return its URL; None: there
         is none to wake."""
+        name = self.groups.host(name)
         server = self._servers.get(name)
         if server is None or not server.can_sleep or not server.alive():
             return None
         await server.wake()
-        self.wakes[name] = self.wakes.get(name, 0) + 1
+        self._count(self.wakes, name)
         return server.url
 
     async def park(self, name: str) -> None:
-        """Free the expert's memory: put a vLLM process to sleep (asleep), stop any other (cold)."""
+        """Free the expert's memory: put a vLLM process to sleep (asleep), stop any other (cold); a
+        shared process, and so every expert it serves."""
+        name = self.groups.host(name)
         server = self._servers.get(name)
         if server is not None and server.can_sleep and server.alive():
             try:

@@ -20,20 +20,27 @@ here poll /is_sleeping until the state really changed.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from coe.config import CoEConfig, VllmServe
 from coe.errors import ExpertError
+from coe.experts.groups import Group
+from coe.experts.models import adapter_path
 from coe.experts.process import ServerProcess, free_port
 
 SLEEP_LEVEL = 1  # weights to host RAM, KV cache dropped; level 2 would drop the weights too
+# The ranks vLLM's --max-lora-rank accepts (vllm/config/lora.py); the flag takes the next one up.
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def find_vllm(executable: str) -> str:
@@ -51,12 +58,24 @@ def find_vllm(executable: str) -> str:
     return found
 
 
-def build_vllm_command(executable: str, spec: VllmServe, *, alias: str, port: int) -> list[str]:
+def build_vllm_command(
+    executable: str,
+    spec: VllmServe,
+    *,
+    alias: str | Sequence[str],
+    port: int,
+    loras: Mapping[str, Path] | None = None,
+    max_lora_rank: int | None = None,
+) -> list[str]:
+    """``alias``: the base's served model names; ``loras``: adapters by the model name a request
+    selects them with (vLLM's multi-LoRA: ``--enable-lora --lora-modules NAME=PATH``), all resident
+    at once (``--max-loras``)."""
+    names = [alias] if isinstance(alias, str) else list(alias)
     cmd = [
         executable, "serve", spec.model,
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--served-model-name", alias,
+        "--served-model-name", *names,
         "--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}",
         "--max-num-seqs", str(spec.max_num_seqs),
         "--enable-sleep-mode",
@@ -65,6 +84,11 @@ def build_vllm_command(executable: str, spec: VllmServe, *, alias: str, port: in
         cmd += ["--max-model-len", str(spec.max_model_len)]
     if spec.dtype is not None:
         cmd += ["--dtype", spec.dtype]
+    if loras:
+        cmd += ["--enable-lora", "--lora-modules", *(f"{n}={p}" for n, p in loras.items())]
+        cmd += ["--max-loras", str(len(loras))]
+        if max_lora_rank is not None:
+            cmd += ["--max-lora-rank", str(max_lora_rank)]
     return cmd + list(spec.extra_args)
 
 
@@ -115,11 +139,48 @@ class VllmServer(ServerProcess):
             )
 
 
-def vllm_server(name: str, spec: VllmServe, config: CoEConfig, log_path: Path) -> VllmServer:
-    """Prepare the process; nothing runs yet. Sleep endpoints need VLLM_SERVER_DEV_MODE=1."""
+def peft_config(path: Path) -> dict[str, Any]:
+    """A PEFT adapter folder's ``adapter_config.json`` ({} where it has none or it does not parse)."""
+    try:
+        data = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def vllm_max_rank(paths: list[Path]) -> int | None:
+    """The ``--max-lora-rank`` these adapters need (vLLM's default, 16, where none says its rank)."""
+    ranks = [int(r) for p in paths if isinstance(r := peft_config(p).get("r"), int)]
+    if not ranks:
+        return None
+    need = max(ranks)
+    return next((r for r in VLLM_RANKS if r >= need), need)
+
+
+def vllm_server(
+    name: str, spec: VllmServe, config: CoEConfig, log_path: Path, *, group: Group | None = None
+) -> VllmServer:
+    """Prepare the process; nothing runs yet. Sleep endpoints need VLLM_SERVER_DEV_MODE=1. A group's
+    process loads each adapter under its expert's model name; its experts without one are the base's
+    served names (the base model's own name where every expert has an adapter)."""
     port = free_port()
-    alias = config.experts[name].model or name
-    command = build_vllm_command(find_vllm(spec.executable), spec, alias=alias, port=port)
+    model_name = {n: config.experts[n].model or n for n in (group.experts if group else [name])}
+    loras: dict[str, Path] = {}
+    base_names: list[str] = []
+    for member, alias in model_name.items():
+        lora = config.experts[member].serve.lora  # type: ignore[union-attr]
+        if lora is not None:
+            loras[alias] = adapter_path(lora, config.base_dir)
+        else:
+            base_names.append(alias)
+    command = build_vllm_command(
+        find_vllm(spec.executable),
+        spec,
+        alias=base_names or [spec.model],
+        port=port,
+        loras=loras,
+        max_lora_rank=vllm_max_rank(list(loras.values())),
+    )
     return VllmServer(name, command, port, log_path, env={"VLLM_SERVER_DEV_MODE": "1", **spec.env})
 
 

@@ -110,6 +110,7 @@ def _parts(config: CoEConfig, settings: ServerSettings, guard: Slot | None) -> _
         _concurrency(config, settings),
         settings.max_queue,
         on_reject=lambda name: metrics.rejected.labels(expert=name).inc(),
+        process_of=coe.pool.groups.host,
     )
     recorder = _recorder(coe, metrics)
     readiness = Readiness(coe)

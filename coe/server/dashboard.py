@@ -159,7 +159,7 @@ def dashboard_state(state: str, detail: str) -> str:
 async def expert_states(coe: CoE, limiter: ExpertLimiter, recent: Recent) -> list[dict[str, Any]]:
     out = []
     for s in await coe.pool.status():
-        admitted = limiter.admitted.get(s.name, 0)
+        admitted = limiter.in_flight(s.name)
         limit = limiter.concurrency.get(s.name, 8)
         tried, failed = recent.attempts[s.name], recent.attempt_errors[s.name]
         out.append(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from coe import CoE, ExpertError
-from coe.config import VllmServe, parse_config
+from coe.config import VllmServe, load_config, parse_config
 from coe.experts.vllm import build_vllm_command, vllm_server
 
 STUB = Path(__file__).parents[1] / "support" / "vllm_stub.py"
@@ -131,3 +131,41 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][:1] != "Z"
+
+
+def test_adapter_experts_share_one_vllm_process_chosen_by_model(fake_vllm: Path, tmp_path: Path) -> None:
+    """vLLM multi-LoRA by its documented contract: one process, each adapter loaded under its expert's
+    model name and chosen by the request's ``model``; the expert without an adapter is the base. The
+    process sleeps and wakes as one, for all its experts."""
+    for name in ("sql", "chat"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(
+            json.dumps({"r": 8, "base_model_name_or_path": "q"})
+        )
+    serve = f"engine: vllm, model: /models/q, executable: {fake_vllm}"
+    text = (
+        "version: 1\nexperts:\n"
+        f"  base: {{model: q-base, memory_gb: 40, serve: {{{serve}}}}}\n"
+        f"  sql: {{model: sql-model, serve: {{{serve}, lora: sql}}}}\n"
+        f"  chat: {{serve: {{{serve}, lora: chat}}}}\n"
+        f"  other: {{memory_gb: 40, serve: {{engine: vllm, model: /models/o, executable: {fake_vllm}}}}}\n"
+        "router:\n  categories:\n    a: {expert: sql, examples: [hello]}\n"
+        "serving: {memory_budget_gb: 50, eviction: lru}\n"
+    )
+    (tmp_path / "experts.yaml").write_text(text)
+    with CoE(load_config(tmp_path / "experts.yaml")) as coe:
+        assert coe.ask("q1", expert="sql").text == f"sql-model (adapter {tmp_path / 'sql'}) answers: q1"
+        assert coe.ask("q2", expert="chat").text == f"chat (adapter {tmp_path / 'chat'}) answers: q2"
+        assert coe.ask("q3", expert="base").text == "q-base answers: q3"
+        assert list(coe.pool.running) == ["base"]  # one process, named after the group's first expert
+        coe.ask("q4", expert="other")  # the budget holds one: the whole group goes to sleep
+        assert {coe.pool.state(n) for n in ("base", "sql", "chat")} == {"asleep"}
+        assert coe.ask("q5", expert="chat").text.endswith("answers: q5")
+        assert coe.pool.stats().wakes == {"base": 1, "sql": 1, "chat": 1}
+    argv = json.loads((tmp_path / "starts.jsonl").read_text().splitlines()[0])["argv"]
+    lora = argv[argv.index("--enable-lora") :]
+    assert lora == [
+        "--enable-lora", "--lora-modules", f"sql-model={tmp_path / 'sql'}", f"chat={tmp_path / 'chat'}",
+        "--max-loras", "2", "--max-lora-rank", "8",
+    ]  # fmt: skip
+    assert argv[argv.index("--served-model-name") + 1] == "q-base"
