@@ -114,7 +114,7 @@ def _busy_processes(sample_s: float) -> list[dict[str, Any]] | None:
     least BUSY_PCT of a core during ``sample_s``, busiest first."""
     if not Path("/proc/self/stat").exists():
         return None
-    ours = _descendants(os.getpid())
+    ours = descendants(os.getpid())
     first = _cpu_ticks()
     time.sleep(sample_s)
     second = _cpu_ticks()
@@ -143,7 +143,8 @@ def _cpu_ticks() -> dict[int, tuple[str, int]]:
     return out
 
 
-def _descendants(root: int) -> set[int]:
+def descendants(root: int) -> set[int]:
+    """``root`` and every process below it: a bench's own children, or a gateway and its workers."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

@@ -44,7 +44,7 @@ from typing import Any
 
 import httpx
 import yaml
-from _report import emit, machine  # bench/ is on sys.path when a bench runs as a script
+from _report import descendants, emit, machine  # bench/ is on sys.path when a bench runs as a script
 
 from coe.experts.process import free_port
 
@@ -314,7 +314,7 @@ def wrk(url: str, script: str, conc: int, seconds: float, core: int | None, tmp:
 
 def cpu_ticks(root: int) -> int:
     """utime + stime of ``root`` and its descendants (a gateway's workers), in clock ticks."""
-    tree, total = _tree(root), 0
+    tree, total = descendants(root), 0
     for pid in tree:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -323,24 +323,6 @@ def cpu_ticks(root: int) -> int:
         fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])
     return total
-
-
-def _tree(root: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [c for c, p in parents.items() if p == pid and c not in found]
-        found.update(kids)
-        frontier.extend(kids)
-    return found
 
 
 @dataclass

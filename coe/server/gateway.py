@@ -239,9 +239,10 @@ class Gateway:
             self.recorder.record(rid, call.request, answer, model=call.model, api=call.api)
 
     async def _prepare(
-        self, call: ApiRequest, ctx: RequestContext, stream: bool
-    ) -> tuple[str | None, RouteDecision | None]:
-        """The model id resolved, readiness held to, the stored conversation resumed."""
+        self, call: ApiRequest, ctx: RequestContext, stream: bool, trace: Trace
+    ) -> dict[str, Any]:
+        """The model id resolved, readiness held to, the stored conversation resumed: the keywords
+        ``CoE.aask`` / ``astream`` take for this request."""
         ctx.observed.note(model=call.model, stream=stream)
         expert, decision = resolve_model(self.coe, call.model)
         try:
@@ -250,20 +251,19 @@ class Gateway:
             ctx.observed.note(error=err.message)
             raise
         await self._resume(call)
-        return expert, decision
+        return {
+            "expert": expert,
+            "decision": decision,
+            "session": call.session,
+            "trace": trace,
+            "slot": ctx.slot,
+        }
 
     async def answer(self, call: ApiRequest, ctx: RequestContext) -> Answer:
-        expert, decision = await self._prepare(call, ctx, stream=False)
         trace = Trace()  # filled in as it goes: the dashboard and telemetry see a failure's stages too
+        asked = await self._prepare(call, ctx, False, trace)
         try:
-            answer = await self.coe.aask(
-                call.request,
-                expert=expert,
-                decision=decision,
-                session=call.session,
-                trace=trace,
-                slot=ctx.slot,
-            )
+            answer = await self.coe.aask(call.request, **asked)
         except Exception as exc:
             self._count_blocked(exc)
             err = error_for(exc, call.aliases)
@@ -329,21 +329,14 @@ class Gateway:
 
     async def stream(self, call: ApiRequest, api: ApiAdapter, ctx: RequestContext) -> StreamingResponse:
         """Wait for the first event before answering, so that 429, 400 no_capable_expert and "every
-        expert failed" still get a status code; after it, failures go in-band (``Writer.error``).
+        expert failed" still get a status code; after it, failures go in-band (``SseFormat.error``).
         ``astream`` fills the trace as it goes: routing and the session are decided before its first
         event, so the headers carry the category, confidence and session."""
-        expert, decision = await self._prepare(call, ctx, stream=True)
         trace = Trace()
+        asked = await self._prepare(call, ctx, True, trace)
         ctx.observed.note(trace=trace)
         try:
-            events = self.coe.astream(
-                call.request,
-                expert=expert,
-                decision=decision,
-                session=call.session,
-                trace=trace,
-                slot=ctx.slot,
-            )
+            events = self.coe.astream(call.request, **asked)
             first = await anext(events)
         except Exception as exc:
             self._count_blocked(exc)
@@ -352,7 +345,7 @@ class Gateway:
             raise err from None
         tried = ctx.tried
         answering = first.answer.expert if first.answer is not None else (tried[-1] if tried else "unknown")
-        headers = coe_headers(answering, trace.decision or decision, trace)
+        headers = coe_headers(answering, trace.decision or asked["decision"], trace)
         call.generation = self.coe.pipeline.calls.settings(answering, call.request)
         sse_format = api.sse(call, answering)
         ctx.observed.note(rid=getattr(sse_format, "id", None))
