@@ -46,7 +46,9 @@ LoraScale = Annotated[
 
 
 def _scale_needs_lora(spec: LlamaCppServe | VllmServe) -> None:
-    if "lora_scale" in spec.model_fields_set and spec.lora is None:
+    # Only a scale that would change something: a registry written back out (model_dump) carries
+    # the default 1.0 on every engine block, and must load again.
+    if spec.lora is None and spec.lora_scale != 1.0:
         raise ValueError("lora_scale is set but lora is not: name the adapter file")
 
 

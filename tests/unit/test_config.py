@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -265,3 +266,14 @@ def test_validate_warns_on_a_category_with_fewer_than_three_examples(tmp_path: P
     assert "ok" in result.stdout and "warning" not in result.stdout
     assert f"warning {path}:10: router.categories.chat.examples: 1 example(s)" in result.stderr
     assert "categories.code" not in result.stderr
+
+
+def test_a_registry_written_back_out_loads_again(tmp_path: Path) -> None:
+    """``coe deploy ray --dry-run`` and users' tools write a loaded registry back (model_dump): every
+    default it then spells out (``lora_scale: 1.0`` on an expert without an adapter, say) must load."""
+    config = load_config(DEFAULT_REGISTRY)
+    path = tmp_path / "dumped.json"  # JSON is YAML
+    path.write_text(json.dumps(config.model_dump(mode="json", exclude_none=True, exclude={"base_dir"})))
+    again = load_config(path)
+    assert again.experts.keys() == config.experts.keys()
+    assert again.router.category_routes().keys() == config.router.category_routes().keys()
