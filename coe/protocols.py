@@ -39,13 +39,22 @@ class Router(Protocol):
 class AsyncRouter(Protocol):
     """A router that may call experts while routing (the skills router's keyword annotator).
     ``CoE.aask`` uses ``aroute`` when a router has it; ``route`` stays the path that calls no expert
-    (``coe route``, batch routing). A router that sets ``asks_experts`` to False for a request
-    mix (the category router without its llm classifier) has its ``route`` micro-batched across
-    concurrent requests by the pipeline instead (coe.pipeline.batching)."""
+    (``coe route``, batch routing). One that may or may not call experts, depending on its
+    settings, says which with ``MayAskExperts``."""
 
     name: str
 
     async def aroute(self, requests: Sequence[Request], call_expert: CallExpert) -> list[RouteDecision]: ...
+
+
+@runtime_checkable
+class MayAskExperts(Protocol):
+    """An ``AsyncRouter`` whose settings decide whether it calls experts (the category router asks
+    one only with ``classifier: llm``). When it does not, the pipeline routes with ``route``,
+    micro-batched across concurrent requests (coe.pipeline.batching)."""
+
+    @property
+    def asks_experts(self) -> bool: ...
 
 
 @runtime_checkable

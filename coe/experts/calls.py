@@ -18,7 +18,7 @@ from typing import Any
 from coe.capabilities import forced as forced_calls
 from coe.clients import ChatClient, provider_chat
 from coe.clock import ms_since
-from coe.config import CoEConfig
+from coe.config import CoEConfig, ExpertConfig
 from coe.errors import BadReply, ExpertError
 from coe.experts.pool import ExpertPool
 from coe.experts.templates import strip_markers, turn_markers, with_turn_stops
@@ -187,13 +187,7 @@ class ExpertCalls:
         if expert is None:  # not an expert of this registry (a stream that failed before answering)
             return {**OPENAI_DEFAULTS, **request.params}
         engine = expert.serve.engine if expert.serve is not None else None
-        defaults = expert.params.model_dump(exclude_none=True, exclude={"extra"})
-        return {
-            **ENGINE_DEFAULTS.get(engine, OPENAI_DEFAULTS),
-            **expert.params.extra,
-            **defaults,
-            **request.params,
-        }
+        return {**ENGINE_DEFAULTS.get(engine, OPENAI_DEFAULTS), **_chosen(expert, request)}
 
     def payload(self, name: str, request: Request) -> dict[str, Any]:
         """The Chat Completions body for one expert: the request's messages and fields as the caller
@@ -208,13 +202,10 @@ class ExpertCalls:
             messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
         if expert.system and not any(m["role"] in ("system", "developer") for m in messages):
             messages.insert(0, {"role": "system", "content": expert.system})
-        defaults = expert.params.model_dump(exclude_none=True, exclude={"extra"})
         payload: dict[str, Any] = {
             "model": expert.model or name,
             "messages": messages,
-            **expert.params.extra,
-            **defaults,
-            **request.params,
+            **_chosen(expert, request),
         }
         for key in OPTIONS:
             value = getattr(request, key)
@@ -231,6 +222,12 @@ class ExpertCalls:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _chosen(expert: ExpertConfig, request: Request) -> dict[str, Any]:
+    """The generation settings that go with a request: its own over the expert's ``params:``."""
+    defaults = expert.params.model_dump(exclude_none=True, exclude={"extra"})
+    return {**expert.params.extra, **defaults, **request.params}
 
 
 def _strip_chunk(chunk: dict[str, Any], markers: tuple[str, ...]) -> None:

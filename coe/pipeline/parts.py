@@ -34,9 +34,10 @@ StoreKind = Literal["memory", "sqlite", "redis"]
 class _Once(Generic[T]):
     """One object, built by the first caller that needs it and by no other."""
 
-    def __init__(self, build: Callable[[], T], lock: threading.Lock) -> None:
+    def __init__(self, build: Callable[[], T]) -> None:
         self._build = build
-        self._lock = lock
+        # Its own lock: building the router (seconds) must not hold up the first use of another part.
+        self._lock = threading.Lock()
         self.done = False
         self.value: T | None = None
 
@@ -58,14 +59,13 @@ class Parts:
         self.pool = pool
         self.store = store
         self.traces = traces
-        lock = threading.Lock()  # one lock: two first requests never build the same object twice
-        self._router = _Once(self._build_router, lock)
-        self._aggregator = _Once(self._build_aggregator, lock)
-        self._retriever = _Once(self._build_retriever, lock)
-        self._signals = _Once(self._build_signals, lock)
-        self._sessions = _Once(self._build_sessions, lock)
-        self._cache = _Once(self._build_cache, lock)
-        self._recorder = _Once(self._build_recorder, lock)
+        self._router = _Once(self._build_router)
+        self._aggregator = _Once(self._build_aggregator)
+        self._retriever = _Once(self._build_retriever)
+        self._signals = _Once(self._build_signals)
+        self._sessions = _Once(self._build_sessions)
+        self._cache = _Once(self._build_cache)
+        self._recorder = _Once(self._build_recorder)
 
     @property
     def router(self) -> Router:

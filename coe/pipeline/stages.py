@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from coe.capabilities import restrict
 from coe.clock import ms_since
@@ -23,7 +23,7 @@ from coe.experts.calls import Slot
 from coe.pipeline.batching import MicroBatcher
 from coe.pipeline.flow import Flow
 from coe.pipeline.parts import Parts
-from coe.protocols import AsyncRouter, CallExpert, Router
+from coe.protocols import AsyncRouter, CallExpert, MayAskExperts, Router
 from coe.types import Answer, Message, Request, RouteDecision
 
 
@@ -113,7 +113,7 @@ class Route:
     def __init__(self, parts: Parts, for_coe: Callable[[Slot | None], CallExpert]) -> None:
         self.parts = parts
         self.for_coe = for_coe  # for routers that ask experts while routing (skills annotator)
-        self._batchers: dict[int, MicroBatcher[Flow]] = {}  # by router: one per CoE in practice
+        self._micro: MicroBatcher[Flow] | None = None  # for Parts' one router, made on first use
 
     async def run(self, flows: Sequence[Flow]) -> None:
         t = time.perf_counter()
@@ -121,7 +121,7 @@ class Route:
         todo = [f for f in flows if f.live and f.decision is None]
         if todo:
             router = await self.parts.arouter()
-            if isinstance(router, AsyncRouter) and getattr(router, "asks_experts", True):
+            if _asks_experts(router):
                 slot = todo[0].slot if len(todo) == 1 else None
                 decisions = await router.aroute([f.request for f in todo], self.for_coe(slot))
                 if any(f.turn is not None for f in todo):
@@ -137,14 +137,13 @@ class Route:
                 flow.trace.decision = flow.decision
 
     def _batcher(self, router: Router) -> MicroBatcher[Flow]:
-        found = self._batchers.get(id(router))
-        if found is None:
+        if self._micro is None:
 
             def work(flows: list[Flow]) -> None:
                 self._steer(flows, router.route([f.request for f in flows]))
 
-            found = self._batchers[id(router)] = MicroBatcher(work)
-        return found
+            self._micro = MicroBatcher(work)
+        return self._micro
 
     async def _given(self, flow: Flow) -> None:
         """A decision the router does not make: the caller's, a signal's, or a pinned expert's."""
@@ -160,6 +159,13 @@ class Route:
             flow.decision = decision
             if sessions is not None and flow.turn is not None:
                 flow.decision = sessions.steer(flow.turn, flow.request, decision, experts)
+
+
+def _asks_experts(router: Router) -> TypeGuard[AsyncRouter]:
+    """Whether routing goes through ``aroute`` (it may call experts) rather than batched ``route``."""
+    if not isinstance(router, AsyncRouter):
+        return False
+    return router.asks_experts if isinstance(router, MayAskExperts) else True
 
 
 def pinned(config: CoEConfig, expert: str) -> RouteDecision:

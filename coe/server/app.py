@@ -32,7 +32,6 @@ from coe.config import CoEConfig
 from coe.encoding.embedder import shared_embedder
 from coe.experts.calls import Slot
 from coe.orchestrator import CoE
-from coe.protocols import WarmRouter
 from coe.server import dashboard
 from coe.server.apis import count_tokens as tokens
 from coe.server.apis import embeddings
@@ -294,18 +293,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def _warm(coe: CoE, readiness: Readiness) -> None:
-    """Build the strategy objects (their failures are what /readyz names), load the router's encoder
-    and start managed experts now rather than on the first request."""
+    """Build the strategy objects and load what they load lazily (the router's encoders, the guard
+    file, Presidio's recognizers: the readiness check does, and its failures are what /readyz
+    names), then start managed experts now rather than on the first request."""
     try:
-        found = await readiness.check()
-        for key, problem in found.items():
+        for key, problem in (await readiness.check()).items():
             log.error("not ready: %s: %s", key, problem)
-        broken = any(key == "router" or key.startswith("router.") for key in found)
-        router = None if broken else coe.router  # built by the check
-        if isinstance(router, WarmRouter):  # a trained artefact loads its encoders on first use
-            await asyncio.to_thread(router.warm)
-        if coe.signals is not None:  # the guard file, its encoder and Presidio's recognizers
-            await asyncio.to_thread(coe.signals.warm)
         loaded = set(await coe.pool.scheduler.warm())  # as many as the memory budget holds together
         # What start-up built (the encoder, the registry, imported modules) lives as long as the
         # server: out of the collector's sight, a full collection no longer walks it in the middle

@@ -71,7 +71,9 @@ class Readiness:
         """503 naming what failed. A routed request (model ``coe``) checks now, since it would build
         the router anyway; a pinned one is held only to what a check already found (it skips the
         router, so it does not pay for building it)."""
-        found = await self.check() if routed else (self.known or {})
+        found = self.known  # once the check has finished: no future to wait on, per request
+        if found is None:
+            found = await self.check() if routed else {}
         if found:
             said = "; ".join(f"{key}: {why}" for key, why in found.items())
             raise APIError(503, f"CoE is not ready: {said}", code="not_ready", type="api_error")
