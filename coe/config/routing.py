@@ -45,8 +45,8 @@ class FallbackConfig(Strict):
         ge=0,
         le=1,
         description="out of scope: a prompt whose similarity to every category is below this goes to the "
-        "fallback expert; None: fitted on the examples (leave-one-out), 0: off. Category router with "
-        "centroid, knn or logreg on the examples",
+        "fallback expert, as does one with no word the encoder knows; None: fitted on the examples "
+        "(leave-one-out), 0: both checks off. Category router with centroid, knn or logreg on the examples",
     )
 
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from coe.config import EmbedderConfig
+    from coe.encoding.vocabulary import Vocabulary
 
 __all__ = ["PACKAGED_ENCODERS", "Embedder", "resolve_encoder_dir", "shared_embedder"]
 
@@ -116,6 +117,8 @@ class Embedder:
         self.threads = threads
         self.max_tokens = max_tokens
         self._impl: Any = None
+        self._vocabulary: Vocabulary | None = None
+        self._vocabulary_read = False
         self._lock = threading.Lock()
 
     @classmethod
@@ -154,6 +157,19 @@ class Embedder:
 
                 self._impl = encoder_backends.load(self.files, self.device, self.threads)
         return self._impl
+
+    @property
+    def vocabulary(self) -> Vocabulary | None:
+        """The encoder's whole-word vocabulary (out-of-scope checks), read on first use; None when
+        the encoder has no tokenizer.json."""
+        with self._lock:
+            if not self._vocabulary_read:
+                from coe.encoding.vocabulary import Vocabulary, tokenizer_file
+
+                found = tokenizer_file(self.folder, self.files.tokenizer)
+                self._vocabulary = Vocabulary(found) if found is not None else None
+                self._vocabulary_read = True
+        return self._vocabulary
 
     @property
     def loaded(self) -> bool:

@@ -43,6 +43,8 @@ class Prediction:
     members: list[dict[str, dict[str, Any]]] = field(default_factory=list)
     # per prompt, when the model has a scope floor: its highest similarity to a category centroid
     closeness: np.ndarray | None = None
+    # per prompt, with a scope floor: its words when the encoder knows none of them (else [])
+    unknown: list[list[str]] | None = None
 
 
 def _need(embedder: Embedder | None) -> Embedder:
@@ -85,8 +87,12 @@ class EmbeddingModel:
     def predict(self, texts: Sequence[str], embedder: Embedder | None) -> Prediction:
         vectors = _need(embedder).encode(texts, self.max_tokens)
         probs, scores = self.classifier.predict_proba(vectors)
-        closeness = self.scope.closeness(vectors) if self.scope is not None else None
-        return Prediction(probs, scores, [self.kind] * len(texts), closeness=closeness)
+        if self.scope is None or not self.scope.active:
+            return Prediction(probs, scores, [self.kind] * len(texts))
+        vocabulary = _need(embedder).vocabulary
+        unknown = [vocabulary.unknown_words(t) if vocabulary else [] for t in texts]
+        closeness = self.scope.closeness(vectors)
+        return Prediction(probs, scores, [self.kind] * len(texts), closeness=closeness, unknown=unknown)
 
     def warm(self, embedder: Embedder | None) -> None:
         """Load the encoder and fill its caches, so the first routed prompt pays no load."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -42,6 +42,13 @@ if TYPE_CHECKING:
     from coe.config import CoEConfig, EmbedderConfig
     from coe.protocols import CallExpert
     from routers.category.llm_classifier import LLMClassifier
+
+
+class InScope(NamedTuple):
+    """What the scope check reads of one prompt."""
+
+    closeness: float  # its highest similarity to a category centroid
+    unknown_words: list[str]  # its words, when the encoder knows none of them
 
 
 class CategoryRouter:
@@ -204,10 +211,13 @@ class CategoryRouter:
         if self.llm is not None:
             note = "no generation, so no llm call: centroid on the examples"
         members = pred.members or [{}] * len(requests)
-        close = [None] * len(requests) if pred.closeness is None else [float(c) for c in pred.closeness]
+        scope: list[InScope | None] = [None] * len(requests)
+        if pred.closeness is not None:
+            unknown = pred.unknown or [[]] * len(requests)
+            scope = [InScope(float(c), u) for c, u in zip(pred.closeness, unknown, strict=True)]
         return [
             self._decide(p, s, {"classifier": stage, **({"members": m} if m else {})}, note, c)
-            for p, s, stage, m, c in zip(pred.probs, pred.scores, pred.stages, members, close, strict=True)
+            for p, s, stage, m, c in zip(pred.probs, pred.scores, pred.stages, members, scope, strict=True)
         ]
 
     @property
@@ -241,17 +251,22 @@ class CategoryRouter:
             for p, z, ok in zip(probs, logprobs, from_model, strict=True)
         ]
 
-    def _out_of_scope(self, closeness: float | None, details: dict[str, Any]) -> str | None:
-        """Why the prompt is close to no category, or None (no floor, or close enough)."""
+    def _out_of_scope(self, seen: InScope | None, details: dict[str, Any]) -> str | None:
+        """Why the prompt is out of every category's scope, or None (no floor, or in scope)."""
         scope = getattr(self.model, "scope", None)
-        if closeness is None or scope is None or not scope.active:
+        if seen is None or scope is None or not scope.active:
             return None
-        details["closeness"] = round(closeness, 4)
+        details["closeness"] = round(seen.closeness, 4)
         details["floor"] = round(scope.floor, 4)
-        if closeness >= scope.floor:
+        if seen.unknown_words:
+            details["unknown_words"] = seen.unknown_words
+            return f"no word of the prompt is known to the encoder ({', '.join(seen.unknown_words[:5])})"
+        if seen.closeness >= scope.floor:
             return None
         origin = "fitted on the examples" if scope.fitted else "fallback.min_similarity"
-        return f"no category is close: top similarity {closeness:.2f} < floor {scope.floor:.2f} ({origin})"
+        return (
+            f"no category is close: top similarity {seen.closeness:.2f} < floor {scope.floor:.2f} ({origin})"
+        )
 
     def _decide(
         self,
@@ -259,7 +274,7 @@ class CategoryRouter:
         sims: np.ndarray,
         details: dict[str, Any],
         note: str | None,
-        closeness: float | None = None,
+        seen: InScope | None = None,
     ) -> RouteDecision:
         order = np.argsort(-probs)
         top = self.labels[order[0]]
@@ -270,7 +285,7 @@ class CategoryRouter:
         scores = {self.labels[i]: round(float(probs[i]), 4) for i in order}
         similarities = {self.labels[i]: round(float(sims[i]), 4) for i in order}
         suffix = f" ({note})" if note else ""
-        far = self._out_of_scope(closeness, details) if fallback is not None else None
+        far = self._out_of_scope(seen, details) if fallback is not None else None
         if fallback is not None and (far or confidence < fallback.min_confidence):
             why = far or (
                 f"top category {top!r} has p={confidence:.2f} < min_confidence {fallback.min_confidence:.2f}"

@@ -135,3 +135,37 @@ def test_static_backend_from_a_distilled_folder(tmp_path: Path) -> None:
     out = emb.encode(["hello world", ""])
     np.testing.assert_allclose(out[0], [1, 0, 0, 0], atol=1e-6)
     assert emb.space == "all-MiniLM-L6-v2+static" and emb.space != Embedder().space
+
+
+@pytest.mark.parametrize(
+    ("prompt", "unknown"),
+    [
+        ("asdfgh qwerty", ["asdfgh", "qwerty"]),
+        ("Привет, как дела?", ["привет", "как", "дела"]),  # a script the English vocabulary lacks
+        ("Wie spät ist es heute in Berlin?", []),  # "ist", "es", "in": one known word is enough
+        ("kubectl get pods", []),
+        ("Simplify (p↔q)∧(r↔q)", []),  # a formula is left to the similarity floor
+        ("2+2 = ?", []),  # no word at all
+    ],
+)
+def test_the_vocabulary_names_a_prompt_s_words_only_when_it_knows_none(
+    onnx: Embedder, prompt: str, unknown: list[str]
+) -> None:
+    vocabulary = onnx.vocabulary
+    assert vocabulary is not None and vocabulary.active
+    assert vocabulary.unknown_words(prompt) == unknown
+
+
+def test_a_tokenizer_that_is_not_wordpiece_knows_every_word(tmp_path: Path) -> None:
+    """A BPE vocabulary has no whole-word entries to check against: the check stays out of the way."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from coe.encoding.vocabulary import Vocabulary
+
+    tokenizer = Tokenizer(BPE(vocab={"a": 0, "b": 1}, merges=[]))
+    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    vocabulary = Vocabulary(tmp_path / "tokenizer.json")
+    assert not vocabulary.active and vocabulary.unknown_words("asdfgh qwerty") == []

@@ -210,16 +210,44 @@ def _category_router(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("classifier", ["centroid", "knn"])
 def test_a_prompt_close_to_no_category_falls_back_saying_why(tmp_path: Path, classifier: str) -> None:
     router = _category_router(tmp_path, TWO_TOPICS.replace("CLASSIFIER", classifier))
-    prompts = ["asdfgh qwerty", "Who won the 1998 World Cup?", "Write a python function to reverse a list"]
-    far, sport, code = router.route([Request.from_input(p) for p in prompts])
-    for d in (far, sport):
-        assert d.fallback and d.expert == "general"
-        floor = d.details["floor"]
-        assert re.search(
-            rf"no category is close: top similarity 0\.\d\d < floor {floor:.2f} \(fitted", d.reason
-        )
+    prompts = ["Who won the 1998 World Cup?", "Write a python function to reverse a list"]
+    sport, code = router.route([Request.from_input(p) for p in prompts])
+    assert sport.fallback and sport.expert == "general"
+    floor = sport.details["floor"]
+    assert re.search(
+        rf"no category is close: top similarity 0\.\d\d < floor {floor:.2f} \(fitted", sport.reason
+    )
     assert not code.fallback and code.expert == "coder"
     assert code.details["closeness"] >= code.details["floor"]
+
+
+README_REGISTRY = """
+version: 1
+experts:
+  coder: {endpoint: "http://127.0.0.1:9/v1"}
+  general: {endpoint: "http://127.0.0.1:9/v1"}
+router:
+  type: category
+  classifier: CLASSIFIER
+  categories:
+    code: {expert: coder, description: Programming questions, examples: ["Implement binary search in C++."]}
+    general: {expert: general, description: Everyday questions, examples: ["Why is the sky blue?"]}
+  fallback: {expert: general, min_confidence: 0.45}
+"""
+
+
+@pytest.mark.parametrize("classifier", ["centroid", "knn"])
+def test_nonsense_falls_back_even_where_it_is_as_close_as_real_prompts(
+    tmp_path: Path, classifier: str
+) -> None:
+    """The README's registry: MiniLM puts keyboard mash closer to "Everyday questions" than real
+    prompts are to their category, so only the words tell it apart."""
+    router = _category_router(tmp_path, README_REGISTRY.replace("CLASSIFIER", classifier))
+    mash, foreign = router.route([Request.from_input(p) for p in ["asdfgh qwerty", "Wie spät ist es heute?"]])
+    assert mash.fallback and mash.expert == "general"
+    assert mash.reason.startswith("no word of the prompt is known to the encoder (asdfgh, qwerty)")
+    assert mash.details["unknown_words"] == ["asdfgh", "qwerty"]
+    assert "unknown_words" not in foreign.details  # "ist", "es": one known word is enough
 
 
 def test_the_floor_can_be_set_in_the_registry(tmp_path: Path) -> None:
@@ -234,6 +262,7 @@ def test_the_floor_can_be_set_in_the_registry(tmp_path: Path) -> None:
     )
     [d] = off.route([Request.from_input("asdfgh qwerty")])
     assert "floor" not in d.details and "no category is close" not in d.reason
+    assert "unknown_words" not in d.details  # 0 turns the whole scope check off
 
 
 @pytest.mark.parametrize("classifier", ["centroid", "knn"])
