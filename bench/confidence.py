@@ -179,9 +179,15 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 
 
 def score(
-    kind: str, reg: Registry, val_v: np.ndarray, val_y: np.ndarray, oos_v: np.ndarray
+    kind: str,
+    reg: Registry,
+    val_v: np.ndarray,
+    val_y: np.ndarray,
+    oos_v: np.ndarray,
+    unread: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per prompt, for the old and the new confidence: confidence, correctness, fallback."""
+    """Per prompt, for the old and the new confidence: confidence, correctness, fallback. ``unread``:
+    which validation and oos prompts have no word the encoder knows (the scope check's other half)."""
     n = len(reg.domains)
     labels = [str(d) for d in reg.domains]
     mask = np.isin(val_y, reg.domains)
@@ -194,8 +200,10 @@ def score(
         p_in, _ = clf.predict_proba(inside)
         p_out, _ = clf.predict_proba(oos_v)
         on = floor is not None and floor.active  # as the router applies it
-        far_in = floor.closeness(inside) < floor.floor if on else np.zeros(len(inside), bool)
-        far_out = floor.closeness(oos_v) < floor.floor if on else np.zeros(len(oos_v), bool)
+        far_in = (
+            (floor.closeness(inside) < floor.floor) | unread[0][mask] if on else np.zeros(len(inside), bool)
+        )
+        far_out = (floor.closeness(oos_v) < floor.floor) | unread[1] if on else np.zeros(len(oos_v), bool)
         out[name] = {
             "conf": p_in.max(axis=1),
             "correct": p_in.argmax(axis=1) == truth,
@@ -310,12 +318,19 @@ def main(argv: list[str] | None = None) -> int:
     val_v = encode([t for t, _ in data.val])
     val_y = np.array([y for _, y in data.val])
     oos_v = encode(data.oos)
+    vocabulary = embedder.vocabulary
+
+    def unknown(texts: list[str]) -> np.ndarray:
+        return np.array([bool(vocabulary and vocabulary.unknown_words(t)) for t in texts])
+
+    unread = (unknown([t for t, _ in data.val]), unknown(data.oos))
+    result["unknown_words"] = {"in_scope": int(unread[0].sum()), "oos": int(unread[1].sum())}
     rows = []
     for kind in KINDS:
         for n in args.n:
             for k in args.k:
                 parts = [
-                    score(kind, reg, val_v, val_y, oos_v)
+                    score(kind, reg, val_v, val_y, oos_v, unread)
                     for reg in registries(
                         data, train_y, encode, n, k, args.draws, args.seed, not args.no_descriptions
                     )
