@@ -58,8 +58,9 @@ def deploy_ray(
     ] = False,
 ) -> None:
     """Deploy experts.yaml on Ray Serve: one ingress (router, gate, aggregator and the API of `coe serve`)
-    and one deployment per managed expert, with the replicas and resources of each expert's
-    `deploy.ray` block. `endpoint:` and `provider:` experts stay where they are."""
+    and one deployment per managed expert (one per group of LoRA adapters of one base), with the
+    replicas and resources of each expert's `deploy.ray` block. `endpoint:` and `provider:` experts
+    stay where they are."""
     cfg = load(config)
     if dry_run:
         _dry_run(cfg, address)
@@ -149,12 +150,15 @@ def _local_cluster(cfg: CoEConfig) -> dict[str, object]:
 def _print_plan(deployed: DeployPlan) -> None:
     from rich.table import Table
 
-    table = Table("application", "route", "replicas", "per replica")
+    from coe.deploy.plan import INGRESS
+
+    table = Table("application", "experts", "route", "replicas", "per replica")
     for p in deployed.deployments:
         replicas = (
             str(p.min_replicas) if p.min_replicas == p.max_replicas else f"{p.min_replicas}-{p.max_replicas}"
         )
         res = ", ".join(f"{k} {v:g}" for k, v in p.per_replica.items() if v and k != "memory")
-        table.add_row(p.app, p.route_prefix, replicas, res)
+        experts = "" if p.expert == INGRESS else ", ".join(p.serves)
+        table.add_row(p.app, experts, p.route_prefix, replicas, res)
     out.print(table)
     out.print(f"OpenAI API: {deployed.url} (model `coe`, or coe/expert/NAME, coe/category/NAME)")

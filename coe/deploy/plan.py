@@ -5,6 +5,13 @@ the registry in which every managed (``serve:``) expert has become an ``endpoint
 that expert's own Serve application behind Ray's HTTP proxy. So routing, fallbacks, retries, limits
 and headers are the single-machine code, and Ray balances each expert's traffic over its replicas.
 ``endpoint:`` and ``provider:`` experts are left exactly as they are.
+
+An adapter group (LoRA adapters of one base, coe.experts.groups) is one application, not one per
+expert: on one machine its experts share one engine process, and a replica is that process, so the
+base is loaded once per replica whichever adapter a request wants. Each expert of the group becomes an
+endpoint on that application that still selects its adapter: llama.cpp's per-request ``lora`` scales
+go in the endpoint's ``params.extra`` (the registry's own way to add engine fields to a request);
+vLLM's adapter is chosen by the request's ``model``, the expert's model name, as on one machine.
 """
 
 from __future__ import annotations
@@ -42,7 +49,15 @@ class DeployError(CoEError):
 class DeploymentPlan(BaseModel):
     """One Serve deployment: its application, route and the options given to ``serve.deployment``."""
 
-    expert: str = Field(description="the expert it serves, or (ingress)")
+    expert: str = Field(
+        description="the expert it serves, the name of the adapter group it serves (its first expert), "
+        "or (ingress)"
+    )
+    group: list[str] | None = Field(
+        None,
+        description="an adapter group's deployment: every expert it answers for (one engine process "
+        "loads the base and each adapter); None for an expert of its own",
+    )
     app: str = Field(description="Serve application name")
     route_prefix: str
     backend: Literal["ingress", "process", "ray_llm"] = Field(
@@ -54,12 +69,29 @@ class DeploymentPlan(BaseModel):
     per_replica: dict[str, float] = Field(description="Ray resources one replica takes")
     options: dict[str, Any] = Field(description="serve.deployment options")
 
+    @property
+    def serves(self) -> list[str]:
+        """The experts whose requests it answers."""
+        return list(self.group) if self.group is not None else [self.expert]
+
+    @property
+    def who(self) -> str:
+        """How a message names it."""
+        if self.expert == INGRESS:
+            return "the ingress"
+        if self.group is not None:
+            return f"adapter group {self.expert!r} ({', '.join(self.group)})"
+        return f"expert {self.expert!r}"
+
 
 class DeployPlan(BaseModel):
     host: str
     port: int
     ingress: DeploymentPlan
-    experts: dict[str, DeploymentPlan] = Field(description="managed experts only")
+    experts: dict[str, DeploymentPlan] = Field(
+        description="managed experts only, by the name of their process: the expert's own, or an adapter "
+        "group's (its first expert), whose one deployment lists its experts in group"
+    )
 
     @property
     def deployments(self) -> list[DeploymentPlan]:
@@ -70,23 +102,23 @@ class DeployPlan(BaseModel):
         """The OpenAI base URL of the ingress, as a client on the head node reaches it."""
         return f"http://{_reachable(self.host)}:{self.port}{self.ingress.route_prefix.rstrip('/')}/v1"
 
+    def serving(self, name: str) -> DeploymentPlan:
+        """The deployment that answers expert ``name``: its own, or its adapter group's."""
+        found = self.experts.get(name)
+        if found is None:
+            found = next(p for p in self.experts.values() if p.group is not None and name in p.group)
+        return found
+
     def expert_url(self, name: str) -> str:
         """How the ingress reaches an expert: the Serve proxy of its own node (Ray runs one per node
         that holds replicas), which balances over that expert's replicas wherever they run."""
-        return f"http://{_reachable(self.host)}:{self.port}{self.experts[name].route_prefix}/v1"
+        return f"http://{_reachable(self.host)}:{self.port}{self.serving(name).route_prefix}/v1"
 
 
 def plan(config: CoEConfig, ray_llm_available: bool = False) -> DeployPlan:
     from coe.experts.groups import ProcessGroups
 
-    if shared := ProcessGroups(config).groups():
-        # The ingress would reach them as plain endpoints and never send the per-request adapter
-        # scales: each would answer with whatever scales the process last had. Refused, not guessed.
-        names = "; ".join(", ".join(g.experts) for g in shared)
-        raise DeployError(
-            f"experts that are LoRA adapters of one base ({names}) cannot be deployed on Ray yet: "
-            "serve them with `coe serve`, or give each its own model file"
-        )
+    groups = ProcessGroups(config)
     top = config.deploy.ray or IngressRayDeployment()
     ingress = DeploymentPlan(
         expert=INGRESS,
@@ -99,16 +131,52 @@ def plan(config: CoEConfig, ray_llm_available: bool = False) -> DeployPlan:
     # queue requests that the CoE's own per-expert limits are there to handle.
     ingress.options.setdefault("max_ongoing_requests", top.max_ongoing_requests or 256)
     experts = {}
-    for name, expert in config.experts.items():
-        if expert.serve is not None:
-            experts[name] = _expert_plan(top.name, name, expert, ray_llm_available)
+    for name in groups.hosts(n for n, e in config.experts.items() if e.serve is not None):
+        if (group := groups.group(name)) is not None:
+            experts[name] = _group_plan(top.name, config, group.experts)
+        else:
+            experts[name] = _expert_plan(top.name, name, config.experts[name], ray_llm_available)
     return DeployPlan(host=top.host, port=top.port, ingress=ingress, experts=experts)
+
+
+def _group_plan(app: str, config: CoEConfig, members: tuple[str, ...]) -> DeploymentPlan:
+    """One application for the experts of an adapter group, as its first expert's ``deploy.ray`` asks:
+    a replica is one engine process, so the group has one set of replicas and resources, and a member
+    asking for others is refused rather than one of the two blocks silently ignored."""
+    first = members[0]
+    own = _ray_block(config.experts[first])
+    differ = [n for n in members[1:] if (b := _ray_block(config.experts[n])) is not None and b != own]
+    if differ:
+        raise DeployError(
+            f"experts {', '.join(differ)} set another deploy.ray than {first}, whose LoRA adapter group "
+            f"({', '.join(members)}) is one Ray Serve application: it is deployed as "
+            f"experts.{first}.deploy.ray says; give the other experts of the group no deploy.ray, or the same"
+        )
+    spec = config.experts[first].serve
+    if own is not None and own.vllm == "ray_llm" and spec is not None and spec.engine == "vllm":
+        raise DeployError(
+            f"experts.{first}.deploy.ray.vllm: ray_llm cannot serve the adapter group "
+            f"({', '.join(members)}); use auto or process: a replica then runs `vllm serve` with every "
+            "adapter of the group"
+        )
+    p = _expert_plan(app, first, config.experts[first], ray_llm_available=False)
+    return p.model_copy(
+        update={
+            "app": f"{app}-group-{first}",
+            "route_prefix": f"/{app}/groups/{first}",
+            "group": list(members),
+        }
+    )
+
+
+def _ray_block(expert: ExpertConfig) -> ExpertRayDeployment | None:
+    return expert.deploy.ray if expert.deploy else None
 
 
 def _expert_plan(app: str, name: str, expert: ExpertConfig, ray_llm_available: bool) -> DeploymentPlan:
     spec = expert.serve
     assert spec is not None
-    deploy = (expert.deploy.ray if expert.deploy else None) or ExpertRayDeployment()
+    deploy = _ray_block(expert) or ExpertRayDeployment()
     vllm = spec.engine == "vllm"
     backend: Literal["process", "ray_llm"] = "process"
     if vllm and (deploy.vllm == "ray_llm" or (deploy.vllm == "auto" and ray_llm_available)):
@@ -169,14 +237,18 @@ def ingress_config(config: CoEConfig, deploy_plan: DeployPlan, api_key: str | No
     called with ``api_key`` (one of the server's keys, which the expert deployments then require).
     They keep what their engine serves and their context: an endpoint without ``capabilities`` would
     be assumed to serve everything (and a llama.cpp expert would be sent forced tool choices it
-    ignores)."""
+    ignores). An adapter expert keeps its adapter: the fields that select it on one machine
+    (llama.cpp's ``lora`` scales) go in its ``params.extra``, so every request to it carries them."""
     from coe.capabilities import context_window, expert_capabilities
+    from coe.experts.groups import ProcessGroups
 
+    groups = ProcessGroups(config)
     experts = dict(config.experts)
     key = SecretStr(api_key) if api_key else None
-    for name in deploy_plan.experts:
+    for name in (n for p in deploy_plan.experts.values() for n in p.serves):
         expert = config.experts[name]
         caps, _ = expert_capabilities(expert, None)
+        extra = {**expert.params.extra, **groups.request_fields(name)}
         experts[name] = expert.model_copy(
             update={
                 "serve": None,
@@ -185,22 +257,26 @@ def ingress_config(config: CoEConfig, deploy_plan: DeployPlan, api_key: str | No
                 "api_key": key,
                 "capabilities": sorted(caps),
                 "context_window": context_window(expert, None),
+                "params": expert.params.model_copy(update={"extra": extra}),
             }
         )
     return config.model_copy(update={"experts": experts})
 
 
 def replica_config(config: CoEConfig, name: str, deploy_plan: DeployPlan) -> CoEConfig:
-    """The registry one expert replica runs: that expert alone, with its llama.cpp threads matched to
-    the CPUs Ray gives the replica (on one machine the pool splits the cores among all experts), and
-    no memory budget (Ray places replicas by the resources they ask for)."""
-    expert = config.experts[name]
-    spec = expert.serve
-    if spec is not None and spec.engine == "llamacpp" and spec.threads is None:
-        cpus = deploy_plan.experts[name].per_replica["CPU"]
-        spec = spec.model_copy(update={"threads": max(1, math.floor(cpus))})
+    """The registry one replica runs: its expert alone (or every expert of its adapter group, which
+    must keep identical serve blocks to stay one process), with llama.cpp threads matched to the CPUs
+    Ray gives the replica (on one machine the pool splits the cores among all experts), and no memory
+    budget (Ray places replicas by the resources they ask for)."""
+    p = deploy_plan.experts[name]
+    experts = {}
+    for member in p.serves:
+        expert = config.experts[member]
+        spec = expert.serve
+        if spec is not None and spec.engine == "llamacpp" and spec.threads is None:
+            spec = spec.model_copy(update={"threads": max(1, math.floor(p.per_replica["CPU"]))})
+        experts[member] = expert.model_copy(update={"serve": spec})
     serving = config.serving.model_copy(update={"memory_budget_gb": None})
-    experts = {name: expert.model_copy(update={"serve": spec})}
     return config.model_copy(update={"experts": experts, "serving": serving})
 
 
@@ -305,7 +381,7 @@ def missing_resources(
 def _unplaceable(p: DeploymentPlan, nodes: list[ClusterNode]) -> list[str]:
     """Why no node can host one replica of ``p``: the resources no node has enough of, else the ones
     that never come together on one node."""
-    who = "the ingress" if p.expert == INGRESS else f"expert {p.expert!r}"
+    who = p.who
     problems = []
     for res, need in p.per_replica.items():
         largest = max((n.resources.get(res, 0.0) for n in nodes), default=0.0)

@@ -7,6 +7,9 @@ Applications (``deploy.ray.name`` is ``coe`` by default):
   that Ray's proxy balances over that expert's replicas. llama.cpp experts (and vLLM experts where
   Ray Serve LLM is not installed) are ``ExpertReplica`` deployments that run their server process;
   vLLM experts use Ray Serve LLM's deployment when ``ray.serve.llm`` imports.
+* ``coe-group-NAME`` at ``/coe/groups/NAME``: one per adapter group (LoRA adapters of one base, named
+  after its first expert), an ``ExpertReplica`` whose process loads the base and every adapter of
+  the group, as on one machine; each request selects its expert's adapter (see plan.py).
 
 Why separate applications behind the proxy rather than DeploymentHandles: the ingress's CoE then
 reaches each expert over the same OpenAI HTTP path as on one machine, so retries, fallbacks before
@@ -67,8 +70,8 @@ HEALTH_CHECK_PERIOD_S = 2.0  # a dead expert process is noticed (and its replica
 def build_app(
     config: CoEConfig, settings: ServerSettings | None = None, deploy_plan: DeployPlan | None = None
 ) -> list[RunTarget]:
-    """The Serve applications for ``config``: one per managed expert, then the ingress. Pass them to
-    ``ray.serve.run_many``; ``deploy`` does that after checking the cluster."""
+    """The Serve applications for ``config``: one per managed expert (one per adapter group), then the
+    ingress. Pass them to ``ray.serve.run_many``; ``deploy`` does that after checking the cluster."""
     deploy_plan = deploy_plan or plan(config, ray_llm_available())
     if settings is None:
         settings = ingress_settings(config, deploy_plan)
@@ -81,8 +84,9 @@ def build_app(
                 {"llm_configs": [LLMConfig(**ray_llm_config(name, config.experts[name], p))]}
             )
         else:
+            kind = "expert" if p.group is None else "group"
             deployment = serve.deployment(ExpertReplica).options(
-                name=f"expert-{name}", health_check_period_s=HEALTH_CHECK_PERIOD_S, **p.options
+                name=f"{kind}-{name}", health_check_period_s=HEALTH_CHECK_PERIOD_S, **p.options
             )
             app = deployment.bind(name, replica_config(config, name, deploy_plan), settings.api_keys)
         targets.append(RunTarget(target=app, name=p.app, route_prefix=p.route_prefix))
@@ -90,7 +94,7 @@ def build_app(
     key = min(settings.api_keys) if settings.api_keys else None  # the ingress's own key to its experts
     # The experts the ingress fails over from at once when none of their replicas runs (node lost);
     # not those that may scale to zero, whose requests wait for a cold start.
-    watched = {n: p.app for n, p in deploy_plan.experts.items() if p.min_replicas > 0}
+    watched = {n: p.app for p in deploy_plan.experts.values() if p.min_replicas > 0 for n in p.serves}
     app = ingress.bind(ingress_config(config, deploy_plan, key), settings, watched)
     targets.append(
         RunTarget(target=app, name=deploy_plan.ingress.app, route_prefix=deploy_plan.ingress.route_prefix)

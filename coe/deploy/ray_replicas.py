@@ -1,9 +1,11 @@
 """The two kinds of Ray Serve replica a CoE deployment runs.
 
-``ExpertReplica``: one replica of a managed expert. It starts the expert's server process through
-``ExpertPool`` (the same code that starts it on one machine: model resolution, llama-server or
-``vllm serve`` command, readiness, no orphans) and relays OpenAI HTTP to it, streams included. Its
-``check_health`` fails when that process has exited, so Ray replaces the replica.
+``ExpertReplica``: one replica of a managed expert, or of an adapter group (its experts share the
+process, named after the first). It starts the server process through ``ExpertPool`` (the same code
+that starts it on one machine: model resolution, adapters, llama-server or ``vllm serve`` command,
+readiness, no orphans) and relays OpenAI HTTP to it, streams included, bodies as the ingress sent them
+(their ``lora`` or ``model`` picks the adapter). Its ``check_health`` fails when that process has
+exited, so Ray replaces the replica.
 
 ``IngressReplica``: the ``coe serve`` FastAPI app from ``coe.server.create_app``, unchanged, over the
 registry in which managed experts are endpoints on their Serve applications. One addition, for node

@@ -25,8 +25,10 @@ from pydantic import SecretStr
 from coe.config import CoEConfig, DeployConfig, IngressRayDeployment
 from coe.deploy.plan import DeployPlan
 from coe.experts.process import free_port
+from tests.support.adapters import write_lora
 from tests.support.paths import ROOT
 from tests.support.procs import llama_server_pids, run_coe, wait_gone
+from tests.support.registries import SMOLLM
 
 pytestmark = pytest.mark.ray
 SHORT = {"max_tokens": 16, "temperature": 0.0}
@@ -219,6 +221,50 @@ def test_an_expert_that_cannot_start_fails_the_deploy_with_its_reason(
         assert "model file not found: /nonexistent/m.gguf" in message and "Traceback" not in message
     finally:
         coe_ray.delete(config)
+
+
+@pytest.mark.e2e
+def test_an_adapter_group_is_one_application_whose_experts_answer_as_their_adapters(
+    ray_cluster: Any, deployed: DeployPlan, tmp_path: Path
+) -> None:
+    """A base and two LoRA adapters of it: one Serve application, one replica, one llama-server
+    loading both adapters; each expert pinned through the Ray ingress answers as its own adapter,
+    exactly as the same registry answers on one machine (``coe serve``'s code, here the library)."""
+    from coe import CoE
+    from coe.config import load_config
+    from coe.deploy import ray as coe_ray
+
+    for seed in (1, 2):
+        write_lora(tmp_path / f"a{seed}.gguf", seed=seed)
+    serve = f"engine: llamacpp, gguf: '{SMOLLM}', ctx: 512, parallel: 2, threads: 1"
+    (tmp_path / "experts.yaml").write_text(
+        f"version: 1\nembedder: {{backend: onnx-int8}}\nexperts:\n  base: {{serve: {{{serve}}}}}\n"
+        + "".join(f"  a{s}: {{serve: {{{serve}, lora: a{s}.gguf}}}}\n" for s in (1, 2))
+        + "router:\n  categories:\n    any: {expert: a1, examples: [hi]}\n"
+        + f"deploy: {{ray: {{name: coe-lora, route_prefix: /lora, port: {deployed.port}}}}}\n"
+    )
+    config = load_config(tmp_path / "experts.yaml")
+    experts = ("base", "a1", "a2")
+    with CoE(config) as local:
+        alone = {e: local.ask("Name a fruit.", expert=e, **SHORT).text for e in experts}
+    assert len(set(alone.values())) == 3  # each adapter changes the answer
+    before = _replica_llama_servers()
+    try:
+        p = coe_ray.deploy(config, timeout_s=240)
+        assert [d.app for d in p.deployments] == ["coe-lora", "coe-lora-group-base"]
+        assert len(_replicas(ray_cluster, "coe-lora-group-base")) == 1
+        (server,) = _replica_llama_servers() - before  # one process for the three experts
+        assert "a1.gguf," in Path(f"/proc/{server}/cmdline").read_text()  # --lora a1.gguf,a2.gguf
+        client = openai.OpenAI(base_url=p.url, api_key="unused", max_retries=0, timeout=180)
+        for expert in (*experts, "a2", "base", "a1"):  # alternating: each request sets every scale
+            raw = client.chat.completions.with_raw_response.create(
+                model=f"coe/expert/{expert}", messages=[{"role": "user", "content": "Name a fruit."}], **SHORT
+            )
+            assert raw.headers["x-coe-expert"] == expert
+            assert raw.parse().choices[0].message.content == alone[expert], expert
+    finally:
+        coe_ray.delete(config)
+    assert not wait_gone({server}, timeout_s=30), "the group's llama-server outlived its application"
 
 
 def test_unreachable_cluster_is_one_clear_error() -> None:

@@ -2,7 +2,9 @@
 the gguf package share one process with the base, each pinned request is answered by its own adapter
 at temperature 0 (scale 0 answers as the base alone), and the answers stay the same whether requests
 stay on one adapter, alternate, or run at once; an adapter expert whose process cannot start falls
-back to the next candidate; a crash restarts the process once for all of them."""
+back to the next candidate; a crash restarts the process once for all of them; a conversation keeps
+its adapter expert on its follow-up turns, and two conversations on two adapters of one process stay
+apart."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from aggregators.vote import VoteAggregator
 from coe import CoE, Request
 from coe.config import load_config
 from coe.protocols import Context
-from coe.types import RouteDecision, Trace
+from coe.types import Message, RouteDecision, Trace
 from tests.support.adapters import write_lora
+from tests.support.paths import DEFAULT_REGISTRY
 from tests.support.procs import wait_gone
 from tests.support.registries import SMOLLM
 
@@ -129,3 +132,59 @@ def test_the_cache_keeps_adapter_experts_apart(tmp_path: Path) -> None:
         assert again.text == first.text
         assert other.trace.cache is not None and other.trace.cache.status == "miss"
         assert other.text != first.text and list(coe.pool.running) == ["a1"]  # one process for both
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoE]:
+    """The default registry's router and encoder (whose continuation model sessions ship with) over
+    two adapter experts of one process: coder is adapter 1, general adapter 2."""
+    folder = tmp_path_factory.mktemp("lora-sessions")
+    _, _, routing = DEFAULT_REGISTRY.read_text().partition("\nrouter:\n")
+    experts = "".join(
+        f"  {name}: {{serve: {{{SERVE}, lora: {write_lora(folder / f'{name}.gguf', seed=seed).name}}}}}\n"
+        for name, seed in (("coder", 1), ("general", 2))
+    )
+    text = f"version: 1\nembedder: {{backend: onnx-int8}}\nexperts:\n{experts}router:\n{routing}"
+    (folder / "experts.yaml").write_text(text)
+    with CoE(load_config(folder / "experts.yaml")) as coe:
+        yield coe
+
+
+LONGER = {"temperature": 0.0, "max_tokens": 24}  # long enough that the two adapters' answers part
+# Each conversation's turns. Routed alone, the code conversation's follow-up goes to general (the
+# CSS question); the conversation keeps it with coder.
+TURNS = {
+    "coder": (
+        "Write a Python function that checks whether a number is prime.",
+        "How to use CSS to change the color of the output to red?",
+    ),
+    "general": ("Tell me a short story about a dragon who is afraid of fire.", "Give the dragon a name."),
+}
+
+
+def test_sessions_keep_a_conversation_on_its_adapter_and_two_on_one_process_apart(routed: CoE) -> None:
+    """Sessions are keyed by expert name, and an adapter expert is its name: the follow-up stays with
+    the adapter expert that answered, and is answered by that adapter (not the other one the
+    process also loads), while another conversation on the other adapter runs in between."""
+    history: dict[str, list[Message]] = {name: [] for name in TURNS}
+    for turn in range(2):
+        for expert, other in (("coder", "general"), ("general", "coder")):
+            messages = [*history[expert], Message(role="user", content=TURNS[expert][turn])]
+            answer = routed.ask(messages, session=f"lora-{expert}", **LONGER)
+            session = answer.trace.session
+            assert session is not None and answer.expert == expert
+            assert answer.trace.decision is not None and answer.trace.decision.experts[0] == expert
+            assert [a.expert for a in answer.trace.attempts] == [expert]
+            if turn == 0:
+                assert session.action == "new"
+            else:
+                assert (session.action, session.expert, session.turn) == ("kept", expert, 2)
+                if expert == "coder":  # alone, the follow-up would have gone to the other adapter
+                    assert session.stateless is not None and session.stateless.expert == "general"
+            own, others = (
+                routed.run(routed.call_expert(e, Request(messages=messages, params=LONGER))).text
+                for e in (expert, other)
+            )
+            assert answer.text == own != others  # its own adapter's answer, not the other's
+            history[expert] = [*messages, Message(role="assistant", content=answer.text)]
+    assert list(routed.pool.running) == ["coder"]  # one process served both conversations

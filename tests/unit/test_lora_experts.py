@@ -231,8 +231,118 @@ def test_experts_list_shows_which_process_serves_each(adapters: Path) -> None:
     assert rows["medical"]["lora"] == "adapters/medical.gguf"
 
 
-def test_ray_deployment_of_adapter_experts_is_refused_not_guessed(adapters: Path) -> None:
+def ray_registry(folder: Path, port: int, deploy: str = "{num_cpus: 2, replicas: 2}") -> CoEConfig:
+    """A base and three adapter experts of it (the base and tax asking for the same deploy.ray, the
+    others for none) and a plain expert, on Serve's proxies at ``port``."""
+    write_lora(folder / "adapters" / "tax.gguf", seed=3, rank=2)
+    adapter = f"serve: {{{SERVE}, lora: adapters/%s.gguf}}"
+    text = f"""\
+version: 1
+experts:
+  base: {{serve: {{{SERVE}}}, deploy: {{ray: {{num_cpus: 2, replicas: 2}}}}}}
+  legal: {{{adapter % "legal"}}}
+  medical: {{model: med, {adapter % "medical"}}}
+  tax: {{{adapter % "tax"}, deploy: {{ray: {deploy}}}}}
+  other: {{serve: {{engine: llamacpp, gguf: '{SMOLLM}', ctx: 1024, parallel: 2, threads: 1}}}}
+router:
+  categories:
+    law: {{expert: legal, examples: [a contract]}}
+deploy: {{ray: {{port: {port}}}}}
+"""
+    (folder / "experts.yaml").write_text(text)
+    return load_config(folder / "experts.yaml")
+
+
+def test_on_ray_an_adapter_group_is_one_application_whose_experts_keep_their_adapters(
+    adapters: Path,
+) -> None:
+    """The plan deploys the group as one application (one process per replica: base and adapters);
+    the ingress reaches each of its experts there, and every request it sends carries that expert's
+    adapter scales, as a request to the shared process does on one machine."""
+    from coe.deploy.plan import ingress_config, plan, replica_config
+    from tests.support.stub_server import stub_server
+
+    with stub_server("ok") as (url, state):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        config = ray_registry(adapters, port)
+        deploy_plan = plan(config)
+        group = deploy_plan.experts["base"]
+        assert list(deploy_plan.experts) == ["base", "other"]
+        assert [d.app for d in deploy_plan.deployments] == ["coe", "coe-group-base", "coe-expert-other"]
+        assert group.group == ["base", "legal", "medical", "tax"] and group.route_prefix == "/coe/groups/base"
+        assert group.backend == "process" and group.options["num_replicas"] == 2  # base's deploy.ray
+        assert group.per_replica["CPU"] == 2.0 and group.options["max_ongoing_requests"] == 2  # its slots
+        # A replica runs the whole group in one process, threads matched to its CPUs on every expert.
+        replica = replica_config(config, "base", deploy_plan)
+        assert [g.experts for g in ProcessGroups(replica).groups()] == [("base", "legal", "medical", "tax")]
+        assert {e.serve.threads for e in replica.experts.values() if e.serve} == {1}  # SERVE's own threads
+
+        rewritten = ingress_config(config, deploy_plan)
+        for name in group.group:
+            assert rewritten.experts[name].endpoint == f"http://127.0.0.1:{port}/coe/groups/base/v1"
+        assert rewritten.experts["other"].endpoint == f"http://127.0.0.1:{port}/coe/experts/other/v1"
+        assert "lora" not in rewritten.experts["other"].params.extra
+        calls = ExpertCalls(rewritten, ExpertPool(rewritten), lambda name: frozenset())
+        request = Request(messages=[Message(role="user", content="hello")])
+
+        async def ask_each() -> None:
+            for name in ("legal", "medical", "tax", "base"):
+                await calls.complete(name, request)
+            await calls.aclose()
+
+        asyncio.run(ask_each())
+    assert set(state.paths) == {"/coe/groups/base/v1/chat/completions"}
+    sent = [(b["model"], [a["scale"] for a in b["lora"]]) for b in state.bodies]
+    assert sent == [
+        ("legal", [1.0, 0.0, 0.0]),
+        ("med", [0.0, 1.0, 0.0]),
+        ("tax", [0.0, 0.0, 1.0]),
+        ("base", [0.0] * 3),
+    ]
+    assert [a["id"] for a in state.bodies[0]["lora"]] == [0, 1, 2]
+
+
+def test_on_ray_an_adapter_group_takes_one_deploy_block(adapters: Path) -> None:
     from coe.deploy.plan import DeployError, plan
 
-    with pytest.raises(DeployError, match=r"LoRA adapters of one base \(base, legal, medical\)"):
-        plan(registry(adapters))
+    with pytest.raises(DeployError) as refused:
+        plan(ray_registry(adapters, 8000, deploy="{num_cpus: 4}"))
+    message = str(refused.value)
+    assert "experts tax set another deploy.ray than base" in message
+    assert "(base, legal, medical, tax)" in message and "experts.base.deploy.ray" in message
+
+
+def test_on_ray_a_vllm_adapter_group_runs_vllm_serve_whose_model_names_pick_the_adapters(
+    tmp_path: Path,
+) -> None:
+    """Ray Serve LLM loads adapters its own way: the group's replicas run `vllm serve` with every
+    adapter, as on one machine, and the expert's model name (sent by the ingress) picks it."""
+    from coe.deploy.plan import DeployError, ingress_config, plan
+
+    text = (
+        "version: 1\nexperts:\n"
+        "  base: {model: qwen, serve: {engine: vllm, model: /m/qwen}, deploy: {ray: {num_gpus: 1}}}\n"
+        "  sql: {serve: {engine: vllm, model: /m/qwen, lora: /a/sql}}\n"
+        "router:\n  categories:\n    x: {expert: sql, examples: [hi]}\n"
+    )
+    config = parse_config(text, source=tmp_path / "experts.yaml")
+    group = plan(config, ray_llm_available=True).experts["base"]
+    assert (group.backend, group.group, group.per_replica["GPU"]) == ("process", ["base", "sql"], 1.0)
+    sql = ingress_config(config, plan(config)).experts["sql"]
+    assert sql.params.extra == {} and sql.model is None  # the payload's model: "sql", the adapter's name
+    forced = parse_config(
+        text.replace("num_gpus: 1", "num_gpus: 1, vllm: ray_llm"), source=tmp_path / "e.yaml"
+    )
+    with pytest.raises(DeployError, match=r"experts.base.deploy.ray.vllm: ray_llm cannot serve"):
+        plan(forced)
+
+
+def test_deploy_ray_dry_run_shows_the_group_as_one_application(adapters: Path) -> None:
+    ray_registry(adapters, 8000)
+    result = CliRunner().invoke(app, ["deploy", "ray", "--dry-run", "-c", str(adapters / "experts.yaml")])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert list(shown["experts"]) == ["base", "other"]
+    assert shown["experts"]["base"]["app"] == "coe-group-base"
+    assert shown["experts"]["base"]["group"] == ["base", "legal", "medical", "tax"]
+    assert shown["experts"]["other"]["group"] is None
