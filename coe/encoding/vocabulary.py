@@ -1,11 +1,11 @@
 """Which of a prompt's words the encoder knows as whole words.
 
 Why: a sentence encoder maps anything to a unit vector, nonsense included, and keyboard mashing such
-as "asdfgh qwerty" can land closer to a category than a real prompt does (MiniLM puts it at 0.27 to
-"Everyday questions", above "Write a python function to reverse a list" at 0.14), so no similarity
-floor separates it. Its WordPiece tokens do: every word breaks into sub-word pieces. A prompt none of
-whose words is in the vocabulary gives the encoder nothing it learned to read; one known word ("ist",
-"the", "get") is enough to trust the vector, so foreign languages, code and jargon keep routing.
+as "asdfgh qwerty" can land closer to a short generic category ("Everyday questions") than real
+prompts land to theirs, so no similarity floor separates it (docs/benchmarks/confidence.md). Its
+WordPiece tokens do: every word breaks into sub-word pieces. A prompt none of whose words is in the
+vocabulary gives the encoder nothing it learned to read; one known word ("ist", "the", "get") is
+enough to trust the vector, so foreign languages, code and jargon keep routing.
 
 Only WordPiece vocabularies (BERT-style encoders: MiniLM, mpnet, bge) are read; with any other
 tokenizer every word counts as known and nothing changes.
