@@ -164,9 +164,9 @@ class Embedder:
         the encoder has no tokenizer.json."""
         with self._lock:
             if not self._vocabulary_read:
-                from coe.encoding.vocabulary import Vocabulary, tokenizer_file
+                from coe.encoding.vocabulary import Vocabulary
 
-                found = tokenizer_file(self.folder, self.files.tokenizer)
+                found = self.files.tokenizer_json
                 self._vocabulary = Vocabulary(found) if found is not None else None
                 self._vocabulary_read = True
         return self._vocabulary

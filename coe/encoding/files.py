@@ -76,6 +76,16 @@ class EncoderFiles:
     identity: str | None = None  # the space of a fine-tuned folder (coe_encoder.json); None: by name
     quantize_from: Path | None = None
 
+    @property
+    def tokenizer_json(self) -> Path | None:
+        """The tokenizers JSON file of this encoder, whichever backend: ``tokenizer`` where the backend
+        names one, else the folder's (sentence-transformers and static folders carry one); None if
+        there is none."""
+        for candidate in (self.tokenizer, self.folder / "tokenizer.json"):
+            if candidate is not None and candidate.is_file():
+                return candidate
+        return None
+
 
 def encoder_space(model: str, backend: str) -> str:
     """torch and onnx run the same network, so their vectors are interchangeable; onnx-int8 and

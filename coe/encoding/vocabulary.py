@@ -48,11 +48,3 @@ class Vocabulary:
         if not tokens or any(not w.isalpha() or w in self._words for w in tokens):
             return []
         return tokens
-
-
-def tokenizer_file(folder: Path, tokenizer: Path | None) -> Path | None:
-    """The encoder's tokenizer.json, where it has one."""
-    for candidate in (tokenizer, folder / "tokenizer.json"):
-        if candidate is not None and candidate.is_file():
-            return candidate
-    return None

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel
@@ -33,6 +33,13 @@ if TYPE_CHECKING:
     from coe.encoding.embedder import Embedder
 
 
+class InScope(NamedTuple):
+    """What the scope check reads of one prompt."""
+
+    closeness: float  # its highest similarity to a category centroid
+    unknown_words: list[str]  # its words, when the encoder knows none of them
+
+
 @dataclass
 class Prediction:
     probs: np.ndarray  # (n, classes), rows sum to 1
@@ -41,10 +48,8 @@ class Prediction:
     # per prompt, for a cascade: each member's own top category and its probability, so a trace shows
     # who agreed (the combined distribution alone hides a member that was outvoted)
     members: list[dict[str, dict[str, Any]]] = field(default_factory=list)
-    # per prompt, when the model has a scope floor: its highest similarity to a category centroid
-    closeness: np.ndarray | None = None
-    # per prompt, with a scope floor: its words when the encoder knows none of them (else [])
-    unknown: list[list[str]] | None = None
+    # per prompt, when the model has an active scope floor: what the scope check reads of it
+    scope: list[InScope] | None = None
 
 
 def _need(embedder: Embedder | None) -> Embedder:
@@ -90,9 +95,11 @@ class EmbeddingModel:
         if self.scope is None or not self.scope.active:
             return Prediction(probs, scores, [self.kind] * len(texts))
         vocabulary = _need(embedder).vocabulary
-        unknown = [vocabulary.unknown_words(t) if vocabulary else [] for t in texts]
-        closeness = self.scope.closeness(vectors)
-        return Prediction(probs, scores, [self.kind] * len(texts), closeness=closeness, unknown=unknown)
+        scope = [
+            InScope(float(c), vocabulary.unknown_words(t) if vocabulary else [])
+            for c, t in zip(self.scope.closeness(vectors), texts, strict=True)
+        ]
+        return Prediction(probs, scores, [self.kind] * len(texts), scope=scope)
 
     def warm(self, embedder: Embedder | None) -> None:
         """Load the encoder and fill its caches, so the first routed prompt pays no load."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from coe.types import Request, RouteDecision
 from routers.category.calibration import FITS, ScopeFloor, fingerprint
 from routers.category.classifiers import CentroidClassifier, fit_classifier
 from routers.category.config import CategoryRouterConfig
-from routers.category.model import EmbeddingModel, Prediction, RoutingModel, TextModel
+from routers.category.model import EmbeddingModel, InScope, Prediction, RoutingModel, TextModel
 from routers.category.text_classifier import TfidfClassifier
 
 __all__ = ["CategoryRouter", "CentroidClassifier"]
@@ -42,13 +42,6 @@ if TYPE_CHECKING:
     from coe.config import CoEConfig, EmbedderConfig
     from coe.protocols import CallExpert
     from routers.category.llm_classifier import LLMClassifier
-
-
-class InScope(NamedTuple):
-    """What the scope check reads of one prompt."""
-
-    closeness: float  # its highest similarity to a category centroid
-    unknown_words: list[str]  # its words, when the encoder knows none of them
 
 
 class CategoryRouter:
@@ -211,10 +204,7 @@ class CategoryRouter:
         if self.llm is not None:
             note = "no generation, so no llm call: centroid on the examples"
         members = pred.members or [{}] * len(requests)
-        scope: list[InScope | None] = [None] * len(requests)
-        if pred.closeness is not None:
-            unknown = pred.unknown or [[]] * len(requests)
-            scope = [InScope(float(c), u) for c, u in zip(pred.closeness, unknown, strict=True)]
+        scope: Sequence[InScope | None] = pred.scope or [None] * len(requests)
         return [
             self._decide(p, s, {"classifier": stage, **({"members": m} if m else {})}, note, c)
             for p, s, stage, m, c in zip(pred.probs, pred.scores, pred.stages, members, scope, strict=True)
